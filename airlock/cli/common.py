@@ -1,0 +1,64 @@
+"""Shared CLI plumbing: error -> exit code mapping, --json output, progress bars."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from airlock.errors import AirlockError
+
+console = Console(stderr=True)
+out = Console()
+
+JsonOpt = typer.Option(False, "--json", help="Print a machine-readable JSON report on stdout.")
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def fail(exc: AirlockError, as_json: bool = False) -> NoReturn:
+    """One clear line naming the file and the rule; exit with the class's code."""
+    if as_json:
+        emit_json({"ok": False, **exc.as_dict()})
+    else:
+        where = f"{exc.path}: " if exc.path and not str(exc).startswith(exc.path) else ""
+        console.print(f"[bold red]error[/] [{exc.rule}] {where}{exc}", highlight=False, markup=True,
+                      soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@contextlib.contextmanager
+def handle_errors(as_json: bool = False) -> Iterator[None]:
+    try:
+        yield
+    except AirlockError as exc:
+        fail(exc, as_json)
+
+
+@contextlib.contextmanager
+def progress_bytes(description: str, total: int | None, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """Yield a callback advancing a byte progress bar (silent when disabled or not a TTY)."""
+    if not enabled or not console.is_terminal:
+        yield lambda _n: None
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TimeRemainingColumn(), console=console, transient=True,
+    ) as prog:
+        task = prog.add_task(description, total=total)
+        yield lambda n: prog.advance(task, n)

@@ -1,0 +1,119 @@
+"""Durable, atomic filesystem primitives shared by bundle staging, delta apply and the repository."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+from airlock.errors import UnsafePathError
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root`` (children first), then ``root`` itself."""
+    for dirpath, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if os.path.islink(p):
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(dirpath)
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync, rename over ``path``, fsync the dir."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_symlink(target: str, link: Path) -> None:
+    """Point ``link`` at ``target`` atomically (symlink to a temp name, then rename over)."""
+    tmp = link.parent / f".{link.name}.tmp-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    fsync_dir(link.parent)
+
+
+@contextlib.contextmanager
+def staging_dir(final: Path, prefix: str = ".staging-") -> Iterator[Path]:
+    """A fresh directory beside ``final`` (same filesystem); removed unless the caller renamed it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rmtree_writable(path: Path) -> None:
+    """Remove a tree even when its files and directories were made read-only."""
+
+    def onerror(func, p, _exc):  # type: ignore[no-untyped-def]
+        parent = os.path.dirname(p)
+        with contextlib.suppress(OSError):
+            os.chmod(parent, 0o700)
+        with contextlib.suppress(OSError):
+            os.chmod(p, 0o700)
+        func(p)
+
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, onerror=onerror)
+
+
+def safe_relpath(name: str) -> PurePosixPath:
+    """Validate an untrusted relative path: no absolute, no ``..``, no empty or odd components."""
+    if not isinstance(name, str) or not name:
+        raise UnsafePathError(f"{name!r}: empty or non-string path", path=str(name), rule="path-empty")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UnsafePathError(f"{name!r}: path is not valid UTF-8", path=name, rule="path-encoding") from exc
+    if "\x00" in name or "\\" in name:
+        raise UnsafePathError(f"{name!r}: NUL or backslash in path", path=name, rule="path-chars")
+    if name.startswith("/"):
+        raise UnsafePathError(f"{name}: absolute path", path=name, rule="path-absolute")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafePathError(f"{name}: traversal or non-normalised path", path=name, rule="path-traversal")
+    return PurePosixPath(name)
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes available to an unprivileged writer on the filesystem holding ``path``."""
+    p = path
+    while not p.exists():
+        p = p.parent
+    st = os.statvfs(p)
+    return st.f_bavail * st.f_frsize

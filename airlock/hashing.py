@@ -1,0 +1,113 @@
+"""Streaming SHA-256 of files and blocks. Bounded memory: data is read in ``CHUNK`` pieces."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+CHUNK = 4 * 1024 * 1024
+DEFAULT_BLOCK_SIZE = 64 * 1024 * 1024
+
+Progress = Callable[[int], None]
+"""Called with the number of bytes just processed."""
+
+
+def _noop(_: int) -> None:
+    return None
+
+
+@dataclass
+class FileDigest:
+    size: int
+    sha256: str
+    blocks: list[str] = field(default_factory=list)
+    block_size: int = 0
+
+
+class BlockHasher:
+    """Feed bytes in any piece size; yields the whole-file hash and one hash per fixed-size block."""
+
+    def __init__(self, block_size: int = 0) -> None:
+        self.block_size = block_size
+        self._whole = hashlib.sha256()
+        self._block = hashlib.sha256()
+        self._in_block = 0
+        self.size = 0
+        self.blocks: list[str] = []
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._whole.update(data)
+        self.size += len(data)
+        if not self.block_size:
+            return
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.block_size - self._in_block)
+            self._block.update(view[:take])
+            self._in_block += take
+            view = view[take:]
+            if self._in_block == self.block_size:
+                self.blocks.append(self._block.hexdigest())
+                self._block = hashlib.sha256()
+                self._in_block = 0
+
+    def finish(self) -> FileDigest:
+        if self.block_size and self._in_block:
+            self.blocks.append(self._block.hexdigest())
+            self._in_block = 0
+        return FileDigest(self.size, self._whole.hexdigest(), list(self.blocks), self.block_size)
+
+
+def iter_chunks(fh: BinaryIO, length: int | None = None, chunk: int = CHUNK) -> Iterator[bytes]:
+    """Yield up to ``length`` bytes (all when None) from ``fh`` in pieces of at most ``chunk``."""
+    remaining = length
+    while remaining is None or remaining > 0:
+        want = chunk if remaining is None else min(chunk, remaining)
+        data = fh.read(want)
+        if not data:
+            return
+        if remaining is not None:
+            remaining -= len(data)
+        yield data
+
+
+def digest_file(path: str | os.PathLike[str], block_size: int = 0, progress: Progress = _noop) -> FileDigest:
+    hasher = BlockHasher(block_size)
+    with open(path, "rb") as fh:
+        for data in iter_chunks(fh):
+            hasher.update(data)
+            progress(len(data))
+    return hasher.finish()
+
+
+def sha256_file(path: str | os.PathLike[str], progress: Progress = _noop) -> str:
+    return digest_file(path, 0, progress).sha256
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def copy_hashing(src: BinaryIO, dst: BinaryIO, length: int | None = None, block_size: int = 0,
+                 progress: Progress = _noop) -> FileDigest:
+    """Copy while hashing what was written: the digest is of the bytes that reached ``dst``."""
+    hasher = BlockHasher(block_size)
+    for data in iter_chunks(src, length):
+        dst.write(data)
+        hasher.update(data)
+        progress(len(data))
+    return hasher.finish()
+
+
+def tree_files(root: Path) -> list[str]:
+    """Sorted relative POSIX paths of regular files under ``root`` (symlinks are not followed)."""
+    out: list[str] = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            full = Path(dirpath) / name
+            out.append(full.relative_to(root).as_posix())
+    return sorted(out)
