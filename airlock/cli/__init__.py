@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from airlock import __version__
-from airlock.cli import audit, bundle, delta, fleet, model
+from airlock.cli import audit, bundle, delta, fleet, keys, model, serve
 
 app = typer.Typer(
     name="airlock",
@@ -18,6 +18,8 @@ app.add_typer(bundle.app, name="bundle", help="Build, sign, verify, pack and sta
 app.add_typer(delta.app, name="delta", help="Make, apply and inspect tensor-aware model deltas.")
 app.add_typer(model.app, name="model", help="The model repository on an appliance.")
 app.add_typer(audit.app, name="audit", help="The hash-chained audit log.")
+app.add_typer(keys.app, name="keys", help="Encryption at rest: key providers, rotation.")
+app.add_typer(serve.app, name="serve", help="Triton serving: repository generation, reload, smoke test.")
 fleet.register(app)
 
 
