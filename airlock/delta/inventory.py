@@ -1,0 +1,140 @@
+"""Inventory of a model directory: every file with its sha256, and every tensor of every safetensors
+file with its location and sha256, computed in one streaming pass per file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airlock.errors import UnsafePathError
+from airlock.fsutil import safe_relpath
+from airlock.hashing import CHUNK, tree_files
+from airlock.safetensors_io import SafetensorsHeader, read_header
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """A tensor of one model version; ``offset`` is absolute within ``file``."""
+
+    file: str
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+    sha256: str
+
+    def as_list(self) -> list[Any]:
+        return [self.file, self.name, self.dtype, list(self.shape), self.offset, self.nbytes, self.sha256]
+
+    @classmethod
+    def from_list(cls, v: list[Any]) -> TensorEntry:
+        return cls(str(v[0]), str(v[1]), str(v[2]), tuple(int(d) for d in v[3]), int(v[4]), int(v[5]),
+                   str(v[6]))
+
+
+@dataclass
+class Inventory:
+    root: Path
+    files: dict[str, FileInfo] = field(default_factory=dict)
+    tensors: list[TensorEntry] = field(default_factory=list)
+    headers: dict[str, SafetensorsHeader] = field(default_factory=dict)
+
+    def content_id(self) -> str:
+        return content_id(self.files)
+
+
+def content_id(files: dict[str, FileInfo]) -> str:
+    """A version id derived from content: sha256 over the sorted (path, sha256) list."""
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(f"{rel}\x00{files[rel].sha256}\n".encode())
+    return "sha256-" + h.hexdigest()
+
+
+def hash_regions(path: Path, regions: list[tuple[int, int]],
+                 progress: Progress | None = None) -> tuple[int, str, list[str]]:
+    """Stream ``path`` once: (size, sha256 of the file, sha256 of each ``[start, end)`` region).
+    ``regions`` must be sorted and non-overlapping."""
+    whole = hashlib.sha256()
+    digests: list[str] = []
+    ri = 0
+    cur = hashlib.sha256()
+    pos = 0
+    with open(path, "rb") as fh:
+        while True:
+            data = fh.read(CHUNK)
+            if not data:
+                break
+            whole.update(data)
+            end = pos + len(data)
+            while ri < len(regions):
+                start, stop = regions[ri]
+                lo, hi = max(start, pos), min(stop, end)
+                if lo < hi:
+                    cur.update(data[lo - pos:hi - pos])
+                if stop <= end:
+                    digests.append(cur.hexdigest())
+                    cur = hashlib.sha256()
+                    ri += 1
+                else:
+                    break
+            pos = end
+            if progress:
+                progress(len(data))
+    while ri < len(regions):  # empty tensors at the end, or a file shorter than its header claims
+        digests.append(cur.hexdigest())
+        cur = hashlib.sha256()
+        ri += 1
+    return pos, whole.hexdigest(), digests
+
+
+def is_safetensors(rel: str) -> bool:
+    return rel.endswith(".safetensors")
+
+
+def model_paths(root: Path) -> list[str]:
+    """Relative paths of the model's files; symlinks and special files are refused."""
+    rels = tree_files(root)
+    for rel in rels:
+        safe_relpath(rel)
+        mode = os.lstat(root / rel).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnsafePathError(f"{root / rel}: not a regular file (symlink or special file)",
+                                  path=str(root / rel), rule="path-type")
+    return rels
+
+
+def scan(root: Path, progress: Progress | None = None) -> Inventory:
+    inv = Inventory(root)
+    for rel in model_paths(root):
+        path = root / rel
+        if is_safetensors(rel):
+            header = read_header(path)
+            regions = [(header.data_start + t.start, header.data_start + t.end) for t in header.tensors]
+            size, sha, digests = hash_regions(path, regions, progress)
+            inv.headers[rel] = header
+            for t, d in zip(header.tensors, digests, strict=True):
+                inv.tensors.append(TensorEntry(rel, t.name, t.dtype, t.shape, header.data_start + t.start,
+                                               t.nbytes, d))
+        else:
+            size, sha, _ = hash_regions(path, [], progress)
+        inv.files[rel] = FileInfo(size, sha)
+    return inv
+
+
+def total_bytes(root: Path) -> int:
+    return sum((root / rel).stat().st_size for rel in model_paths(root))

@@ -1,0 +1,303 @@
+"""``make_delta``: plan per-tensor pieces for both directions, encode chunks on two cores, write the
+container to a temp file beside the output and rename it into place."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airlock import __version__
+from airlock.delta import codec
+from airlock.delta.container import DeltaWriter
+from airlock.delta.inventory import Inventory, TensorEntry, is_safetensors, scan
+from airlock.delta.pool import ordered_map
+from airlock.errors import AirlockError
+from airlock.faults import fault_point
+from airlock.fsutil import fsync_dir
+
+DEFAULT_CHUNK = 4 * 1024 * 1024
+PREFIX_LIMIT = 64 * 1024 * 1024
+"""Non-tensor files up to this size are compressed with the other version as zstd prefix (in RAM)."""
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class DeltaSummary:
+    path: Path
+    size: int
+    source_bytes: int
+    target_bytes: int
+    from_version: str
+    to_version: str
+    reversible: bool
+    records: int
+    tensors: dict[str, int] = field(default_factory=dict)
+    """Target tensors by treatment: unchanged, diff, grown, new; and removed source tensors."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "size": self.size, "source_bytes": self.source_bytes,
+                "target_bytes": self.target_bytes, "from_version": self.from_version,
+                "to_version": self.to_version, "reversible": self.reversible, "records": self.records,
+                "tensors": self.tensors,
+                "ratio": round(self.size / self.target_bytes, 6) if self.target_bytes else None}
+
+
+# A work item: (recipe number, piece template, job). Jobs run on the pool and return an
+# ``Encoded`` record, or None for a diff chunk that turned out identical (becomes a copy piece).
+Job = tuple[Any, ...]
+Item = tuple[int, tuple[Any, ...], Job | None]
+
+
+class _Files:
+    """Open file descriptors for ``os.pread`` from worker threads."""
+
+    def __init__(self) -> None:
+        self.fds: dict[Path, int] = {}
+
+    def read(self, path: Path, offset: int, length: int) -> bytes:
+        fd = self.fds.get(path)
+        if fd is None:
+            fd = self.fds[path] = os.open(path, os.O_RDONLY)
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise AirlockError(f"{path}: changed while the delta was being made (short read)", path=str(path))
+        return data
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+
+
+def _compatible(a: TensorEntry, b: TensorEntry) -> bool:
+    """Same dtype and same trailing dims: rows can grow or shrink, the common prefix is diffed."""
+    if a.dtype != b.dtype or len(a.shape) != len(b.shape):
+        return False
+    return a.shape == b.shape or (len(a.shape) >= 1 and a.shape[1:] == b.shape[1:])
+
+
+def _chunks(start: int, length: int, chunk: int) -> Iterator[tuple[int, int]]:
+    pos = 0
+    while pos < length:
+        n = min(chunk, length - pos)
+        yield start + pos, n
+        pos += n
+
+
+class _Planner:
+    def __init__(self, old: Inventory, new: Inventory, chunk: int, level: int) -> None:
+        self.old, self.new, self.chunk, self.level = old, new, chunk, level
+        self.stats = {"unchanged": 0, "diff": 0, "grown": 0, "new": 0, "removed": 0}
+        self.pairs: dict[int, int] = {}  # source tensor id -> target tensor id (diffed prefix)
+        self.fwd_pair_pieces: dict[int, list[list[Any]]] = {}  # target tid -> its prefix pieces
+
+    # -- jobs (run on the pool) ------------------------------------------------------------
+    def run(self, files: _Files, job: Job) -> codec.Encoded | None:
+        kind = job[0]
+        if kind == "hdr":
+            return codec.encode_plain(job[1], self.level)
+        if kind == "zraw":
+            return codec.encode_plain(files.read(job[1], job[2], job[3]), self.level)
+        if kind == "planes":
+            return codec.encode_planes(files.read(job[1], job[2], job[3]), job[4], self.level)
+        if kind == "diff":
+            _, npath, noff, opath, ooff, length, width = job
+            new = files.read(npath, noff, length)
+            old = files.read(opath, ooff, length)
+            return None if new == old else codec.encode_diff(new, old, width, self.level)
+        if kind == "prefix":
+            _, npath, nsize, opath, osize = job
+            return codec.encode_prefix(files.read(npath, 0, nsize), files.read(opath, 0, osize), self.level)
+        raise AssertionError(kind)
+
+    # -- planning ---------------------------------------------------------------------------
+    def items(self, out: Inventory, inp: Inventory, recipe_base: int, forward: bool) -> Iterator[Item]:
+        """Work items for the recipes that build ``out`` from ``inp``."""
+        in_file_by_sha: dict[str, str] = {}
+        for rel, f in sorted(inp.files.items()):
+            in_file_by_sha.setdefault(f.sha256, rel)
+        in_by_sha: dict[str, int] = {}
+        in_by_name: dict[str, list[int]] = {}
+        for i, t in enumerate(inp.tensors):
+            in_by_sha.setdefault(t.sha256, i)
+            in_by_name.setdefault(t.name, []).append(i)
+        out_ids = {(t.file, t.name): i for i, t in enumerate(out.tensors)}
+        for n, rel in enumerate(sorted(out.files)):
+            r = recipe_base + n
+            info = out.files[rel]
+            if info.sha256 in in_file_by_sha:
+                yield r, ("file", in_file_by_sha[info.sha256]), None
+                continue
+            path = out.root / rel
+            if not is_safetensors(rel):
+                other = inp.files.get(rel)
+                if other is not None and max(info.size, other.size) <= PREFIX_LIMIT:
+                    yield r, ("prefix", rel), ("prefix", path, info.size, inp.root / rel, other.size)
+                else:
+                    for off, ln in _chunks(0, info.size, self.chunk):
+                        yield r, ("rec",), ("zraw", path, off, ln)
+                continue
+            header = out.headers[rel]
+            yield r, ("rec",), ("hdr", header.raw)
+            for ti in header.tensors:
+                oid = out_ids[(rel, ti.name)]
+                yield from self._tensor_items(r, oid, out, inp, in_by_sha, in_by_name, forward)
+
+    def _tensor_items(self, r: int, oid: int, out: Inventory, inp: Inventory, in_by_sha: dict[str, int],
+                      in_by_name: dict[str, list[int]], forward: bool) -> Iterator[Item]:
+        t = out.tensors[oid]
+        if t.nbytes == 0:
+            return
+        width = _itemsize(t.dtype)
+        if t.sha256 in in_by_sha:
+            iid = in_by_sha[t.sha256]
+            same = [i for i in in_by_name.get(t.name, []) if inp.tensors[i].sha256 == t.sha256]
+            iid = same[0] if same else iid
+            if forward:
+                self.stats["unchanged"] += 1
+            yield r, ("copy", iid, 0, t.nbytes), None
+            return
+        opath = out.root / t.file
+        if forward:
+            cands = [i for i in in_by_name.get(t.name, []) if _compatible(inp.tensors[i], t)]
+            cands.sort(key=lambda i: inp.tensors[i].file != t.file)
+            if cands:
+                iid = cands[0]
+                s = inp.tensors[iid]
+                common = min(s.nbytes, t.nbytes)
+                self.pairs[iid] = oid
+                self.stats["diff" if s.nbytes == t.nbytes else "grown"] += 1
+                ipath = inp.root / s.file
+                for off, ln in _chunks(0, common, self.chunk):
+                    yield r, ("diff", iid, off, ln, oid), ("diff", opath, t.offset + off, ipath,
+                                                            s.offset + off, ln, width)
+                for off, ln in _chunks(common, t.nbytes - common, self.chunk):
+                    yield r, ("rec",), ("planes", opath, t.offset + off, ln, width)
+                return
+            self.stats["new"] += 1
+        else:
+            pair = self.pairs.get(oid)  # here ``out`` is the source side: oid is a source tensor id
+            if pair is not None:
+                common = min(t.nbytes, inp.tensors[pair].nbytes)
+                yield r, ("pair", pair), None  # expanded once the forward pieces are known
+                for off, ln in _chunks(common, t.nbytes - common, self.chunk):
+                    yield r, ("rec",), ("planes", opath, t.offset + off, ln, width)
+                return
+            self.stats["removed"] += 1
+        for off, ln in _chunks(0, t.nbytes, self.chunk):
+            yield r, ("rec",), ("planes", opath, t.offset + off, ln, width)
+
+
+def _itemsize(dtype: str) -> int:
+    from airlock.safetensors_io import DTYPE_SIZES
+
+    return DTYPE_SIZES[dtype]
+
+
+def _piece(tmpl: tuple[Any, ...], enc: codec.Encoded | None, writer: DeltaWriter) -> list[Any]:
+    kind = tmpl[0]
+    if kind in ("file", "copy"):
+        return list(tmpl)
+    if kind == "diff":
+        _, iid, off, ln, _oid = tmpl
+        if enc is None:
+            return ["copy", iid, off, ln]
+        return ["diff", iid, off, writer.add(enc)]
+    assert enc is not None
+    if kind == "rec":
+        return ["rec", writer.add(enc)]
+    if kind == "prefix":
+        return ["prefix", tmpl[1], writer.add(enc)]
+    raise AssertionError(kind)
+
+
+def _append(pieces: list[list[Any]], piece: list[Any]) -> None:
+    """Merge a copy piece into a preceding contiguous copy of the same tensor."""
+    if piece[0] == "copy" and pieces and pieces[-1][0] == "copy" and pieces[-1][1] == piece[1] \
+            and pieces[-1][2] + pieces[-1][3] == piece[2]:
+        pieces[-1] = ["copy", piece[1], pieces[-1][2], pieces[-1][3] + piece[3]]
+    else:
+        pieces.append(piece)
+
+
+def _cleanup_stale(out_path: Path) -> None:
+    """Remove temp files of earlier makes of the same output whose process is gone (kill -9)."""
+    for p in out_path.parent.glob(f".{out_path.name}.*.tmp"):
+        try:
+            pid = int(p.name.rsplit(".", 2)[-2])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def make_delta(old_dir: Path, new_dir: Path, out_path: Path, *, from_version: str | None = None,
+               to_version: str | None = None, reverse: bool = True, progress: Progress | None = None,
+               chunk_bytes: int = DEFAULT_CHUNK, level: int = codec.LEVEL, workers: int = 2) -> DeltaSummary:
+    """Write a delta that turns ``old_dir`` into ``new_dir`` (and back, with ``reverse``)."""
+    old_dir, new_dir, out_path = Path(old_dir), Path(new_dir), Path(out_path)
+    if chunk_bytes % 8 or not 8 <= chunk_bytes <= codec.MAX_RAW:
+        raise ValueError("chunk_bytes must be a multiple of 8 and at most 64 MiB")
+    old = scan(old_dir, progress)
+    new = scan(new_dir, progress)
+    planner = _Planner(old, new, chunk_bytes, level)
+    fwd_names = sorted(new.files)
+    rev_names = sorted(old.files) if reverse else []
+    recipes: list[list[list[Any]]] = [[] for _ in fwd_names + rev_names]
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _cleanup_stale(out_path)
+    tmp = out_path.parent / f".{out_path.name}.{os.getpid()}.tmp"
+    writer = DeltaWriter(tmp)
+    files = _Files()
+    try:
+        def items() -> Iterator[Item]:
+            yield from planner.items(new, old, 0, True)
+            if reverse:
+                yield from planner.items(old, new, len(fwd_names), False)
+
+        def work(item: Item) -> tuple[Item, codec.Encoded | None]:
+            return item, (planner.run(files, item[2]) if item[2] is not None else None)
+
+        for (r, tmpl, job), enc in ordered_map(work, items(), workers):
+            if tmpl[0] == "pair":
+                for p in planner.fwd_pair_pieces.get(tmpl[1], []):
+                    _append(recipes[r], [p[0], tmpl[1], *p[2:]])
+                continue
+            piece = _piece(tmpl, enc, writer)
+            if tmpl[0] == "diff":
+                planner.fwd_pair_pieces.setdefault(tmpl[4], []).append(piece)
+            _append(recipes[r], piece)
+            if progress and job is not None and job[0] != "hdr":
+                progress(job[3] if job[0] in ("zraw", "planes") else job[5] if job[0] == "diff" else job[2])
+        frm, to = from_version or old.content_id(), to_version or new.content_id()
+        index: dict[str, Any] = {
+            "format": "airlock-delta", "format_version": 1, "created_by": f"airlock {__version__}",
+            "from_version": frm, "to_version": to,
+            "source_id": old.content_id(), "target_id": new.content_id(), "reversible": reverse,
+            "chunk_bytes": chunk_bytes,
+            "source_files": {k: {"size": v.size, "sha256": v.sha256} for k, v in old.files.items()},
+            "target_files": {k: {"size": v.size, "sha256": v.sha256} for k, v in new.files.items()},
+            "source_tensors": [t.as_list() for t in old.tensors],
+            "target_tensors": [t.as_list() for t in new.tensors],
+            "forward": [{"path": rel, "pieces": recipes[i]} for i, rel in enumerate(fwd_names)],
+            "reverse": [{"path": rel, "pieces": recipes[len(fwd_names) + i]}
+                        for i, rel in enumerate(rev_names)] if reverse else None,
+        }
+        size = writer.finish(index)
+        fault_point("delta.make.before-rename")
+        os.replace(tmp, out_path)
+        fsync_dir(out_path.parent)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        files.close()
+    return DeltaSummary(out_path, size, sum(f.size for f in old.files.values()),
+                        sum(f.size for f in new.files.values()), frm, to,
+                        reverse, len(writer.records), planner.stats)
