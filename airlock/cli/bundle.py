@@ -1,7 +1,205 @@
-"""`airlock bundle ...` commands."""
+"""`airlock bundle ...` commands: build, verify, stage, pack, unpack, inspect.
+
+Exit codes (docs/bundle-format.md): 0 ok, 10 signature, 11 manifest, 12 unsafe path,
+13 integrity, 14 incompatible, 15 downgrade."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from airlock.cli.common import JsonOpt, emit_json, handle_errors, out, progress_bytes
+
+app = typer.Typer(no_args_is_help=True, help="Build, sign, verify, pack and stage bundles.")
+
+TrustOpt = typer.Option(..., "--trust", "-t", help="Pinned signer fingerprint (primary key); repeatable.")
+KeyringOpt = typer.Option(None, "--keyring", help="Public keyring file with the trusted keys (imported into "
+                          "a throwaway GNUPGHOME; your keyring is never modified).")
+HomeOpt = typer.Option(None, "--gnupghome", help="GnuPG home holding the keys (default: $GNUPGHOME).")
+CompatOpt = typer.Option(None, "--compatible", help="This appliance's profile; the bundle must match it.")
+SeqOpt = typer.Option(None, "--installed-sequence", help="Installed bundle sequence (anti-downgrade).")
+ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars on a terminal.")
+
+
+def _trust(fprs: list[str], keyring: Path | None, gnupghome: Path | None):  # type: ignore[no-untyped-def]
+    from airlock.bundle import Trust
+
+    return Trust(fingerprints=fprs, gnupghome=gnupghome, keyring=keyring)
+
+
+def _size(value: str | None) -> int | None:
+    from airlock.bundle.spec import parse_size
+
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+@app.command()
+def build(
+    spec: Path = typer.Argument(..., help="Bundle spec (YAML), e.g. bundle/demo-full.yml."),
+    output: Path = typer.Option(..., "--output", "-o", help="Bundle directory to create (must not exist)."),
+    signer: str = typer.Option(..., "--signer", help="Fingerprint of the signing key."),
+    gnupghome: Path | None = HomeOpt,
+    passphrase_file: Path | None = typer.Option(
+        None, "--passphrase-file", help="File holding the key passphrase (or $AIRLOCK_GPG_PASSPHRASE_FILE)."),
+    split_size: str | None = typer.Option(None, "--split-size", help="Split payloads above this size "
+                                          "(default 4GiB-1MiB, for FAT32), e.g. 2GiB."),
+    block_size: str | None = typer.Option(None, "--block-size", help="Block hash size (default 64MiB)."),
+    as_json: bool = JsonOpt,
+    progress: bool = ProgressOpt,
+) -> None:
+    """Copy the payloads named by SPEC while hashing, write MANIFEST.json and sign it."""
+    from airlock.bundle import build_bundle
+
+    with handle_errors(as_json), progress_bytes("building", None, progress and not as_json) as tick:
+        m = build_bundle(spec, output, signer=signer, gnupghome=gnupghome, passphrase_file=passphrase_file,
+                         progress=tick, split_size=_size(split_size), block_size=_size(block_size))
+    if as_json:
+        emit_json({"ok": True, "path": str(output), "bundle_id": m.bundle_id, "kind": m.kind,
+                   "sequence": m.sequence, "files": len(m.files), "bytes": m.total_bytes})
+    else:
+        out.print(f"built {output}: {m.bundle_id} ({m.kind}, sequence {m.sequence}), {len(m.files)} files, "
+                  f"{m.total_bytes} bytes, signed by {signer}")
+
+
+@app.command()
+def verify(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    trust: list[str] = TrustOpt,
+    keyring: Path | None = KeyringOpt,
+    gnupghome: Path | None = HomeOpt,
+    compatible: str | None = CompatOpt,
+    installed_sequence: int | None = SeqOpt,
+    as_json: bool = JsonOpt,
+    progress: bool = ProgressOpt,
+) -> None:
+    """Check the signature, then every payload's size, sha256 and block hashes. Fails closed."""
+    from airlock.bundle import verify_bundle
+
+    with handle_errors(as_json):
+        t = _trust(trust, keyring, gnupghome)
+        with progress_bytes("verifying", None, progress and not as_json) as tick:
+            report = verify_bundle(bundle, t, compatible=compatible, installed_sequence=installed_sequence,
+                                   progress=tick)
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    m = report.manifest
+    out.print(f"[green]OK[/] {bundle}: {m.bundle_id} ({m.kind}, sequence {m.sequence}) signed by "
+              f"{report.signer.primary_fingerprint}; {report.files_checked} files, "
+              f"{report.bytes_checked} bytes verified", highlight=False)
+    for extra in report.extra_files:
+        out.print(f"[yellow]extra[/] {extra} (not in the manifest; ignored, not read)", highlight=False)
+
+
+@app.command()
+def stage(
+    bundle: Path = typer.Argument(..., help="Bundle directory (e.g. on the USB stick)."),
+    to: Path = typer.Option(..., "--to", help="Staging directory (created; an interrupted stage resumes)."),
+    trust: list[str] = TrustOpt,
+    keyring: Path | None = KeyringOpt,
+    gnupghome: Path | None = HomeOpt,
+    compatible: str | None = CompatOpt,
+    installed_sequence: int | None = SeqOpt,
+    as_json: bool = JsonOpt,
+    progress: bool = ProgressOpt,
+) -> None:
+    """Copy the manifest (verified over the staged bytes), then every payload while hashing."""
+    from airlock.bundle import stage_bundle
+
+    with handle_errors(as_json):
+        t = _trust(trust, keyring, gnupghome)
+        with progress_bytes("staging", None, progress and not as_json) as tick:
+            staged = stage_bundle(bundle, to, t, compatible=compatible, installed_sequence=installed_sequence,
+                                  progress=tick)
+    if as_json:
+        emit_json(staged.as_dict())
+        return
+    c = staged.counters
+    out.print(f"[green]staged[/] {staged.manifest.bundle_id} into {to}: {c.bytes_copied} bytes copied, "
+              f"{c.bytes_reused} reused ({c.blocks_copied} blocks copied, {c.blocks_reused} reused)",
+              highlight=False)
+
+
+@app.command()
+def pack(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    output: Path = typer.Option(..., "--output", "-o", help="Tar file to write."),
+    trust: list[str] = typer.Option([], "--trust", "-t", help="Check the signature first (repeatable)."),
+    keyring: Path | None = KeyringOpt,
+    gnupghome: Path | None = HomeOpt,
+    as_json: bool = JsonOpt,
+    progress: bool = ProgressOpt,
+) -> None:
+    """Pack a bundle into one POSIX tar: manifest and signature first, then payloads."""
+    from airlock.bundle import pack_bundle
+
+    with handle_errors(as_json), progress_bytes("packing", None, progress and not as_json) as tick:
+        t = _trust(trust, keyring, gnupghome) if trust else None
+        m = pack_bundle(bundle, output, t, progress=tick)
+    if as_json:
+        emit_json({"ok": True, "path": str(output), "bundle_id": m.bundle_id, "files": len(m.files)})
+    else:
+        out.print(f"packed {m.bundle_id} into {output}")
+
+
+@app.command()
+def unpack(
+    archive: Path = typer.Argument(..., help="Tar file made by `airlock bundle pack`."),
+    output: Path = typer.Option(..., "--output", "-o", help="Bundle directory to create (must not exist)."),
+    trust: list[str] = TrustOpt,
+    keyring: Path | None = KeyringOpt,
+    gnupghome: Path | None = HomeOpt,
+    compatible: str | None = CompatOpt,
+    installed_sequence: int | None = SeqOpt,
+    as_json: bool = JsonOpt,
+    progress: bool = ProgressOpt,
+) -> None:
+    """Verify the signature, then write only manifest-named regular files, hashing them."""
+    from airlock.bundle import unpack_bundle
+
+    with handle_errors(as_json):
+        t = _trust(trust, keyring, gnupghome)
+        with progress_bytes("unpacking", None, progress and not as_json) as tick:
+            report = unpack_bundle(archive, output, t, compatible=compatible,
+                                   installed_sequence=installed_sequence, progress=tick)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        out.print(f"[green]unpacked[/] {report.manifest.bundle_id} into {output}: {report.members} members, "
+                  f"{report.bytes} bytes", highlight=False)
+
+
+@app.command()
+def inspect(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    trust: list[str] = TrustOpt,
+    keyring: Path | None = KeyringOpt,
+    gnupghome: Path | None = HomeOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show the signed manifest (signature checked; payloads not hashed)."""
+    from airlock.bundle.manifest import to_dict
+    from airlock.bundle.verify import load_signed_manifest
+
+    with handle_errors(as_json):
+        signed = load_signed_manifest(bundle, _trust(trust, keyring, gnupghome))
+    m = signed.manifest
+    if as_json:
+        emit_json({"signer": signed.signer.primary_fingerprint, "manifest": to_dict(m)})
+        return
+    rollback = " (signed rollback)" if m.rollback else ""
+    out.print(f"{m.bundle_id}: kind {m.kind}, compatible {m.compatible}, sequence {m.sequence}{rollback}, "
+              f"created {m.created}, airlock {m.builder_version}", highlight=False)
+    out.print(f"signed by {signed.signer.primary_fingerprint}", highlight=False)
+    for me in m.models:
+        src = f" from {me.from_version}" if me.from_version else ""
+        out.print(f"  model {me.name} {me.version} ({me.kind}{src}): {me.path}", highlight=False)
+    for rel, e in m.files.items():
+        parts = f" in {len(e.parts)} parts" if e.parts else ""
+        out.print(f"  {e.size:>14}  {e.sha256[:16]}  {rel}{parts}", highlight=False)

@@ -1,0 +1,304 @@
+"""MANIFEST.json: dataclasses, canonical serialisation and a strict, size-limited parser.
+
+The manifest is written exactly once as canonical JSON (sorted keys, fixed separators, UTF-8) and
+signed as bytes. Parsing happens only after the signature over those exact bytes was verified.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from airlock.errors import ManifestError, UnsafePathError
+from airlock.fsutil import safe_relpath
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "MANIFEST.json"
+SIGNATURE_NAME = "MANIFEST.json.asc"
+RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+MAX_SIGNATURE_BYTES = 1024 * 1024
+KINDS = ("full", "delta")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_PART_SUFFIX = re.compile(r"\.part\d{3}$")
+
+
+@dataclass(frozen=True)
+class PartEntry:
+    size: int
+    sha256: str
+
+
+@dataclass
+class FileEntry:
+    """One payload file. ``blocks`` hash consecutive ``block_size`` ranges of the whole file;
+    ``parts`` (when split for FAT32) are stored as ``<path>.part000``, ``.part001``, ..."""
+
+    size: int
+    sha256: str
+    block_size: int
+    blocks: list[str] = field(default_factory=list)
+    parts: list[PartEntry] = field(default_factory=list)
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    version: str
+    kind: str
+    path: str
+    target_files: dict[str, dict[str, Any]]
+    from_version: str | None = None
+    description: str = ""
+    dependencies: dict[str, str] = field(default_factory=dict)
+    golden: dict[str, Any] | None = None
+
+
+@dataclass
+class Manifest:
+    bundle_id: str
+    kind: str
+    compatible: str
+    sequence: int
+    created: str
+    builder_version: str
+    files: dict[str, FileEntry]
+    models: list[ModelEntry] = field(default_factory=list)
+    rollback: bool = False
+    format_version: int = FORMAT_VERSION
+
+    def physical_files(self) -> dict[str, tuple[str, int | None]]:
+        """Every on-disk name -> (logical path, part index or None)."""
+        out: dict[str, tuple[str, int | None]] = {}
+        for rel, entry in self.files.items():
+            if entry.parts:
+                for i in range(len(entry.parts)):
+                    out[part_name(rel, i)] = (rel, i)
+            else:
+                out[rel] = (rel, None)
+        return out
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.size for e in self.files.values())
+
+
+def part_name(rel: str, index: int) -> str:
+    return f"{rel}.part{index:03d}"
+
+
+# ---------------------------------------------------------------------------------------- writing
+
+
+def to_dict(m: Manifest) -> dict[str, Any]:
+    files: dict[str, Any] = {}
+    for rel, e in m.files.items():
+        fd: dict[str, Any] = {"size": e.size, "sha256": e.sha256, "block_size": e.block_size,
+                              "blocks": list(e.blocks)}
+        if e.parts:
+            fd["parts"] = [{"size": p.size, "sha256": p.sha256} for p in e.parts]
+        files[rel] = fd
+    models = []
+    for me in m.models:
+        models.append({
+            "name": me.name, "version": me.version, "kind": me.kind, "from_version": me.from_version,
+            "path": me.path, "target_files": me.target_files, "description": me.description,
+            "dependencies": dict(me.dependencies), "golden": me.golden,
+        })
+    return {
+        "format_version": m.format_version, "bundle_id": m.bundle_id, "kind": m.kind,
+        "compatible": m.compatible, "sequence": m.sequence, "created": m.created,
+        "builder_version": m.builder_version, "rollback": m.rollback, "files": files, "models": models,
+    }
+
+
+def canonical_bytes(m: Manifest) -> bytes:
+    """Canonical JSON: sorted keys, fixed separators, UTF-8, trailing newline."""
+    validate(m)
+    text = json.dumps(to_dict(m), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+    return (text + "\n").encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------- parsing
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise UnsafePathError(f"{MANIFEST_NAME}: duplicate key {key!r}", path=key, rule="path-duplicate")
+        out[key] = value
+    return out
+
+
+def _bad_constant(name: str) -> Any:
+    raise ManifestError(f"{MANIFEST_NAME}: non-finite number {name} not allowed", path=MANIFEST_NAME,
+                        rule="manifest-schema")
+
+
+def _fail(msg: str) -> ManifestError:
+    return ManifestError(f"{MANIFEST_NAME}: {msg}", path=MANIFEST_NAME, rule="manifest-schema")
+
+
+def _take(obj: dict[str, Any], where: str, required: dict[str, type | tuple[type, ...]],
+          optional: dict[str, type | tuple[type, ...]] | None = None) -> dict[str, Any]:
+    optional = optional or {}
+    unknown = set(obj) - set(required) - set(optional)
+    if unknown:
+        raise _fail(f"{where}: unknown field(s) {sorted(unknown)}")
+    for key in required:
+        if key not in obj:
+            raise _fail(f"{where}: missing field {key!r}")
+    for key, typ in {**required, **optional}.items():
+        if key in obj and not _is(obj[key], typ):
+            raise _fail(f"{where}: field {key!r} has the wrong type")
+    return obj
+
+
+def _is(value: Any, typ: type | tuple[type, ...]) -> bool:
+    types = typ if isinstance(typ, tuple) else (typ,)
+    if isinstance(value, bool) and bool not in types:
+        return False
+    return isinstance(value, types)
+
+
+def _hex(value: str, where: str) -> str:
+    if not _HEX64.match(value):
+        raise _fail(f"{where}: not a lowercase sha256 hex digest")
+    return value
+
+
+def _nonneg(value: int, where: str) -> int:
+    if value < 0:
+        raise _fail(f"{where}: negative value")
+    return value
+
+
+def _file_entry(rel: str, raw: Any) -> FileEntry:
+    if not isinstance(raw, dict):
+        raise _fail(f"files[{rel!r}] is not an object")
+    _take(raw, f"files[{rel!r}]", {"size": int, "sha256": str, "block_size": int, "blocks": list},
+          {"parts": list})
+    parts = []
+    for i, p in enumerate(raw.get("parts", [])):
+        if not isinstance(p, dict):
+            raise _fail(f"files[{rel!r}].parts[{i}] is not an object")
+        _take(p, f"files[{rel!r}].parts[{i}]", {"size": int, "sha256": str})
+        parts.append(PartEntry(_nonneg(p["size"], rel), _hex(p["sha256"], rel)))
+    blocks = raw["blocks"]
+    for b in blocks:
+        if not isinstance(b, str):
+            raise _fail(f"files[{rel!r}].blocks: not a string")
+        _hex(b, rel)
+    return FileEntry(_nonneg(raw["size"], rel), _hex(raw["sha256"], rel), raw["block_size"], list(blocks),
+                     parts)
+
+
+def _model_entry(i: int, raw: Any) -> ModelEntry:
+    where = f"models[{i}]"
+    if not isinstance(raw, dict):
+        raise _fail(f"{where} is not an object")
+    _take(raw, where, {"name": str, "version": str, "kind": str, "path": str, "target_files": dict},
+          {"from_version": (str, type(None)), "description": str, "dependencies": dict,
+           "golden": (dict, type(None))})
+    tf = raw["target_files"]
+    for rel, info in tf.items():
+        safe_relpath(rel)
+        if not isinstance(info, dict):
+            raise _fail(f"{where}.target_files[{rel!r}] is not an object")
+        _take(info, f"{where}.target_files[{rel!r}]", {"size": int, "sha256": str})
+        _hex(info["sha256"], rel)
+    deps = raw.get("dependencies", {})
+    if not all(isinstance(v, str) for v in deps.values()):
+        raise _fail(f"{where}.dependencies: values must be strings")
+    return ModelEntry(name=raw["name"], version=raw["version"], kind=raw["kind"], path=raw["path"],
+                      target_files=tf, from_version=raw.get("from_version"),
+                      description=raw.get("description", ""), dependencies=deps, golden=raw.get("golden"))
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse signed manifest bytes with a size limit and a strict schema."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{MANIFEST_NAME}: {len(data)} bytes exceeds the {MAX_MANIFEST_BYTES} byte limit",
+                            path=MANIFEST_NAME, rule="manifest-size")
+    try:
+        text = data.decode("utf-8", errors="strict")
+        raw = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_bad_constant)
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{MANIFEST_NAME}: not valid UTF-8 ({exc.reason})", path=MANIFEST_NAME,
+                            rule="manifest-parse") from exc
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{MANIFEST_NAME}: invalid JSON ({exc.msg} at line {exc.lineno})",
+                            path=MANIFEST_NAME, rule="manifest-parse") from exc
+    if not isinstance(raw, dict):
+        raise _fail("top level is not an object")
+    _take(raw, "manifest", {"format_version": int, "bundle_id": str, "kind": str, "compatible": str,
+                            "sequence": int, "created": str, "builder_version": str, "rollback": bool,
+                            "files": dict, "models": list})
+    if raw["format_version"] != FORMAT_VERSION:
+        raise ManifestError(f"{MANIFEST_NAME}: unsupported format_version {raw['format_version']}",
+                            path=MANIFEST_NAME, rule="manifest-version")
+    files = {rel: _file_entry(rel, entry) for rel, entry in raw["files"].items()}
+    models = [_model_entry(i, m) for i, m in enumerate(raw["models"])]
+    m = Manifest(bundle_id=raw["bundle_id"], kind=raw["kind"], compatible=raw["compatible"],
+                 sequence=raw["sequence"], created=raw["created"], builder_version=raw["builder_version"],
+                 files=files, models=models, rollback=raw["rollback"], format_version=raw["format_version"])
+    validate(m)
+    return m
+
+
+def validate(m: Manifest) -> None:
+    """Semantic checks shared by the writer and the parser."""
+    if m.kind not in KINDS:
+        raise _fail(f"kind {m.kind!r} is not one of {KINDS}")
+    if m.sequence < 0:
+        raise _fail("sequence is negative")
+    if not m.bundle_id or not m.compatible:
+        raise _fail("bundle_id and compatible must be non-empty")
+    physical: set[str] = set()
+    for rel, e in m.files.items():
+        safe_relpath(rel)
+        if rel in RESERVED_NAMES:
+            raise UnsafePathError(f"{rel}: reserved name used as payload", path=rel, rule="path-reserved")
+        if _PART_SUFFIX.search(rel):
+            raise UnsafePathError(f"{rel}: payload name ends like a part name", path=rel,
+                                  rule="path-reserved")
+        if e.block_size <= 0:
+            raise _fail(f"files[{rel!r}]: block_size must be positive")
+        if len(e.blocks) != math.ceil(e.size / e.block_size):
+            raise _fail(f"files[{rel!r}]: {len(e.blocks)} block hashes for {e.size} bytes")
+        if e.parts:
+            if len(e.parts) < 2 or len(e.parts) > 1000:
+                raise _fail(f"files[{rel!r}]: a split file has 2..1000 parts")
+            if sum(p.size for p in e.parts) != e.size:
+                raise _fail(f"files[{rel!r}]: part sizes do not add up to the file size")
+            physical.update(part_name(rel, i) for i in range(len(e.parts)))
+        else:
+            physical.add(rel)
+    # one name may not be both a file and a directory of another file
+    dirs = {str(p) for name in physical for p in safe_relpath(name).parents if str(p) != "."}
+    clash = physical & dirs
+    if clash:
+        name = sorted(clash)[0]
+        raise UnsafePathError(f"{name}: used both as a file and as a directory", path=name,
+                              rule="path-duplicate")
+    if len(physical) != sum(len(e.parts) or 1 for e in m.files.values()):
+        raise UnsafePathError("MANIFEST.json: two payload names map to the same file", path=MANIFEST_NAME,
+                              rule="path-duplicate")
+    for me in m.models:
+        if me.kind not in KINDS:
+            raise _fail(f"model {me.name}: kind {me.kind!r} is not one of {KINDS}")
+        safe_relpath(me.path)
+        if me.kind == "delta":
+            if me.from_version is None:
+                raise _fail(f"model {me.name}: a delta needs from_version")
+            if me.path not in m.files:
+                raise _fail(f"model {me.name}: delta file {me.path} is not in files")
+        else:
+            for rel in me.target_files:
+                if f"{me.path}/{rel}" not in m.files:
+                    raise _fail(f"model {me.name}: {me.path}/{rel} is not in files")

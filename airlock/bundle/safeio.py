@@ -1,0 +1,161 @@
+"""Opening untrusted bundle files: component by component with O_NOFOLLOW, regular files only,
+and a reader that concatenates the parts of a split payload transparently."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from airlock.errors import AirlockError, IntegrityError, UnsafePathError
+from airlock.fsutil import safe_relpath
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def _describe(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    if stat.S_ISFIFO(mode):
+        return "a fifo"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def open_beneath(root: Path, rel: str) -> int:
+    """Open ``root/rel`` read-only without following any symlink below ``root``; regular files only.
+
+    Returns a file descriptor. Missing -> IntegrityError; symlink/device/fifo -> UnsafePathError.
+    """
+    parts = safe_relpath(rel).parts
+    try:
+        dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise IntegrityError(f"{root}: bundle directory missing", path=str(root), rule="missing") from exc
+    try:
+        for comp in parts[:-1]:
+            try:
+                st = os.stat(comp, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError as exc:
+                raise IntegrityError(f"{rel}: missing file", path=rel, rule="missing") from exc
+            if not stat.S_ISDIR(st.st_mode):
+                raise UnsafePathError(f"{rel}: component {comp!r} is {_describe(st.st_mode)}", path=rel,
+                                      rule="path-type")
+            nfd = os.open(comp, _DIR_FLAGS, dir_fd=dfd)
+            os.close(dfd)
+            dfd = nfd
+        try:
+            st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError as exc:
+            raise IntegrityError(f"{rel}: missing file", path=rel, rule="missing") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePathError(f"{rel}: is {_describe(st.st_mode)}, not a regular file", path=rel,
+                                  rule="path-type")
+        fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=dfd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between stat and open
+            os.close(fd)
+            raise UnsafePathError(f"{rel}: changed type while opening", path=rel, rule="path-type")
+        os.set_blocking(fd, True)
+        return fd
+    finally:
+        os.close(dfd)
+
+
+def read_limited(root: Path, rel: str, limit: int, error: type[AirlockError], rule: str) -> bytes:
+    """Read a whole small file (manifest, signature), refusing it when larger than ``limit``."""
+    fd = open_beneath(root, rel)
+    with os.fdopen(fd, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > limit:
+            raise error(f"{rel}: {size} bytes exceeds the {limit} byte limit", path=rel, rule=rule)
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{rel}: grew past the {limit} byte limit", path=rel, rule=rule)
+    return data
+
+
+class PartsReader(io.RawIOBase):
+    """Read-only file-like over consecutive parts; each part must have exactly its expected size."""
+
+    def __init__(self, root: Path, names: Sequence[str], sizes: Sequence[int], logical: str) -> None:
+        super().__init__()
+        self._root = root
+        self._names = list(names)
+        self._sizes = list(sizes)
+        self._logical = logical
+        self._index = -1
+        self._fh: io.BufferedReader | None = None
+        self._left = 0
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _next(self) -> bool:
+        if self._fh is not None:
+            if self._fh.read(1):
+                raise IntegrityError(f"{self._names[self._index]}: larger than its manifest size",
+                                     path=self._names[self._index], rule="size")
+            self._fh.close()
+            self._fh = None
+        self._index += 1
+        if self._index >= len(self._names):
+            return False
+        self._fh = os.fdopen(open_beneath(self._root, self._names[self._index]), "rb")
+        self._left = self._sizes[self._index]
+        return True
+
+    def skip_to(self, offset: int) -> None:
+        """Position at logical ``offset`` (used by resume); parts before it are opened only to check type."""
+        if self._pos != 0 or self._index != -1:
+            raise ValueError("skip_to only on a fresh reader")
+        while self._next():
+            if offset < self._left:
+                assert self._fh is not None
+                self._fh.seek(offset)
+                self._left -= offset
+                self._pos += offset
+                return
+            offset -= self._left
+            self._pos += self._left
+            self._left = 0
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buf).cast("B")
+        while True:
+            if self._fh is None or self._left == 0:
+                if not self._next():
+                    return 0
+                continue
+            n = self._fh.readinto(view[: min(len(view), self._left)])
+            if not n:
+                name = self._names[self._index]
+                raise IntegrityError(f"{name}: truncated ({self._left} bytes short of its manifest size)",
+                                     path=name, rule="size")
+            self._left -= n
+            self._pos += n
+            return n
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        super().close()
+
+
+def open_payload(root: Path, rel: str, size: int, part_sizes: Sequence[int] | None) -> io.BufferedReader:
+    """A reader of the logical payload ``rel`` (reassembling parts) that fails on size mismatch."""
+    if part_sizes:
+        names = [f"{rel}.part{i:03d}" for i in range(len(part_sizes))]
+        sizes = list(part_sizes)
+    else:
+        names, sizes = [rel], [size]
+    return io.BufferedReader(PartsReader(root, names, sizes, rel), buffer_size=1024 * 1024)

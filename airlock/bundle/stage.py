@@ -1,0 +1,239 @@
+"""Stage a bundle onto the target's disk with no TOCTOU window.
+
+The manifest and signature are copied first and the signature is verified over the *staged* bytes;
+each payload is then copied while hashing (parts reassembled) and checked block by block against
+the staged manifest. Only staged copies are used afterwards, so a stick that changes after
+verification cannot inject bytes. An interrupted copy resumes: complete blocks of a partial file
+that match the manifest are kept, the rest is copied again."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from airlock.bundle.manifest import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_NAME,
+    FileEntry,
+    Manifest,
+)
+from airlock.bundle.safeio import PartsReader, read_limited
+from airlock.bundle.signing import SignerInfo, Trust
+from airlock.bundle.verify import BlockChecker, check_policy, check_signed
+from airlock.errors import IntegrityError, ManifestError, SignatureError, UnsafePathError
+from airlock.faults import fault_point
+from airlock.fsutil import atomic_write_bytes, fsync_dir
+from airlock.hashing import CHUNK
+
+Progress = Callable[[int], None]
+PARTIAL_SUFFIX = ".airlock-partial"
+_INCOMING = ".incoming-"
+
+
+def _noop(_: int) -> None:
+    return None
+
+
+@dataclass
+class StageCounters:
+    files_copied: int = 0
+    files_reused: int = 0
+    blocks_copied: int = 0
+    blocks_reused: int = 0
+    bytes_copied: int = 0
+    bytes_reused: int = 0
+
+
+@dataclass
+class StagedBundle:
+    path: Path
+    manifest: Manifest
+    signer: SignerInfo
+    counters: StageCounters
+
+    def as_dict(self) -> dict[str, object]:
+        m = self.manifest
+        return {"ok": True, "staging": str(self.path), "bundle_id": m.bundle_id, "kind": m.kind,
+                "sequence": m.sequence, "signer": self.signer.primary_fingerprint,
+                "files": len(m.files), "bytes": m.total_bytes, **asdict(self.counters)}
+
+
+def _prepare(stage: Path) -> None:
+    if os.path.lexists(stage):
+        st = os.lstat(stage)
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafePathError(f"{stage}: staging path exists and is not a directory", path=str(stage),
+                                  rule="staging")
+        entries = os.listdir(stage)
+        ours = MANIFEST_NAME in entries or any(e.startswith(_INCOMING) for e in entries)
+        if entries and not ours:
+            raise UnsafePathError(f"{stage}: staging directory is not empty and holds no earlier stage",
+                                  path=str(stage), rule="staging")
+    else:
+        stage.mkdir(parents=True, mode=0o700)
+
+
+def _stage_manifest(root: Path, stage: Path, trust: Trust) -> tuple[Manifest, SignerInfo]:
+    data = read_limited(root, MANIFEST_NAME, MAX_MANIFEST_BYTES, ManifestError, "manifest-size")
+    try:
+        sig: bytes | None = read_limited(root, SIGNATURE_NAME, MAX_SIGNATURE_BYTES, SignatureError,
+                                         "signature-size")
+    except IntegrityError:
+        sig = None
+    tmp_m, tmp_s = stage / f"{_INCOMING}{MANIFEST_NAME}", stage / f"{_INCOMING}{SIGNATURE_NAME}"
+    try:
+        atomic_write_bytes(tmp_m, data)
+        atomic_write_bytes(tmp_s, sig or b"")
+        # from here on only the staged bytes count
+        staged_data = read_limited(stage, tmp_m.name, MAX_MANIFEST_BYTES, ManifestError, "manifest-size")
+        staged_sig = read_limited(stage, tmp_s.name, MAX_SIGNATURE_BYTES, SignatureError, "signature-size")
+        signed = check_signed(staged_data, staged_sig if sig is not None else None, trust)
+    except BaseException:
+        for p in (tmp_m, tmp_s):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        raise
+    os.replace(tmp_s, stage / SIGNATURE_NAME)
+    os.replace(tmp_m, stage / MANIFEST_NAME)
+    fsync_dir(stage)
+    fault_point("stage-after-manifest")
+    return signed.manifest, signed.signer
+
+
+def _clean(stage: Path, m: Manifest) -> None:
+    """Remove whatever an earlier stage left that this manifest does not name."""
+    keep = {MANIFEST_NAME, SIGNATURE_NAME} | set(m.files) | {r + PARTIAL_SUFFIX for r in m.files}
+    keep_dirs = {str(p) for r in m.files for p in Path(r).parents if str(p) != "."}
+    for dirpath, dirs, files in os.walk(stage, topdown=True, followlinks=False):
+        rel_dir = Path(dirpath).relative_to(stage)
+        for name in list(dirs):
+            rel = (rel_dir / name).as_posix()
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                os.unlink(full)
+                dirs.remove(name)
+            elif rel not in keep_dirs:
+                shutil.rmtree(full)
+                dirs.remove(name)
+        for name in files:
+            rel = (rel_dir / name).as_posix()
+            full = os.path.join(dirpath, name)
+            if rel not in keep or not stat.S_ISREG(os.lstat(full).st_mode):
+                os.unlink(full)
+
+
+def _reuse_final(final: Path, rel: str, entry: FileEntry, tick: Progress) -> bool:
+    """A complete staged file from an earlier run is kept when every block still matches."""
+    if not final.is_file() or final.is_symlink() or final.stat().st_size != entry.size:
+        return False
+    checker = BlockChecker(rel, entry)
+    try:
+        with open(final, "rb") as fh:
+            for data in iter(lambda: fh.read(CHUNK), b""):
+                checker.update(data)
+        checker.finish()
+    except IntegrityError:
+        return False
+    tick(entry.size)
+    return True
+
+
+def _resume_prefix(partial: Path, rel: str, entry: FileEntry, checker: BlockChecker) -> int:
+    """Feed the matching complete blocks of ``partial`` to ``checker``; return the kept length."""
+    if not partial.is_file() or partial.is_symlink():
+        return 0
+    kept = 0
+    bs = entry.block_size
+    with open(partial, "rb") as fh:
+        for i, expected in enumerate(entry.blocks):
+            if (i + 1) * bs > entry.size:  # the short last block is always recopied
+                break
+            block = fh.read(bs)
+            if len(block) != bs or hashlib.sha256(block).hexdigest() != expected:
+                break
+            checker.update(block)
+            kept += bs
+    return kept
+
+
+def _copy_one(root: Path, stage: Path, rel: str, entry: FileEntry, counters: StageCounters,
+              tick: Progress) -> None:
+    final = stage / rel
+    partial = stage / (rel + PARTIAL_SUFFIX)
+    final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    n_blocks = len(entry.blocks)
+    if _reuse_final(final, rel, entry, tick):
+        counters.files_reused += 1
+        counters.blocks_reused += n_blocks
+        counters.bytes_reused += entry.size
+        return
+    if os.path.lexists(final):
+        os.unlink(final)
+    checker = BlockChecker(rel, entry)
+    kept = _resume_prefix(partial, rel, entry, checker)
+    kept_blocks = kept // entry.block_size
+    counters.blocks_reused += kept_blocks
+    counters.bytes_reused += kept
+    tick(kept)
+    names = ([f"{rel}.part{i:03d}" for i in range(len(entry.parts))] if entry.parts else [rel])
+    sizes = [p.size for p in entry.parts] if entry.parts else [entry.size]
+    raw = PartsReader(root, names, sizes, rel)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(partial, flags, 0o600)
+    with io.BufferedReader(raw, buffer_size=1024 * 1024) as src, os.fdopen(fd, "r+b", buffering=0) as out:
+        raw.skip_to(kept)
+        out.truncate(kept)
+        out.seek(kept)
+        bs = entry.block_size
+        pos = kept
+        try:
+            while True:
+                want = min(CHUNK, bs - pos % bs)
+                data = src.read(want)
+                if not data:
+                    break
+                out.write(data)
+                checker.update(data)
+                pos += len(data)
+                counters.bytes_copied += len(data)
+                tick(len(data))
+                if pos % bs == 0:
+                    fault_point("stage-mid-copy")
+            checker.finish()
+        except IntegrityError:
+            out.truncate(checker.verified_blocks * bs)  # keep only blocks known good, for a later resume
+            raise
+        os.fsync(out.fileno())
+    counters.blocks_copied += n_blocks - kept_blocks
+    counters.files_copied += 1
+    fault_point("stage-before-rename")
+    os.replace(partial, final)
+    os.chmod(final, 0o400)
+    fsync_dir(final.parent)
+
+
+def stage_bundle(bundle_dir: Path, staging_dir: Path, trust: Trust, *, compatible: str | None = None,
+                 installed_sequence: int | None = None, progress: Progress | None = None) -> StagedBundle:
+    """Copy a bundle into ``staging_dir`` (fresh, or an earlier interrupted stage to resume)."""
+    root, stage = Path(bundle_dir), Path(staging_dir)
+    if not root.is_dir() or root.is_symlink():
+        raise IntegrityError(f"{root}: not a bundle directory", path=str(root), rule="missing")
+    _prepare(stage)
+    manifest, signer = _stage_manifest(root, stage, trust)
+    check_policy(manifest, compatible=compatible, installed_sequence=installed_sequence)
+    _clean(stage, manifest)
+    counters = StageCounters()
+    tick = progress or _noop
+    for rel, entry in manifest.files.items():
+        _copy_one(root, stage, rel, entry, counters, tick)
+    fsync_dir(stage)
+    return StagedBundle(path=stage, manifest=manifest, signer=signer, counters=counters)

@@ -1,0 +1,206 @@
+"""Verify a bundle directory: signature over the exact manifest bytes first, then parse, then
+policy (compatible, anti-downgrade), then every named payload streamed and hashed."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from airlock.bundle.manifest import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_NAME,
+    FileEntry,
+    Manifest,
+    parse_manifest,
+)
+from airlock.bundle.safeio import open_beneath, open_payload, read_limited
+from airlock.bundle.signing import SignerInfo, Trust, verify_signature
+from airlock.errors import (
+    CompatibilityError,
+    DowngradeError,
+    IntegrityError,
+    ManifestError,
+    SignatureError,
+)
+from airlock.hashing import CHUNK, BlockHasher, FileDigest
+
+Progress = Callable[[int], None]
+
+
+def _noop(_: int) -> None:
+    return None
+
+
+@dataclass
+class VerifyReport:
+    manifest: Manifest
+    signer: SignerInfo
+    files_checked: int = 0
+    bytes_checked: int = 0
+    extra_files: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        m = self.manifest
+        return {
+            "ok": True, "bundle_id": m.bundle_id, "kind": m.kind, "compatible": m.compatible,
+            "sequence": m.sequence, "rollback": m.rollback, "signer": self.signer.primary_fingerprint,
+            "signing_key": self.signer.fingerprint, "files_checked": self.files_checked,
+            "bytes_checked": self.bytes_checked, "extra_files": self.extra_files,
+            "models": [{"name": me.name, "version": me.version, "kind": me.kind,
+                        "from_version": me.from_version} for me in m.models],
+        }
+
+
+@dataclass
+class SignedManifest:
+    manifest: Manifest
+    signer: SignerInfo
+    data: bytes
+    signature: bytes
+
+
+def load_signed_manifest(root: Path, trust: Trust) -> SignedManifest:
+    """Read MANIFEST.json and its signature from ``root`` (no symlinks, size-limited), verify the
+    signature over exactly those bytes, and only then parse them."""
+    data = read_limited(root, MANIFEST_NAME, MAX_MANIFEST_BYTES, ManifestError, "manifest-size")
+    try:
+        sig: bytes | None = read_limited(root, SIGNATURE_NAME, MAX_SIGNATURE_BYTES, SignatureError,
+                                         "signature-size")
+    except IntegrityError:
+        sig = None
+    return check_signed(data, sig, trust)
+
+
+def check_signed(data: bytes, sig: bytes | None, trust: Trust) -> SignedManifest:
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{MANIFEST_NAME}: {len(data)} bytes exceeds the {MAX_MANIFEST_BYTES} byte limit",
+                            path=MANIFEST_NAME, rule="manifest-size")
+    signer = verify_signature(data, sig, trust)
+    return SignedManifest(parse_manifest(data), signer, data, sig or b"")
+
+
+def check_policy(m: Manifest, *, compatible: str | None, installed_sequence: int | None) -> None:
+    if compatible is not None and m.compatible != compatible:
+        raise CompatibilityError(f"{MANIFEST_NAME}: bundle is for {m.compatible!r}, this appliance is "
+                                 f"{compatible!r}", path=MANIFEST_NAME)
+    if installed_sequence is not None and m.sequence < installed_sequence and not m.rollback:
+        raise DowngradeError(f"{MANIFEST_NAME}: sequence {m.sequence} is lower than the installed "
+                             f"{installed_sequence} and the bundle is not a signed rollback",
+                             path=MANIFEST_NAME)
+
+
+class BlockChecker:
+    """Hash a stream against a manifest entry, failing at the first bad block."""
+
+    def __init__(self, rel: str, entry: FileEntry) -> None:
+        self.rel = rel
+        self.entry = entry
+        self.hasher = BlockHasher(entry.block_size)
+        self._checked = 0
+
+    @property
+    def verified_blocks(self) -> int:
+        return self._checked
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self.hasher.size + len(data) > self.entry.size:
+            raise IntegrityError(f"{self.rel}: larger than its manifest size {self.entry.size}",
+                                 path=self.rel, rule="size")
+        self.hasher.update(data)
+        self._check_blocks()
+
+    def _check_blocks(self) -> None:
+        blocks = self.hasher.blocks
+        while self._checked < len(blocks):
+            i = self._checked
+            if blocks[i] != self.entry.blocks[i]:
+                start = i * self.entry.block_size
+                end = start + self.entry.block_size
+                raise IntegrityError(f"{self.rel}: block {i} (bytes {start}..{end}) does not match its "
+                                     "manifest hash", path=self.rel, rule="block-hash")
+            self._checked += 1
+
+    def finish(self) -> FileDigest:
+        digest = self.hasher.finish()
+        self._check_blocks()
+        if digest.size != self.entry.size:
+            raise IntegrityError(f"{self.rel}: {digest.size} bytes, manifest says {self.entry.size}",
+                                 path=self.rel, rule="size")
+        if digest.sha256 != self.entry.sha256:
+            raise IntegrityError(f"{self.rel}: sha256 does not match the manifest", path=self.rel,
+                                 rule="sha256")
+        return digest
+
+
+def check_stream(fh: BinaryIO, rel: str, entry: FileEntry, progress: Progress = _noop) -> FileDigest:
+    checker = BlockChecker(rel, entry)
+    while True:
+        data = fh.read(CHUNK)
+        if not data:
+            break
+        checker.update(data)
+        progress(len(data))
+    return checker.finish()
+
+
+def _physical_sizes(root: Path, m: Manifest) -> None:
+    """Cheap pre-pass: every named file exists, is regular, has its size (before hashing anything)."""
+    for rel, entry in m.files.items():
+        names = ([(f"{rel}.part{i:03d}", p.size) for i, p in enumerate(entry.parts)] if entry.parts
+                 else [(rel, entry.size)])
+        for name, size in names:
+            fd = open_beneath(root, name)
+            try:
+                actual = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            if actual != size:
+                raise IntegrityError(f"{name}: {actual} bytes, manifest says {size}", path=name, rule="size")
+
+
+def extra_files(root: Path, m: Manifest) -> list[str]:
+    """Entries present but not named by the manifest (listed with lstat only; never opened)."""
+    expected = set(m.physical_files()) | {MANIFEST_NAME, SIGNATURE_NAME}
+    expected_dirs = {str(Path(n).parent) for n in expected}
+    expected_dirs = {p for n in expected_dirs for p in [n, *map(str, Path(n).parents)]}
+    extras: list[str] = []
+    for dirpath, dirs, files in os.walk(root, followlinks=False):
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in dirs:
+            rel = (rel_dir / name).as_posix()
+            if os.path.islink(os.path.join(dirpath, name)) or rel not in expected_dirs:
+                extras.append(rel + ("" if os.path.islink(os.path.join(dirpath, name)) else "/"))
+        dirs[:] = [d for d in dirs if (rel_dir / d).as_posix() in expected_dirs
+                   and not os.path.islink(os.path.join(dirpath, d))]
+        for name in files:
+            rel = (rel_dir / name).as_posix()
+            if rel not in expected:
+                extras.append(rel)
+    return sorted(extras)
+
+
+def verify_bundle(bundle_dir: Path, trust: Trust, *, compatible: str | None = None,
+                  installed_sequence: int | None = None, progress: Progress | None = None) -> VerifyReport:
+    """Fail closed: raises the AirlockError subclass of the first failure."""
+    root = Path(bundle_dir)
+    st = os.lstat(root) if os.path.lexists(root) else None
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        raise IntegrityError(f"{root}: not a bundle directory", path=str(root), rule="missing")
+    signed = load_signed_manifest(root, trust)
+    m = signed.manifest
+    check_policy(m, compatible=compatible, installed_sequence=installed_sequence)
+    _physical_sizes(root, m)
+    report = VerifyReport(manifest=m, signer=signed.signer, extra_files=extra_files(root, m))
+    tick = progress or _noop
+    for rel, entry in m.files.items():
+        with open_payload(root, rel, entry.size, [p.size for p in entry.parts]) as fh:
+            check_stream(fh, rel, entry, tick)
+        report.files_checked += 1
+        report.bytes_checked += entry.size
+    return report
