@@ -82,7 +82,8 @@ def _prepare(stage: Path) -> None:
         stage.mkdir(parents=True, mode=0o700)
 
 
-def _stage_manifest(root: Path, stage: Path, trust: Trust) -> tuple[Manifest, SignerInfo]:
+def _stage_manifest(root: Path, stage: Path, trust: Trust, compatible: str | None,
+                    installed_sequence: int | None) -> tuple[Manifest, SignerInfo]:
     data = read_limited(root, MANIFEST_NAME, MAX_MANIFEST_BYTES, ManifestError, "manifest-size")
     try:
         sig: bytes | None = read_limited(root, SIGNATURE_NAME, MAX_SIGNATURE_BYTES, SignatureError,
@@ -97,6 +98,7 @@ def _stage_manifest(root: Path, stage: Path, trust: Trust) -> tuple[Manifest, Si
         staged_data = read_limited(stage, tmp_m.name, MAX_MANIFEST_BYTES, ManifestError, "manifest-size")
         staged_sig = read_limited(stage, tmp_s.name, MAX_SIGNATURE_BYTES, SignatureError, "signature-size")
         signed = check_signed(staged_data, staged_sig if sig is not None else None, trust)
+        check_policy(signed.manifest, compatible=compatible, installed_sequence=installed_sequence)
     except BaseException:
         for p in (tmp_m, tmp_s):
             with contextlib.suppress(FileNotFoundError):
@@ -228,8 +230,7 @@ def stage_bundle(bundle_dir: Path, staging_dir: Path, trust: Trust, *, compatibl
     if not root.is_dir() or root.is_symlink():
         raise IntegrityError(f"{root}: not a bundle directory", path=str(root), rule="missing")
     _prepare(stage)
-    manifest, signer = _stage_manifest(root, stage, trust)
-    check_policy(manifest, compatible=compatible, installed_sequence=installed_sequence)
+    manifest, signer = _stage_manifest(root, stage, trust, compatible, installed_sequence)
     _clean(stage, manifest)
     counters = StageCounters()
     tick = progress or _noop
