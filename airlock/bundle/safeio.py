@@ -124,6 +124,8 @@ class PartsReader(io.RawIOBase):
                 self._left -= offset
                 self._pos += offset
                 return
+            assert self._fh is not None
+            self._fh.seek(self._left)  # skip this part whole; _next() still checks it has no extra bytes
             offset -= self._left
             self._pos += self._left
             self._left = 0
