@@ -1,7 +1,223 @@
-"""`airlock serve ...` commands."""
+"""`airlock serve ...`: Triton model repository generation, load/unload, status, hot reload, smoke test.
+
+Exit codes: 0 ok, 11 bad config/golden record, 30 repository, 50 Triton down/slow/refused,
+51 smoke test failed (the old version keeps serving)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from airlock.cli.common import JsonOpt, emit_json, handle_errors, out
+from airlock.errors import ManifestError
+
+app = typer.Typer(no_args_is_help=True, help="Triton serving: repository generation, reload, smoke test.")
+
+UrlOpt = typer.Option("http://127.0.0.1:8000", "--url", envvar="AIRLOCK_TRITON_URL",
+                      help="Triton HTTP endpoint.")
+TimeoutOpt = typer.Option(30.0, "--timeout", help="Seconds to wait for one Triton answer.")
+TritonRepoOpt = typer.Option(..., "--triton-repo", envvar="AIRLOCK_TRITON_REPO",
+                             help="The Triton model repository directory (generated).")
+RootOpt = typer.Option(..., "--root", envvar="AIRLOCK_ROOT", help="Airlock root (holds model_repo/).")
+BackendOpt = typer.Option([], "--backend", help="MODEL=python|vllm|tensorrtllm (default python); repeatable.")
+GoldenOpt = typer.Option(None, "--golden", help="Golden record JSON, or a staged (verified) MANIFEST.json "
+                         "whose model entry carries one.")
+
+
+def _client(url: str, timeout: float):  # type: ignore[no-untyped-def]
+    from airlock.serving.client import TritonClient
+
+    return TritonClient(url, timeout=timeout)
+
+
+def _options(specs: list[str]) -> dict[str, Any]:
+    from airlock.serving.triton_repo import BACKENDS, ModelOptions
+
+    opts: dict[str, Any] = {}
+    for spec in specs:
+        name, _, backend = spec.partition("=")
+        if not name or backend not in BACKENDS:
+            raise typer.BadParameter(f"--backend {spec!r}: expected MODEL=" + "|".join(BACKENDS))
+        opts[name] = ModelOptions(backend=backend)
+    return opts
+
+
+def load_golden(path: Path | None, model: str, version: str) -> dict[str, Any] | None:
+    """A golden record from a file: the record itself, or a manifest's ``models[]`` entry's ``golden``."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{path}: cannot read golden record: {exc}", path=str(path),
+                            rule="golden") from exc
+    if isinstance(data, dict) and "models" in data:
+        for entry in data["models"]:
+            if entry.get("name") == model and entry.get("version") == version:
+                golden = entry.get("golden")
+                if not golden:
+                    raise ManifestError(f"{path}: model {model} {version} carries no golden record",
+                                        path=str(path), rule="golden")
+                return dict(golden)
+        raise ManifestError(f"{path}: no model entry {model} {version}", path=str(path), rule="golden")
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: golden record must be a JSON object", path=str(path), rule="golden")
+    return data
+
+
+@app.command()
+def generate(
+    root: Path = RootOpt,
+    triton_repo: Path = TritonRepoOpt,
+    model: list[str] = typer.Option([], "--model", "-m", help="Only this model; repeatable (default: all)."),
+    backend: list[str] = BackendOpt,
+    check: bool = typer.Option(False, "--check", help="Report what would change; change nothing."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Generate/refresh the Triton repository from the Airlock model repository (validated configs)."""
+    from airlock.serving.triton_repo import generate as gen
+
+    with handle_errors(as_json):
+        report = gen(root, triton_repo, models=model or None, options=_options(backend), check=check)
+        if as_json:
+            emit_json(report.as_dict())
+        else:
+            for name, row in report.models.items():
+                out.print(f"{name}: active {row['active']} -> triton version {row['triton_version']}, "
+                          f"served {row['served']}")
+            out.print("changed" if report.changed else "no change")
+
+
+@app.command()
+def load(model: str, url: str = UrlOpt, version: int | None = typer.Option(None, "--version"),
+         timeout: float = TimeoutOpt, as_json: bool = JsonOpt) -> None:
+    """Load (or reload) MODEL as its config.pbtxt says, and wait until READY."""
+    with handle_errors(as_json):
+        c = _client(url, timeout)
+        c.load(model)
+        c.wait_ready(model, version, timeout=max(timeout, 60.0))
+        result = {"model": model, "loaded": c.loaded_versions(model)}
+        emit_json(result) if as_json else out.print(f"{model}: {result['loaded']}")
+
+
+@app.command()
+def unload(model: str, url: str = UrlOpt, timeout: float = TimeoutOpt, as_json: bool = JsonOpt) -> None:
+    """Unload MODEL and poll until Triton reports no version loaded."""
+    with handle_errors(as_json):
+        c = _client(url, timeout)
+        c.unload(model, timeout=max(timeout, 60.0))
+        emit_json({"model": model, "unloaded": True}) if as_json else out.print(f"{model}: unloaded")
+
+
+@app.command()
+def status(url: str = UrlOpt, triton_repo: Path = TritonRepoOpt, timeout: float = TimeoutOpt,
+           as_json: bool = JsonOpt) -> None:
+    """Triton liveness, and per model: versions on disk, configured and loaded."""
+    from airlock.serving.reload import status as st
+
+    with handle_errors(as_json):
+        report = st(_client(url, timeout), triton_repo)
+        if as_json:
+            emit_json(report)
+            return
+        out.print(f"triton {report['url']}: {'live' if report['live'] else 'DOWN'}")
+        for name, row in report["models"].items():
+            out.print(f"  {name}: versions {row['versions']} configured {row['configured']} "
+                      f"loaded {row['loaded']}")
+
+
+@app.command()
+def reload(
+    model: str,
+    root: Path = RootOpt,
+    triton_repo: Path = TritonRepoOpt,
+    version: str | None = typer.Option(None, "--version",
+                                       help="Airlock version (default: the model's current)."),
+    golden: Path | None = GoldenOpt,
+    backend: list[str] = BackendOpt,
+    url: str = UrlOpt,
+    timeout: float = TimeoutOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Hot reload MODEL to VERSION: candidate + golden smoke test, promote, unload old; else keep old."""
+    from airlock.errors import RepositoryError
+    from airlock.serving.errors import SmokeTestError
+    from airlock.serving.reload import Reloader
+    from airlock.serving.triton_repo import airlock_models
+
+    with handle_errors(as_json):
+        if version is None:
+            active = airlock_models(root)
+            if model not in active:
+                raise RepositoryError(f"{root / 'model_repo' / model}: no current version", path=str(root))
+            version, path = active[model]
+        else:
+            path = root / "model_repo" / model / version
+            if not path.is_dir():
+                raise RepositoryError(f"{path}: no such model version", path=str(path))
+        record = load_golden(golden, model, version)
+        result = Reloader(_client(url, timeout), triton_repo, options=_options(backend)).reload(
+            model, version, path, record)
+        if as_json:
+            emit_json(result.as_dict())
+        else:
+            out.print(f"{model} -> {version}: {result.status}"
+                      + (f" ({result.error})" if result.error else "")
+                      + f" in {result.seconds.get('total', 0):.1f}s")
+        if not result.ok:
+            if as_json:
+                raise typer.Exit(SmokeTestError.exit_code)
+            raise SmokeTestError(result.error or "reload failed", path=str(path))
+
+
+@app.command()
+def smoke(
+    model: str,
+    version: int | None = typer.Option(None, "--version", help="Triton version number to pin."),
+    golden: Path | None = typer.Option(None, "--golden", help="Golden record JSON."),
+    url: str = UrlOpt,
+    timeout: float = TimeoutOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run the golden smoke test (or a liveness inference) against a loaded model."""
+    from airlock.serving.errors import SmokeTestError
+    from airlock.serving.reload import smoke_test
+
+    with handle_errors(as_json):
+        record = None
+        if golden is not None:
+            try:
+                record = json.loads(golden.read_text())
+            except (OSError, ValueError) as exc:
+                raise ManifestError(f"{golden}: cannot read golden record: {exc}", path=str(golden),
+                                    rule="golden") from exc
+        result = smoke_test(_client(url, timeout), model, version, record)
+        if as_json:
+            emit_json({"model": model, "version": version, **result.as_dict()})
+        else:
+            out.print(f"{model}: {'ok' if result.ok else 'FAILED'}: {result.detail}")
+        if not result.ok:
+            if as_json:
+                raise typer.Exit(SmokeTestError.exit_code)
+            raise SmokeTestError(result.detail, path=model)
+
+
+@app.command("golden")
+def golden_cmd(
+    model_dir: Path = typer.Argument(..., help="A MiniLM-shaped model directory."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write here (default: stdout)."),
+    atol: float = typer.Option(1e-4, "--atol"),
+    rtol: float = typer.Option(1e-3, "--rtol"),
+) -> None:
+    """Compute the golden smoke-test record of MODEL_DIR (for the bundle manifest's model entry)."""
+    from airlock.serving.golden import golden_record
+
+    record = golden_record(model_dir, atol=atol, rtol=rtol)
+    text = json.dumps(record, indent=1) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)

@@ -1,0 +1,192 @@
+"""A small Triton V2 (KServe) HTTP client on the standard library only.
+
+Stdlib only so the engine, the CLI and Ansible modules (through their own ``urls``) speak the same
+protocol without tritonclient. Every network failure becomes a ``ServingError`` naming the URL:
+down (connection refused) and slow (timeout) are told apart, and nothing is retried silently.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from airlock.serving.errors import ServingError
+
+_NP_TO_TRITON: dict[np.dtype[Any], str] = {
+    np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.float16): "FP16",
+    np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32", np.dtype(np.int16): "INT16",
+    np.dtype(np.int8): "INT8", np.dtype(np.uint8): "UINT8", np.dtype(np.bool_): "BOOL",
+}
+_TRITON_TO_NP: dict[str, np.dtype[Any]] = {v: k for k, v in _NP_TO_TRITON.items()}
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One row of ``POST /v2/repository/index``."""
+
+    name: str
+    version: str | None
+    state: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """Outputs by name, and the model version Triton says answered."""
+
+    outputs: dict[str, np.ndarray]
+    model_version: str | None
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.outputs[name]
+
+
+class TritonClient:
+    """HTTP/REST client for one Triton server (e.g. ``http://127.0.0.1:8000``)."""
+
+    def __init__(self, url: str, *, timeout: float = 30.0, load_timeout: float = 300.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.load_timeout = load_timeout
+
+    # -- transport ---------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: Any = None, *, timeout: float | None = None,
+                 ok_statuses: tuple[int, ...] = (200,)) -> tuple[int, Any]:
+        url = self.url + path
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+        wait = self.timeout if timeout is None else timeout
+        try:
+            with urllib.request.urlopen(req, timeout=wait) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+            if status not in ok_statuses:
+                raise ServingError(f"Triton {method} {url} -> HTTP {status}: {_error_text(raw)}",
+                                   path=url, rule="triton-request") from None
+        except TimeoutError as exc:
+            raise ServingError(f"Triton at {self.url} did not answer {method} {path} within {wait:g}s "
+                               "(server slow or hung)", path=url, rule="triton-timeout") from exc
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError | socket.timeout):
+                raise ServingError(f"Triton at {self.url} did not answer {method} {path} within {wait:g}s "
+                                   "(server slow or hung)", path=url, rule="triton-timeout") from exc
+            raise ServingError(f"Triton at {self.url} unreachable ({exc.reason}); is tritonserver running?",
+                               path=url, rule="triton-down") from exc
+        except (ConnectionError, OSError) as exc:
+            raise ServingError(f"Triton at {self.url} unreachable ({exc}); is tritonserver running?",
+                               path=url, rule="triton-down") from exc
+        if not raw:
+            return status, None
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def _status_ok(self, path: str) -> bool:
+        status, _ = self._request("GET", path, ok_statuses=(200, 400, 404, 503))
+        return status == 200
+
+    # -- health --------------------------------------------------------------------------------
+    def live(self) -> bool:
+        """True when the server answers live; False when it is down (never raises for 'down')."""
+        try:
+            return self._status_ok("/v2/health/live")
+        except ServingError:
+            return False
+
+    def ready(self) -> bool:
+        return self._status_ok("/v2/health/ready")
+
+    def metadata(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/v2")[1])
+
+    # -- repository API ------------------------------------------------------------------------
+    def index(self, *, ready_only: bool = False) -> list[IndexEntry]:
+        _, rows = self._request("POST", "/v2/repository/index", {"ready": ready_only})
+        return [IndexEntry(r["name"], r.get("version"), r.get("state"), r.get("reason")) for r in rows or []]
+
+    def load(self, model: str, *, config: dict[str, Any] | None = None) -> None:
+        """Load (or reload) a model; Triton answers when the load finished or failed."""
+        body = {"parameters": {"config": json.dumps(config)}} if config else None
+        self._request("POST", f"/v2/repository/models/{model}/load", body, timeout=self.load_timeout)
+
+    def unload(self, model: str, *, wait: bool = True, poll_s: float = 0.2, timeout: float = 60.0) -> None:
+        """Unload a model. Triton unloads asynchronously: poll the index until no version is loaded."""
+        self._request("POST", f"/v2/repository/models/{model}/unload",
+                      {"parameters": {"unload_dependents": False}})
+        if wait:
+            self.wait_unloaded(model, poll_s=poll_s, timeout=timeout)
+
+    def loaded_versions(self, model: str) -> dict[str, str]:
+        """version -> state for every version of ``model`` the index lists as READY or in transition."""
+        return {e.version or "": e.state or "" for e in self.index()
+                if e.name == model and e.state not in (None, "UNAVAILABLE")}
+
+    def wait_unloaded(self, model: str, *, versions: list[str] | None = None, poll_s: float = 0.2,
+                      timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.loaded_versions(model)
+            busy = {v: s for v, s in states.items() if versions is None or v in versions}
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                raise ServingError(f"{model}: versions {busy} still loaded {timeout:g}s after unload",
+                                   path=model, rule="triton-unload")
+            time.sleep(poll_s)
+
+    def model_ready(self, model: str, version: str | int | None = None) -> bool:
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version is not None else "") + "/ready"
+        return self._status_ok(path)
+
+    def wait_ready(self, model: str, version: str | int | None = None, *, poll_s: float = 0.2,
+                   timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.model_ready(model, version):
+            if time.monotonic() > deadline:
+                raise ServingError(f"{model} version {version}: not READY after {timeout:g}s",
+                                   path=model, rule="triton-ready")
+            time.sleep(poll_s)
+
+    def model_config(self, model: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/v2/models/{model}/config")[1])
+
+    # -- inference -------------------------------------------------------------------------------
+    def infer(self, model: str, inputs: dict[str, np.ndarray], *, version: str | int | None = None,
+              outputs: list[str] | None = None, timeout: float | None = None) -> InferResult:
+        """JSON inference (exact: Triton prints floats round-trippably); ``version`` pins a version."""
+        body: dict[str, Any] = {"inputs": []}
+        for name, value in inputs.items():
+            arr = np.asarray(value)
+            dtype = _NP_TO_TRITON.get(arr.dtype)
+            if dtype is None:
+                raise ServingError(f"{model}: input {name} has unsupported dtype {arr.dtype}", path=model)
+            body["inputs"].append({"name": name, "shape": list(arr.shape), "datatype": dtype,
+                                   "data": arr.reshape(-1).tolist()})
+        if outputs:
+            body["outputs"] = [{"name": n} for n in outputs]
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version is not None else "") + "/infer"
+        _, resp = self._request("POST", path, body, timeout=timeout)
+        result: dict[str, np.ndarray] = {}
+        for out in resp.get("outputs", []):
+            np_dtype = _TRITON_TO_NP.get(out["datatype"])
+            if np_dtype is None:
+                raise ServingError(f"{model}: output {out['name']} has unsupported type {out['datatype']}")
+            result[out["name"]] = np.asarray(out["data"], dtype=np_dtype).reshape(out["shape"])
+        return InferResult(result, resp.get("model_version"))
+
+
+def _error_text(raw: bytes) -> str:
+    try:
+        return str(json.loads(raw).get("error", raw.decode(errors="replace")))
+    except (ValueError, AttributeError):
+        return raw.decode(errors="replace")[:300]

@@ -1,0 +1,115 @@
+"""Golden smoke test records: fixed inputs, expected outputs and a tolerance.
+
+A record is plain JSON so it can ride signed in the bundle manifest (``ModelEntry.golden``)::
+
+    {"inputs": {"INPUT_IDS": [[101, 7592, 2088, 102]]},
+     "expected": {"EMBEDDING": [[-0.0344, ...]]},
+     "atol": 1e-4, "rtol": 1e-3}
+
+Integer inputs are sent as INT64, float inputs and outputs as FP32. ``golden_record`` computes a
+record for a model directory with the very forward pass the Triton python model runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from airlock.errors import ManifestError
+
+# "hello world" and "the model repository is immutable." tokenized by the model's tokenizer.json
+# ([CLS] ... [SEP], padded with [PAD]=0): two lengths exercise the attention mask.
+DEFAULT_INPUT_IDS = [[101, 7592, 2088, 102, 0, 0, 0, 0, 0, 0],
+                     [101, 1996, 2944, 22409, 2003, 10047, 28120, 3085, 1012, 102]]
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Golden:
+    inputs: dict[str, np.ndarray]
+    expected: dict[str, np.ndarray]
+    atol: float
+    rtol: float
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    """Outcome of comparing one inference with a golden record."""
+
+    ok: bool
+    max_abs_err: float
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "max_abs_err": self.max_abs_err, "detail": self.detail}
+
+
+def _array(name: str, value: Any, *, where: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise ManifestError(f"{where}: golden {name} is not a rectangular array: {exc}", path=where,
+                            rule="golden") from exc
+    if arr.dtype.kind in "iub":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        return arr.astype(np.float32)
+    raise ManifestError(f"{where}: golden {name} must hold numbers, not {arr.dtype}", path=where,
+                        rule="golden")
+
+
+def parse_golden(record: dict[str, Any], *, where: str = "golden") -> Golden:
+    """Validate a golden record (from a manifest or a file); ManifestError on anything malformed."""
+    if not isinstance(record, dict):
+        raise ManifestError(f"{where}: golden must be an object", path=where, rule="golden")
+    missing = [k for k in ("inputs", "expected") if not isinstance(record.get(k), dict) or not record[k]]
+    if missing:
+        raise ManifestError(f"{where}: golden lacks {', '.join(missing)}", path=where, rule="golden")
+    try:
+        atol = float(record.get("atol", DEFAULT_ATOL))
+        rtol = float(record.get("rtol", DEFAULT_RTOL))
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"{where}: golden atol/rtol must be numbers", path=where, rule="golden") from exc
+    if not (math.isfinite(atol) and math.isfinite(rtol)) or atol < 0 or rtol < 0:
+        raise ManifestError(f"{where}: golden atol/rtol must be finite and >= 0", path=where, rule="golden")
+    inputs = {k: _array(k, v, where=where) for k, v in record["inputs"].items()}
+    expected = {k: _array(k, v, where=where) for k, v in record["expected"].items()}
+    return Golden(inputs, expected, atol, rtol)
+
+
+def compare(golden: Golden, outputs: dict[str, np.ndarray]) -> SmokeResult:
+    """Every expected output present, same shape, and within atol + rtol * |expected|."""
+    worst = 0.0
+    for name, want in golden.expected.items():
+        got = outputs.get(name)
+        if got is None:
+            return SmokeResult(False, math.inf, f"output {name} missing from the response")
+        if got.shape != want.shape:
+            return SmokeResult(False, math.inf, f"output {name} has shape {list(got.shape)}, "
+                                                f"expected {list(want.shape)}")
+        if not np.all(np.isfinite(got)):
+            return SmokeResult(False, math.inf, f"output {name} contains NaN or Inf")
+        err = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        worst = max(worst, float(err.max(initial=0.0)))
+        if not np.allclose(got, want, atol=golden.atol, rtol=golden.rtol):
+            return SmokeResult(False, worst, f"output {name} differs from the golden output by up to "
+                                             f"{worst:.3g} (atol {golden.atol:g}, rtol {golden.rtol:g})")
+    return SmokeResult(True, worst, f"{len(golden.expected)} output(s) within atol {golden.atol:g}, "
+                                    f"rtol {golden.rtol:g} (max abs err {worst:.3g})")
+
+
+def golden_record(model_dir: Path, input_ids: list[list[int]] | None = None, *,
+                  atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
+    """The golden record of a MiniLM-shaped model directory, for bundle builders to embed."""
+    from airlock.serving.python_model.model import MiniLM
+
+    ids = np.asarray(input_ids if input_ids is not None else DEFAULT_INPUT_IDS, dtype=np.int64)
+    emb = MiniLM(str(model_dir)).embed(ids)
+    return {"inputs": {"INPUT_IDS": ids.tolist()},
+            "expected": {"EMBEDDING": [[float(x) for x in row] for row in emb]},
+            "atol": atol, "rtol": rtol}

@@ -1,0 +1,213 @@
+"""Hot reload with a golden smoke test: promote a new model version on a live Triton, or keep the old.
+
+Flow for ``reload_model(model -> airlock_version)``:
+
+1. Give the Airlock version a Triton version directory (``N``) in the model's entry.
+2. **Candidate**: load ``N`` as a separate Triton model ``<model>__candidate`` beside the serving
+   model and run the golden smoke test against it by explicit version. Client traffic never reaches
+   an unverified version. Failure -> unload the candidate; the serving model was never touched.
+3. **Promote**: config.pbtxt serves ``old + [N]``; load (Triton brings ``N`` up while the old versions
+   keep answering), wait READY, smoke-test ``N`` inside the serving model again.
+4. **Retire**: config.pbtxt serves ``[N]``; load (Triton unloads the old versions; poll until gone).
+
+A failure in step 3 writes the old config back and reloads, so the old version keeps serving and the
+result says ``failed``. Triton answers unversioned requests with the highest loaded version, so
+from step 3 on they get the new (already verified) weights; versioned requests get what they ask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from airlock.faults import fault_point
+from airlock.serving.client import TritonClient
+from airlock.serving.errors import ServingError
+from airlock.serving.golden import DEFAULT_INPUT_IDS, Golden, SmokeResult, compare, parse_golden
+from airlock.serving.triton_repo import ModelOptions, TritonModel, render_config, validate_config
+
+CANDIDATE_SUFFIX = "__candidate"
+
+
+@dataclass
+class ReloadResult:
+    """What a reload did. ``status``: promoted | unchanged | failed."""
+
+    model: str
+    to_version: str
+    status: str
+    from_versions: list[str] = field(default_factory=list)
+    triton_version: int | None = None
+    smoke: dict[str, Any] | None = None
+    error: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("promoted", "unchanged")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def smoke_test(client: TritonClient, model: str, version: int | str | None,
+               golden: dict[str, Any] | Golden | None) -> SmokeResult:
+    """Run the golden record against ``model`` (pinned to ``version``); without one, a liveness check.
+
+    A Triton error while inferring is a failed smoke test (returned, not raised), except when Triton
+    is unreachable: that is a ServingError, because nothing was learned about the model.
+    """
+    g = golden if isinstance(golden, Golden) or golden is None else parse_golden(golden)
+    inputs = g.inputs if g else {"INPUT_IDS": np.asarray(DEFAULT_INPUT_IDS, dtype=np.int64)}
+    try:
+        result = client.infer(model, inputs, version=version)
+    except ServingError as exc:
+        if exc.rule in ("triton-down", "triton-timeout"):
+            raise
+        return SmokeResult(False, float("inf"), f"inference failed: {exc}")
+    if g is None:
+        finite = all(np.all(np.isfinite(v)) for v in result.outputs.values() if v.dtype.kind == "f")
+        ok = bool(result.outputs) and finite
+        return SmokeResult(ok, 0.0, "no golden record: liveness only (outputs present and finite)" if ok
+                           else "no golden record; outputs missing or not finite")
+    return compare(g, result.outputs)
+
+
+class Reloader:
+    """Hot reload of models on one Triton server whose repository is ``triton_root``."""
+
+    def __init__(self, client: TritonClient, triton_root: Path, *,
+                 options: dict[str, ModelOptions] | None = None, unload_timeout: float = 120.0) -> None:
+        self.client = client
+        self.root = triton_root
+        self.options = options or {}
+        self.unload_timeout = unload_timeout
+
+    def entry(self, model: str) -> TritonModel:
+        return TritonModel(self.root / model, self.options.get(model, ModelOptions()))
+
+    def loaded(self, model: str) -> list[int]:
+        return sorted(int(v) for v, s in self.client.loaded_versions(model).items() if s == "READY" and v)
+
+    def _switch(self, entry: TritonModel, versions: list[int]) -> None:
+        entry.write_config(versions)
+        fault_point("serving.reload.after_config")
+        self.client.load(entry.name)
+
+    # -- candidate --------------------------------------------------------------------------------
+    def _candidate(self, entry: TritonModel, number: int) -> TritonModel:
+        cand = TritonModel(self.root / (entry.name + CANDIDATE_SUFFIX), entry.options)
+        self._drop_candidate(cand)
+        cand.root.mkdir(parents=True)
+        shutil.copytree(entry.root / str(number), cand.root / str(number), symlinks=True)
+        text = render_config(cand.name, [number], entry.options, hidden_size=entry._hidden_size(number))
+        validate_config(text, name=cand.name, model_dir=cand.root)
+        (cand.root / "config.pbtxt").write_text(text)
+        return cand
+
+    def _drop_candidate(self, cand: TritonModel) -> None:
+        with contextlib.suppress(ServingError):
+            if self.client.loaded_versions(cand.name):
+                self.client.unload(cand.name, timeout=self.unload_timeout)
+        if cand.root.exists():
+            shutil.rmtree(cand.root)
+
+    # -- the reload ---------------------------------------------------------------------------------
+    def reload(self, model: str, airlock_version: str, path: Path,
+               golden: dict[str, Any] | None = None) -> ReloadResult:
+        """Bring ``airlock_version`` (immutable dir ``path``) into service, gated by ``golden``."""
+        t0 = time.monotonic()
+        g = parse_golden(golden, where=f"{model} {airlock_version} golden") if golden is not None else None
+        if not self.client.live():
+            raise ServingError(f"Triton at {self.client.url} is not live; nothing changed",
+                               path=self.client.url, rule="triton-down")
+        entry = self.entry(model)
+        old = [n for n in self.loaded(model) if n in entry.versions()]
+        versions = entry.versions()
+        res = ReloadResult(model, airlock_version, "failed",
+                           from_versions=[versions[n].airlock_version for n in old if n in versions])
+        number = entry.ensure_version(airlock_version, path)
+        res.triton_version = number
+        if old == [number]:
+            smoke = smoke_test(self.client, model, number, g)
+            res.smoke = smoke.as_dict()
+            res.status = "unchanged" if smoke.ok else "failed"
+            res.error = None if smoke.ok else f"serving version fails its smoke test: {smoke.detail}"
+            res.seconds["total"] = time.monotonic() - t0
+            return res
+
+        # 2. candidate beside the serving model
+        cand = self._candidate(entry, number)
+        try:
+            t = time.monotonic()
+            try:
+                self.client.load(cand.name)
+                self.client.wait_ready(cand.name, number, timeout=self.unload_timeout)
+            except ServingError as exc:
+                if exc.rule in ("triton-down", "triton-timeout"):
+                    raise
+                res.error = f"new version did not load: {exc}"
+                return res
+            res.seconds["candidate_load"] = time.monotonic() - t
+            smoke = smoke_test(self.client, cand.name, number, g)
+            res.smoke = smoke.as_dict()
+            if not smoke.ok:
+                res.error = f"smoke test failed on {model} {airlock_version}: {smoke.detail}"
+                return res
+        finally:
+            self._drop_candidate(cand)
+            res.seconds["total"] = time.monotonic() - t0
+
+        # 3. promote: new version next to the old ones in the serving model
+        t = time.monotonic()
+        try:
+            self._switch(entry, sorted({*old, number}))
+            self.client.wait_ready(model, number, timeout=self.unload_timeout)
+            smoke = smoke_test(self.client, model, number, g)
+            res.smoke = smoke.as_dict()
+            if not smoke.ok:
+                raise ServingError(f"smoke test failed inside {model}: {smoke.detail}", rule="smoke-test")
+        except ServingError as exc:
+            res.error = f"promotion failed, old version kept: {exc}"
+            if exc.rule in ("triton-down", "triton-timeout"):
+                raise
+            if old:
+                self._switch(entry, old)
+                self.client.wait_unloaded(model, versions=[str(number)], timeout=self.unload_timeout)
+            else:
+                with contextlib.suppress(ServingError):
+                    self.client.unload(model, timeout=self.unload_timeout)
+            return res
+        res.seconds["promote"] = time.monotonic() - t
+
+        # 4. retire the old versions
+        t = time.monotonic()
+        if old:
+            self._switch(entry, [number])
+            self.client.wait_unloaded(model, versions=[str(n) for n in old], timeout=self.unload_timeout)
+        res.seconds["retire"] = time.monotonic() - t
+        res.status = "promoted"
+        res.seconds["total"] = time.monotonic() - t0
+        return res
+
+
+def status(client: TritonClient, triton_root: Path) -> dict[str, Any]:
+    """Per model: Triton versions on disk (-> Airlock versions), configured and loaded versions."""
+    out: dict[str, Any] = {"url": client.url, "live": client.live(), "models": {}}
+    index = client.index() if out["live"] else []
+    for d in sorted(p for p in triton_root.iterdir() if p.is_dir()) if triton_root.is_dir() else []:
+        entry = TritonModel(d)
+        if not entry.config_path.is_file():
+            continue
+        out["models"][d.name] = {
+            "versions": {n: v.airlock_version for n, v in entry.versions().items()},
+            "configured": entry.served(),
+            "loaded": {e.version: e.state for e in index if e.name == d.name and e.version},
+        }
+    return out

@@ -1,0 +1,245 @@
+"""Start and stop a local ``tritonserver`` from the ``nvidia-pytriton`` wheel (DESIGN.md §8).
+
+The wheel ships the server binary, its shared libraries and the python backend, but the python
+backend's stub lives in ``python_backend_stubs/<py>/``. ``prepare_backends`` builds a private backend
+directory (copy of ``backends/`` plus the stub) so site-packages is never mutated. Used by the tests,
+the benchmark and the ``triton_server`` role (``python -m airlock.serving.server run ...`` in the
+foreground under systemd or a supervisor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from airlock.serving.client import TritonClient
+from airlock.serving.errors import ServingError
+
+STUB_PYTHON = "3.11"  # Debian bookworm's libpython, which the stub embeds
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Where the wheel's server pieces are."""
+
+    root: Path  # .../site-packages/pytriton/tritonserver
+
+    @property
+    def binary(self) -> Path:
+        return self.root / "bin" / "tritonserver"
+
+    @property
+    def libs(self) -> Path:
+        return self.root.parent.parent / "nvidia_pytriton.libs"
+
+    @property
+    def backends(self) -> Path:
+        return self.root / "backends"
+
+    def stub(self, python: str = STUB_PYTHON) -> Path:
+        return self.root / "python_backend_stubs" / python / "triton_python_backend_stub"
+
+
+def find_install() -> TritonInstall:
+    """Locate the tritonserver shipped in the nvidia-pytriton wheel (without importing pytriton)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServingError("nvidia-pytriton is not installed; pip install 'nvidia-pytriton==0.7.0'",
+                           rule="triton-missing")
+    root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    inst = TritonInstall(root)
+    if not inst.binary.is_file():
+        raise ServingError(f"{inst.binary}: tritonserver binary missing from the nvidia-pytriton wheel",
+                           path=str(inst.binary), rule="triton-missing")
+    return inst
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return b.is_file() and a.stat().st_size == b.stat().st_size and a.stat().st_mtime <= b.stat().st_mtime
+
+
+def prepare_backends(dest: Path, install: TritonInstall | None = None) -> Path:
+    """Idempotently build ``dest`` = the wheel's backends + the python backend stub; return ``dest``."""
+    inst = install or find_install()
+    stub = inst.stub()
+    if not stub.is_file():
+        raise ServingError(f"{stub}: python backend stub for Python {STUB_PYTHON} missing", path=str(stub),
+                           rule="triton-missing")
+    copies = [(src, dest / src.relative_to(inst.backends)) for src in inst.backends.rglob("*")
+              if src.is_file() and "__pycache__" not in src.parts]
+    copies.append((stub, dest / "python" / stub.name))
+    for src, dst in copies:
+        if _same_file(src, dst):
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    return dest
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerConfig:
+    model_repository: Path
+    workdir: Path
+    address: str = "127.0.0.1"
+    http_port: int = 0
+    grpc_port: int = 0
+    metrics_port: int = 0
+    threads: int = 1  # numpy/BLAS threads per python model (2-core machines)
+    extra_args: list[str] = field(default_factory=list)
+
+    def resolved(self) -> ServerConfig:
+        """Fill port 0 with free ports."""
+        addr = self.address
+        return ServerConfig(self.model_repository, self.workdir, addr,
+                            self.http_port or free_port(addr), self.grpc_port or free_port(addr),
+                            self.metrics_port or free_port(addr), self.threads, list(self.extra_args))
+
+
+def command(cfg: ServerConfig, install: TritonInstall, backends: Path) -> list[str]:
+    return [
+        str(install.binary),
+        f"--model-repository={cfg.model_repository}",
+        "--model-control-mode=explicit",
+        f"--backend-directory={backends}",
+        f"--http-address={cfg.address}", f"--http-port={cfg.http_port}",
+        f"--grpc-address={cfg.address}", f"--grpc-port={cfg.grpc_port}",
+        "--allow-metrics=true", "--allow-gpu-metrics=false", "--allow-cpu-metrics=true",
+        f"--metrics-address={cfg.address}", f"--metrics-port={cfg.metrics_port}",
+        "--strict-readiness=true", "--exit-timeout-secs=10", "--log-verbose=0",
+        *cfg.extra_args,
+    ]
+
+
+def environment(install: TritonInstall, threads: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PYTHON") and k not in ("VIRTUAL_ENV", "LD_PRELOAD")}
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(install.libs), env.get("LD_LIBRARY_PATH")) if p)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+class TritonServer:
+    """A tritonserver child process; use as a context manager."""
+
+    def __init__(self, cfg: ServerConfig, *, install: TritonInstall | None = None) -> None:
+        self.install = install or find_install()
+        self.cfg = cfg.resolved()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.cfg.workdir / "tritonserver.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.address}:{self.cfg.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.cfg.address}:{self.cfg.metrics_port}/metrics"
+
+    def client(self, timeout: float = 30.0) -> TritonClient:
+        return TritonClient(self.url, timeout=timeout)
+
+    def start(self, wait_s: float = 60.0) -> TritonServer:
+        self.cfg.workdir.mkdir(parents=True, exist_ok=True)
+        backends = prepare_backends(self.cfg.workdir / "backends", self.install)
+        argv = command(self.cfg, self.install, backends)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                         env=environment(self.install, self.cfg.threads),
+                                         start_new_session=True)
+        deadline = time.monotonic() + wait_s
+        client = self.client(timeout=2.0)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServingError(f"tritonserver exited with {self.proc.returncode} during start-up; "
+                                   f"see {self.log_path}: {self.log_tail()}", path=str(self.log_path))
+            if client.live():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise ServingError(f"tritonserver not live after {wait_s:.0f}s; see {self.log_path}",
+                           path=str(self.log_path))
+
+    def log_tail(self, n: int = 5) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        # python backend stubs are in the server's session; make sure none outlives it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def __enter__(self) -> TritonServer:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running(model_repository: Path, workdir: Path, **kw: int | str) -> Iterator[TritonServer]:
+    server = TritonServer(ServerConfig(model_repository, workdir, **kw))  # type: ignore[arg-type]
+    with server:
+        yield server
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m airlock.serving.server run``: tritonserver in the foreground (systemd ExecStart)."""
+    ap = argparse.ArgumentParser(prog="python -m airlock.serving.server")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="exec tritonserver in the foreground")
+    run.add_argument("--model-repository", type=Path, required=True)
+    run.add_argument("--workdir", type=Path, required=True, help="holds the prepared backend directory")
+    run.add_argument("--address", default="127.0.0.1")
+    run.add_argument("--http-port", type=int, default=8000)
+    run.add_argument("--grpc-port", type=int, default=8001)
+    run.add_argument("--metrics-port", type=int, default=8002)
+    run.add_argument("--threads", type=int, default=1)
+    prep = sub.add_parser("prepare", help="build the backend directory only")
+    prep.add_argument("--workdir", type=Path, required=True)
+    args = ap.parse_args(argv)
+    inst = find_install()
+    if args.cmd == "prepare":
+        print(prepare_backends(args.workdir / "backends", inst))
+        return 0
+    cfg = ServerConfig(args.model_repository, args.workdir, args.address, args.http_port, args.grpc_port,
+                       args.metrics_port, args.threads)
+    backends = prepare_backends(args.workdir / "backends", inst)
+    argv_ = command(cfg, inst, backends)
+    os.execve(argv_[0], argv_, environment(inst, args.threads))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

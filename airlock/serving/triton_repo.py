@@ -1,0 +1,313 @@
+"""Generate the Triton model repository from the Airlock model repository.
+
+Airlock layout (immutable versions, ``current`` symlink)::
+
+    <root>/model_repo/<model>/<version>/...        <root>/model_repo/<model>/current -> <version>
+
+Triton layout generated here (one entry per served model)::
+
+    <triton>/<model>/config.pbtxt                   version_policy { specific { versions: [...] } }
+    <triton>/<model>/<N>/version.json               {"model", "version", "path"} -> immutable Airlock dir
+    <triton>/<model>/<N>/model.py                   (python backend only)
+    <triton>/<model>/<N>/model.json                 (vLLM backend only: engine arguments)
+
+Triton versions are integers; Airlock versions are strings. ``N`` is assigned once per Airlock
+version (next free integer) and never reused, so a Triton version always means the same weights.
+Every ``config.pbtxt`` is parsed with Triton's own protobuf schema (``model_config_pb2`` from
+tritonclient) and checked against the directory before it is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airlock.errors import ManifestError, RepositoryError
+from airlock.faults import fault_point
+from airlock.fsutil import atomic_write_bytes, fsync_dir, staging_dir
+
+BACKENDS = ("python", "vllm", "tensorrtllm")
+MODEL_SOURCE = Path(__file__).with_name("python_model") / "model.py"
+VERSION_FILE = "version.json"
+SKIP_DIRS = {"update_packages", "metadata"}
+
+
+@dataclass(frozen=True)
+class TritonVersion:
+    """One Triton version directory and the immutable Airlock version it serves."""
+
+    number: int
+    airlock_version: str
+    path: str
+
+
+@dataclass
+class ModelOptions:
+    """Per-model serving options (backend and backend-specific knobs)."""
+
+    backend: str = "python"
+    instance_count: int = 1
+    max_batch_size: int = 0
+    tensor_parallel_size: int = 1  # vllm / tensorrtllm
+    gpu_memory_utilization: float = 0.90  # vllm
+
+
+# ---------------------------------------------------------------------------------------------
+# config.pbtxt rendering and validation
+# ---------------------------------------------------------------------------------------------
+
+def _policy(versions: list[int]) -> str:
+    return "version_policy: { specific: { versions: [" + ", ".join(str(v) for v in sorted(versions)) + "] } }"
+
+
+def render_config(name: str, versions: list[int], opts: ModelOptions, *, hidden_size: int = 384) -> str:
+    """config.pbtxt text for ``name`` serving exactly ``versions``."""
+    head = [f'name: "{name}"', f'backend: "{opts.backend}"', _policy(versions)]
+    if opts.backend == "python":
+        body = [
+            f"max_batch_size: {opts.max_batch_size}",
+            'input [\n  { name: "INPUT_IDS" data_type: TYPE_INT64 dims: [ -1, -1 ] },\n'
+            '  { name: "ATTENTION_MASK" data_type: TYPE_INT64 dims: [ -1, -1 ] optional: true }\n]',
+            f'output [\n  {{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ -1, {hidden_size} ] }}\n]',
+            f"instance_group [ {{ count: {opts.instance_count} kind: KIND_CPU }} ]",
+        ]
+    elif opts.backend == "vllm":
+        # Triton's vLLM backend: inputs/outputs are auto-completed by the backend; engine args in model.json.
+        body = [
+            f"instance_group [ {{ count: {opts.instance_count} kind: KIND_MODEL }} ]",
+            "model_transaction_policy { decoupled: true }",
+        ]
+    elif opts.backend == "tensorrtllm":
+        body = [
+            f"max_batch_size: {opts.max_batch_size or 64}",
+            "model_transaction_policy { decoupled: true }",
+            'input [\n  { name: "input_ids" data_type: TYPE_INT32 dims: [ -1 ] allow_ragged_batch: true },\n'
+            '  { name: "input_lengths" data_type: TYPE_INT32 dims: [ 1 ] reshape: { shape: [ ] } },\n'
+            '  { name: "request_output_len" data_type: TYPE_INT32 dims: [ 1 ] reshape: { shape: [ ] } }\n]',
+            'output [\n  { name: "output_ids" data_type: TYPE_INT32 dims: [ -1, -1 ] },\n'
+            '  { name: "sequence_length" data_type: TYPE_INT32 dims: [ -1 ] }\n]',
+            f"instance_group [ {{ count: {opts.instance_count} kind: KIND_CPU }} ]",
+            'parameters: { key: "gpt_model_type" value: { string_value: "inflight_fused_batching" } }',
+            'parameters: { key: "gpt_model_path" value: { string_value: "${engine_dir}" } }',
+            'parameters: { key: "batch_scheduler_policy" value: { string_value: "guaranteed_no_evict" } }',
+        ]
+    else:
+        raise ManifestError(f"{name}: unknown Triton backend {opts.backend!r} (known: {', '.join(BACKENDS)})",
+                            rule="triton-config")
+    meta = f'parameters: {{ key: "airlock_model" value: {{ string_value: "{name}" }} }}'
+    return "\n".join([*head, *body, meta]) + "\n"
+
+
+def validate_config(text: str, *, name: str, model_dir: Path | None = None) -> Any:
+    """Parse ``text`` with Triton's ``ModelConfig`` schema; check name, backend and version dirs.
+
+    Returns the parsed protobuf message. Raises ManifestError (rule ``triton-config``) naming the file.
+    """
+    where = str(model_dir / "config.pbtxt") if model_dir else f"{name}/config.pbtxt"
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as exc:  # never write a config we could not check
+        raise ManifestError(f"{where}: cannot validate: tritonclient[grpc] is not installed ({exc})",
+                            path=where, rule="triton-config") from exc
+    cfg = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(text, cfg)
+    except text_format.ParseError as exc:
+        raise ManifestError(f"{where}: not a valid Triton ModelConfig: {exc}", path=where,
+                            rule="triton-config") from exc
+    if cfg.name != name:
+        raise ManifestError(f"{where}: name {cfg.name!r} differs from the directory {name!r}", path=where,
+                            rule="triton-config")
+    if not cfg.backend and not cfg.platform:
+        raise ManifestError(f"{where}: neither backend nor platform set", path=where, rule="triton-config")
+    if model_dir is not None and cfg.version_policy.WhichOneof("policy_choice") == "specific":
+        for v in cfg.version_policy.specific.versions:
+            if not (model_dir / str(v)).is_dir():
+                raise ManifestError(f"{where}: version_policy names version {v} but {model_dir / str(v)} "
+                                    "does not exist", path=where, rule="triton-config")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# One Triton model entry
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class TritonModel:
+    """The Triton repository entry of one model."""
+
+    root: Path  # <triton>/<model>
+    options: ModelOptions = field(default_factory=ModelOptions)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.pbtxt"
+
+    def versions(self) -> dict[int, TritonVersion]:
+        """Existing version directories, by Triton version number."""
+        found: dict[int, TritonVersion] = {}
+        if not self.root.is_dir():
+            return found
+        for child in self.root.iterdir():
+            if child.name.isdigit() and (child / VERSION_FILE).is_file():
+                info = json.loads((child / VERSION_FILE).read_text())
+                found[int(child.name)] = TritonVersion(int(child.name), info["version"], info["path"])
+        return dict(sorted(found.items()))
+
+    def number_of(self, airlock_version: str) -> int | None:
+        for n, v in self.versions().items():
+            if v.airlock_version == airlock_version:
+                return n
+        return None
+
+    def served(self) -> list[int]:
+        """Versions named by the current config's specific policy (empty if no config yet)."""
+        if not self.config_path.is_file():
+            return []
+        cfg = validate_config(self.config_path.read_text(), name=self.name)
+        if cfg.version_policy.WhichOneof("policy_choice") != "specific":
+            return sorted(self.versions())
+        return sorted(int(v) for v in cfg.version_policy.specific.versions)
+
+    def ensure_version(self, airlock_version: str, path: Path) -> int:
+        """The Triton version serving ``path``; created (staged, then renamed) if missing."""
+        path = path.resolve()
+        existing = self.number_of(airlock_version)
+        if existing is not None:
+            recorded = self.versions()[existing].path
+            if recorded != str(path):
+                raise RepositoryError(f"{self.root / str(existing) / VERSION_FILE}: Airlock version "
+                                      f"{airlock_version} recorded at {recorded}, now at {path}",
+                                      path=str(self.root / str(existing)), rule="triton-version")
+            return existing
+        if not (path / "config.json").is_file():
+            raise RepositoryError(f"{path}: not a model version directory (no config.json)", path=str(path))
+        number = max(self.versions(), default=0) + 1
+        while (self.root / str(number)).exists():  # a stray dir without version.json: never reuse
+            number += 1
+        final = self.root / str(number)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with staging_dir(final) as tmp:
+            info = {"model": self.name, "version": airlock_version, "path": str(path)}
+            (tmp / VERSION_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+            if self.options.backend == "python":
+                shutil.copyfile(MODEL_SOURCE, tmp / "model.py")
+            elif self.options.backend == "vllm":
+                engine = {"model": str(path), "disable_log_requests": True,
+                          "gpu_memory_utilization": self.options.gpu_memory_utilization,
+                          "tensor_parallel_size": self.options.tensor_parallel_size}
+                (tmp / "model.json").write_text(json.dumps(engine, indent=2) + "\n")
+            tmp.chmod(0o755)
+            fault_point("serving.version_dir.before_rename")
+            tmp.rename(final)
+            fsync_dir(self.root)
+        return number
+
+    def write_config(self, versions: list[int], *, hidden_size: int | None = None) -> bool:
+        """Validate and atomically write config.pbtxt serving ``versions``; True if it changed."""
+        if not versions:
+            raise RepositoryError(f"{self.config_path}: a served model needs at least one version",
+                                  path=str(self.config_path))
+        if hidden_size is None:
+            hidden_size = self._hidden_size(max(versions))
+        text = render_config(self.name, versions, self.options, hidden_size=hidden_size)
+        validate_config(text, name=self.name, model_dir=self.root)
+        if self.config_path.is_file() and self.config_path.read_text() == text:
+            return False
+        fault_point("serving.config.before_write")
+        atomic_write_bytes(self.config_path, text.encode())
+        return True
+
+    def _hidden_size(self, number: int) -> int:
+        v = self.versions().get(number)
+        if v is None:
+            return 384
+        try:
+            return int(json.loads((Path(v.path) / "config.json").read_text()).get("hidden_size", 384))
+        except (OSError, ValueError):
+            return 384
+
+    def remove_version(self, number: int) -> None:
+        if number in self.served():
+            raise RepositoryError(f"{self.root / str(number)}: still named by config.pbtxt; unload first",
+                                  path=str(self.root / str(number)))
+        target = self.root / str(number)
+        if target.exists():
+            shutil.rmtree(target)
+            fsync_dir(self.root)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole repository
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class GenerateReport:
+    """What ``generate`` did (or, with ``check``, would do)."""
+
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    changed: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"changed": self.changed, "models": self.models}
+
+
+def airlock_models(airlock_root: Path) -> dict[str, tuple[str, Path]]:
+    """model -> (active version, version dir) from ``<root>/model_repo/<model>/current``."""
+    base = airlock_root / "model_repo"
+    if not base.is_dir():
+        raise RepositoryError(f"{base}: no Airlock model repository here", path=str(base))
+    out: dict[str, tuple[str, Path]] = {}
+    for model_dir in sorted(base.iterdir()):
+        current = model_dir / "current"
+        if model_dir.name in SKIP_DIRS or not current.is_symlink():
+            continue
+        target = current.resolve()
+        if not target.is_dir():
+            raise RepositoryError(f"{current}: dangling current symlink", path=str(current))
+        out[model_dir.name] = (target.name, target)
+    return out
+
+
+def generate(airlock_root: Path, triton_root: Path, *, models: list[str] | None = None,
+             options: dict[str, ModelOptions] | None = None, check: bool = False) -> GenerateReport:
+    """Make ``triton_root`` serve each model's active Airlock version.
+
+    A model new to Triton gets version 1 serving ``current``; a model already there keeps its
+    served versions (the reload flow, not generation, moves serving to a new version) but gains a
+    version directory for the active Airlock version if it lacks one. ``check`` changes nothing.
+    """
+    report = GenerateReport()
+    active = airlock_models(airlock_root)
+    wanted = models if models is not None else list(active)
+    for name in wanted:
+        if name not in active:
+            where = airlock_root / "model_repo" / name
+            raise RepositoryError(f"{where}: no active version (current symlink)", path=str(where))
+        version, path = active[name]
+        entry = TritonModel(triton_root / name, (options or {}).get(name, ModelOptions()))
+        number = entry.number_of(version)
+        served = entry.served()
+        row: dict[str, Any] = {"active": version, "triton_version": number, "served": served}
+        need_version = number is None
+        need_config = not served
+        if check:
+            row["would_add_version"] = need_version
+            row["would_write_config"] = need_config
+        else:
+            number = entry.ensure_version(version, path)
+            row["triton_version"] = number
+            if need_config:
+                entry.write_config([number])
+                row["served"] = [number]
+        report.changed |= need_version or need_config
+        report.models[name] = row
+    return report
