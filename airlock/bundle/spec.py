@@ -4,6 +4,7 @@ The format is documented in bundle/README.md."""
 from __future__ import annotations
 
 import glob
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,14 @@ def _err(spec: Path, msg: str) -> ManifestError:
     return ManifestError(f"{spec}: {msg}", path=str(spec), rule="spec")
 
 
+def _path(base: Path, spec: Path, value: object) -> Path:
+    """A spec path: ``${VAR}`` expanded from the environment, relative to the spec file."""
+    text = os.path.expandvars(str(value))
+    if "$" in text:
+        raise _err(spec, f"{value!r}: environment variable not set")
+    return base / text
+
+
 def _expand(base: Path, spec: Path, patterns: Any, dest_dir: str) -> list[ExtraFile]:
     """A list of files, directories or globs -> files under ``dest_dir/`` (directories recursively)."""
     if patterns is None:
@@ -80,7 +89,7 @@ def _expand(base: Path, spec: Path, patterns: Any, dest_dir: str) -> list[ExtraF
         patterns = [patterns]
     out: list[ExtraFile] = []
     for pattern in patterns:
-        full = str(base / str(pattern))
+        full = str(_path(base, spec, pattern))
         matches = sorted(glob.glob(full)) if glob.has_magic(full) else [full]
         if not matches:
             raise _err(spec, f"{dest_dir}: {pattern!r} matches nothing")
@@ -117,18 +126,18 @@ def _model(base: Path, spec: Path, raw: Any, i: int) -> ModelSpec:
     if len(sources) != 1:
         raise _err(spec, f"models[{i}] ({m.name}): give exactly one of path, delta, delta_file")
     if "path" in raw:
-        m.path = base / str(raw["path"])
+        m.path = _path(base, spec, raw["path"])
         if not m.path.is_dir():
             raise _err(spec, f"models[{i}] ({m.name}): {m.path} is not a directory")
     elif "delta" in raw:
         d = raw["delta"]
         if not isinstance(d, dict) or set(d) != {"old", "new"}:
             raise _err(spec, f"models[{i}] ({m.name}): delta needs exactly 'old' and 'new'")
-        m.delta_old, m.delta_new = base / str(d["old"]), base / str(d["new"])
+        m.delta_old, m.delta_new = _path(base, spec, d["old"]), _path(base, spec, d["new"])
         if "from_version" not in raw:
             raise _err(spec, f"models[{i}] ({m.name}): a delta needs from_version")
     else:
-        m.delta_file = base / str(raw["delta_file"])
+        m.delta_file = _path(base, spec, raw["delta_file"])
         if not m.delta_file.is_file():
             raise _err(spec, f"models[{i}] ({m.name}): {m.delta_file} is not a file")
     if raw.get("from_version") is not None:
@@ -179,7 +188,7 @@ def load_spec(path: Path, *, split_size: int | None = None, block_size: int | No
     for i, f in enumerate(raw.get("files") or []):
         if not isinstance(f, dict) or set(f) != {"src", "dest"}:
             raise _err(path, f"files[{i}]: needs exactly 'src' and 'dest'")
-        src = base / str(f["src"])
+        src = _path(base, path, f["src"])
         if not src.is_file():
             raise _err(path, f"files[{i}]: {src} is not a file")
         spec.files.append(ExtraFile(src, str(safe_relpath(str(f["dest"])))))
