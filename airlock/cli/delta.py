@@ -12,6 +12,10 @@ from airlock.errors import AirlockError
 app = typer.Typer(no_args_is_help=True, help="Make, apply and inspect tensor-aware model deltas.")
 
 
+def _say(message: str) -> None:
+    out.print(message, highlight=False, soft_wrap=True, markup=False)
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
@@ -24,7 +28,8 @@ def make_cmd(
     from_version: str = typer.Option(None, "--from", help="Version label of OLD_DIR (default: content id)."),
     to_version: str = typer.Option(None, "--to", help="Version label of NEW_DIR (default: content id)."),
     no_reverse: bool = typer.Option(False, "--no-reverse",
-                                    help="Omit the bytes of removed tensors: the delta then only goes forward."),
+                                    help="Omit the bytes of removed tensors: the delta then only goes "
+                                    "forward."),
     level: int = typer.Option(19, "--level", min=1, max=22, help="zstd level for the records."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -45,10 +50,10 @@ def make_cmd(
             emit_json({"ok": True, **summary.as_dict()})
             return
         pct = 100 * summary.size / summary.target_bytes if summary.target_bytes else 0.0
-        out.print(f"{output}: {_mb(summary.size)} ({pct:.2f}% of the new version's {_mb(summary.target_bytes)}),"
-                  f" {summary.from_version} -> {summary.to_version}, "
-                  f"{'reversible' if summary.reversible else 'forward only'}", highlight=False)
-        out.print("tensors: " + ", ".join(f"{k} {v}" for k, v in summary.tensors.items()), highlight=False)
+        _say(f"{output}: {_mb(summary.size)} ({pct:.2f}% of the new version's "
+             f"{_mb(summary.target_bytes)}), {summary.from_version} -> {summary.to_version}, "
+             f"{'reversible' if summary.reversible else 'forward only'}")
+        _say("tensors: " + ", ".join(f"{k} {v}" for k, v in summary.tensors.items()))
 
 
 @app.command("apply")
@@ -56,8 +61,10 @@ def apply_cmd(
     src_dir: Path = typer.Argument(..., help="Directory of the version the delta starts from."),
     delta: Path = typer.Argument(None, help="Delta file (omit with --chain-dir)."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory to create (must not exist)."),
-    reverse: bool = typer.Option(False, "--reverse", help="Go backwards: SRC_DIR is the delta's new version."),
-    no_link: bool = typer.Option(False, "--no-link", help="Copy unchanged files instead of hard-linking them."),
+    reverse: bool = typer.Option(False, "--reverse",
+                                 help="Go backwards: SRC_DIR is the delta's new version."),
+    no_link: bool = typer.Option(False, "--no-link",
+                                 help="Copy unchanged files instead of hard-linking them."),
     chain_dir: Path = typer.Option(None, "--chain-dir", help="Follow the shortest chain of deltas in this "
                                    "directory (needs --from and --to)."),
     from_version: str = typer.Option(None, "--from", help="With --chain-dir: the version of SRC_DIR."),
@@ -78,14 +85,14 @@ def apply_cmd(
             total = 2 * len(steps) * total_bytes(src_dir) if src_dir.is_dir() else None
             with progress_bytes(f"applying {len(steps)} deltas", total, not as_json) as prog:
                 results = apply_chain(src_dir, steps, output, link_unchanged=not no_link, progress=prog)
-            report = {"ok": True, "out_dir": str(output), "from_version": from_version, "to_version": to_version,
+            report = {"ok": True, "out_dir": str(output), "from_version": from_version,
+                      "to_version": to_version,
                       "chain": [{"delta": str(s.path), "reverse": s.reverse} for s in steps],
                       "steps": [r.as_dict() for r in results]}
             if as_json:
                 emit_json(report)
             else:
-                out.print(f"{output}: {to_version} built from {from_version} via {len(steps)} deltas",
-                          highlight=False)
+                _say(f"{output}: {to_version} built from {from_version} via {len(steps)} deltas")
             return
         if delta is None:
             raise AirlockError("give a DELTA file or --chain-dir", rule="delta-usage")
@@ -96,9 +103,8 @@ def apply_cmd(
         if as_json:
             emit_json({"ok": True, **summary.as_dict()})
             return
-        out.print(f"{output}: {summary.to_version} built from {summary.from_version} "
-                  f"({summary.files} files, {_mb(summary.bytes_written)} written, {summary.linked} hard-linked; "
-                  f"all hashes verified)", highlight=False)
+        _say(f"{output}: {summary.to_version} built from {summary.from_version} ({summary.files} files, "
+             f"{_mb(summary.bytes_written)} written, {summary.linked} hard-linked; all hashes verified)")
 
 
 @app.command("inspect")
@@ -106,27 +112,28 @@ def inspect_cmd(
     delta: Path = typer.Argument(..., help="Delta file."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Validate a delta's container and show its versions, files and record statistics."""
+    """Validate a delta (container, index and every record checksum) and show its versions, files and
+    record statistics."""
     from airlock.delta import read_delta_header
+    from airlock.delta.container import verify_records
 
     with handle_errors(as_json):
         header = read_delta_header(delta)
+        verify_records(delta, header.records)
         info = header.summary()
         if as_json:
             emit_json({"ok": True, "path": str(delta), **info})
             return
-        out.print(f"{delta}: airlock delta v{header.format_version}, {header.from_version} -> "
-                  f"{header.to_version}, {'reversible' if header.reversible else 'forward only'}", highlight=False)
+        _say(f"{delta}: airlock delta v{header.format_version}, {header.from_version} -> "
+                  f"{header.to_version}, {'reversible' if header.reversible else 'forward only'}")
         src_b = sum(f.size for f in header.source_files.values())
         tgt_b = sum(f.size for f in header.target_files.values())
-        out.print(f"source: {len(header.source_files)} files, {_mb(src_b)}, {len(header.source_tensors)} tensors",
-                  highlight=False)
-        out.print(f"target: {len(header.target_files)} files, {_mb(tgt_b)}, {len(header.target_tensors)} tensors",
-                  highlight=False)
+        _say(f"source: {len(header.source_files)} files, {_mb(src_b)}, {len(header.source_tensors)} tensors")
+        _say(f"target: {len(header.target_files)} files, {_mb(tgt_b)}, {len(header.target_tensors)} tensors")
         for name, rec in sorted(info["records"].items()):
-            out.print(f"  {name:7s} {rec['count']:6d} records {_mb(rec['bytes']):>12s} "
-                      f"(from {_mb(rec['raw_bytes'])})", highlight=False)
-        out.print(f"payload: {_mb(header.payload_bytes())}", highlight=False)
+            _say(f"  {name:7s} {rec['count']:6d} records {_mb(rec['bytes']):>12s} "
+                 f"(from {_mb(rec['raw_bytes'])})")
+        _say(f"payload: {_mb(header.payload_bytes())}")
 
 
 @app.command("path")
@@ -147,5 +154,4 @@ def path_cmd(
                                   "to_version": s.to_version} for s in steps]})
             return
         for s in steps:
-            out.print(f"{s.from_version} -> {s.to_version}  {s.path}{'  (reverse)' if s.reverse else ''}",
-                      highlight=False)
+            _say(f"{s.from_version} -> {s.to_version}  {s.path}{'  (reverse)' if s.reverse else ''}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airlock.delta.container import RecordReader
+from airlock.delta.container import RecordReader, verify_records
 from airlock.delta.header import DeltaHeader, FileRecipe, read_delta_header
 from airlock.delta.inventory import FileInfo, TensorEntry, hash_regions
 from airlock.delta.pool import ordered_map
@@ -212,6 +212,7 @@ def apply_delta(src_dir: Path, delta_path: Path, out_dir: Path, *, reverse: bool
     if not src_dir.is_dir():
         raise DeltaSourceError(f"{src_dir}: source directory does not exist", path=str(src_dir),
                                rule="delta-source-missing")
+    verify_records(delta_path, header.records)
     verify_source(src_dir, in_files, in_tensors, progress)
     _cleanup_stale(out_dir)
     reader = RecordReader(delta_path, header.records)

@@ -129,6 +129,22 @@ def read_index(path: Path) -> tuple[dict[str, Any], list[Record]]:
     return index, records
 
 
+def verify_records(path: Path, records: list[Record]) -> None:
+    """Check every record's sha256 in one sequential pass (also those this direction will not use)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(PREAMBLE.size)
+            for i, rec in enumerate(records):
+                data = fh.read(rec.length)
+                if len(data) != rec.length:
+                    raise _bad(path, f"record {i} is truncated", "delta-truncated")
+                if hashlib.sha256(data).hexdigest() != rec.sha256:
+                    raise _bad(path, f"record {i} checksum mismatch (corrupt data at offset {rec.offset})",
+                               "delta-checksum")
+    except OSError as exc:
+        raise _bad(path, f"cannot read ({exc.strerror})", "delta-io") from exc
+
+
 class RecordReader:
     """Thread-safe access to records by id (``os.pread``), each checked against its sha256."""
 
