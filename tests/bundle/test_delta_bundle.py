@@ -52,7 +52,8 @@ def test_delta_bundle_from_two_model_dirs(keys: Keys, trust: Trust, tmp_path: Pa
     entry = m.models[0]
     assert (entry.kind, entry.from_version, entry.version) == ("delta", "1.0.0", "1.1.0")
     assert entry.path == "deltas/minilm-1.0.0-1.1.0.aldelta" and list(m.files) == [entry.path]
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["MANIFEST.json", "MANIFEST.json.asc", "deltas"]
+    top = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert top == ["MANIFEST.json", "MANIFEST.json.asc", "deltas"]
 
     report = verify_bundle(tmp_path / "b", trust)
     signed_targets = report.manifest.models[0].target_files

@@ -55,7 +55,8 @@ def test_all_payload_kinds(keys: Keys, trust: Trust, tmp_path: Path, monkeypatch
     ({"compatible": "x", "sequence": 1, "models": [
         {"name": "m", "version": "2", "delta": {"old": ".", "new": "."}}]}, "from_version"),
     ({"compatible": "x", "sequence": 1, "wheels": ["*.nothing"]}, "matches nothing"),
-    ({"compatible": "x", "sequence": 1, "files": [{"src": "b.yml", "dest": "../../etc/passwd"}]}, "traversal"),
+    ({"compatible": "x", "sequence": 1, "files": [{"src": "b.yml", "dest": "../../etc/passwd"}]},
+     "traversal"),
     ({"compatible": "x", "sequence": 1, "models": [{"name": "m", "version": "1", "path": "${NOPE_NOT_SET}"}]},
      "not set"),
 ])
