@@ -208,6 +208,7 @@ def status(client: TritonClient, triton_root: Path) -> dict[str, Any]:
         out["models"][d.name] = {
             "versions": {n: v.airlock_version for n, v in entry.versions().items()},
             "configured": entry.served(),
-            "loaded": {e.version: e.state for e in index if e.name == d.name and e.version},
+            "loaded": {e.version: e.state for e in index
+                       if e.name == d.name and e.version and e.state not in (None, "UNAVAILABLE")},
         }
     return out
