@@ -1,7 +1,225 @@
-"""`airlock keys ...` commands."""
+"""`airlock keys ...` commands: encryption at rest.
+
+Key material never appears on the command line: keys are named (``PROVIDER:KEY_ID``), providers
+are described in a config file, PINs and tokens come from files or environment variables that the
+config names. Every command first disables core dumps and marks the process non-dumpable.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from airlock.cli.common import JsonOpt, emit_json, handle_errors, out, progress_bytes
+
+app = typer.Typer(no_args_is_help=True, help="Encryption at rest: key providers, encrypt, decrypt, rotate.")
+
+ConfigOpt = typer.Option(None, "--config", "-c", envvar="AIRLOCK_KEYS_CONFIG",
+                         help="Key provider config (YAML). Default: /etc/airlock/keys.yaml.")
+PR_SET_DUMPABLE = 4
+
+
+def harden_process() -> None:
+    """No core files and no ptrace/proc-mem access by others while keys may be in memory."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    with contextlib.suppress(OSError, AttributeError):  # non-Linux: no prctl
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+@app.callback()
+def _keys_root() -> None:
+    """Encryption at rest: key providers, encrypt, decrypt, rotate."""
+    harden_process()
+
+
+def _say(message: str) -> None:
+    out.print(message, highlight=False, soft_wrap=True, markup=False)
+
+
+def _registry(config: Path | None) -> Any:
+    from airlock.crypto import ProviderRegistry
+
+    return ProviderRegistry.load(config)
+
+
+def _header_dict(path: Path, header: Any) -> dict[str, Any]:
+    fixed = header.fixed
+    return {"path": str(path), "provider": header.provider, "key_id": header.key_id,
+            "key_generation": header.active.generation, "plaintext_size": fixed.plaintext_size,
+            "chunk_size": fixed.chunk_size, "chunks": fixed.chunk_count, "format_version": fixed.version,
+            "encrypted_size": fixed.encrypted_size}
+
+
+@app.command("providers")
+def providers_cmd(config: Path = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """List the configured providers and check that each is reachable (exit 34 if one is not)."""
+    with handle_errors(as_json):
+        reg = _registry(config)
+        statuses = []
+        for name in reg.names():
+            try:
+                statuses.append(reg.get(name).check().as_dict())
+            except Exception as exc:  # a misconfigured provider is reported, not fatal to the listing
+                statuses.append({"name": name, "kind": "?", "available": False, "detail": str(exc),
+                                 "keys": []})
+        ok = all(s["available"] for s in statuses)
+        if as_json:
+            emit_json({"ok": ok, "providers": statuses})
+        else:
+            for s in statuses:
+                state = "ok " if s["available"] else "DOWN"
+                keys = f" keys: {', '.join(s['keys'])}" if s["keys"] else ""
+                _say(f"{state} {s['name']} ({s['kind']}): {s['detail']}{keys}")
+        if not ok:
+            raise typer.Exit(34)
+
+
+@app.command("generate")
+def generate_cmd(key: str = typer.Argument(..., help="PROVIDER:KEY_ID of the new key-encryption key."),
+                 config: Path = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Create a new key-encryption key inside the provider (HSM token, Vault transit, key dir)."""
+    from airlock.crypto import KeyRef
+
+    with handle_errors(as_json):
+        ref = KeyRef.parse(key)
+        _registry(config).get(ref.provider).generate(ref.key_id)
+        if as_json:
+            emit_json({"ok": True, "key": str(ref)})
+        else:
+            _say(f"created key-encryption key {ref}")
+
+
+@app.command("encrypt")
+def encrypt_cmd(
+    src: Path = typer.Option(..., "--in", "-i", help="Plaintext file."),
+    dst: Path = typer.Option(..., "--out", "-o", help="Encrypted file to write (appears when complete)."),
+    key: str = typer.Option(..., "--key", "-k", help="PROVIDER:KEY_ID that wraps the file's data key."),
+    chunk_size: int = typer.Option(1 << 20, "--chunk-size", help="Plaintext bytes per chunk."),
+    workers: int = typer.Option(2, "--workers", min=1, max=16, help="Threads for chunk encryption."),
+    config: Path = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Encrypt a file under a fresh data key wrapped by KEY."""
+    from airlock.crypto import KeyRef, encrypt_file
+
+    with handle_errors(as_json):
+        ref = KeyRef.parse(key)
+        provider = _registry(config).get(ref.provider)
+        with progress_bytes("encrypting", src.stat().st_size, not as_json) as prog:
+            header = encrypt_file(src, dst, provider, ref.key_id, chunk_size=chunk_size, workers=workers,
+                                  progress=prog)
+        info = _header_dict(dst, header)
+        if as_json:
+            emit_json({"ok": True, **info})
+        else:
+            _say(f"{dst}: {info['plaintext_size']} bytes in {info['chunks']} chunks, key {ref}")
+
+
+@app.command("decrypt")
+def decrypt_cmd(
+    src: Path = typer.Option(..., "--in", "-i", help="Encrypted file."),
+    dst: str = typer.Option(..., "--out", "-o",
+                            help="Plaintext file (appears only when every chunk verified), or - for stdout "
+                            "(streamed: a later bad chunk aborts with exit 13 after earlier output)."),
+    workers: int = typer.Option(2, "--workers", min=1, max=16, help="Threads for chunk decryption."),
+    config: Path = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Decrypt a file; the provider and key come from the file's header."""
+    from airlock.crypto import decrypt_file, decrypt_stream
+
+    with handle_errors(as_json and dst != "-"):
+        reg = _registry(config)
+        if dst == "-":
+            with open(src, "rb") as f:
+                decrypt_stream(f, sys.stdout.buffer, reg, workers=workers, path=str(src))
+            sys.stdout.buffer.flush()
+            return
+        with progress_bytes("decrypting", src.stat().st_size, not as_json) as prog:
+            header = decrypt_file(src, Path(dst), reg, workers=workers, progress=prog)
+        if as_json:
+            emit_json({"ok": True, **_header_dict(src, header), "output": dst})
+        else:
+            _say(f"{dst}: {header.plaintext_size} bytes decrypted and authenticated")
+
+
+@app.command("inspect")
+def inspect_cmd(path: Path = typer.Argument(..., help="Encrypted file."), as_json: bool = JsonOpt) -> None:
+    """Show an encrypted file's header (provider, key id, sizes); needs no key."""
+    from airlock.crypto import read_encrypted_header
+
+    with handle_errors(as_json):
+        info = _header_dict(path, read_encrypted_header(path))
+        if as_json:
+            emit_json({"ok": True, **info})
+        else:
+            for k, v in info.items():
+                _say(f"{k}: {v}")
+
+
+@app.command("verify")
+def verify_cmd(paths: list[Path] = typer.Argument(..., help="Encrypted files or directories."),
+               config: Path = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Authenticate every chunk of every encrypted file and print the plaintext sha256."""
+    from airlock.crypto import plaintext_sha256
+    from airlock.crypto.rotate import encrypted_files
+
+    with handle_errors(as_json):
+        reg = _registry(config)
+        results = []
+        for root in paths:
+            for path in encrypted_files(root):
+                size, digest = plaintext_sha256(path, reg)
+                results.append({"path": str(path), "size": size, "sha256": digest})
+                if not as_json:
+                    _say(f"{digest}  {path}")
+        if as_json:
+            emit_json({"ok": True, "files": results})
+
+
+@app.command("rotate")
+def rotate_cmd(
+    paths: list[Path] = typer.Option(..., "--path", "--root", "-p",
+                                     help="Encrypted file or directory tree (repeatable)."),
+    new_key: str = typer.Option(..., "--new-key", "--new-key-id", "-k",
+                                help="PROVIDER:KEY_ID to re-wrap every data key under."),
+    rewrap_latest: bool = typer.Option(False, "--rewrap-latest",
+                                       help="Also re-wrap files already under NEW_KEY to the provider's "
+                                       "newest key version (Vault transit rewrap)."),
+    audit_log: Path = typer.Option(None, "--audit-log",
+                                   help="Hash-chained JSON-lines audit file "
+                                   "(default: .airlock-keys-audit.jsonl in the first directory)."),
+    config: Path = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Re-wrap every data key under a new key-encryption key; data is not re-encrypted. Crash-safe and
+    idempotent: re-run after an interruption to finish."""
+    from airlock.crypto import KeyAuditLog, KeyRef, rotate_tree
+    from airlock.crypto.rotate import AUDIT_NAME
+
+    with handle_errors(as_json):
+        ref = KeyRef.parse(new_key)
+        reg = _registry(config)
+        reg.get(ref.provider)
+        first = paths[0] if paths[0].is_dir() else paths[0].parent
+        audit = KeyAuditLog(audit_log or first / AUDIT_NAME)
+        results = []
+        for root in paths:
+            results.extend(rotate_tree(root, reg, ref, rewrap_latest=rewrap_latest, audit=audit))
+        counts: dict[str, int] = {}
+        for r in results:
+            counts[r.action] = counts.get(r.action, 0) + 1
+        if as_json:
+            emit_json({"ok": True, "new_key": str(ref), "counts": counts, "audit_log": str(audit.path),
+                       "files": [r.__dict__ for r in results]})
+        else:
+            for r in results:
+                _say(f"{r.action:>22}  {r.path}  {r.old} -> {r.new} (generation {r.generation})")
+            _say(f"{len(results)} file(s): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                 + f"; audit: {audit.path}")

@@ -1,0 +1,209 @@
+"""Key rotation: re-wrap each file's data key under a new key-encryption key, in place, without
+touching the encrypted chunks.
+
+Crash safety comes from the two key slots: the new wrapped key goes into the *inactive* slot with
+generation+1 and is fsynced; only then is the old slot wiped. A torn slot fails its digest and is
+ignored, so at every instant one valid slot opens the file; re-running finishes the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from airlock.crypto.errors import WrongKeyError
+from airlock.crypto.format import KEY_LEN, KeySlot, check_commitment, parse_header
+from airlock.crypto.providers import KeyRef, ProviderRegistry
+from airlock.crypto.reader import is_encrypted
+from airlock.crypto.stream import unwrap_data_key
+from airlock.faults import fault_point
+
+AUDIT_NAME = ".airlock-keys-audit.jsonl"
+
+
+@dataclass
+class RotationResult:
+    path: str
+    action: (
+        str  # rewrapped | completed (finished an interrupted rotation) | unchanged | rewrapped-in-provider
+    )
+    old: str
+    new: str
+    generation: int
+
+
+class KeyAuditLog:
+    """Append-only JSON-lines log; each record carries the sha256 of the previous line (hash chain).
+    Used until the repository's audit log (``airlock.repo.audit``) can take key operations."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _last_hash(self) -> str:
+        if not self.path.exists():
+            return "0" * 64
+        last = b""
+        with open(self.path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    last = line.rstrip(b"\n")
+        return hashlib.sha256(last).hexdigest() if last else "0" * 64
+
+    def append(self, record: dict[str, object]) -> None:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **record,
+            "prev": self._last_hash(),
+        }
+        line = json.dumps(entry, sort_keys=True).encode() + b"\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def records(self) -> list[dict[str, object]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def verify(self) -> bool:
+        prev = "0" * 64
+        for line in self.path.read_bytes().splitlines() if self.path.exists() else []:
+            if json.loads(line).get("prev") != prev:
+                return False
+            prev = hashlib.sha256(line).hexdigest()
+        return True
+
+
+@contextmanager
+def _writable(path: Path) -> Iterator[int]:
+    """An O_RDWR descriptor; a read-only file (immutable model version) is made owner-writable for
+    the duration and its mode restored."""
+    mode = stat.S_IMODE(os.lstat(path).st_mode)
+    changed = False
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except PermissionError:
+        os.chmod(path, mode | stat.S_IWUSR)
+        changed = True
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+        if changed:
+            os.chmod(path, mode)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def rotate_file(
+    path: Path,
+    keys: ProviderRegistry,
+    new: KeyRef,
+    *,
+    rewrap_latest: bool = False,
+    audit: KeyAuditLog | None = None,
+) -> RotationResult:
+    """Re-wrap ``path``'s data key under ``new``. Idempotent: a file already under ``new`` is left
+    alone (or its stale second slot wiped); with ``rewrap_latest`` a file already under ``new`` is
+    moved to the provider's newest key version (Vault transit rewrap)."""
+    spath = str(path)
+    with _writable(path) as fd:
+        head = os.pread(fd, 64 << 10, 0)
+        header = parse_header(head, spath)
+        fixed, active_i, slot = header.fixed, header.active_index, header.active
+        other_i = 1 - active_i
+        other_raw = head[fixed.slot_offset(other_i) : fixed.slot_offset(other_i) + fixed.slot_size]
+        old = f"{slot.provider}:{slot.key_id}"
+        already = slot.provider == new.provider and slot.key_id == new.key_id
+        if already and not rewrap_latest:
+            action = "unchanged"
+            if any(other_raw):
+                _pwrite_all(fd, bytes(fixed.slot_size), fixed.slot_offset(other_i))
+                os.fsync(fd)
+                action = "completed"
+            result = RotationResult(spath, action, old, str(new), slot.generation)
+            if audit and action == "completed":
+                audit.append({"op": "key-rotate", **asdict(result)})
+            return result
+
+        target = keys.get(new.provider)
+        wrapped: bytes | None = None
+        action = "rewrapped"
+        if already:
+            wrapped = target.rewrap(new.key_id, slot.wrapped)
+            action = "rewrapped-in-provider"
+        if wrapped is None:
+            data_key = unwrap_data_key(header, keys, spath)
+            wrapped = target.wrap(new.key_id, data_key)
+            del data_key
+        check = target.unwrap(new.key_id, wrapped)
+        if len(check) != KEY_LEN or not check_commitment(check, fixed):
+            raise WrongKeyError(
+                f"new wrap under {new} does not reproduce the data key; file unchanged", path=spath
+            )
+        del check
+        new_slot = KeySlot(slot.generation + 1, new.provider, new.key_id, wrapped).pack(fixed.slot_size)
+        at = fixed.slot_offset(other_i)
+        half = len(new_slot) // 2
+        _pwrite_all(fd, new_slot[:half], at)
+        fault_point("crypto.rotate.mid-slot")  # a torn slot: digest fails, the old slot stays active
+        _pwrite_all(fd, new_slot[half:], at + half)
+        os.fsync(fd)
+        fault_point("crypto.rotate.slot-written")  # both slots valid; the higher generation wins
+        _pwrite_all(fd, bytes(fixed.slot_size), fixed.slot_offset(active_i))
+        os.fsync(fd)
+        fault_point("crypto.rotate.old-wiped")
+    result = RotationResult(spath, action, old, str(new), slot.generation + 1)
+    if audit:
+        audit.append({"op": "key-rotate", **asdict(result)})
+    return result
+
+
+def encrypted_files(root: Path) -> Iterator[Path]:
+    """Every regular (non-symlink) encrypted file under ``root`` (or ``root`` itself), sorted."""
+    if root.is_file() and not root.is_symlink():
+        if is_encrypted(root):
+            yield root
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if not p.is_symlink() and p.is_file() and is_encrypted(p):
+                yield p
+
+
+def rotate_tree(
+    root: Path,
+    keys: ProviderRegistry,
+    new: KeyRef,
+    *,
+    rewrap_latest: bool = False,
+    audit: KeyAuditLog | None = None,
+) -> list[RotationResult]:
+    """Rotate every encrypted file under ``root``. Hard-linked copies share one inode and are
+    re-wrapped once. Stops at the first failure (already rotated files stay rotated and valid)."""
+    results: list[RotationResult] = []
+    seen: set[tuple[int, int]] = set()
+    for path in encrypted_files(root):
+        st = path.stat()
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        results.append(rotate_file(path, keys, new, rewrap_latest=rewrap_latest, audit=audit))
+    return results

@@ -1,0 +1,254 @@
+"""Streaming encrypt/decrypt with bounded memory: chunks flow through a small thread pool (AES-GCM in
+``cryptography`` releases the GIL) with at most ``2 * workers`` chunks in flight, written in order."""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from airlock.crypto.errors import EncryptedFormatError, WrongKeyError
+from airlock.crypto.format import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_SLOT_SIZE,
+    KEY_LEN,
+    MAX_CHUNK_SIZE,
+    MAX_CHUNKS,
+    MIN_CHUNK_SIZE,
+    NONCE_PREFIX_LEN,
+    TAG_LEN,
+    EncryptedHeader,
+    FixedHeader,
+    KeySlot,
+    check_commitment,
+    chunk_aad,
+    chunk_nonce,
+    key_commitment,
+    parse_header,
+)
+from airlock.crypto.providers import KeyProvider, ProviderRegistry
+from airlock.faults import fault_point
+from airlock.fsutil import fsync_dir
+
+DEFAULT_WORKERS = 2
+Progress = Callable[[int], None]
+KeySource = KeyProvider | ProviderRegistry
+
+
+def _read_exact(src: BinaryIO, n: int) -> bytes:
+    parts: list[bytes] = []
+    while n > 0:
+        block = src.read(n)
+        if not block:
+            break
+        parts.append(block)
+        n -= len(block)
+    return b"".join(parts)
+
+
+def _ordered(jobs: Iterator[Callable[[], bytes]], workers: int) -> Iterator[bytes]:
+    """Run jobs on a pool, yield results in submission order, keep at most 2*workers pending."""
+    if workers <= 1:
+        for job in jobs:
+            yield job()
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="airlock-aead") as pool:
+        pending: deque[Future[bytes]] = deque()
+        try:
+            for job in jobs:
+                pending.append(pool.submit(job))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
+def _source_size(src: BinaryIO) -> int:
+    try:
+        return os.fstat(src.fileno()).st_size - src.tell()
+    except (OSError, AttributeError, ValueError):
+        pos = src.tell()
+        end = src.seek(0, os.SEEK_END)
+        src.seek(pos)
+        return end - pos
+
+
+def encrypt_stream(
+    src: BinaryIO,
+    dst: BinaryIO,
+    key_provider: KeyProvider,
+    key_id: str,
+    *,
+    plaintext_size: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    slot_size: int = DEFAULT_SLOT_SIZE,
+    workers: int = DEFAULT_WORKERS,
+    progress: Progress | None = None,
+) -> EncryptedHeader:
+    """Encrypt ``src`` (from its current position to its end, or exactly ``plaintext_size`` bytes)
+    into ``dst`` under a fresh data key wrapped by ``key_provider``/``key_id``; returns the header."""
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise EncryptedFormatError(f"chunk size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]")
+    size = _source_size(src) if plaintext_size is None else plaintext_size
+    data_key = AESGCM.generate_key(bit_length=256)
+    nonce_prefix = secrets.token_bytes(NONCE_PREFIX_LEN)
+    fixed = FixedHeader(chunk_size, size, nonce_prefix, key_commitment(data_key, nonce_prefix), slot_size)
+    if fixed.chunk_count > MAX_CHUNKS:
+        raise EncryptedFormatError("plaintext too large for this chunk size (2^32 chunks)")
+    slot = KeySlot(1, key_provider.name, key_id, key_provider.wrap(key_id, data_key))
+    raw_fixed = fixed.pack()
+    dst.write(raw_fixed + slot.pack(slot_size) + bytes(slot_size))
+    aead = AESGCM(data_key)
+    count = fixed.chunk_count
+
+    def jobs() -> Iterator[Callable[[], bytes]]:
+        for index in range(count):
+            want = fixed.chunk_plain_len(index)
+            plain = _read_exact(src, want)
+            if len(plain) != want:
+                raise EncryptedFormatError(
+                    f"source ended after {index * chunk_size + len(plain)} of {size} "
+                    "bytes (changed while reading?)"
+                )
+            nonce, aad = chunk_nonce(nonce_prefix, index), chunk_aad(raw_fixed, index, index == count - 1)
+            yield functools.partial(aead.encrypt, nonce, plain, aad)
+
+    for index, sealed in enumerate(_ordered(jobs(), workers)):
+        dst.write(sealed)
+        if progress:
+            progress(len(sealed) - TAG_LEN)
+        if index == 0:
+            fault_point("crypto.encrypt.mid-stream")
+    if src.read(1):
+        raise EncryptedFormatError(
+            f"source is longer than the declared {size} bytes (changed while reading?)"
+        )
+    return EncryptedHeader(fixed, raw_fixed, (slot, None), 0)
+
+
+def read_header(src: BinaryIO, path: str | None = None) -> EncryptedHeader:
+    """Read and parse the header at the start of ``src`` (leaves the position after the key slots)."""
+    from airlock.crypto.format import FIXED_HEADER_LEN
+
+    head = _read_exact(src, FIXED_HEADER_LEN)
+    fixed = FixedHeader.unpack(head, path)
+    rest = _read_exact(src, fixed.data_offset - FIXED_HEADER_LEN)
+    return parse_header(head + rest, path)
+
+
+def unwrap_data_key(header: EncryptedHeader, keys: KeySource, path: str | None = None) -> bytes:
+    """Unwrap the active slot's data key and check it against the authenticated key commitment."""
+    slot = header.active
+    provider = keys.get(slot.provider) if isinstance(keys, ProviderRegistry) else keys
+    if provider.name != slot.provider:
+        raise WrongKeyError(
+            f"file is wrapped by provider {slot.provider!r}, not {provider.name!r}", path=path
+        )
+    data_key = provider.unwrap(slot.key_id, slot.wrapped)
+    if len(data_key) != KEY_LEN or not check_commitment(data_key, header.fixed):
+        # The KEK opened the slot, so this is not a wrong key: the header or the slot was tampered with.
+        raise EncryptedFormatError(
+            f"data key from {slot.provider}:{slot.key_id} fails the key commitment "
+            "(header edited or key slot substituted)",
+            path=path,
+        )
+    return data_key
+
+
+def decrypt_chunk(
+    aead: AESGCM, header: EncryptedHeader, index: int, sealed: bytes, path: str | None = None
+) -> bytes:
+    fixed = header.fixed
+    if len(sealed) != fixed.chunk_plain_len(index) + TAG_LEN:
+        raise EncryptedFormatError(f"chunk {index} is truncated ({len(sealed)} bytes)", path=path)
+    final = index == fixed.chunk_count - 1
+    try:
+        return aead.decrypt(
+            chunk_nonce(fixed.nonce_prefix, index), sealed, chunk_aad(header.raw_fixed, index, final)
+        )
+    except InvalidTag:
+        raise EncryptedFormatError(
+            f"chunk {index} fails authentication (tampered, reordered, swapped, truncated or header edited)",
+            path=path,
+        ) from None
+
+
+def decrypt_stream(
+    src: BinaryIO,
+    dst: BinaryIO,
+    keys: KeySource,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    path: str | None = None,
+    progress: Progress | None = None,
+) -> EncryptedHeader:
+    """Decrypt all of ``src`` into ``dst``. Chunks are verified before they are written, but a later
+    chunk can still fail: callers writing to a file use ``decrypt_file`` (temp + rename)."""
+    header = read_header(src, path)
+    aead = AESGCM(unwrap_data_key(header, keys, path))
+    fixed = header.fixed
+
+    def jobs() -> Iterator[Callable[[], bytes]]:
+        for index in range(fixed.chunk_count):
+            sealed = _read_exact(src, fixed.chunk_plain_len(index) + TAG_LEN)
+            yield functools.partial(decrypt_chunk, aead, header, index, sealed, path)
+
+    for plain in _ordered(jobs(), workers):
+        dst.write(plain)
+        if progress:
+            progress(len(plain))
+    if src.read(1):
+        raise EncryptedFormatError("trailing bytes after the final chunk", path=path)
+    return header
+
+
+def encrypt_file(
+    src: Path, dst: Path, key_provider: KeyProvider, key_id: str, **kw: object
+) -> EncryptedHeader:
+    """Encrypt a file; ``dst`` appears (atomically, fsynced, mode 0600) only when complete."""
+    return _atomic(dst, lambda out: _encrypt_from(src, out, key_provider, key_id, kw))
+
+
+def decrypt_file(src: Path, dst: Path, keys: KeySource, **kw: object) -> EncryptedHeader:
+    """Decrypt a file; ``dst`` appears only when every chunk verified (nothing left on failure)."""
+
+    def run(out: BinaryIO) -> EncryptedHeader:
+        with open(src, "rb") as f:
+            return decrypt_stream(f, out, keys, path=str(src), **kw)  # type: ignore[arg-type]
+
+    return _atomic(dst, run)
+
+
+def _encrypt_from(
+    src: Path, out: BinaryIO, provider: KeyProvider, key_id: str, kw: dict[str, object]
+) -> EncryptedHeader:
+    with open(src, "rb") as f:
+        return encrypt_stream(f, out, provider, key_id, **kw)  # type: ignore[arg-type]
+
+
+def _atomic(dst: Path, body: Callable[[BinaryIO], EncryptedHeader]) -> EncryptedHeader:
+    tmp = dst.with_name(f".{dst.name}.airlock-tmp-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            header = body(out)
+            out.flush()
+            os.fsync(out.fileno())
+        fault_point("crypto.file.before-rename")
+        os.replace(tmp, dst)
+        fsync_dir(dst.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return header

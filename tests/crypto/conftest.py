@@ -1,0 +1,137 @@
+"""Fixtures: a development key-file provider, a real SoftHSM2 token per test, the Vault transit edge
+mock, and a provider config file for the CLI. Secrets go into files (mode 0600) or env, never argv."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from airlock.crypto import ProviderRegistry
+from tests.crypto.vault_edge_mock import TransitEdgeMock
+from tests.support import require_tool
+
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class KeyEnv:
+    """A provider config on disk plus the secrets behind it, for API and CLI tests."""
+
+    config: Path
+    registry: ProviderRegistry
+    keydir: Path
+    env: dict[str, str]
+
+    def kek_bytes(self, key_id: str) -> bytes:
+        return (self.keydir / f"{key_id}.kek").read_bytes()
+
+
+def _write_secret(path: Path, value: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return path
+
+
+@pytest.fixture
+def keyfile_env(tmp_path: Path) -> KeyEnv:
+    keydir = tmp_path / "dev-keys"
+    conf = {"providers": {"dev": {"type": "keyfile", "dir": str(keydir), "allow_development_keyfile": True}}}
+    config = tmp_path / "keys.yaml"
+    config.write_text(yaml.safe_dump(conf))
+    reg = ProviderRegistry.load(config)
+    for key_id in ("k1", "k2"):
+        reg.get("dev").generate(key_id)
+    return KeyEnv(config, reg, keydir, {})
+
+
+@dataclass
+class SoftHsm:
+    conf: Path
+    label: str
+    pin: str
+    pin_file: Path
+
+    def provider_config(self) -> dict[str, object]:
+        return {
+            "type": "pkcs11",
+            "module": SOFTHSM_MODULE,
+            "token_label": self.label,
+            "pin_file": str(self.pin_file),
+        }
+
+
+@pytest.fixture
+def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SoftHsm:
+    """A fresh SoftHSM2 token in a per-test token directory (SOFTHSM2_CONF for this test)."""
+    util = require_tool("softhsm2-util", "apt-get install -y softhsm2")
+    tokendir = tmp_path / "tokens"
+    tokendir.mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokendir}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
+    label = f"airlock-{secrets.token_hex(4)}"
+    pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
+    # softhsm2-util only takes PINs as arguments; this is test setup of a throwaway token, the product
+    # itself reads PINs from files. Run it once, then the PIN lives only in the 0600 file.
+    subprocess.run(
+        [util, "--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", so_pin],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "SOFTHSM2_CONF": str(conf)},
+    )
+    return SoftHsm(conf, label, pin, _write_secret(tmp_path / "hsm.pin", pin))
+
+
+@pytest.fixture
+def vault() -> Iterator[TransitEdgeMock]:
+    with TransitEdgeMock(secrets.token_hex(16)) as mock:
+        yield mock
+
+
+@pytest.fixture
+def all_env(tmp_path: Path, softhsm: SoftHsm, vault: TransitEdgeMock, keyfile_env: KeyEnv) -> KeyEnv:
+    """Config with all three providers: dev (key files k1, k2), hsm (kek-a, kek-b), vault (t1, t2)."""
+    token_file = _write_secret(tmp_path / "vault.token", vault.state.token)
+    conf = yaml.safe_load(keyfile_env.config.read_text())
+    conf["providers"]["hsm"] = softhsm.provider_config()
+    conf["providers"]["vault"] = {
+        "type": "vault",
+        "url": vault.url,
+        "token_file": str(token_file),
+        "timeout": 5,
+    }
+    keyfile_env.config.write_text(yaml.safe_dump(conf))
+    reg = ProviderRegistry.load(keyfile_env.config)
+    for ref in ("hsm:kek-a", "hsm:kek-b", "vault:t1", "vault:t2"):
+        prov, key_id = ref.split(":")
+        reg.get(prov).generate(key_id)
+    return KeyEnv(keyfile_env.config, reg, keyfile_env.keydir, {"SOFTHSM2_CONF": str(softhsm.conf)})
+
+
+def airlock_cli(
+    *args: str, env: dict[str, str] | None = None, check: bool = False, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess (``python -m`` of the console entry)."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    full_env.pop("AIRLOCK_FAULT", None) if "AIRLOCK_FAULT" not in (env or {}) else None
+    proc = subprocess.run(
+        [sys.executable, "-c", "from airlock.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=REPO,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"airlock {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
