@@ -21,6 +21,7 @@ from airlock.bundle.manifest import (
     canonical_bytes,
     part_name,
 )
+from airlock.bundle.safeio import remove_stale
 from airlock.bundle.signing import sign_bytes
 from airlock.bundle.spec import BundleSpec, ModelSpec, load_spec
 from airlock.errors import DeltaFormatError, ManifestError, UnsafePathError
@@ -163,6 +164,7 @@ def build_bundle(spec_path: Path, out_dir: Path, *, signer: str, gnupghome: Path
     out_dir = Path(out_dir)
     if os.path.lexists(out_dir):
         raise ManifestError(f"{out_dir}: output directory already exists", path=str(out_dir), rule="output")
+    remove_stale(out_dir, ".building-")
     with staging_dir(out_dir, prefix=".building-") as tmp:
         builder = _Builder(spec, tmp, progress or _noop)
         for ms in spec.models:

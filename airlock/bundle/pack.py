@@ -21,7 +21,7 @@ from airlock.bundle.manifest import (
     SIGNATURE_NAME,
     Manifest,
 )
-from airlock.bundle.safeio import open_beneath
+from airlock.bundle.safeio import open_beneath, remove_stale
 from airlock.bundle.signing import SignerInfo, Trust
 from airlock.bundle.verify import BlockChecker, check_policy, check_signed, load_signed_manifest
 from airlock.errors import IntegrityError, ManifestError, SignatureError, UnsafePathError
@@ -88,6 +88,7 @@ def pack_bundle(bundle_dir: Path, out_file: Path, trust: Trust | None = None,
             tar.close()
             fh.flush()
             os.fsync(fh.fileno())
+        fault_point("pack-before-rename")
         os.replace(tmp, out_file)
     finally:
         if tmp.exists():
@@ -153,6 +154,7 @@ def _unpack(tar_path: Path, out_dir: Path, trust: Trust, compatible: str | None,
     tick = progress or _noop
     if os.path.lexists(out_dir):
         raise UnsafePathError(f"{out_dir}: output directory already exists", path=str(out_dir), rule="output")
+    remove_stale(out_dir, ".unpacking-")
     with open(tar_path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar, \
             staging_dir(out_dir, prefix=".unpacking-") as tmp:
         data = _read_small(tar, tar.next(), MANIFEST_NAME, MAX_MANIFEST_BYTES)

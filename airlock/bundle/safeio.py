@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from airlock.errors import AirlockError, IntegrityError, UnsafePathError
-from airlock.fsutil import safe_relpath
+from airlock.fsutil import rmtree_writable, safe_relpath
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -67,6 +67,16 @@ def open_beneath(root: Path, rel: str) -> int:
         return fd
     finally:
         os.close(dfd)
+
+
+def remove_stale(final: Path, prefix: str) -> None:
+    """Remove ``<prefix><final.name>-*`` temp dirs a killed earlier run left beside ``final``."""
+    parent = final.parent
+    if not parent.is_dir():
+        return
+    for entry in parent.glob(f"{prefix}{final.name}-*"):
+        if entry.is_dir() and not entry.is_symlink():
+            rmtree_writable(entry)
 
 
 def read_limited(root: Path, rel: str, limit: int, error: type[AirlockError], rule: str) -> bytes:

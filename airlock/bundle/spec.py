@@ -58,6 +58,8 @@ class ExtraFile:
 
 @dataclass
 class BundleSpec:
+    """A parsed spec; ``payload_bytes`` is what a build copies (None when deltas are made first)."""
+
     source: Path
     compatible: str
     sequence: int
@@ -67,6 +69,17 @@ class BundleSpec:
     split_size: int = DEFAULT_SPLIT_SIZE
     models: list[ModelSpec] = field(default_factory=list)
     files: list[ExtraFile] = field(default_factory=list)
+
+    def payload_bytes(self) -> int | None:
+        if any(m.delta_old is not None for m in self.models):
+            return None
+        total = sum(f.src.stat().st_size for f in self.files)
+        for m in self.models:
+            src = m.path if m.path is not None else m.delta_file
+            assert src is not None
+            total += sum(p.stat().st_size for p in ([src] if src.is_file() else src.rglob("*"))
+                         if p.is_file() and not p.is_symlink())
+        return total
 
 
 def _err(spec: Path, msg: str) -> ManifestError:

@@ -6,10 +6,14 @@ Exit codes (docs/bundle-format.md): 0 ok, 10 signature, 11 manifest, 12 unsafe p
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from airlock.cli.common import JsonOpt, emit_json, handle_errors, out, progress_bytes
+from airlock.cli.common import JsonOpt, console, emit_json, handle_errors, out, progress_bytes
+
+if TYPE_CHECKING:
+    from airlock.bundle.signing import Trust
 
 app = typer.Typer(no_args_is_help=True, help="Build, sign, verify, pack and stage bundles.")
 
@@ -22,10 +26,27 @@ SeqOpt = typer.Option(None, "--installed-sequence", help="Installed bundle seque
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars on a terminal.")
 
 
-def _trust(fprs: list[str], keyring: Path | None, gnupghome: Path | None):  # type: ignore[no-untyped-def]
-    from airlock.bundle import Trust
+def _trust(fprs: list[str], keyring: Path | None, gnupghome: Path | None) -> Trust:
+    from airlock.bundle.signing import Trust
 
     return Trust(fingerprints=fprs, gnupghome=gnupghome, keyring=keyring)
+
+
+def _show(progress: bool, as_json: bool) -> bool:
+    return progress and not as_json and console.is_terminal
+
+
+def _bundle_total(bundle: Path, trust: Trust) -> int:
+    """Bytes a progress bar will count (the signed manifest is checked here too; cheap)."""
+    from airlock.bundle.verify import load_signed_manifest
+
+    return load_signed_manifest(bundle, trust).manifest.total_bytes
+
+
+def _spec_total(spec: Path) -> int | None:
+    from airlock.bundle.spec import load_spec
+
+    return load_spec(spec).payload_bytes()
 
 
 def _size(value: str | None) -> int | None:
@@ -56,7 +77,9 @@ def build(
     """Copy the payloads named by SPEC while hashing, write MANIFEST.json and sign it."""
     from airlock.bundle import build_bundle
 
-    with handle_errors(as_json), progress_bytes("building", None, progress and not as_json) as tick:
+    with handle_errors(as_json):
+        total = _spec_total(spec) if _show(progress, as_json) else None
+    with handle_errors(as_json), progress_bytes("building", total, _show(progress, as_json)) as tick:
         m = build_bundle(spec, output, signer=signer, gnupghome=gnupghome, passphrase_file=passphrase_file,
                          progress=tick, split_size=_size(split_size), block_size=_size(block_size))
     if as_json:
@@ -64,7 +87,7 @@ def build(
                    "sequence": m.sequence, "files": len(m.files), "bytes": m.total_bytes})
     else:
         out.print(f"built {output}: {m.bundle_id} ({m.kind}, sequence {m.sequence}), {len(m.files)} files, "
-                  f"{m.total_bytes} bytes, signed by {signer}")
+                  f"{m.total_bytes} bytes, signed by {signer}", highlight=False)
 
 
 @app.command()
@@ -83,7 +106,8 @@ def verify(
 
     with handle_errors(as_json):
         t = _trust(trust, keyring, gnupghome)
-        with progress_bytes("verifying", None, progress and not as_json) as tick:
+        total = _bundle_total(bundle, t) if _show(progress, as_json) else None
+        with progress_bytes("verifying", total, _show(progress, as_json)) as tick:
             report = verify_bundle(bundle, t, compatible=compatible, installed_sequence=installed_sequence,
                                    progress=tick)
     if as_json:
@@ -114,7 +138,8 @@ def stage(
 
     with handle_errors(as_json):
         t = _trust(trust, keyring, gnupghome)
-        with progress_bytes("staging", None, progress and not as_json) as tick:
+        total = _bundle_total(bundle, t) if _show(progress, as_json) else None
+        with progress_bytes("staging", total, _show(progress, as_json)) as tick:
             staged = stage_bundle(bundle, to, t, compatible=compatible, installed_sequence=installed_sequence,
                                   progress=tick)
     if as_json:
@@ -139,8 +164,10 @@ def pack(
     """Pack a bundle into one POSIX tar: manifest and signature first, then payloads."""
     from airlock.bundle import pack_bundle
 
-    with handle_errors(as_json), progress_bytes("packing", None, progress and not as_json) as tick:
+    with handle_errors(as_json):
         t = _trust(trust, keyring, gnupghome) if trust else None
+        total = _bundle_total(bundle, t) if t is not None and _show(progress, as_json) else None
+    with handle_errors(as_json), progress_bytes("packing", total, _show(progress, as_json)) as tick:
         m = pack_bundle(bundle, output, t, progress=tick)
     if as_json:
         emit_json({"ok": True, "path": str(output), "bundle_id": m.bundle_id, "files": len(m.files)})
@@ -165,7 +192,8 @@ def unpack(
 
     with handle_errors(as_json):
         t = _trust(trust, keyring, gnupghome)
-        with progress_bytes("unpacking", None, progress and not as_json) as tick:
+        total = archive.stat().st_size if archive.is_file() else None
+        with progress_bytes("unpacking", total, _show(progress, as_json)) as tick:
             report = unpack_bundle(archive, output, t, compatible=compatible,
                                    installed_sequence=installed_sequence, progress=tick)
     if as_json:
