@@ -299,6 +299,9 @@ def validate(m: Manifest) -> None:
             if me.path not in m.files:
                 raise _fail(f"model {me.name}: delta file {me.path} is not in files")
         else:
-            for rel in me.target_files:
-                if f"{me.path}/{rel}" not in m.files:
+            for rel, info in me.target_files.items():
+                entry = m.files.get(f"{me.path}/{rel}")
+                if entry is None:
                     raise _fail(f"model {me.name}: {me.path}/{rel} is not in files")
+                if (entry.size, entry.sha256) != (info.get("size"), info.get("sha256")):
+                    raise _fail(f"model {me.name}: target hash of {rel} differs from its file entry")

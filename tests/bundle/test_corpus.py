@@ -164,7 +164,14 @@ def _wrong_block_count(k: Keys, b: Path, t: Path) -> None:
 
 
 def _lying_hash(k: Keys, b: Path, t: Path) -> None:
-    edit(k, b, lambda d: d["files"][CFG].update(sha256="0" * 64))
+    def lie(d: dict[str, Any]) -> None:
+        d["files"][CFG]["sha256"] = "0" * 64
+        d["models"][0]["target_files"]["config.json"]["sha256"] = "0" * 64
+    edit(k, b, lie)
+
+
+def _model_target_mismatch(k: Keys, b: Path, t: Path) -> None:
+    edit(k, b, lambda d: d["models"][0]["target_files"]["config.json"].update(size=1))
 
 
 CASES: dict[str, tuple[Any, type[AirlockError], str]] = {
@@ -186,6 +193,7 @@ CASES: dict[str, tuple[Any, type[AirlockError], str]] = {
     "unknown-manifest-field": (_unknown_field, ManifestError, "manifest-schema"),
     "block-count-mismatch": (_wrong_block_count, ManifestError, "manifest-schema"),
     "sha256-mismatch": (_lying_hash, IntegrityError, "sha256"),
+    "model-target-mismatch": (_model_target_mismatch, ManifestError, "manifest-schema"),
     "signature-swap": (_swap_signature, SignatureError, "bad-signature"),
     "downgrade-replay": (_replay_old, DowngradeError, "downgrade"),
 }
