@@ -192,23 +192,22 @@ def rotate_cmd(
     rewrap_latest: bool = typer.Option(False, "--rewrap-latest",
                                        help="Also re-wrap files already under NEW_KEY to the provider's "
                                        "newest key version (Vault transit rewrap)."),
-    audit_log: Path = typer.Option(None, "--audit-log",
-                                   help="Hash-chained JSON-lines audit file "
-                                   "(default: .airlock-keys-audit.jsonl in the first directory)."),
+    audit_log: Path = typer.Option(Path("/var/log/airlock/keys-audit.jsonl"), "--audit-log",
+                                   envvar="AIRLOCK_KEYS_AUDIT",
+                                   help="Hash-chained JSON-lines audit file for key operations."),
     config: Path = ConfigOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Re-wrap every data key under a new key-encryption key; data is not re-encrypted. Crash-safe and
     idempotent: re-run after an interruption to finish."""
     from airlock.crypto import KeyAuditLog, KeyRef, rotate_tree
-    from airlock.crypto.rotate import AUDIT_NAME
 
     with handle_errors(as_json):
         ref = KeyRef.parse(new_key)
         reg = _registry(config)
         reg.get(ref.provider)
-        first = paths[0] if paths[0].is_dir() else paths[0].parent
-        audit = KeyAuditLog(audit_log or first / AUDIT_NAME)
+        audit_log.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        audit = KeyAuditLog(audit_log)
         results = []
         for root in paths:
             results.extend(rotate_tree(root, reg, ref, rewrap_latest=rewrap_latest, audit=audit))

@@ -25,9 +25,6 @@ from airlock.crypto.reader import is_encrypted
 from airlock.crypto.stream import unwrap_data_key
 from airlock.faults import fault_point
 
-AUDIT_NAME = ".airlock-keys-audit.jsonl"
-
-
 @dataclass
 class RotationResult:
     path: str

@@ -6,6 +6,7 @@ Config: ``module`` (path of the PKCS#11 library), ``token_label``, ``pin_file`` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -45,6 +46,24 @@ class Pkcs11Provider(KeyProvider):
                 f"{self.name}: cannot load PKCS#11 module ({type(exc).__name__})", path=self.module
             ) from exc
 
+    def _token(self, lib: Any) -> Any:
+        """The token by label; re-reads the module's slots once (a token created, removed or a
+        config changed since the module was loaded)."""
+        import pkcs11
+
+        for attempt in (0, 1):
+            try:
+                return lib.get_token(token_label=self.token_label)
+            except pkcs11.PKCS11Error as exc:
+                if attempt == 0:
+                    with contextlib.suppress(pkcs11.PKCS11Error):
+                        lib.reinitialize()
+                    continue
+                raise KeyProviderError(
+                    f"{self.name}: HSM token {self.token_label!r} not present ({type(exc).__name__})"
+                ) from exc
+        raise AssertionError("unreachable")
+
     @contextmanager
     def _session(self, rw: bool = False) -> Iterator[Any]:
         import pkcs11
@@ -52,16 +71,7 @@ class Pkcs11Provider(KeyProvider):
         pin = read_secret(self._config, "pin", self.name)
         with _LOCK:
             lib = self._lib()
-            try:
-                token = lib.get_token(token_label=self.token_label)
-            except pkcs11.NoSuchToken:
-                lib.reinitialize()  # a token created (or a config changed) after the module was loaded
-                try:
-                    token = lib.get_token(token_label=self.token_label)
-                except pkcs11.NoSuchToken as exc:
-                    raise KeyProviderError(
-                        f"{self.name}: HSM token {self.token_label!r} not present"
-                    ) from exc
+            token = self._token(lib)
             try:
                 session = token.open(rw=rw, user_pin=pin)
             except pkcs11.PinIncorrect as exc:
