@@ -84,6 +84,11 @@ def verify_signature(data: bytes, signature: bytes | None, trust: Trust, *, name
         raise SignatureError(f"{sig_name}: no signature", path=sig_name, rule="no-signature")
     if not signature.strip():
         raise SignatureError(f"{sig_name}: empty signature", path=sig_name, rule="no-signature")
+    # only a detached, armoured signature: an inline-signed or clearsigned message carries its own data
+    if (not signature.lstrip().startswith(b"-----BEGIN PGP SIGNATURE-----")
+            or signature.count(b"-----BEGIN PGP") != 1):
+        raise SignatureError(f"{sig_name}: not a detached ASCII-armoured signature", path=sig_name,
+                             rule="bad-signature")
     with verification_home(trust) as home, tempfile.TemporaryDirectory(prefix="airlock-sig-") as td:
         sig_path = Path(td) / "sig.asc"
         sig_path.write_bytes(signature)

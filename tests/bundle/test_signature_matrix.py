@@ -107,3 +107,22 @@ def test_no_keyring_fails_closed(base_bundle: Path, keys: Keys, monkeypatch: pyt
     with pytest.raises(SignatureError) as err:
         verify_bundle(base_bundle, Trust([], keyring=keys.keyring("signer")))
     assert err.value.rule == "no-trust"
+
+
+@pytest.mark.parametrize("how", ["--sign", "--clearsign", "binary-detached"])
+def test_signature_that_carries_its_own_data_is_refused(how: str, keys: Keys, base_bundle: Path,
+                                                        tmp_path: Path) -> None:
+    """An inline-signed or clearsigned message by the pinned key, over other bytes, must not pass for
+    a detached signature of the manifest; a binary detached signature is not the format either."""
+    bundle = tmp_path / "b"
+    shutil.copytree(base_bundle, bundle)
+    if how == "binary-detached":
+        sig = keys.gpg("--local-user", keys.fpr["signer"], "--detach-sign", "--output", "-", "-",
+                       input=(bundle / MANIFEST_NAME).read_bytes())
+    else:
+        sig = keys.gpg("--local-user", keys.fpr["signer"], "--armor", how, "--output", "-", "-",
+                       input=b"harmless other content\n")
+    (bundle / SIGNATURE_NAME).write_bytes(sig)
+    with pytest.raises(SignatureError) as err:
+        verify_bundle(bundle, keys.trust(["signer"], "signer"))
+    assert err.value.rule == "bad-signature"
