@@ -18,6 +18,9 @@ app = typer.Typer(no_args_is_help=True, help="Triton serving: repository generat
 
 UrlOpt = typer.Option("http://127.0.0.1:8000", "--url", envvar="AIRLOCK_TRITON_URL",
                       help="Triton HTTP endpoint.")
+GrpcOpt = typer.Option(None, "--grpc-url", envvar="AIRLOCK_TRITON_GRPC_URL",
+                       help="Triton GRPC endpoint (host:port) for load/unload: an HTTP load stalls "
+                       "HTTP inference requests on the same worker thread, a GRPC load does not.")
 TimeoutOpt = typer.Option(30.0, "--timeout", help="Seconds to wait for one Triton answer.")
 TritonRepoOpt = typer.Option(..., "--triton-repo", envvar="AIRLOCK_TRITON_REPO",
                              help="The Triton model repository directory (generated).")
@@ -27,10 +30,10 @@ GoldenOpt = typer.Option(None, "--golden", help="Golden record JSON, or a staged
                          "whose model entry carries one.")
 
 
-def _client(url: str, timeout: float):  # type: ignore[no-untyped-def]
+def _client(url: str, timeout: float, grpc_url: str | None = None):  # type: ignore[no-untyped-def]
     from airlock.serving.client import TritonClient
 
-    return TritonClient(url, timeout=timeout)
+    return TritonClient(url, timeout=timeout, grpc_url=grpc_url)
 
 
 def _options(specs: list[str]) -> dict[str, Any]:
@@ -93,10 +96,10 @@ def generate(
 
 @app.command()
 def load(model: str, url: str = UrlOpt, version: int | None = typer.Option(None, "--version"),
-         timeout: float = TimeoutOpt, as_json: bool = JsonOpt) -> None:
+         grpc_url: str | None = GrpcOpt, timeout: float = TimeoutOpt, as_json: bool = JsonOpt) -> None:
     """Load (or reload) MODEL as its config.pbtxt says, and wait until READY."""
     with handle_errors(as_json):
-        c = _client(url, timeout)
+        c = _client(url, timeout, grpc_url)
         c.load(model)
         c.wait_ready(model, version, timeout=max(timeout, 60.0))
         result = {"model": model, "loaded": c.loaded_versions(model)}
@@ -104,10 +107,11 @@ def load(model: str, url: str = UrlOpt, version: int | None = typer.Option(None,
 
 
 @app.command()
-def unload(model: str, url: str = UrlOpt, timeout: float = TimeoutOpt, as_json: bool = JsonOpt) -> None:
+def unload(model: str, url: str = UrlOpt, grpc_url: str | None = GrpcOpt, timeout: float = TimeoutOpt,
+           as_json: bool = JsonOpt) -> None:
     """Unload MODEL and poll until Triton reports no version loaded."""
     with handle_errors(as_json):
-        c = _client(url, timeout)
+        c = _client(url, timeout, grpc_url)
         c.unload(model, timeout=max(timeout, 60.0))
         emit_json({"model": model, "unloaded": True}) if as_json else out.print(f"{model}: unloaded")
 
@@ -139,6 +143,7 @@ def reload(
     golden: Path | None = GoldenOpt,
     backend: list[str] = BackendOpt,
     url: str = UrlOpt,
+    grpc_url: str | None = GrpcOpt,
     timeout: float = TimeoutOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -159,7 +164,7 @@ def reload(
             if not path.is_dir():
                 raise RepositoryError(f"{path}: no such model version", path=str(path))
         record = load_golden(golden, model, version)
-        result = Reloader(_client(url, timeout), triton_repo, options=_options(backend)).reload(
+        result = Reloader(_client(url, timeout, grpc_url), triton_repo, options=_options(backend)).reload(
             model, version, path, record)
         if as_json:
             emit_json(result.as_dict())

@@ -3,6 +3,12 @@
 Stdlib only so the engine, the CLI and Ansible modules (through their own ``urls``) speak the same
 protocol without tritonclient. Every network failure becomes a ``ServingError`` naming the URL:
 down (connection refused) and slow (timeout) are told apart, and nothing is retried silently.
+
+Model control over GRPC (``grpc_url``): Triton 2.51 runs an HTTP ``repository/.../load`` on one of
+its HTTP worker threads for the whole load, and an HTTP inference request that lands on that
+thread waits until the load finishes (measured: one request stalls ~1.4 s per MiniLM load). Given a
+``grpc_url`` and tritonclient, load/unload go over GRPC, whose control handlers are separate from
+inference, and HTTP clients see no stall; without it, the stdlib HTTP path is used.
 """
 
 from __future__ import annotations
@@ -51,10 +57,43 @@ class InferResult:
 class TritonClient:
     """HTTP/REST client for one Triton server (e.g. ``http://127.0.0.1:8000``)."""
 
-    def __init__(self, url: str, *, timeout: float = 30.0, load_timeout: float = 300.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 30.0, load_timeout: float = 300.0,
+                 grpc_url: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.load_timeout = load_timeout
+        self.grpc_url = grpc_url
+        self._grpc: Any = None
+
+    def _grpc_client(self) -> Any:
+        """tritonclient's GRPC client for model control, or None (no grpc_url / not installed)."""
+        if self.grpc_url is None:
+            return None
+        if self._grpc is None:
+            try:
+                import tritonclient.grpc as grpcclient
+            except ImportError:
+                self.grpc_url = None
+                return None
+            self._grpc = grpcclient.InferenceServerClient(self.grpc_url)
+        return self._grpc
+
+    def _grpc_call(self, what: str, model: str, call: Any) -> None:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            call()
+        except InferenceServerException as exc:
+            status = str(exc.status() or "")
+            where = f"grpc://{self.grpc_url}"
+            if "UNAVAILABLE" in status:
+                raise ServingError(f"Triton at {where} unreachable ({exc.message()}); is tritonserver "
+                                   "running?", path=where, rule="triton-down") from exc
+            if "DEADLINE_EXCEEDED" in status:
+                raise ServingError(f"Triton at {where} did not finish {what} {model} in time (server slow "
+                                   "or hung)", path=where, rule="triton-timeout") from exc
+            raise ServingError(f"Triton {what} {model} via {where} failed: {exc.message()}", path=model,
+                               rule="triton-request") from exc
 
     # -- transport ---------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: Any = None, *, timeout: float | None = None,
@@ -116,13 +155,23 @@ class TritonClient:
 
     def load(self, model: str, *, config: dict[str, Any] | None = None) -> None:
         """Load (or reload) a model; Triton answers when the load finished or failed."""
+        grpc = self._grpc_client()
+        if grpc is not None:
+            cfg = json.dumps(config) if config else None
+            self._grpc_call("load", model, lambda: grpc.load_model(model, config=cfg,
+                                                                   client_timeout=self.load_timeout))
+            return
         body = {"parameters": {"config": json.dumps(config)}} if config else None
         self._request("POST", f"/v2/repository/models/{model}/load", body, timeout=self.load_timeout)
 
     def unload(self, model: str, *, wait: bool = True, poll_s: float = 0.2, timeout: float = 60.0) -> None:
         """Unload a model. Triton unloads asynchronously: poll the index until no version is loaded."""
-        self._request("POST", f"/v2/repository/models/{model}/unload",
-                      {"parameters": {"unload_dependents": False}})
+        grpc = self._grpc_client()
+        if grpc is not None:
+            self._grpc_call("unload", model, lambda: grpc.unload_model(model, client_timeout=self.timeout))
+        else:
+            self._request("POST", f"/v2/repository/models/{model}/unload",
+                          {"parameters": {"unload_dependents": False}})
         if wait:
             self.wait_unloaded(model, poll_s=poll_s, timeout=timeout)
 

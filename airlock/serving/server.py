@@ -156,8 +156,13 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://{self.cfg.address}:{self.cfg.metrics_port}/metrics"
 
-    def client(self, timeout: float = 30.0) -> TritonClient:
-        return TritonClient(self.url, timeout=timeout)
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.cfg.address}:{self.cfg.grpc_port}"
+
+    def client(self, timeout: float = 30.0, *, grpc_control: bool = True) -> TritonClient:
+        """A client for this server; model control over GRPC unless ``grpc_control`` is False."""
+        return TritonClient(self.url, timeout=timeout, grpc_url=self.grpc_url if grpc_control else None)
 
     def start(self, wait_s: float = 60.0) -> TritonServer:
         self.cfg.workdir.mkdir(parents=True, exist_ok=True)

@@ -147,8 +147,7 @@ def test_cli_generate_reload_status_smoke(triton, airlock_root: Path, goldens: d
     (airlock_root / "model_repo" / "rl_cli" / "current").unlink()
     (airlock_root / "model_repo" / "rl_cli" / "current").symlink_to("1.1.0")
     rel = _airlock("serve", "reload", "rl_cli", "--root", str(airlock_root), *common,
-                   "--golden", str(manifest),
-                   "--json")
+                   "--grpc-url", triton.grpc_url, "--golden", str(manifest), "--json")
     assert rel.returncode == 0, rel.stdout + rel.stderr
     report = json.loads(rel.stdout)
     assert report["status"] == "promoted" and report["to_version"] == "1.1.0"

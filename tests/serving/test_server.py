@@ -25,42 +25,44 @@ def _snapshot(root: Path) -> dict[str, bytes]:
             for p in sorted(root.rglob("*"))}
 
 
-def test_load_ready_infer_index_unload(triton, airlock_root: Path, goldens: dict) -> None:
-    client: TritonClient = triton.client()
-    add_model(airlock_root, "srv_basic")
-    generate(airlock_root, triton.cfg.model_repository, models=["srv_basic"])
+@pytest.mark.parametrize("control", ["grpc", "http"])
+def test_load_ready_infer_index_unload(triton, airlock_root: Path, goldens: dict, control: str) -> None:
+    client: TritonClient = triton.client(grpc_control=control == "grpc")
+    name = f"srv_basic_{control}"
+    add_model(airlock_root, name)
+    generate(airlock_root, triton.cfg.model_repository, models=[name])
     assert client.live() and client.metadata()["name"] == "triton"
     rows = {e.name: e for e in client.index()}
-    assert rows["srv_basic"].state is None, "explicit mode: present in the index but not loaded"
-    assert not client.model_ready("srv_basic", 1)
+    assert rows[name].state is None, "explicit mode: present in the index but not loaded"
+    assert not client.model_ready(name, 1)
 
-    client.load("srv_basic")
-    client.wait_ready("srv_basic", 1)
-    assert client.model_ready("srv_basic") and client.model_ready("srv_basic", 1)
-    assert client.loaded_versions("srv_basic") == {"1": "READY"}
-    assert client.model_config("srv_basic")["backend"] == "python"
+    client.load(name)
+    client.wait_ready(name, 1)
+    assert client.model_ready(name) and client.model_ready(name, 1)
+    assert client.loaded_versions(name) == {"1": "READY"}
+    assert client.model_config(name)["backend"] == "python"
 
-    result = client.infer("srv_basic", {"INPUT_IDS": ids()})
+    result = client.infer(name, {"INPUT_IDS": ids()})
     assert result.model_version == "1"
     emb = result["EMBEDDING"]
     assert emb.shape == (2, 384) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert compare(parse_golden(goldens["1.0.0"]), result.outputs).ok
     # pinned version answers the same; a version that is not loaded is refused clearly
-    assert np.array_equal(client.infer("srv_basic", {"INPUT_IDS": ids()}, version=1)["EMBEDDING"], emb)
+    assert np.array_equal(client.infer(name, {"INPUT_IDS": ids()}, version=1)["EMBEDDING"], emb)
     with pytest.raises(ServingError, match="HTTP 4"):
-        client.infer("srv_basic", {"INPUT_IDS": ids()}, version=7)
+        client.infer(name, {"INPUT_IDS": ids()}, version=7)
     # a bad request is an error for that request only; the model keeps serving
     with pytest.raises(ServingError, match="token id out of range"):
-        client.infer("srv_basic", {"INPUT_IDS": np.array([[101, 999999]], dtype=np.int64)})
-    assert client.model_ready("srv_basic", 1)
+        client.infer(name, {"INPUT_IDS": np.array([[101, 999999]], dtype=np.int64)})
+    assert client.model_ready(name, 1)
 
     # unload is asynchronous on Triton: the client polls the index until the version is gone
-    client.unload("srv_basic")
-    assert client.loaded_versions("srv_basic") == {}
-    assert not client.model_ready("srv_basic", 1)
+    client.unload(name)
+    assert client.loaded_versions(name) == {}
+    assert not client.model_ready(name, 1)
     with pytest.raises(ServingError, match="HTTP"):
-        client.infer("srv_basic", {"INPUT_IDS": ids()})
+        client.infer(name, {"INPUT_IDS": ids()})
 
 
 def test_metrics_endpoint_is_enabled(triton, airlock_root: Path) -> None:
@@ -139,6 +141,9 @@ def test_triton_down_is_a_clear_error_and_changes_nothing(tmp_path: Path, airloc
     with pytest.raises(ServingError, match="unreachable") as err:
         client.index()
     assert err.value.rule == "triton-down" and err.value.exit_code == 50
+    with pytest.raises(ServingError, match="unreachable") as err:
+        TritonClient(_dead_url(), grpc_url=_dead_url().removeprefix("http://")).unload("srv_down")
+    assert err.value.rule == "triton-down"
     with pytest.raises(ServingError, match="not live; nothing changed"):
         Reloader(client, triton_repo).reload("srv_down", "1.1.0", model / "1.1.0", goldens["1.1.0"])
     assert _snapshot(triton_repo) == before
