@@ -1,0 +1,11 @@
+"""The model repository on an appliance: staging, atomic activation, catalog, rollback, audit."""
+
+from airlock.repo.audit import AuditHead, AuditReport
+from airlock.repo.catalog import Catalog, VersionRow
+from airlock.repo.layout import DEFAULT_ROOT, Layout, SemVer
+from airlock.repo.loadable import LoadReport, check_loadable
+from airlock.repo.plan import FileAction, Plan
+from airlock.repo.repository import Repository
+
+__all__ = ["DEFAULT_ROOT", "AuditHead", "AuditReport", "Catalog", "FileAction", "Layout", "LoadReport",
+           "Plan", "Repository", "SemVer", "VersionRow", "check_loadable"]

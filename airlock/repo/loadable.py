@@ -1,0 +1,140 @@
+"""Loadability check before a version is renamed into place: every safetensors header parses, the
+shard index agrees with the shards, and shapes/dtypes agree with ``config.json``."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airlock.errors import TensorFormatError
+from airlock.safetensors_io import TensorInfo, read_header
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
+_EMBED = re.compile(r"(?:^|\.)(?:embed_tokens|word_embeddings|wte|tok_embeddings)\.weight$")
+_TORCH_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
+
+
+@dataclass
+class LoadReport:
+    tensors: int = 0
+    files: int = 0
+    layers: int | None = None
+    embedding: tuple[str, list[int]] | None = None
+    checks: list[str] = field(default_factory=list)
+    torch: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tensors": self.tensors, "files": self.files, "layers": self.layers,
+                "embedding": list(self.embedding) if self.embedding else None, "checks": self.checks,
+                "torch": self.torch, "warnings": self.warnings}
+
+
+def _fail(path: Path, msg: str, rule: str) -> TensorFormatError:
+    return TensorFormatError(f"{path}: {msg}", path=str(path), rule=rule)
+
+
+def check_loadable(model_dir: Path, *, use_torch: bool = False) -> LoadReport:
+    """Raise TensorFormatError naming the file and the rule on the first disagreement."""
+    report = LoadReport()
+    shards = sorted(p for p in model_dir.rglob("*.safetensors") if p.is_file())
+    by_name: dict[str, TensorInfo] = {}
+    where: dict[str, str] = {}
+    for shard in shards:
+        header = read_header(shard)  # validates offsets, dtypes, overlaps
+        rel = shard.relative_to(model_dir).as_posix()
+        for t in header.tensors:
+            if t.name in by_name:
+                raise _fail(shard, f"tensor {t.name!r} also present in {where[t.name]}", "loadable-duplicate")
+            by_name[t.name] = t
+            where[t.name] = rel
+    report.files, report.tensors = len(shards), len(by_name)
+    index_path = model_dir / "model.safetensors.index.json"
+    if index_path.exists():
+        try:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _fail(index_path, f"unreadable shard index ({exc})", "loadable-index") from exc
+        for name, shard_rel in weight_map.items():
+            if where.get(name) != shard_rel:
+                raise _fail(index_path, f"tensor {name!r} mapped to {shard_rel}, found in "
+                            f"{where.get(name, 'no shard')}", "loadable-index")
+        report.checks.append("index")
+    config_path = model_dir / "config.json"
+    if config_path.exists() and by_name:
+        _check_config(config_path, by_name, report)
+    if use_torch and shards:
+        _check_torch(shards, report)
+    return report
+
+
+def _check_config(config_path: Path, by_name: dict[str, TensorInfo], report: LoadReport) -> None:
+    try:
+        cfg = json.loads(config_path.read_text())
+    except ValueError as exc:
+        raise _fail(config_path, f"not JSON ({exc})", "loadable-config") from exc
+    if not isinstance(cfg, dict):
+        raise _fail(config_path, "not a JSON object", "loadable-config")
+    cfg = {**cfg.get("text_config", {}), **cfg} if isinstance(cfg.get("text_config"), dict) else cfg
+    hidden, vocab, layers = cfg.get("hidden_size"), cfg.get("vocab_size"), cfg.get("num_hidden_layers")
+    embeds = [t for n, t in by_name.items() if _EMBED.search(n)]
+    if isinstance(vocab, int) and isinstance(hidden, int):
+        want = (vocab, hidden)
+        if embeds:
+            for t in embeds:
+                if tuple(t.shape) != want:
+                    raise _fail(config_path, f"embedding {t.name} has shape {list(t.shape)}, config says "
+                                f"[vocab_size={vocab}, hidden_size={hidden}]", "loadable-shape")
+        elif not any(tuple(t.shape) == want for t in by_name.values()):
+            raise _fail(config_path, f"no tensor of shape [vocab_size={vocab}, hidden_size={hidden}]",
+                        "loadable-shape")
+        report.checks.append("embedding")
+    elif isinstance(hidden, int) and embeds and embeds[0].shape[-1] != hidden:
+        raise _fail(config_path, f"embedding {embeds[0].name} width {embeds[0].shape[-1]} != hidden_size "
+                    f"{hidden}", "loadable-shape")
+    if embeds:
+        report.embedding = (embeds[0].name, list(embeds[0].shape))
+    indices = {int(m.group(1)) for n in by_name if (m := _LAYER.search(n))}
+    if indices:
+        report.layers = max(indices) + 1
+        if isinstance(layers, int):
+            if indices != set(range(layers)):
+                raise _fail(config_path, f"tensors name {len(indices)} layers (max index {max(indices)}), "
+                            f"config num_hidden_layers={layers}", "loadable-layers")
+            report.checks.append("layers")
+    torch_dtype = cfg.get("torch_dtype")
+    want_dtype = _TORCH_DTYPES.get(torch_dtype) if isinstance(torch_dtype, str) else None
+    if want_dtype and embeds and embeds[0].dtype != want_dtype:
+        # loaders cast to torch_dtype, so this is legal (e.g. a bf16 export of an fp32 config): a warning
+        report.warnings.append(f"embedding {embeds[0].name} is {embeds[0].dtype}, config torch_dtype is "
+                               f"{torch_dtype}")
+    elif want_dtype:
+        report.checks.append("dtype")
+
+
+def _check_torch(shards: list[Path], report: LoadReport) -> None:
+    """Open every shard with safetensors' torch API and read shape and dtype of each tensor slice
+    (no tensor data is materialised, so memory stays bounded)."""
+    try:
+        from safetensors import safe_open
+    except ImportError:  # pragma: no cover - safetensors is a core dependency
+        return
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        report.checks.append("torch-unavailable")
+        return
+    for shard in shards:
+        try:
+            with safe_open(str(shard), framework="pt", device="cpu") as fh:
+                for name in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    sl = fh.get_slice(name)
+                    sl.get_shape()
+                    sl.get_dtype()
+        except Exception as exc:
+            raise _fail(shard, f"torch cannot open it ({exc})", "loadable-torch") from exc
+    report.torch = True
+    report.checks.append("torch")

@@ -1,0 +1,769 @@
+"""``Repository``: the model repository on an appliance (DESIGN.md section 4).
+
+Every mutating operation runs under the repository lock, starts with ``recover()`` and is split
+into ``plan_*`` (reads only; Ansible check mode / --diff) and ``execute(plan)``. Write ordering,
+so that a kill -9 at any point leaves the previously active version serving and intact:
+
+  stage beside the final dir -> copy/link, hash-check -> loadability check -> seal + fsync
+  -> rename into place -> catalog row (one transaction) -> symlink swap -> catalog states -> audit
+
+``recover()`` removes staging/trash leftovers and directories the catalog does not know, marks
+versions whose directory vanished as pruned and aligns catalog states with the ``current`` link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import hashlib
+import os
+import pwd
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airlock.errors import (
+    AirlockError,
+    DiskSpaceError,
+    DowngradeError,
+    IntegrityError,
+    RepositoryError,
+)
+from airlock.faults import fault_point
+from airlock.fsutil import (
+    atomic_symlink,
+    atomic_write_bytes,
+    free_bytes,
+    fsync_dir,
+    rmtree_writable,
+    staging_dir,
+)
+from airlock.hashing import copy_hashing, sha256_file
+from airlock.repo import audit
+from airlock.repo.catalog import Catalog, VersionRow
+from airlock.repo.install import (
+    Expected,
+    build_tree,
+    disk_bytes,
+    enospc,
+    normalise_expected,
+    scan_source,
+    seal,
+    tree_matches,
+)
+from airlock.repo.layout import (
+    CURRENT,
+    DEFAULT_ROOT,
+    STAGING_PREFIX,
+    TRASH_PREFIX,
+    Layout,
+    SemVer,
+    version_key,
+)
+from airlock.repo.loadable import check_loadable
+from airlock.repo.lock import repo_lock
+from airlock.repo.plan import FileAction, Plan
+from airlock.repo.verify import current_link, verify_version
+
+if TYPE_CHECKING:
+    from airlock.bundle import StagedBundle
+
+Progress = Callable[[int], None]
+PRESENT = ("staged", "active", "previous", "failed")
+SKIP_PREFLIGHT_ENV = "AIRLOCK_TEST_SKIP_PREFLIGHT"  # tests only: reach a real ENOSPC mid-write
+LEFTOVER_PREFIXES = (STAGING_PREFIX, TRASH_PREFIX, ".delta-staging-", ".delta-chain-", f".{CURRENT}.tmp-")
+
+
+def _noop(_: int) -> None:
+    return None
+
+
+class Repository:
+    def __init__(self, root: Path | None = None, *, owner: str | None = None, group: str | None = None,
+                 lock_timeout: float | None = None, check_torch: bool = False) -> None:
+        self.layout = Layout(Path(root) if root is not None else DEFAULT_ROOT)
+        self.owner, self.group = owner, group
+        self.lock_timeout = lock_timeout
+        self.check_torch = check_torch
+        self._depth = 0
+        self._catalog: Catalog | None = None
+
+    # ------------------------------------------------------------------------------------ plumbing
+    @property
+    def root(self) -> Path:
+        return self.layout.root
+
+    def _ids(self) -> tuple[int | None, int | None]:
+        """uid/gid to chown to: only when configured and running as root."""
+        if os.geteuid() != 0:
+            return None, None
+        try:
+            uid = pwd.getpwnam(self.owner).pw_uid if self.owner else None
+            gid = grp.getgrnam(self.group).gr_gid if self.group else None
+        except KeyError as exc:
+            raise RepositoryError(f"{self.root}: unknown owner/group {exc}", path=str(self.root),
+                                  rule="owner") from exc
+        return uid, gid
+
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self.layout.metadata.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._catalog = Catalog(self.layout.catalog)
+        return self._catalog
+
+    def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+
+    @contextlib.contextmanager
+    def _mutating(self) -> Iterator[Catalog]:
+        """The lock (re-entrant within this object) and recovery on first entry."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.catalog()
+            finally:
+                self._depth -= 1
+            return
+        self.layout.repo.mkdir(parents=True, exist_ok=True)
+        self.layout.packages.mkdir(parents=True, exist_ok=True)
+        with repo_lock(self.layout.lock, self.lock_timeout):
+            self._depth = 1
+            try:
+                cat = self.catalog()
+                self.recover()
+                yield cat
+            finally:
+                self._depth = 0
+
+    def _audit(self, action: str, model: str | None, frm: str | None, to: str | None, result: str,
+               details: dict[str, Any]) -> None:
+        cat = self.catalog()
+        with cat.transaction():
+            cat.record_history(audit.actor(), action, model, frm, to, result, details)
+        head = audit.append(self.layout.audit_log, action, model=model, from_version=frm, to_version=to,
+                            result=result, details=details)
+        with cat.transaction():
+            cat.set_meta("audit_head", f"{head.seq}:{head.hash}")
+
+    @contextlib.contextmanager
+    def _recording_failure(self, action: str, model: str, frm: str | None, to: str | None) -> Iterator[None]:
+        try:
+            yield
+        except (AirlockError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                self._audit(action, model, frm, to, "failed",
+                            {"error": type(exc).__name__, "message": str(exc)})
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise DiskSpaceError(f"{self.layout.repo}: no space left on device during {action} "
+                                     f"({exc})", path=str(self.layout.repo),
+                                     rule="disk-space-enospc") from exc
+            raise
+
+    def audit_head(self) -> audit.AuditHead | None:
+        raw = self.catalog().get_meta("audit_head") if self.layout.catalog.exists() else None
+        if not raw:
+            return None
+        seq, h = raw.split(":", 1)
+        return audit.AuditHead(int(seq), h)
+
+    def _link_target(self, model: str) -> str | None:
+        link = self.layout.current(model)
+        return os.readlink(link) if link.is_symlink() else None
+
+    def _present(self, row: VersionRow | None) -> bool:
+        return bool(row and row.state in PRESENT and self.layout.version_dir(row.model, row.version).is_dir())
+
+    # ------------------------------------------------------------------------------------ recovery
+    def recover(self) -> list[str]:
+        """Bring disk and catalog back to a consistent state after a crash (caller holds the lock)."""
+        cat = self.catalog()
+        actions: list[str] = []
+        repo = self.layout.repo
+        model_dirs = [d for d in repo.iterdir() if d.is_dir() and not d.is_symlink()
+                      and d.name not in ("metadata", "update_packages") and not d.name.startswith(".")] \
+            if repo.exists() else []
+        for pk in [self.layout.packages, *[p for p in self.layout.packages.glob("*") if p.is_dir()]]:
+            for leftover in pk.glob(".keep-*"):
+                rmtree_writable(leftover)
+                actions.append(f"removed {leftover}")
+        for mdir in model_dirs:
+            model = mdir.name
+            for entry in list(mdir.iterdir()):
+                if entry.name.startswith(LEFTOVER_PREFIXES):
+                    rmtree_writable(entry)
+                    actions.append(f"removed leftover {entry}")
+            rows = {r.version: r for r in cat.versions(model)}
+            for entry in list(mdir.iterdir()):
+                if entry.name == CURRENT or entry.name.startswith("."):
+                    continue
+                row = rows.get(entry.name)
+                if row is None or row.state == "pruned":
+                    if self._link_target(model) == entry.name:
+                        continue  # never remove what serves; verify reports it
+                    rmtree_writable(entry)
+                    actions.append(f"removed {entry} (not recorded in the catalog)")
+            with cat.transaction():
+                for row in rows.values():
+                    if row.state in PRESENT and not (mdir / row.version).is_dir():
+                        cat.set_state(model, row.version, "pruned")
+                        actions.append(f"{model} {row.version}: directory gone, marked pruned")
+                target = self._link_target(model)
+                active = cat.in_state(model, "active")
+                if target and (active is None or active.version != target):
+                    trow = cat.version(model, target, with_files=False)
+                    if trow is not None and trow.state in PRESENT and (mdir / target).is_dir():
+                        for prev in cat.versions(model):
+                            if prev.state == "previous":
+                                cat.set_state(model, prev.version, "staged")
+                        if active is not None:
+                            cat.set_state(model, active.version, "previous")
+                        cat.set_state(model, target, "active", activated=True)
+                        actions.append(f"{model}: catalog aligned with current -> {target}")
+                elif target is None and active is not None and (mdir / active.version).is_dir():
+                    atomic_symlink(active.version, self.layout.current(model))
+                    actions.append(f"{model}: current link restored -> {active.version}")
+        if actions:
+            self._audit("recover", None, None, None, "ok", {"actions": actions})
+        return actions
+
+    # ------------------------------------------------------------------------------------ planning
+    def _before(self, model: str) -> dict[str, Any]:
+        cat = self.catalog()
+        active, prev = cat.in_state(model, "active"), cat.in_state(model, "previous")
+        return {"active": active.version if active else None, "previous": prev.version if prev else None}
+
+    def _link_candidates(self, model: str, sources: dict[str, tuple[str, str]] | None = None
+                         ) -> dict[str, str]:
+        """sha256 -> "<version>/<relpath>" of a file of a present version that can be hard-linked."""
+        out: dict[str, str] = {}
+        cat = self.catalog()
+        for row in reversed(cat.versions(model, with_files=True)):
+            if not self._present(row):
+                continue
+            for rel, f in row.files.items():
+                out.setdefault(f.sha256, f"{row.version}/{rel}")
+        return out
+
+    def _fs_block(self, model: str) -> int:
+        p = self.layout.model_dir(model)
+        while not p.exists():
+            p = p.parent
+        return os.statvfs(p).f_frsize or 4096
+
+    def _existing(self, model: str, version: str, expected: Expected) -> tuple[bool, VersionRow | None]:
+        """(already installed with identical content?, row). Different content is refused."""
+        row = self.catalog().version(model, version)
+        if not self._present(row):
+            return False, None
+        assert row is not None
+        have = {r: (f.size, f.sha256) for r, f in row.files.items()}
+        if have != expected:
+            diff = sorted(set(have.items()) ^ set(expected.items()))
+            raise RepositoryError(f"{self.layout.version_dir(model, version)}: version {version} of {model} "
+                                  f"is already installed with different content (first difference: "
+                                  f"{diff[0][0]}); a version's content never changes",
+                                  path=str(self.layout.version_dir(model, version)), rule="version-content")
+        return True, row
+
+    def plan_install(self, model: str, version: str, src_dir: Path, *,
+                     target_files: dict[str, dict[str, Any]] | None = None, activate: bool = True,
+                     description: str = "", dependencies: dict[str, str] | None = None,
+                     bundle_id: str | None = None, manifest_sha256: str | None = None,
+                     sequence: int | None = None, progress: Progress = _noop) -> Plan:
+        """What installing ``src_dir`` as ``model`` ``version`` would do. Writes nothing."""
+        SemVer.parse(version)
+        src_dir = Path(src_dir)
+        expected = (normalise_expected(target_files) if target_files is not None
+                    else scan_source(src_dir, progress))
+        args = {"model": model, "version": version, "src_dir": str(src_dir), "expected": expected,
+                "activate": activate, "description": description, "dependencies": dependencies or {},
+                "bundle_id": bundle_id, "manifest_sha256": manifest_sha256, "sequence": sequence}
+        before = self._before(model) if self.layout.catalog.exists() else {"active": None, "previous": None}
+        has_cat = self.layout.catalog.exists()
+        exists, _row = self._existing(model, version, expected) if has_cat else (False, None)
+        after = dict(before)
+        if exists:
+            changed = activate and before["active"] != version
+            if changed:
+                after = {"active": version, "previous": before["active"]}
+            return Plan("install", model, version, changed, before, after, args=args,
+                        notes=["version already installed with identical content"])
+        cands = self._link_candidates(model) if self.layout.catalog.exists() else {}
+        block = self._fs_block(model)
+        files: list[FileAction] = []
+        need = linked = 0
+        for rel, (size, sha) in expected.items():
+            if sha in cands:
+                files.append(FileAction(rel, size, sha, "link", cands[sha]))
+                linked += size
+            else:
+                files.append(FileAction(rel, size, sha, "copy"))
+                need += disk_bytes(size, block)
+        if activate:
+            after = {"active": version, "previous": before["active"]}
+        return Plan("install", model, version, True, before, after, files, need, linked,
+                    free_bytes(self.layout.model_dir(model)), args=args)
+
+    def plan_update(self, model: str, delta_path: Path, *,
+                    target_files: dict[str, dict[str, Any]] | None = None, activate: bool = True,
+                    description: str = "", dependencies: dict[str, str] | None = None,
+                    bundle_id: str | None = None, manifest_sha256: str | None = None,
+                    sequence: int | None = None) -> Plan:
+        """What applying ``delta_path`` to the installed source version would do. Writes nothing."""
+        from airlock.delta import read_delta_header
+
+        delta_path = Path(delta_path)
+        h = read_delta_header(delta_path)
+        SemVer.parse(h.to_version)
+        expected = {rel: (i.size, i.sha256) for rel, i in sorted(h.target_files.items())}
+        if target_files is not None and normalise_expected(target_files) != expected:
+            raise IntegrityError(f"{delta_path}: the delta's target hashes differ from the signed manifest's "
+                                 f"target_files for {model} {h.to_version}", path=str(delta_path),
+                                 rule="delta-target-hashes")
+        args = {"model": model, "delta_path": str(delta_path), "expected": expected, "activate": activate,
+                "description": description, "dependencies": dependencies or {}, "bundle_id": bundle_id,
+                "manifest_sha256": manifest_sha256, "sequence": sequence,
+                "from_version": h.from_version, "version": h.to_version}
+        has_cat = self.layout.catalog.exists()
+        before = self._before(model) if has_cat else {"active": None, "previous": None}
+        exists, _ = self._existing(model, h.to_version, expected) if has_cat else (False, None)
+        if exists:
+            changed = activate and before["active"] != h.to_version
+            after = {"active": h.to_version, "previous": before["active"]} if changed else dict(before)
+            return Plan("update", model, h.to_version, changed, before, after, args=args,
+                        notes=["version already installed with identical content"])
+        src = self.catalog().version(model, h.from_version) if has_cat else None
+        if not self._present(src):
+            raise RepositoryError(f"{delta_path}: the delta updates {model} {h.from_version}, which is not "
+                                  f"installed here", path=str(delta_path), rule="delta-source-version")
+        src_by_sha = {i.sha256: rel for rel, i in h.source_files.items()}
+        block = self._fs_block(model)
+        files: list[FileAction] = []
+        need = linked = 0
+        for rel, (size, sha) in expected.items():
+            if sha in src_by_sha:
+                files.append(FileAction(rel, size, sha, "link", f"{h.from_version}/{src_by_sha[sha]}"))
+                linked += size
+            else:
+                files.append(FileAction(rel, size, sha, "delta"))
+                need += disk_bytes(size, block)
+        kept = self._kept_delta_path(model, h.from_version, h.to_version)
+        if not (kept.exists() and kept.stat().st_size == delta_path.stat().st_size):
+            need += disk_bytes(delta_path.stat().st_size, block)
+        after = {"active": h.to_version, "previous": before["active"]} if activate else dict(before)
+        return Plan("update", model, h.to_version, True, before, after, files, need, linked,
+                    free_bytes(self.layout.model_dir(model)), args=args,
+                    notes=[f"delta {h.from_version} -> {h.to_version} kept in {kept.parent} for rollback"])
+
+    def plan_activate(self, model: str, version: str, *, action: str = "activate") -> Plan:
+        SemVer.parse(version)
+        row = self.catalog().version(model, version, with_files=False)
+        if not self._present(row):
+            raise RepositoryError(f"{self.layout.version_dir(model, version)}: {model} {version} is not "
+                                  "installed", path=str(self.layout.version_dir(model, version)),
+                                  rule="version-missing")
+        before = self._before(model)
+        changed = before["active"] != version or self._link_target(model) != version
+        after = {"active": version, "previous": before["active"]} if changed else dict(before)
+        return Plan(action, model, version, changed, before, after, args={"model": model, "version": version})
+
+    def plan_rollback(self, model: str, to: str | None = None) -> Plan:
+        cat = self.catalog()
+        before = self._before(model)
+        if to is None:
+            if before["previous"] is None:
+                raise RepositoryError(f"{self.layout.model_dir(model)}: {model} has no previous version to "
+                                      "roll back to (use --to VERSION)",
+                                      path=str(self.layout.model_dir(model)), rule="rollback-no-previous")
+            to = str(before["previous"])
+        SemVer.parse(to)
+        row = cat.version(model, to)
+        if row is None:
+            raise RepositoryError(f"{self.layout.model_dir(model)}: {model} {to} was never installed here",
+                                  path=str(self.layout.model_dir(model)), rule="version-missing")
+        args: dict[str, Any] = {"model": model, "version": to, "rebuild": None}
+        after = {"active": to, "previous": before["previous"] if before["previous"] != to else None}
+        plan = Plan("rollback", model, to, before["active"] != to, before, after, args=args)
+        if self._present(row):
+            return plan
+        from airlock.delta import find_chain_steps, read_delta_header
+
+        if before["active"] is None:
+            raise RepositoryError(f"{model} {to} was pruned and no version is active to rebuild it from",
+                                  rule="rollback-no-source")
+        steps = find_chain_steps(self.layout.model_packages(model), str(before["active"]), to)
+        last = read_delta_header(steps[-1].path)
+        out = last.source_files if steps[-1].reverse else last.target_files
+        block = self._fs_block(model)
+        active_sha = {f.sha256 for f in (cat.version(model, str(before["active"])) or row).files.values()}
+        for rel, info in sorted(out.items()):
+            how = "link" if info.sha256 in active_sha else "delta"
+            plan.files.append(FileAction(rel, info.size, info.sha256, how,
+                                         f"{before['active']}/..." if how == "link" else None))
+            if how == "delta":
+                plan.bytes_needed += disk_bytes(info.size, block)
+            else:
+                plan.bytes_linked += info.size
+        plan.bytes_free = free_bytes(self.layout.model_dir(model))
+        plan.changed = True
+        args["rebuild"] = [(str(s.path), s.reverse) for s in steps]
+        plan.notes.append(f"{to} was pruned: rebuilt from {len(steps)} delta(s) "
+                          f"({', '.join(s.path.name + (' reversed' if s.reverse else '') for s in steps)})")
+        return plan
+
+    def plan_prune(self, model: str, keep: int = 2) -> Plan:
+        if keep < 1:
+            raise RepositoryError(f"keep must be at least 1, not {keep}", rule="prune-keep")
+        before = self._before(model)
+        rows = [r for r in self.catalog().versions(model) if self._present(r)]
+        protected = {v for v in (before["active"], before["previous"]) if v}
+        kept = set(protected)
+        for r in sorted(rows, key=lambda r: (r.state != "failed", version_key(r.version)), reverse=True):
+            if len(kept) >= keep:
+                break
+            kept.add(r.version)
+        remove = sorted((r.version for r in rows if r.version not in kept), key=version_key)
+        return Plan("prune", model, None, bool(remove), before, before,
+                    remove=[str(self.layout.version_dir(model, v)) for v in remove],
+                    args={"model": model, "remove": remove, "keep": keep},
+                    notes=[f"keeping {', '.join(sorted(kept, key=version_key))}"] if rows else [])
+
+    # ------------------------------------------------------------------------------------ execution
+    def _preflight(self, plan: Plan, where: Path) -> None:
+        if os.environ.get(SKIP_PREFLIGHT_ENV) == "1":
+            return
+        free = free_bytes(where)
+        plan.bytes_free = free
+        if plan.bytes_needed > free:
+            raise DiskSpaceError(f"{where}: {plan.action} of {plan.model} {plan.version} needs "
+                                 f"{plan.bytes_needed} bytes ({plan.bytes_linked} more hard-linked), only "
+                                 f"{free} bytes are free", path=str(where), rule="disk-space-preflight")
+
+    def execute(self, plan: Plan, progress: Progress = _noop) -> Plan:
+        """Carry out a plan. Under the lock it is re-planned first, so a stale plan cannot do harm."""
+        a = plan.args
+        if plan.action == "install":
+            return self.install_version(a["model"], a["version"], Path(a["src_dir"]),
+                                        target_files={r: {"size": s, "sha256": h} for r, (s, h) in
+                                                      a["expected"].items()},
+                                        activate=a["activate"], description=a["description"],
+                                        dependencies=a["dependencies"], bundle_id=a["bundle_id"],
+                                        manifest_sha256=a["manifest_sha256"], sequence=a["sequence"],
+                                        progress=progress)
+        if plan.action == "update":
+            return self.update_from_delta(a["model"], Path(a["delta_path"]), activate=a["activate"],
+                                          description=a["description"], dependencies=a["dependencies"],
+                                          bundle_id=a["bundle_id"], manifest_sha256=a["manifest_sha256"],
+                                          sequence=a["sequence"], progress=progress)
+        if plan.action == "activate":
+            return self.activate(a["model"], a["version"])
+        if plan.action == "rollback":
+            return self.rollback(a["model"], to=a["version"], progress=progress)
+        if plan.action == "prune":
+            return self.prune(a["model"], keep=a["keep"])
+        raise RepositoryError(f"unknown plan action {plan.action!r}", rule="plan")
+
+    def _register(self, cat: Catalog, plan: Plan, tree: Path, final: Path, source: str) -> None:
+        """Seal, rename into place, record in the catalog (the crash-safe heart of install/update)."""
+        a = plan.args
+        problem = tree_matches(tree, a["expected"])
+        if problem:
+            raise IntegrityError(f"{tree}: staged version does not match the expected files: {problem}",
+                                 path=str(tree), rule="install-tree")
+        report = check_loadable(tree, use_torch=self.check_torch)
+        plan.notes.append("loadable: " + ", ".join(report.checks or ["no safetensors"]))
+        uid, gid = self._ids()
+        seal(tree, uid, gid)
+        fault_point(f"repo.{plan.action}.before-rename")
+        os.rename(tree, final)
+        fsync_dir(final.parent)
+        fault_point(f"repo.{plan.action}.after-rename")
+        with cat.transaction():
+            cat.add_version(plan.model, str(plan.version), str(final), a["expected"], state="staged",
+                            description=a["description"], dependencies=a["dependencies"],
+                            bundle_id=a["bundle_id"], manifest_sha256=a["manifest_sha256"],
+                            sequence=a["sequence"], source=source)
+        fault_point(f"repo.{plan.action}.after-catalog")
+
+    def install_version(self, model: str, version: str, src_dir: Path, *,
+                        target_files: dict[str, dict[str, Any]] | None = None, activate: bool = True,
+                        description: str = "", dependencies: dict[str, str] | None = None,
+                        bundle_id: str | None = None, manifest_sha256: str | None = None,
+                        sequence: int | None = None, progress: Progress = _noop) -> Plan:
+        """Install a full version from a directory (hashes from ``target_files`` when given, e.g. the
+        signed manifest's; else hashed from the source)."""
+        with self._mutating() as cat, self._recording_failure("install", model, None, version):
+            plan = self.plan_install(model, version, src_dir, target_files=target_files, activate=activate,
+                                     description=description, dependencies=dependencies, bundle_id=bundle_id,
+                                     manifest_sha256=manifest_sha256, sequence=sequence)
+            if plan.files:
+                final = self.layout.version_dir(model, version)
+                self.layout.model_dir(model).mkdir(parents=True, exist_ok=True, mode=0o755)
+                self._preflight(plan, final.parent)
+                with staging_dir(final, prefix=STAGING_PREFIX) as work:
+                    try:
+                        stats = build_tree(work / "tree", Path(src_dir), plan.files,
+                                           self.layout.model_dir(model), progress)
+                    except OSError as exc:
+                        if exc.errno == errno.ENOSPC:
+                            raise enospc(exc, final, plan.bytes_needed, plan.bytes_free or 0) from exc
+                        raise
+                    self._register(cat, plan, work / "tree", final, str(src_dir))
+                self._audit("install", model, plan.before["active"], version, "ok",
+                            {"files": len(plan.files), "copied": stats.copied, "linked": stats.linked,
+                             "bytes_copied": stats.bytes_copied, "bundle_id": bundle_id})
+            if activate and plan.changed:
+                self.activate(model, version)
+            return plan
+
+    def _kept_delta_path(self, model: str, frm: str, to: str) -> Path:
+        return self.layout.model_packages(model) / f"{model}-{frm}-{to}.aldelta"
+
+    def _keep_delta(self, model: str, delta_path: Path, frm: str, to: str) -> Path:
+        """Copy the delta into ``update_packages/<model>/`` (atomically) so rollback can reverse it."""
+        kept = self._kept_delta_path(model, frm, to)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        want = sha256_file(delta_path)
+        if kept.exists() and sha256_file(kept) == want:
+            return kept
+        tmp = kept.parent / f".keep-{uuid.uuid4().hex}"
+        with open(delta_path, "rb") as fi, open(tmp, "wb") as fo:
+            digest = copy_hashing(fi, fo)
+            fo.flush()
+            os.fsync(fo.fileno())
+        if digest.sha256 != want:
+            tmp.unlink()
+            raise IntegrityError(f"{delta_path}: changed while it was being kept", path=str(delta_path),
+                                 rule="delta-changed")
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, kept)
+        fsync_dir(kept.parent)
+        return kept
+
+    def update_from_delta(self, model: str, delta_path: Path, *,
+                          target_files: dict[str, dict[str, Any]] | None = None, activate: bool = True,
+                          description: str = "", dependencies: dict[str, str] | None = None,
+                          bundle_id: str | None = None, manifest_sha256: str | None = None,
+                          sequence: int | None = None, progress: Progress = _noop) -> Plan:
+        """Build the delta's target version from the installed source version; unchanged files are
+        hard links to the source's; the delta is kept for rollback."""
+        from airlock.delta import apply_delta
+
+        with self._mutating() as cat:
+            plan = self.plan_update(model, delta_path, target_files=target_files, activate=activate,
+                                    description=description, dependencies=dependencies, bundle_id=bundle_id,
+                                    manifest_sha256=manifest_sha256, sequence=sequence)
+            frm, to = plan.args["from_version"], str(plan.version)
+            with self._recording_failure("update", model, frm, to):
+                if plan.files:
+                    final = self.layout.version_dir(model, to)
+                    self._preflight(plan, final.parent)
+                    kept = self._keep_delta(model, Path(delta_path), frm, to)
+                    fault_point("repo.update.after-keep-delta")
+                    with staging_dir(final, prefix=STAGING_PREFIX) as work:
+                        summary = apply_delta(self.layout.version_dir(model, frm), kept, work / "tree",
+                                              link_unchanged=True, progress=progress)
+                        self._register(cat, plan, work / "tree", final, f"delta:{kept.name}")
+                    self._audit("update", model, frm, to, "ok",
+                                {"delta": kept.name, "files": summary.files, "linked": summary.linked,
+                                 "bytes_written": summary.bytes_written, "bundle_id": bundle_id})
+            if activate and plan.changed:
+                self.activate(model, to)
+            return plan
+
+    def activate(self, model: str, version: str, *, action: str = "activate",
+                 mark_old: str = "previous") -> Plan:
+        """Atomic symlink swap to ``version``; the version it replaces becomes ``mark_old``."""
+        with self._mutating() as cat, self._recording_failure(action, model, None, version):
+            plan = self.plan_activate(model, version, action=action)
+            if not plan.changed:
+                return plan
+            old = plan.before["active"]
+            fault_point(f"repo.{action}.before-swap")
+            atomic_symlink(version, self.layout.current(model))
+            fault_point(f"repo.{action}.after-swap")
+            with cat.transaction():
+                for r in cat.versions(model):
+                    if r.state == "previous" and r.version != old:
+                        cat.set_state(model, r.version, "staged")
+                if old and old != version:
+                    cat.set_state(model, old, mark_old)
+                cat.set_state(model, version, "active", activated=True)
+            self._audit(action, model, old, version, "ok", {"marked": {old: mark_old} if old else {}})
+            return plan
+
+    def rollback(self, model: str, to: str | None = None, *, progress: Progress = _noop) -> Plan:
+        """Back to the previous good version (or ``to``): a symlink swap, after rebuilding the version
+        from the kept deltas if it was pruned. The version rolled back from is marked ``failed``."""
+        from airlock.delta import ChainStep, apply_chain
+
+        with self._mutating() as cat:
+            plan = self.plan_rollback(model, to)
+            target = str(plan.version)
+            with self._recording_failure("rollback", model, plan.before["active"], target):
+                if plan.args["rebuild"]:
+                    self._preflight(plan, self.layout.model_dir(model))
+                    steps = [ChainStep(Path(p), rev, "", "") for p, rev in plan.args["rebuild"]]
+                    row = cat.version(model, target)
+                    assert row is not None
+                    final = self.layout.version_dir(model, target)
+                    with staging_dir(final, prefix=STAGING_PREFIX) as work:
+                        apply_chain(self.layout.version_dir(model, str(plan.before["active"])), steps,
+                                    work / "tree", link_unchanged=True, progress=progress)
+                        plan.args.update(expected={r: (f.size, f.sha256) for r, f in row.files.items()},
+                                         description=row.description, dependencies=row.dependencies,
+                                         bundle_id=row.bundle_id, manifest_sha256=row.manifest_sha256,
+                                         sequence=row.sequence)
+                        self._verify_rebuilt(work / "tree", plan.args["expected"])
+                        self._register(cat, plan, work / "tree", final, "rebuilt:reverse-delta")
+            self.activate(model, target, action="rollback", mark_old="failed")
+            return plan
+
+    @staticmethod
+    def _verify_rebuilt(tree: Path, expected: Expected) -> None:
+        """The rebuilt files must be exactly the ones recorded when the version was first installed."""
+        problem = tree_matches(tree, expected)
+        if problem is None:
+            for rel, (_size, sha) in expected.items():
+                if sha256_file(tree / rel) != sha:
+                    problem = f"{rel} hash differs"
+                    break
+        if problem:
+            raise IntegrityError(f"{tree}: rebuilt version differs from its catalog record: {problem}",
+                                 path=str(tree), rule="rollback-rebuild")
+
+    def prune(self, model: str, keep: int = 2) -> Plan:
+        """Remove versions beyond the ``keep`` newest; never the active or the previous-good one.
+        Catalog rows (with file hashes) stay, state ``pruned``: rollback can rebuild from deltas."""
+        with self._mutating() as cat, self._recording_failure("prune", model, None, None):
+            plan = self.plan_prune(model, keep)
+            for version in plan.args["remove"]:
+                vdir = self.layout.version_dir(model, version)
+                trash = vdir.parent / f"{TRASH_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
+                os.rename(vdir, trash)
+                fsync_dir(vdir.parent)
+                fault_point("repo.prune.after-trash")
+                with cat.transaction():
+                    cat.set_state(model, version, "pruned")
+                fault_point("repo.prune.after-catalog")
+                rmtree_writable(trash)
+            if plan.changed:
+                self._audit("prune", model, None, None, "ok", {"removed": plan.args["remove"], "keep": keep})
+            return plan
+
+    # ------------------------------------------------------------------------------------ bundles
+    def install_from_bundle(self, staged: StagedBundle, *, activate: bool = True,
+                            progress: Progress = _noop) -> list[Plan]:
+        """Install every model of a staged (verified) bundle: full versions and deltas, refusing a
+        sequence below the installed one unless the bundle is a signed rollback."""
+        from airlock.bundle import MANIFEST_NAME, SIGNATURE_NAME
+
+        m = staged.manifest
+        with self._mutating() as cat:
+            installed = self.installed_sequence()
+            if installed is not None and m.sequence < installed and not m.rollback:
+                raise DowngradeError(f"{staged.path}: bundle sequence {m.sequence} is below the installed "
+                                     f"{installed} and the bundle is not a signed rollback",
+                                     path=str(staged.path), rule="downgrade")
+            record = self.layout.bundle_record(m.bundle_id)
+            manifest_bytes = (staged.path / MANIFEST_NAME).read_bytes()
+            msha = hashlib.sha256(manifest_bytes).hexdigest()
+            atomic_write_bytes(record / MANIFEST_NAME, manifest_bytes, 0o444)
+            sig = staged.path / SIGNATURE_NAME
+            if sig.exists():
+                atomic_write_bytes(record / SIGNATURE_NAME, sig.read_bytes(), 0o444)
+            plans: list[Plan] = []
+            for me in m.models:
+                common: dict[str, Any] = {
+                    "target_files": me.target_files, "activate": activate, "description": me.description,
+                    "dependencies": dict(me.dependencies), "bundle_id": m.bundle_id, "manifest_sha256": msha,
+                    "sequence": m.sequence, "progress": progress}
+                if me.kind == "full":
+                    plans.append(self.install_version(me.name, me.version, staged.path / me.path, **common))
+                else:
+                    p = self.update_from_delta(me.name, staged.path / me.path, **common)
+                    if p.version != me.version:
+                        raise IntegrityError(f"{me.path}: delta leads to {p.version}, manifest says "
+                                             f"{me.version}", path=me.path, rule="delta-version")
+                    plans.append(p)
+            with cat.transaction():
+                cat.set_meta("sequence", str(max(m.sequence, installed or 0)))
+            return plans
+
+    # ------------------------------------------------------------------------------------ queries
+    def installed_sequence(self) -> int | None:
+        if not self.layout.catalog.exists():
+            return None
+        raw = self.catalog().get_meta("sequence")
+        return int(raw) if raw is not None else None
+
+    def verify(self, model: str, version: str | None = None) -> dict[str, Any]:
+        """Drift report (hashes vs catalog and signed manifest, modes, owner, extra/missing files,
+        the current link). Recorded in the audit log."""
+        with self._mutating() as cat:
+            rows = [cat.version(model, version)] if version else \
+                [r for r in cat.versions(model, with_files=True) if r.state in PRESENT]
+            if not rows or rows[0] is None:
+                raise RepositoryError(f"{self.layout.model_dir(model)}: {model} {version or ''} is not "
+                                      "installed",
+                                      path=str(self.layout.model_dir(model)), rule="version-missing")
+            uid, gid = self._ids()
+            reports = [verify_version(self.layout, r, uid=uid, gid=gid) for r in rows if r is not None]
+            active = cat.in_state(model, "active")
+            link = current_link(self.layout, model, active.version if active else None)
+            ok = all(r["ok"] for r in reports) and link["ok"]
+            out = {"model": model, "ok": ok, "versions": reports, "current": link}
+            first = next((p for r in reports for p in r["problems"]), None)
+            self._audit("verify", model, None, version, "ok" if ok else "drift",
+                        {"versions": [r["version"] for r in reports], "first_problem": first,
+                         "problems": sum(len(r["problems"]) for r in reports)})
+            return out
+
+    def list_models(self) -> list[dict[str, Any]]:
+        if not self.layout.catalog.exists():
+            return []
+        cat = self.catalog()
+        out = []
+        for model in cat.models():
+            rows = cat.versions(model)
+            out.append({"model": model, "active": self._before(model)["active"],
+                        "previous": self._before(model)["previous"],
+                        "versions": [{"version": r.version, "state": r.state} for r in rows]})
+        return out
+
+    def show(self, model: str, version: str | None = None) -> dict[str, Any]:
+        cat = self.catalog()
+        if version:
+            row = cat.version(model, version)
+            if row is None:
+                raise RepositoryError(f"{model} {version} is not in the catalog", rule="version-missing")
+            return row.as_dict(with_files=True)
+        if model not in cat.models():
+            raise RepositoryError(f"{model}: no such model in the catalog", rule="model-missing")
+        return {"model": model, **self._before(model), "current": self._link_target(model),
+                "versions": [r.as_dict() for r in cat.versions(model)]}
+
+    def history(self, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return self.catalog().history(model, limit) if self.layout.catalog.exists() else []
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able repository state (for an Ansible _info module)."""
+        models: dict[str, Any] = {}
+        if self.layout.catalog.exists():
+            cat = self.catalog()
+            for model in cat.models():
+                rows = cat.versions(model)
+                models[model] = {**self._before(model), "current": self._link_target(model),
+                                 "versions": {r.version: r.state for r in rows}}
+        head = self.audit_head()
+        return {"root": str(self.root), "repo": str(self.layout.repo), "sequence": self.installed_sequence(),
+                "models": models, "audit_head": {"seq": head.seq, "hash": head.hash} if head else None}
+
+    def audit_verify(self) -> audit.AuditReport:
+        return audit.verify(self.layout.audit_log, self.audit_head())
+
+
