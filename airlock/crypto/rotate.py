@@ -25,6 +25,7 @@ from airlock.crypto.reader import is_encrypted
 from airlock.crypto.stream import unwrap_data_key
 from airlock.faults import fault_point
 
+
 @dataclass
 class RotationResult:
     path: str

@@ -1,0 +1,187 @@
+"""Encrypted model directories: encrypt/decrypt a whole version, and delta apply on encrypted sources.
+
+The delta engine reads its source by path, so ``apply_delta_encrypted`` decrypts the source into a
+private plaintext workspace (tmpfs by default: plaintext never reaches a persistent disk), applies
+the delta there, encrypts the result into a staging directory beside the output and renames it in.
+The workspace needs room for the source and the target in plaintext: on hosts whose RAM cannot hold
+that, pass ``workspace=`` a directory on a LUKS volume (see docs/security.md, trade-offs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+from airlock.crypto.errors import EncryptedFormatError
+from airlock.crypto.providers import KeyProvider
+from airlock.crypto.reader import is_encrypted
+from airlock.crypto.stream import DEFAULT_WORKERS, KeySource, decrypt_stream, encrypt_stream
+from airlock.errors import IntegrityError
+from airlock.faults import fault_point
+from airlock.fsutil import fsync_dir, staging_dir
+
+TMPFS = Path("/dev/shm")
+
+
+@dataclass(frozen=True)
+class PlainFile:
+    """Size and sha256 of a file's plaintext (what the signed manifest's target_files record)."""
+
+    size: int
+    sha256: str
+
+
+class _HashingWriter:
+    def __init__(self, out: BinaryIO) -> None:
+        self.out, self.hash, self.size = out, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.out.write(data)
+
+
+class _HashingReader:
+    def __init__(self, src: BinaryIO) -> None:
+        self.src, self.hash = src, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.src.read(n)
+        self.hash.update(data)
+        return data
+
+    def tell(self) -> int:
+        return self.src.tell()
+
+    def fileno(self) -> int:
+        return self.src.fileno()
+
+
+def _files(root: Path) -> Iterator[tuple[str, Path]]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if p.is_symlink() or not p.is_file():
+                raise EncryptedFormatError("only regular files can be encrypted in a model tree", path=str(p))
+            yield p.relative_to(root).as_posix(), p
+
+
+def _build(out_dir: Path, body: Callable[[Path], dict[str, PlainFile]]) -> dict[str, PlainFile]:
+    if out_dir.exists() or out_dir.is_symlink():
+        raise EncryptedFormatError(
+            "output directory already exists; refusing to overwrite", path=str(out_dir)
+        )
+    with staging_dir(out_dir, prefix=".crypto-staging-") as stage:
+        os.chmod(stage, 0o700)
+        result = body(stage)
+        fault_point("crypto.tree.before-rename")
+        os.rename(stage, out_dir)
+    fsync_dir(out_dir.parent)
+    return result
+
+
+def encrypt_tree(
+    plain_dir: Path,
+    out_dir: Path,
+    provider: KeyProvider,
+    key_id: str,
+    *,
+    expect: dict[str, tuple[int, str]] | None = None,
+    workers: int = DEFAULT_WORKERS,
+    **kw: Any,
+) -> dict[str, PlainFile]:
+    """Encrypt every file of ``plain_dir`` into new ``out_dir`` (same relative names, one fresh data key
+    per file); returns the plaintext size and sha256 per relative path, hashed while encrypting. With
+    ``expect`` ({relpath: (size, sha256)}) a mismatch aborts before ``out_dir`` appears."""
+
+    def body(stage: Path) -> dict[str, PlainFile]:
+        result: dict[str, PlainFile] = {}
+        for rel, src in _files(plain_dir):
+            dst = stage / rel
+            dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(src, "rb") as f, open(dst, "xb") as out:
+                reader = _HashingReader(f)
+                size = os.fstat(f.fileno()).st_size
+                encrypt_stream(
+                    cast(BinaryIO, reader), out, provider, key_id, plaintext_size=size, workers=workers, **kw
+                )
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(dst, 0o600)
+            result[rel] = PlainFile(size, reader.hash.hexdigest())
+        if expect is not None and {r: (f.size, f.sha256) for r, f in result.items()} != expect:
+            raise IntegrityError(
+                "plaintext being encrypted does not match the expected hashes", path=str(plain_dir)
+            )
+        return result
+
+    return _build(out_dir, body)
+
+
+def decrypt_tree(
+    enc_dir: Path, out_dir: Path, keys: KeySource, *, workers: int = DEFAULT_WORKERS
+) -> dict[str, PlainFile]:
+    """Decrypt every file of ``enc_dir`` into new ``out_dir`` (0700/0600); files that are not encrypted
+    are refused (an encrypted version is encrypted throughout)."""
+
+    def body(stage: Path) -> dict[str, PlainFile]:
+        result: dict[str, PlainFile] = {}
+        for rel, src in _files(enc_dir):
+            if not is_encrypted(src):
+                raise EncryptedFormatError("file in an encrypted model tree is not encrypted", path=str(src))
+            dst = stage / rel
+            dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(src, "rb") as f, os.fdopen(fd, "wb") as out:
+                writer = _HashingWriter(out)
+                decrypt_stream(f, cast(BinaryIO, writer), keys, workers=workers, path=str(src))
+            result[rel] = PlainFile(writer.size, writer.hash.hexdigest())
+        return result
+
+    return _build(out_dir, body)
+
+
+@contextmanager
+def plaintext_workspace(base: Path | None = None) -> Iterator[Path]:
+    """A private (0700) scratch directory for plaintext, on tmpfs unless ``base`` is given; removed
+    on exit whatever happens."""
+    parent = base or (TMPFS if TMPFS.is_dir() else None)
+    path = Path(tempfile.mkdtemp(prefix="airlock-plain-", dir=parent))
+    try:
+        os.chmod(path, 0o700)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def apply_delta_encrypted(
+    src_enc_dir: Path,
+    delta_path: Path,
+    out_enc_dir: Path,
+    keys: KeySource,
+    provider: KeyProvider,
+    key_id: str,
+    *,
+    reverse: bool = False,
+    workspace: Path | None = None,
+) -> dict[str, PlainFile]:
+    """Apply a delta to an encrypted model version and write the result encrypted under
+    ``provider``/``key_id``. The plaintext of the result is checked against the delta's recorded
+    target hashes before the encrypted output is renamed into place."""
+    from airlock.delta import apply_delta, read_delta_header
+
+    header = read_delta_header(delta_path)
+    expected = header.source_files if reverse else header.target_files
+    with plaintext_workspace(workspace) as ws:
+        decrypt_tree(src_enc_dir, ws / "src", keys)
+        apply_delta(ws / "src", delta_path, ws / "out", reverse=reverse, link_unchanged=False)
+        want = {rel: (f.size, f.sha256) for rel, f in expected.items()}
+        return encrypt_tree(ws / "out", out_enc_dir, provider, key_id, expect=want)
