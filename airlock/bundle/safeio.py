@@ -3,6 +3,7 @@ and a reader that concatenates the parts of a split payload transparently."""
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 import stat
@@ -101,6 +102,7 @@ class PartsReader(io.RawIOBase):
         self._names = list(names)
         self._sizes = list(sizes)
         self._logical = logical
+        self._starts = [sum(self._sizes[:i]) for i in range(len(self._sizes))]
         self._index = -1
         self._fh: io.BufferedReader | None = None
         self._left = 0
@@ -123,22 +125,23 @@ class PartsReader(io.RawIOBase):
         self._left = self._sizes[self._index]
         return True
 
-    def skip_to(self, offset: int) -> None:
-        """Position at logical ``offset`` (used by resume); parts before it are opened only to check type."""
-        if self._pos != 0 or self._index != -1:
-            raise ValueError("skip_to only on a fresh reader")
-        while self._next():
-            if offset < self._left:
-                assert self._fh is not None
-                self._fh.seek(offset)
-                self._left -= offset
-                self._pos += offset
-                return
-            assert self._fh is not None
-            self._fh.seek(self._left)  # skip this part whole; _next() still checks it has no extra bytes
-            offset -= self._left
-            self._pos += self._left
-            self._left = 0
+    def seek_to(self, offset: int) -> None:
+        """Position at logical ``offset`` (resume and repair read single blocks anywhere)."""
+        if not 0 <= offset <= sum(self._sizes):
+            raise ValueError(f"offset {offset} outside {self._logical}")
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        index = bisect.bisect_right(self._starts, offset) - 1
+        while index > 0 and self._starts[index] == offset and self._sizes[index - 1] == 0:
+            index -= 1
+        index = min(index, len(self._names) - 1)
+        self._index = index
+        self._fh = os.fdopen(open_beneath(self._root, self._names[index]), "rb")
+        within = offset - self._starts[index]
+        self._fh.seek(within)
+        self._left = self._sizes[index] - within
+        self._pos = offset
 
     def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
         view = memoryview(buf).cast("B")

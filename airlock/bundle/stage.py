@@ -9,8 +9,6 @@ that match the manifest are kept, the rest is copied again."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import os
 import shutil
 import stat
@@ -28,11 +26,11 @@ from airlock.bundle.manifest import (
 )
 from airlock.bundle.safeio import PartsReader, read_limited
 from airlock.bundle.signing import SignerInfo, Trust
-from airlock.bundle.verify import BlockChecker, check_policy, check_signed
+from airlock.bundle.verify import BlockChecker, check_policy, check_signed, check_sizes
 from airlock.errors import IntegrityError, ManifestError, SignatureError, UnsafePathError
 from airlock.faults import fault_point
 from airlock.fsutil import atomic_write_bytes, fsync_dir
-from airlock.hashing import CHUNK
+from airlock.hashing import iter_chunks
 
 Progress = Callable[[int], None]
 PARTIAL_SUFFIX = ".airlock-partial"
@@ -133,90 +131,74 @@ def _clean(stage: Path, m: Manifest) -> None:
                 os.unlink(full)
 
 
-def _reuse_final(final: Path, rel: str, entry: FileEntry, tick: Progress) -> bool:
-    """A complete staged file from an earlier run is kept when every block still matches."""
-    if not final.is_file() or final.is_symlink() or final.stat().st_size != entry.size:
-        return False
-    checker = BlockChecker(rel, entry)
-    try:
-        with open(final, "rb") as fh:
-            for data in iter(lambda: fh.read(CHUNK), b""):
-                checker.update(data)
-        checker.finish()
-    except IntegrityError:
-        return False
-    tick(entry.size)
-    return True
-
-
-def _resume_prefix(partial: Path, rel: str, entry: FileEntry, checker: BlockChecker) -> int:
-    """Feed the matching complete blocks of ``partial`` to ``checker``; return the kept length."""
-    if not partial.is_file() or partial.is_symlink():
-        return 0
-    kept = 0
-    bs = entry.block_size
-    with open(partial, "rb") as fh:
-        for i, expected in enumerate(entry.blocks):
-            if (i + 1) * bs > entry.size:  # the short last block is always recopied
-                break
-            block = fh.read(bs)
-            if len(block) != bs or hashlib.sha256(block).hexdigest() != expected:
-                break
-            checker.update(block)
-            kept += bs
-    return kept
-
-
 def _copy_one(root: Path, stage: Path, rel: str, entry: FileEntry, counters: StageCounters,
               tick: Progress) -> None:
+    """Stage one payload block by block: a block already present (from an interrupted or damaged
+    earlier stage) is kept when it hashes to the manifest's block; any other block is read from the
+    bundle once, hashed while written, and must match. The file gets its final name only when its
+    size, every block and the whole-file hash matched."""
     final = stage / rel
     partial = stage / (rel + PARTIAL_SUFFIX)
     final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    n_blocks = len(entry.blocks)
-    if _reuse_final(final, rel, entry, tick):
-        counters.files_reused += 1
-        counters.blocks_reused += n_blocks
-        counters.bytes_reused += entry.size
-        return
     if os.path.lexists(final):
-        os.unlink(final)
-    checker = BlockChecker(rel, entry)
-    kept = _resume_prefix(partial, rel, entry, checker)
-    kept_blocks = kept // entry.block_size
-    counters.blocks_reused += kept_blocks
-    counters.bytes_reused += kept
-    tick(kept)
-    names = ([f"{rel}.part{i:03d}" for i in range(len(entry.parts))] if entry.parts else [rel])
+        if stat.S_ISREG(os.lstat(final).st_mode):
+            os.replace(final, partial)  # re-check a complete earlier copy like a partial one
+        else:
+            os.unlink(final)
+    if os.path.lexists(partial) and not stat.S_ISREG(os.lstat(partial).st_mode):
+        os.unlink(partial)
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    names = [f"{rel}.part{i:03d}" for i in range(len(entry.parts))] if entry.parts else [rel]
     sizes = [p.size for p in entry.parts] if entry.parts else [entry.size]
     raw = PartsReader(root, names, sizes, rel)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(partial, flags, 0o600)
-    with io.BufferedReader(raw, buffer_size=1024 * 1024) as src, os.fdopen(fd, "r+b", buffering=0) as out:
-        raw.skip_to(kept)
-        out.truncate(kept)
-        out.seek(kept)
-        bs = entry.block_size
-        pos = kept
+    checker = BlockChecker(rel, entry)
+    bs = entry.block_size
+    copied = 0
+    with raw, os.fdopen(fd, "r+b", buffering=0) as out:
+        have = os.fstat(out.fileno()).st_size
+        src_pos = -1
+        for i in range(len(entry.blocks)):
+            start = i * bs
+            length = min(bs, entry.size - start)
+            if start + length <= have:
+                out.seek(start)
+                if checker.offer_block(iter_chunks(out, length)):
+                    counters.blocks_reused += 1
+                    counters.bytes_reused += length
+                    tick(length)
+                    continue
+            if src_pos != start:
+                raw.seek_to(start)
+            out.seek(start)
+            try:
+                for data in iter_chunks(raw, length):  # type: ignore[arg-type]
+                    out.write(data)
+                    checker.update(data)
+                    counters.bytes_copied += len(data)
+                    tick(len(data))
+                checker.close_block()  # a short last block is checked here too
+                if checker.verified_blocks != i + 1:
+                    raise IntegrityError(f"{rel}: {checker.size} bytes, manifest says {entry.size}",
+                                         path=rel, rule="size")
+            except IntegrityError:
+                out.truncate(start)  # never keep unverified bytes for a later resume
+                raise
+            src_pos = start + length
+            copied += 1
+            counters.blocks_copied += 1
+            fault_point("stage-mid-copy")
+        out.truncate(entry.size)
         try:
-            while True:
-                want = min(CHUNK, bs - pos % bs)
-                data = src.read(want)
-                if not data:
-                    break
-                out.write(data)
-                checker.update(data)
-                pos += len(data)
-                counters.bytes_copied += len(data)
-                tick(len(data))
-                if pos % bs == 0:
-                    fault_point("stage-mid-copy")
             checker.finish()
         except IntegrityError:
-            out.truncate(checker.verified_blocks * bs)  # keep only blocks known good, for a later resume
+            out.truncate(0)
             raise
         os.fsync(out.fileno())
-    counters.blocks_copied += n_blocks - kept_blocks
-    counters.files_copied += 1
+    if copied:
+        counters.files_copied += 1
+    else:
+        counters.files_reused += 1
     fault_point("stage-before-rename")
     os.replace(partial, final)
     os.chmod(final, 0o400)
@@ -232,6 +214,7 @@ def stage_bundle(bundle_dir: Path, staging_dir: Path, trust: Trust, *, compatibl
     _prepare(stage)
     manifest, signer = _stage_manifest(root, stage, trust, compatible, installed_sequence)
     _clean(stage, manifest)
+    check_sizes(root, manifest)  # same refusals as verify (extra or missing bytes) before any copy
     counters = StageCounters()
     tick = progress or _noop
     for rel, entry in manifest.files.items():

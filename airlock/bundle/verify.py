@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +144,34 @@ class BlockChecker:
         finally:
             whole.result()
 
+    def offer_block(self, chunks: Iterable[bytes]) -> bool:
+        """Offer the bytes of the next whole block (e.g. from an earlier partial copy). When they hash
+        to the manifest's block they count as if passed to ``update``; otherwise nothing changes."""
+        if self._in_block:
+            raise ValueError("offer_block only at a block boundary")
+        want = min(self.entry.block_size, self.entry.size - self.size)
+        if want <= 0:
+            return False
+        candidate = self._whole.copy()
+        block = hashlib.sha256()
+        got = 0
+        for chunk in chunks:
+            got += len(chunk)
+            if got > want:
+                return False
+            whole = _hash_pool().submit(candidate.update, chunk) if len(chunk) >= _PARALLEL_MIN else None
+            if whole is None:
+                candidate.update(chunk)
+            block.update(chunk)
+            if whole is not None:
+                whole.result()
+        if got != want or block.hexdigest() != self.entry.blocks[self._checked]:
+            return False
+        self._whole = candidate
+        self.size += got
+        self._checked += 1
+        return True
+
     def _update_blocks(self, view: memoryview) -> None:
         bs = self.entry.block_size
         while view:
@@ -166,10 +194,14 @@ class BlockChecker:
                                  "manifest hash", path=self.rel, rule="block-hash")
         self._checked += 1
 
-    def finish(self) -> str:
-        """Check the last (short) block, the size and the whole-file hash; return the sha256."""
+    def close_block(self) -> None:
+        """Check a pending short (last) block now."""
         if self._in_block:
             self._end_block()
+
+    def finish(self) -> str:
+        """Check the last (short) block, the size and the whole-file hash; return the sha256."""
+        self.close_block()
         if self.size != self.entry.size:
             raise IntegrityError(f"{self.rel}: {self.size} bytes, manifest says {self.entry.size}",
                                  path=self.rel, rule="size")
@@ -191,7 +223,7 @@ def check_stream(fh: BinaryIO, rel: str, entry: FileEntry, progress: Progress = 
     return checker.finish()
 
 
-def _physical_sizes(root: Path, m: Manifest) -> None:
+def check_sizes(root: Path, m: Manifest) -> None:
     """Cheap pre-pass: every named file exists, is regular, has its size (before hashing anything)."""
     for rel, entry in m.files.items():
         names = ([(f"{rel}.part{i:03d}", p.size) for i, p in enumerate(entry.parts)] if entry.parts
@@ -237,7 +269,7 @@ def verify_bundle(bundle_dir: Path, trust: Trust, *, compatible: str | None = No
     signed = load_signed_manifest(root, trust)
     m = signed.manifest
     check_policy(m, compatible=compatible, installed_sequence=installed_sequence)
-    _physical_sizes(root, m)
+    check_sizes(root, m)
     report = VerifyReport(manifest=m, signer=signed.signer, extra_files=extra_files(root, m))
     tick = progress or _noop
     for rel, entry in m.files.items():

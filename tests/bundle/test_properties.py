@@ -102,6 +102,6 @@ def test_split_and_reassemble(data: bytes, split: int, block: int) -> None:
             if offset > len(data):
                 continue
             raw = PartsReader(root / "bundle", names, sizes or [len(data)], "x/payload.bin")
-            raw.skip_to(offset)  # what a resumed stage does
+            raw.seek_to(offset)  # what a resumed stage does
             with io.BufferedReader(raw) as fh:
                 assert fh.read() == data[offset:]

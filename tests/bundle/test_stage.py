@@ -67,9 +67,9 @@ def test_resume_after_kill_before_rename_and_damaged_partial(bundle: Path, keys:
         fh.write(b"\x00\x01")
     res = _stage_cli(bundle, staging, keys)
     report = json.loads(res.stdout)
-    # blocks 0..2 are kept; from the damaged block on, everything is copied again
-    assert report.get("blocks_reused") == 3, res.stdout
-    assert report["blocks_copied"] == 11 - 3 + 1
+    # only the damaged block is copied again (and b.txt, which the kill left unstaged)
+    assert report.get("blocks_reused") == 10, res.stdout
+    assert report["blocks_copied"] == 1 + 1 and report["bytes_copied"] == BLOCK + len(b"tokenizer\n")
     assert (staging / A).read_bytes() == A_BYTES
 
 
@@ -80,7 +80,8 @@ def test_damaged_staged_file_is_recopied(bundle: Path, trust: Trust, tmp_path: P
     victim.write_bytes(b"x" + A_BYTES[1:])
     again = stage_bundle(bundle, tmp_path / "st", trust)
     assert again.counters.files_reused == 1 and again.counters.files_copied == 1
-    assert victim.read_bytes() == A_BYTES
+    assert again.counters.blocks_copied == 1 and again.counters.bytes_copied == BLOCK  # repaired by range
+    assert victim.read_bytes() == A_BYTES and oct(victim.stat().st_mode & 0o777) == "0o400"
 
 
 def test_stick_changed_after_verify_cannot_inject(bundle: Path, trust: Trust, tmp_path: Path) -> None:
