@@ -143,7 +143,7 @@ class _Builder:
             if task[2] < 0 or task[2] + n > t.nbytes:
                 raise DeltaFormatError(f"diff piece outside tensor {t.name!r}", rule="delta-format")
             base = self._read(t.file, t.offset + task[2], n)
-            return self.reader.decode(rid, base, reverse=self.reverse)
+            return self.reader.decode(rid, base, reverse=self.reverse, dtype=t.dtype)
         # prefix: the whole same-path input file is the zstd prefix (small non-tensor files only)
         rel = task[1]
         info = self.in_files.get(rel)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
+from airlock.delta import entropy
 from airlock.errors import DeltaFormatError
 
 ZSTD = 0
@@ -30,9 +31,16 @@ XOR = 2
 ZDIFF = 3
 PREFIX = 4
 """zstd with the same-path file of the other version as a raw-content prefix (non-tensor files)."""
+XOR_CTX = 5
+ZDIFF_CTX = 6
+"""As XOR / ZDIFF, but the planes are ANS-coded with the base element's exponent as context
+(``airlock.delta.entropy``); reversible records carry the old exponents coded under the new ones."""
 
-CODEC_NAMES = {ZSTD: "zstd", PLANES: "planes", XOR: "xor", ZDIFF: "zdiff", PREFIX: "prefix"}
-BASED = frozenset({XOR, ZDIFF})
+CODEC_NAMES = {ZSTD: "zstd", PLANES: "planes", XOR: "xor", ZDIFF: "zdiff", PREFIX: "prefix",
+               XOR_CTX: "xor-ctx", ZDIFF_CTX: "zdiff-ctx"}
+BASED = frozenset({XOR, ZDIFF, XOR_CTX, ZDIFF_CTX})
+SMALL = 64 * 1024
+"""Below this a chunk also tries plain zstd planes (context tables would cost more than they save)."""
 
 LEVEL = 19
 MAX_RAW = 64 * 1024 * 1024
@@ -115,15 +123,67 @@ def encode_prefix(data: bytes, prefix: bytes, level: int = LEVEL) -> Encoded:
     return Encoded(PREFIX, 1, len(data), frame, [len(frame)])
 
 
-def encode_diff(new: bytes, old: bytes, width: int, level: int = LEVEL) -> Encoded:
-    """The smaller of the XOR and zigzag-difference encodings of ``new`` against ``old``."""
+# (shift, mask) that extract the exponent field (or its top 8 bits) of a float bit pattern
+_EXPONENT = {"F32": (23, 0xFF), "BF16": (7, 0xFF), "F16": (10, 0x1F), "F64": (55, 0xFF),
+             "F8_E4M3": (3, 0x0F), "F8_E5M2": (2, 0x1F), "F8_E8M0": (0, 0xFF)}
+
+
+# mantissa bits just below the exponent that tell "near a binade boundary" (see reverse_context)
+_EDGE_BITS = {"F32": 6, "BF16": 3, "F16": 4, "F64": 3, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def context(bits: np.ndarray, dtype: str) -> np.ndarray | None:
+    """Per-element coding context (uint8): the exponent of a float; None for integer dtypes."""
+    if dtype not in _EXPONENT:
+        return None
+    shift, mask = _EXPONENT[dtype]
+    return ((bits >> shift) & mask).astype(np.uint8)
+
+
+def edge_context(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """0/1 when a float's mantissa is near the bottom/top of its binade, else 2: only there can a
+    small move change the exponent. Context for coding the exponent change in reversible records."""
+    k = _EDGE_BITS.get(dtype, 0)
+    if not k:
+        return np.zeros(bits.size, dtype=np.uint8)
+    shift, _ = _EXPONENT[dtype]
+    top = (bits >> (shift - k)) & ((1 << k) - 1)
+    return np.where(top == 0, 0, np.where(top == (1 << k) - 1, 1, 2)).astype(np.uint8)
+
+
+def _ctx_pack(codec: int, width: int, raw_len: int, d: np.ndarray, ctx_old: np.ndarray | None,
+              rev: tuple[bytes, list[int]] | None, level: int) -> Encoded:
+    ctx = ctx_old if ctx_old is not None else np.zeros(d.size, dtype=np.uint8)
+    planes = [np.frombuffer(p, dtype=np.uint8) for p in _split(d, width)]
+    payload, sections = entropy.encode(planes, ctx, level)
+    if rev is not None:
+        payload += rev[0]
+        sections = sections + rev[1]
+    return Encoded(codec, width, raw_len, payload, sections)
+
+
+def encode_diff(new: bytes, old: bytes, width: int, level: int = LEVEL, *, dtype: str = "",
+                reversible: bool = True) -> Encoded:
+    """The smallest encoding of ``new`` against ``old``: XOR or zigzag difference, context-coded
+    (and, for small chunks, also tried with zstd)."""
     n = np.frombuffer(new, dtype=_UINT[width])
     o = np.frombuffer(old, dtype=_UINT[width])
+    ctx_old = context(o, dtype)
+    rev = None
+    if reversible and ctx_old is not None:
+        ctx_new = context(n, dtype)
+        assert ctx_new is not None
+        # the old exponents as a change from the new ones (almost always 0), for NEW -> OLD
+        rev = entropy.encode([ctx_old - ctx_new], edge_context(n, dtype), level)
+    cands = [(ZDIFF, ZDIFF_CTX, _zigzag(n - o, width)), (XOR, XOR_CTX, n ^ o)]
     best: Encoded | None = None
-    for codec, d in ((ZDIFF, _zigzag(n - o, width)), (XOR, n ^ o)):
-        enc = _pack(codec, width, len(new), _split(d, width), level)
-        if best is None or len(enc.payload) < len(best.payload):
-            best = enc
+    for plain, ctx_codec, d in cands:
+        encs = [_ctx_pack(ctx_codec, width, len(new), d, ctx_old, rev, level)]
+        if len(new) <= SMALL:
+            encs.append(_pack(plain, width, len(new), _split(d, width), level))
+        for enc in encs:
+            if best is None or len(enc.payload) < len(best.payload):
+                best = enc
     assert best is not None
     return best
 
@@ -151,25 +211,58 @@ def _frames(payload: bytes, sizes: list[int], raw_each: int, dict_data: bytes | 
     return out
 
 
+def _ctx_decode(payload: bytes, sections: list[int], width: int, b: np.ndarray, dtype: str,
+                reverse: bool) -> np.ndarray:
+    nfwd = width + 1
+    ctx = context(b, dtype)
+    if ctx is None:
+        if len(sections) != nfwd:
+            raise DeltaFormatError("context-coded record has the wrong number of sections",
+                                   rule="delta-record")
+        ctx = np.zeros(b.size, dtype=np.uint8)
+    elif reverse:
+        # ``b`` is the new version: first recover the old exponents, coded under the new ones
+        if len(sections) != nfwd + 2:
+            raise DeltaFormatError("record lacks the reverse context (made with --no-reverse?)",
+                                   rule="delta-record")
+        skip = sum(sections[:nfwd])
+        change = entropy.decode(payload[skip:], sections[nfwd:], edge_context(b, dtype), 1)[0]
+        ctx = ctx + change  # uint8 arithmetic wraps exactly like the encoder's subtraction
+    elif len(sections) not in (nfwd, nfwd + 2):
+        raise DeltaFormatError("context-coded record has the wrong number of sections", rule="delta-record")
+    fwd_len = sum(sections[:nfwd])
+    planes = entropy.decode(payload[:fwd_len], sections[:nfwd], ctx, width)
+    return _join([p.tobytes() for p in planes], width, b.size)
+
+
 def decode(codec: int, width: int, raw_len: int, payload: bytes, planes: list[int],
-           base: bytes | None = None, *, reverse: bool = False) -> bytes:
-    """Rebuild a chunk. ``base`` is the other version's bytes for XOR/ZDIFF (same length) and the
-    prefix for PREFIX. With ``reverse`` a ZDIFF record subtracts (new -> old) instead of adding."""
+           base: bytes | None = None, *, reverse: bool = False, dtype: str = "") -> bytes:
+    """Rebuild a chunk. ``base`` is the other version's bytes for diff records (same length) and the
+    prefix for PREFIX. With ``reverse`` a zdiff record subtracts (new -> old) instead of adding.
+    ``dtype`` (of the tensor) selects the context of context-coded records."""
     if width not in _UINT or raw_len % width or raw_len > MAX_RAW:
         raise DeltaFormatError(f"record has invalid width {width} / size {raw_len}", rule="delta-record")
     if codec in (ZSTD, PREFIX):
         if len(planes) != 1:
             raise DeltaFormatError("zstd record must have one frame", rule="delta-record")
         return _frames(payload, planes, raw_len, base if codec == PREFIX else None)[0]
-    if codec not in (PLANES, XOR, ZDIFF) or len(planes) != width:
-        raise DeltaFormatError(f"record has unknown codec {codec} or wrong plane count", rule="delta-record")
     n = raw_len // width
-    d = _join(_frames(payload, planes, n), width, n)
-    if codec == PLANES:
-        return d.tobytes()
-    if base is None or len(base) != raw_len:
-        raise DeltaFormatError("diff record needs a base of the same size", rule="delta-record")
-    b = np.frombuffer(base, dtype=_UINT[width])
+    if codec in (XOR_CTX, ZDIFF_CTX):
+        if base is None or len(base) != raw_len:
+            raise DeltaFormatError("diff record needs a base of the same size", rule="delta-record")
+        b = np.frombuffer(base, dtype=_UINT[width])
+        d = _ctx_decode(payload, planes, width, b, dtype, reverse)
+        codec = XOR if codec == XOR_CTX else ZDIFF
+    else:
+        if codec not in (PLANES, XOR, ZDIFF) or len(planes) != width:
+            raise DeltaFormatError(f"record has unknown codec {codec} or wrong plane count",
+                                   rule="delta-record")
+        d = _join(_frames(payload, planes, n), width, n)
+        if codec == PLANES:
+            return d.tobytes()
+        if base is None or len(base) != raw_len:
+            raise DeltaFormatError("diff record needs a base of the same size", rule="delta-record")
+        b = np.frombuffer(base, dtype=_UINT[width])
     if codec == XOR:
         return (b ^ d).tobytes()
     s = _unzigzag(d, width)

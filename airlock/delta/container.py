@@ -121,7 +121,7 @@ def read_index(path: Path) -> tuple[dict[str, Any], list[Record]]:
         raise _bad(path, f"index is malformed ({exc})") from exc
     pos = PREAMBLE.size
     for i, rec in enumerate(records):
-        if rec.offset != pos or rec.length < 0 or sum(rec.planes) != rec.length:
+        if rec.offset != pos or rec.length < 0 or sum(rec.planes) != rec.length or rec.raw_len < 0:
             raise _bad(path, f"record {i} extent is inconsistent with the index")
         pos += rec.length
     if pos != off:
@@ -168,10 +168,11 @@ class RecordReader:
                        "delta-checksum")
         return rec, data
 
-    def decode(self, rec_id: int, base: bytes | None = None, *, reverse: bool = False) -> bytes:
+    def decode(self, rec_id: int, base: bytes | None = None, *, reverse: bool = False,
+               dtype: str = "") -> bytes:
         rec, data = self.payload(rec_id)
         try:
             return codec.decode(rec.codec, rec.width, rec.raw_len, data, list(rec.planes), base,
-                                reverse=reverse)
+                                reverse=reverse, dtype=dtype)
         except DeltaFormatError as exc:
             raise _bad(self.path, f"record {rec_id}: {exc}", exc.rule) from exc

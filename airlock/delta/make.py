@@ -89,8 +89,8 @@ def _chunks(start: int, length: int, chunk: int) -> Iterator[tuple[int, int]]:
 
 
 class _Planner:
-    def __init__(self, old: Inventory, new: Inventory, chunk: int, level: int) -> None:
-        self.old, self.new, self.chunk, self.level = old, new, chunk, level
+    def __init__(self, old: Inventory, new: Inventory, chunk: int, level: int, reversible: bool) -> None:
+        self.old, self.new, self.chunk, self.level, self.reversible = old, new, chunk, level, reversible
         self.stats = {"unchanged": 0, "diff": 0, "grown": 0, "new": 0, "removed": 0}
         self.pairs: dict[int, int] = {}  # source tensor id -> target tensor id (diffed prefix)
         self.fwd_pair_pieces: dict[int, list[list[Any]]] = {}  # target tid -> its prefix pieces
@@ -105,10 +105,12 @@ class _Planner:
         if kind == "planes":
             return codec.encode_planes(files.read(job[1], job[2], job[3]), job[4], self.level)
         if kind == "diff":
-            _, npath, noff, opath, ooff, length, width = job
+            _, npath, noff, opath, ooff, length, width, dtype = job
             new = files.read(npath, noff, length)
             old = files.read(opath, ooff, length)
-            return None if new == old else codec.encode_diff(new, old, width, self.level)
+            if new == old:
+                return None
+            return codec.encode_diff(new, old, width, self.level, dtype=dtype, reversible=self.reversible)
         if kind == "prefix":
             _, npath, nsize, opath, osize = job
             return codec.encode_prefix(files.read(npath, 0, nsize), files.read(opath, 0, osize), self.level)
@@ -174,7 +176,7 @@ class _Planner:
                 ipath = inp.root / s.file
                 for off, ln in _chunks(0, common, self.chunk):
                     yield r, ("diff", iid, off, ln, oid), ("diff", opath, t.offset + off, ipath,
-                                                            s.offset + off, ln, width)
+                                                            s.offset + off, ln, width, t.dtype)
                 for off, ln in _chunks(common, t.nbytes - common, self.chunk):
                     yield r, ("rec",), ("planes", opath, t.offset + off, ln, width)
                 return
@@ -245,7 +247,7 @@ def make_delta(old_dir: Path, new_dir: Path, out_path: Path, *, from_version: st
         raise ValueError("chunk_bytes must be a multiple of 8 and at most 64 MiB")
     old = scan(old_dir, progress)
     new = scan(new_dir, progress)
-    planner = _Planner(old, new, chunk_bytes, level)
+    planner = _Planner(old, new, chunk_bytes, level, reverse)
     fwd_names = sorted(new.files)
     rev_names = sorted(old.files) if reverse else []
     recipes: list[list[list[Any]]] = [[] for _ in fwd_names + rev_names]
