@@ -1,7 +1,56 @@
-"""`airlock audit ...` commands."""
+"""`airlock audit ...` commands: the hash-chained audit log (update_history.log)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from airlock.cli.common import JsonOpt, emit_json, handle_errors, out
+
+app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
+
+RootOpt = typer.Option(Path("/srv/airlock"), "--root", envvar="AIRLOCK_ROOT",
+                       help="Appliance root holding model_repo/ (env AIRLOCK_ROOT).")
+
+
+@app.command("verify")
+def verify_cmd(root: Path = RootOpt,
+               log: Path = typer.Option(None, "--log", help="Check this log file instead (no catalog head)."),
+               as_json: bool = JsonOpt) -> None:
+    """Check the chain: an edited, deleted or reordered record (or a cut tail) fails with exit 33."""
+    from airlock.repo import Repository
+    from airlock.repo import audit as audit_log
+
+    with handle_errors(as_json):
+        if log is not None:
+            report = audit_log.verify(log)
+        else:
+            repo = Repository(root)
+            head = repo.audit_head() if repo.layout.catalog.exists() else None
+            report = audit_log.verify(repo.layout.audit_log, head)
+        if as_json:
+            emit_json(report.as_dict())
+        else:
+            out.print(f"{report.path}: chain intact, {report.records} records, head "
+                      f"{report.head.hash[:16]}...", highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command("show")
+def show_cmd(root: Path = RootOpt, tail: int = typer.Option(20, "--tail", help="Last N records (0: all)."),
+             as_json: bool = JsonOpt) -> None:
+    """Print the last records of the audit log."""
+    from airlock.repo import Layout
+    from airlock.repo import audit as audit_log
+
+    with handle_errors(as_json):
+        recs = audit_log.records(Layout(root).audit_log)
+        recs = recs[-tail:] if tail else recs
+        if as_json:
+            emit_json({"ok": True, "records": recs})
+            return
+        for r in recs:
+            out.print(f"{r.get('seq')} {r.get('time')} {r.get('actor')} {r.get('action')} "
+                      f"{r.get('model') or ''} {r.get('from') or ''} -> {r.get('to') or ''} "
+                      f"{r.get('result')}",
+                      highlight=False, soft_wrap=True, markup=False)

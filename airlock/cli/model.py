@@ -1,7 +1,232 @@
-"""`airlock model ...` commands."""
+"""`airlock model ...` commands: the model repository on an appliance (a thin layer over
+``airlock.repo.Repository``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from airlock.cli.common import JsonOpt, emit_json, handle_errors, out, progress_bytes
+from airlock.errors import IntegrityError
+
+app = typer.Typer(no_args_is_help=True, help="The model repository on an appliance.")
+
+RootOpt = typer.Option(Path("/srv/airlock"), "--root", envvar="AIRLOCK_ROOT",
+                       help="Appliance root holding model_repo/ (env AIRLOCK_ROOT).")
+LockOpt = typer.Option(None, "--lock-timeout", help="Seconds to wait for the repository lock (default 30, "
+                       "env AIRLOCK_LOCK_TIMEOUT).")
+CheckOpt = typer.Option(False, "--check", "--dry-run", help="Only show what would change (writes nothing).")
+TorchOpt = typer.Option(False, "--torch-check", help="Also open the shards with safetensors' torch API.")
+OwnerOpt = typer.Option(None, "--owner", help="Owner of installed version files (applied when run as root).")
+GroupOpt = typer.Option(None, "--group", help="Group of installed version files (applied when run as root).")
+
+
+def _repo(root: Path, lock_timeout: float | None = None, owner: str | None = None, group: str | None = None,
+          torch: bool = False) -> Any:
+    from airlock.repo import Repository
+
+    return Repository(root, owner=owner, group=group, lock_timeout=lock_timeout, check_torch=torch)
+
+
+def _say(message: str) -> None:
+    out.print(message, highlight=False, soft_wrap=True, markup=False)
+
+
+def _report(plan: Any, as_json: bool, check: bool) -> None:
+    if as_json:
+        emit_json({"ok": True, "check_mode": check, **plan.as_dict()})
+    else:
+        out.print(plan.diff, highlight=False, soft_wrap=True, markup=False, end="")
+
+
+def _total(plan: Any) -> int:
+    return sum(f.size for f in plan.files if f.how != "link") or 1
+
+
+@app.command("install")
+def install_cmd(
+    model: str = typer.Argument(..., help="Model name."),
+    version: str = typer.Argument(..., help="SemVer version, e.g. 1.0.0."),
+    src_dir: Path = typer.Argument(..., help="Directory with the model files (HF layout)."),
+    description: str = typer.Option("", "--description", help="Free text kept in the catalog."),
+    dependency: list[str] = typer.Option([], "--dependency", help="NAME=VERSION (e.g. torch=2.13); "
+                                       "repeatable."),
+    no_activate: bool = typer.Option(False, "--no-activate", help="Install without switching current."),
+    torch: bool = TorchOpt,
+    check: bool = CheckOpt, root: Path = RootOpt, lock_timeout: float = LockOpt, owner: str = OwnerOpt,
+    group: str = GroupOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Install a full version from a directory (staged, hash-checked, sealed read-only, renamed in)."""
+    with handle_errors(as_json):
+        deps = dict(d.split("=", 1) for d in dependency if "=" in d)
+        repo = _repo(root, lock_timeout, owner, group, torch)
+        plan = repo.plan_install(model, version, src_dir, activate=not no_activate, description=description,
+                                 dependencies=deps)
+        if not check:
+            with progress_bytes(f"installing {model} {version}", _total(plan), not as_json) as prog:
+                plan = repo.execute(plan, progress=prog)
+        _report(plan, as_json, check)
+
+
+@app.command("update")
+def update_cmd(
+    model: str = typer.Argument(..., help="Model name."),
+    delta: Path = typer.Argument(..., help="A .aldelta file from the installed version to the new one."),
+    no_activate: bool = typer.Option(False, "--no-activate", help="Install without switching current."),
+    torch: bool = TorchOpt,
+    check: bool = CheckOpt, root: Path = RootOpt, lock_timeout: float = LockOpt, owner: str = OwnerOpt,
+    group: str = GroupOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Apply a delta to the installed source version; unchanged files are hard links."""
+    with handle_errors(as_json):
+        repo = _repo(root, lock_timeout, owner, group, torch)
+        plan = repo.plan_update(model, delta, activate=not no_activate)
+        if not check:
+            with progress_bytes(f"updating {model} to {plan.version}", _total(plan), not as_json) as prog:
+                plan = repo.execute(plan, progress=prog)
+        _report(plan, as_json, check)
+
+
+@app.command("install-bundle")
+def install_bundle_cmd(
+    bundle: Path = typer.Argument(..., help="Bundle directory (e.g. on the USB stick)."),
+    trust: list[str] = typer.Option(..., "--trust", "-t", help="Pinned signer fingerprint; repeatable."),
+    keyring: Path = typer.Option(None, "--keyring", help="Public keyring file with the trusted keys."),
+    gnupghome: Path = typer.Option(None, "--gnupghome", help="GnuPG home holding the keys."),
+    compatible: str = typer.Option(None, "--compatible", help="This appliance's profile."),
+    no_activate: bool = typer.Option(False, "--no-activate", help="Install without switching current."),
+    root: Path = RootOpt, lock_timeout: float = LockOpt, owner: str = OwnerOpt, group: str = GroupOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Stage a signed bundle into update_packages/ (verified while copying), then install its models."""
+    from airlock.bundle import Trust, stage_bundle
+
+    with handle_errors(as_json):
+        repo = _repo(root, lock_timeout, owner, group)
+        t = Trust(fingerprints=trust, gnupghome=gnupghome, keyring=keyring)
+        stage = repo.layout.packages / "staged" / bundle.resolve().name
+        staged = stage_bundle(bundle, stage, t, compatible=compatible,
+                              installed_sequence=repo.installed_sequence())
+        plans = repo.install_from_bundle(staged, activate=not no_activate)
+        if as_json:
+            emit_json({"ok": True, "bundle_id": staged.manifest.bundle_id,
+                       "plans": [p.as_dict() for p in plans]})
+        else:
+            for p in plans:
+                _report(p, False, False)
+
+
+@app.command("activate")
+def activate_cmd(
+    model: str = typer.Argument(...), version: str = typer.Argument(...),
+    check: bool = CheckOpt, root: Path = RootOpt, lock_timeout: float = LockOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Point current at an installed version (atomic symlink swap)."""
+    with handle_errors(as_json):
+        repo = _repo(root, lock_timeout)
+        plan = repo.plan_activate(model, version)
+        _report(plan if check else repo.execute(plan), as_json, check)
+
+
+@app.command("rollback")
+def rollback_cmd(
+    model: str = typer.Argument(...),
+    to: str = typer.Option(None, "--to", help="Version to go back to (default: the previous good one)."),
+    check: bool = CheckOpt, root: Path = RootOpt, lock_timeout: float = LockOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Back to the previous good version; rebuilt from the kept reverse deltas if it was pruned."""
+    with handle_errors(as_json):
+        repo = _repo(root, lock_timeout)
+        plan = repo.plan_rollback(model, to)
+        if not check:
+            with progress_bytes(f"rolling {model} back to {plan.version}", _total(plan), not as_json) as prog:
+                plan = repo.execute(plan, progress=prog)
+        _report(plan, as_json, check)
+
+
+@app.command("prune")
+def prune_cmd(
+    model: str = typer.Argument(...),
+    keep: int = typer.Option(2, "--keep", min=1, help="Versions to keep (never the active or previous)."),
+    check: bool = CheckOpt, root: Path = RootOpt, lock_timeout: float = LockOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Remove old versions beyond --keep (their catalog records and kept deltas stay)."""
+    with handle_errors(as_json):
+        repo = _repo(root, lock_timeout)
+        plan = repo.plan_prune(model, keep)
+        _report(plan if check else repo.execute(plan), as_json, check)
+
+
+@app.command("list")
+def list_cmd(root: Path = RootOpt, as_json: bool = JsonOpt) -> None:
+    """Models with their active, previous and other versions."""
+    with handle_errors(as_json):
+        models = _repo(root).list_models()
+        if as_json:
+            emit_json({"ok": True, "models": models})
+            return
+        for m in models:
+            others = ", ".join(f"{v['version']} ({v['state']})" for v in m["versions"])
+            _say(f"{m['model']}: active {m['active']}, previous {m['previous']}; {others}")
+
+
+@app.command("show")
+def show_cmd(model: str = typer.Argument(...), version: str = typer.Argument(None), root: Path = RootOpt,
+             as_json: bool = JsonOpt) -> None:
+    """Catalog record of a model, or of one version (with per-file hashes)."""
+    with handle_errors(as_json):
+        info = _repo(root).show(model, version)
+        if as_json:
+            emit_json({"ok": True, **info})
+            return
+        for k, v in info.items():
+            if k == "versions":
+                for row in v:
+                    _say(f"  {row['version']}: {row['state']}, created {row['created']}, activated "
+                         f"{row['activated']}, {row['description']}")
+            elif k == "files":
+                for rel, f in v.items():
+                    _say(f"  {rel}: {f['size']} bytes sha256 {f['sha256']}")
+            else:
+                _say(f"{k}: {v}")
+
+
+@app.command("history")
+def history_cmd(model: str = typer.Argument(None), limit: int = typer.Option(50, "--limit"),
+                root: Path = RootOpt, as_json: bool = JsonOpt) -> None:
+    """Install, update, activate, rollback, prune and verify history (who, what, when)."""
+    with handle_errors(as_json):
+        rows = _repo(root).history(model, limit)
+        if as_json:
+            emit_json({"ok": True, "history": rows})
+            return
+        for r in rows:
+            _say(f"{r['time']} {r['actor']} {r['action']} {r['model'] or ''} {r['from_version'] or ''} -> "
+                 f"{r['to_version'] or ''} {r['result']}")
+
+
+@app.command("verify")
+def verify_cmd(model: str = typer.Argument(...), version: str = typer.Argument(None), root: Path = RootOpt,
+               lock_timeout: float = LockOpt, owner: str = OwnerOpt, group: str = GroupOpt,
+               as_json: bool = JsonOpt) -> None:
+    """Re-hash (two workers) against the catalog and the signed manifest; modes, owner, extra and
+    missing files, the current link. Exit 13 on drift."""
+    with handle_errors(as_json):
+        report = _repo(root, lock_timeout, owner, group).verify(model, version)
+        if as_json:
+            emit_json(report)
+        else:
+            for v in report["versions"]:
+                status = "ok" if v["ok"] else "DRIFT"
+                _say(f"{model} {v['version']} ({v['state']}): {status}, {v['files']} files")
+                for p in v["problems"]:
+                    _say(f"  {p['path']}: {p['kind']} (expected {p['expected']}, found {p['actual']})")
+            link = report["current"]
+            _say(f"current -> {link['target']} ({'ok' if link['ok'] else 'expected ' + str(link['expected'])}"
+                 ")")
+        if not report["ok"]:
+            first = next((p for v in report["versions"] for p in v["problems"]), None)
+            where = f"{first['path']}: {first['kind']}" if first else "current link"
+            raise IntegrityError(f"{model}: drift found ({where})", path=str(root), rule="verify-drift")
