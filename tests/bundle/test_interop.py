@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from airlock.bundle import canonical_bytes, parse_manifest, verify_bundle
+from airlock.bundle import Trust, canonical_bytes, parse_manifest, verify_bundle
 from airlock.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME
 from tests.bundle.conftest import BundleFactory, Keys, airlock_cmd
 from tests.support import require_tool
@@ -135,3 +135,26 @@ def test_cli_build_refuses_bad_spec(tmp_path: Path, keys: Keys) -> None:
                "--gnupghome", str(keys.home))
     assert res.returncode == 11 and "surprise" in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_passphrase_protected_signer(factory: BundleFactory, keys: Keys, tmp_path: Path) -> None:
+    """The passphrase travels in a file (never argv); a wrong one signs nothing and writes nothing."""
+    home = tmp_path / "g"
+    home.mkdir(mode=0o700)
+    keys.gpg("--pinentry-mode", "loopback", "--passphrase", "correct horse", "--quick-gen-key",
+             "Prot <prot@airlock.test>", "ed25519", "sign", "never", home=home)
+    out = keys.gpg("--with-colons", "--list-keys", home=home).decode()
+    fpr = next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
+    spec = factory.spec()
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_text("correct horse\n")
+    bad.write_text("wrong\n")
+    base = ("bundle", "build", str(spec), "--signer", fpr, "--gnupghome", str(home))
+    res = _cli(*base, "-o", str(tmp_path / "b1"), "--passphrase-file", str(bad))
+    assert res.returncode == 10 and not (tmp_path / "b1").exists()
+    res = _cli(*base, "-o", str(tmp_path / "b2"), env={"AIRLOCK_GPG_PASSPHRASE_FILE": str(good)})
+    assert res.returncode == 0, res.stderr
+    ring = tmp_path / "ring.asc"
+    ring.write_bytes(keys.gpg("--armor", "--export", fpr, home=home))
+    assert verify_bundle(tmp_path / "b2", Trust([fpr], keyring=ring)).signer.primary_fingerprint == fpr
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
