@@ -1,0 +1,165 @@
+"""roles/triton_server and roles/triton_models: unit templates rendered, and a real local run:
+tritonserver started by the role (wheel method, supervised process), models generated and loaded,
+then the health gate promotes v1.1 with its signed golden record, and refuses a wrong one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jinja2
+import pytest
+import yaml
+
+from airlock.serving.client import TritonClient
+from airlock.serving.server import free_port
+from tests.serving.conftest import add_model
+from tests.support import require_tool
+
+ROLES = Path(__file__).resolve().parents[2] / "roles"
+
+
+def _render(role: str, template: str, **extra: object) -> str:
+    defaults = yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["default"] = lambda v, d="": d if isinstance(v, jinja2.Undefined) or v is None else v
+    ctx = {**defaults, **extra}
+    # defaults may reference other variables: render them to a fixed point
+    for _ in range(3):
+        ctx = {k: env.from_string(v).render(ctx) if isinstance(v, str) and "{{" in v else v
+               for k, v in ctx.items()}
+    return env.from_string((ROLES / role / "templates" / template).read_text()).render(ctx)
+
+
+def _unit(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            out[key] = value
+    return out
+
+
+def test_wheel_unit_runs_tritonserver_in_explicit_mode_on_configured_address() -> None:
+    unit = _unit(_render("triton_server", "airlock-triton.service.j2", triton_server_address="10.9.8.7",
+                         triton_server_http_port=9000))
+    argv = unit["ExecStart"].split()
+    assert argv[:3] == ["/opt/airlock/venv/bin/python", "-m", "airlock.serving.server"]
+    assert argv[argv.index("--address"):argv.index("--address") + 2] == ["--address", "10.9.8.7"]
+    assert "9000" in argv and "--metrics-port" in argv
+    assert unit["Restart"] == "on-failure"
+
+
+def test_container_unit_runs_the_image_in_explicit_mode_with_metrics() -> None:
+    text = _render("triton_server", "airlock-triton-container.service.j2", triton_server_address="10.9.8.7",
+                   triton_server_container_engine="docker", triton_server_extra_args=["--log-verbose=1"])
+    unit = _unit(text)
+    cmd = unit["ExecStart"]
+    assert cmd.startswith("/usr/bin/docker run --rm --name airlock-triton --network host")
+    for flag in ("--model-control-mode=explicit", "--http-address=10.9.8.7", "--grpc-address=10.9.8.7",
+                 "--metrics-address=10.9.8.7", "--allow-metrics=true", "--gpus all", "--log-verbose=1",
+                 "nvcr.io/nvidia/tritonserver:24.10-vllm-python-py3 tritonserver"):
+        assert flag in cmd
+    assert ":ro" in cmd and unit["ExecStop"] == "/usr/bin/docker stop -t 30 airlock-triton"
+
+
+def _playbook(tmp: Path, body: list[dict]) -> Path:
+    path = tmp / f"play-{len(list(tmp.glob('play-*')))}.yml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def _ansible() -> str:
+    beside = Path(sys.executable).with_name("ansible-playbook")
+    if beside.is_file():
+        return str(beside)
+    return require_tool("ansible-playbook", ".venv/bin/pip install -e . (ansible-core)")
+
+
+def _run(playbook: Path, extra: dict, check: bool = False) -> subprocess.CompletedProcess[str]:
+    ansible = _ansible()
+    (playbook.parent / "extra.json").write_text(json.dumps(extra))
+    cmd = [ansible, "-i", "localhost,", "-c", "local", str(playbook),
+           "-e", f"@{playbook.parent / 'extra.json'}"]
+    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROLES), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_STDOUT_CALLBACK": "default"}
+    return subprocess.run(cmd + (["--check"] if check else []), capture_output=True, text=True, env=env,
+                          timeout=600, check=False)
+
+
+def test_roles_start_triton_load_models_and_gate_the_reload(tmp_path: Path, airlock_root: Path,
+                                                            goldens: dict) -> None:
+    add_model(airlock_root, "role_m", current="1.0.0")
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    venv_bin = Path(sys.executable).parent
+    extra = {
+        "ansible_python_interpreter": sys.executable,
+        "triton_server_supervisor": "process", "triton_server_install_wheels": False,
+        "triton_server_install_apt": False, "triton_server_python": sys.executable,
+        "triton_server_http_port": http, "triton_server_grpc_port": grpc,
+        "triton_server_metrics_port": metrics, "triton_server_model_repository": str(tmp_path / "triton"),
+        "triton_server_workdir": str(tmp_path / "srv"),
+        "triton_models_airlock": str(venv_bin / "airlock"), "triton_models_root": str(airlock_root),
+        "triton_models_names": ["role_m"],
+    }
+    manifest = tmp_path / "MANIFEST.json"
+    manifest.write_text(json.dumps({"models": [{"name": "role_m", "version": "1.1.0",
+                                                "golden": goldens["1.1.0"]}]}))
+    bad = tmp_path / "BAD-MANIFEST.json"
+    bad.write_text(json.dumps({"models": [{"name": "role_m", "version": "1.1.0",
+                                           "golden": goldens["1.0.0"]}]}))
+    setup = _playbook(tmp_path, [{"hosts": "all", "gather_facts": False,
+                                  "roles": ["triton_server", "triton_models"]}])
+    gate = _playbook(tmp_path, [{"hosts": "all", "gather_facts": False, "tasks": [
+        {"ansible.builtin.include_role": {"name": "triton_models", "tasks_from": "health_gate"}}]}])
+    pidfile = tmp_path / "srv" / "tritonserver.pid"
+    _ansible()
+    try:
+        first = _run(setup, extra)
+        assert first.returncode == 0, first.stdout[-3000:]
+        client = TritonClient(f"http://127.0.0.1:{http}")
+        assert client.loaded_versions("role_m") == {"1": "READY"}
+        again = _run(setup, extra)  # idempotent: server running, repository unchanged
+        assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-3000:]
+        add_model(airlock_root, "role_m", current="1.1.0")
+        check = _run(setup, extra, check=True)  # check mode reports the pending version, writes nothing
+        assert check.returncode == 0 and "changed=1" in check.stdout, check.stdout[-3000:]
+        assert not (tmp_path / "triton" / "role_m" / "2").exists()
+
+        update = {**extra, "triton_models_update": [{"name": "role_m", "version": "1.1.0"}]}
+        refused = _run(gate, {**update, "triton_models_golden_manifest": str(bad)})
+        assert refused.returncode != 0 and "smoke test failed" in refused.stdout, refused.stdout[-3000:]
+        assert client.loaded_versions("role_m") == {"1": "READY"}, "the old version keeps serving"
+
+        promoted = _run(gate, {**update, "triton_models_golden_manifest": str(manifest)})
+        assert promoted.returncode == 0, promoted.stdout[-3000:]
+        assert "changed=1" in promoted.stdout
+        assert client.loaded_versions("role_m") == {"2": "READY"}
+    finally:
+        started = pidfile.is_file()
+        if started:
+            pid = int(pidfile.read_text())
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            else:
+                for _ in range(100):
+                    try:
+                        os.kill(pid, 0)
+                    except ProcessLookupError:
+                        break
+                    subprocess.run(["sleep", "0.1"], check=False)
+                else:
+                    os.killpg(pid, signal.SIGKILL)
+        assert started, "the role must record the server's pid"
+
+
+@pytest.mark.parametrize("role", ["triton_server", "triton_models"])
+def test_role_yaml_is_well_formed(role: str) -> None:
+    for path in (ROLES / role).rglob("*.yml"):
+        assert yaml.safe_load(path.read_text()) is not None, path
