@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from airlock.provision.aptrepo import AptRepo, DebPackage, build_apt_repo, download_closure, verify_apt_repo
+from airlock.provision.preflight import Check, PreflightReport, Requirements, run_preflight
 from airlock.provision.wheelhouse import build_wheelhouse
 
 __all__ = [

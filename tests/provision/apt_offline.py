@@ -22,21 +22,35 @@ class OfflineApt:
 
     def options(self) -> list[str]:
         w = self.work
-        return ["-o", f"Dir::Etc::sourcelist={w / 'sources.list'}",
-                "-o", f"Dir::Etc::sourceparts={w / 'sources.list.d'}",
-                "-o", f"Dir::State::Lists={w / 'lists'}",
-                "-o", f"Dir::Cache={w / 'cache'}",
-                "-o", f"Dir::Cache::archives={w / 'cache/archives'}",
-                "-o", "DPkg::Lock::Timeout=120",
-                "-o", "APT::Sandbox::User=root"]
+        return [
+            "-o",
+            f"Dir::Etc::sourcelist={w / 'sources.list'}",
+            "-o",
+            f"Dir::Etc::sourceparts={w / 'sources.list.d'}",
+            "-o",
+            f"Dir::State::Lists={w / 'lists'}",
+            "-o",
+            f"Dir::Cache={w / 'cache'}",
+            "-o",
+            f"Dir::Cache::archives={w / 'cache/archives'}",
+            "-o",
+            "DPkg::Lock::Timeout=120",
+            "-o",
+            "APT::Sandbox::User=root",
+        ]
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["apt-get", "-q", "-y", *self.options(), *args], capture_output=True, text=True,
-                              check=False, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-                                                "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"})
+        return subprocess.run(
+            ["apt-get", "-q", "-y", *self.options(), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"},
+        )
 
 
 def installed(pkg: str) -> bool:
-    proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True, check=False
+    )
     return proc.returncode == 0 and "install ok installed" in proc.stdout

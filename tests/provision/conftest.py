@@ -25,17 +25,30 @@ class Key:
     fpr: str
 
     def gpg(self, *args: str) -> bytes:
-        return subprocess.run(["gpg", "--batch", "--yes", "--no-tty", "--homedir", str(self.home), *args],
-                              check=True, capture_output=True).stdout
+        return subprocess.run(
+            ["gpg", "--batch", "--yes", "--no-tty", "--homedir", str(self.home), *args],
+            check=True,
+            capture_output=True,
+        ).stdout
 
 
 def _make_key(home: Path, name: str) -> Key:
     home.mkdir(mode=0o700, parents=True)
     k = Key(home, "")
-    k.gpg("--passphrase", "", "--quick-gen-key", f"Airlock {name} <{name}@airlock.test>", "ed25519",
-          "sign", "1y")
-    line = next(ln for ln in k.gpg("--with-colons", "--list-secret-keys").decode().splitlines()
-                if ln.startswith("fpr:"))
+    k.gpg(
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        f"Airlock {name} <{name}@airlock.test>",
+        "ed25519",
+        "sign",
+        "1y",
+    )
+    line = next(
+        ln
+        for ln in k.gpg("--with-colons", "--list-secret-keys").decode().splitlines()
+        if ln.startswith("fpr:")
+    )
     k.fpr = line.split(":")[9]
     return k
 
@@ -47,8 +60,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Key]]:
     ks = {n: _make_key(base / n, n) for n in ("bundle", "other")}
     yield ks
     for k in ks.values():
-        subprocess.run(["gpgconf", "--homedir", str(k.home), "--kill", "gpg-agent"], check=False,
-                       capture_output=True)
+        subprocess.run(
+            ["gpgconf", "--homedir", str(k.home), "--kill", "gpg-agent"], check=False, capture_output=True
+        )
 
 
 @pytest.fixture(scope="session")

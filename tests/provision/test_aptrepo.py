@@ -27,21 +27,43 @@ def repo(tmp_path: Path, keys: dict[str, Key], debs: list[Path]) -> Path:
 
 def test_layout_index_and_signatures(repo: Path, keys: dict[str, Key], debs: list[Path]) -> None:
     names = sorted(p.name for p in repo.iterdir())
-    assert names == sorted(["InRelease", KEYRING_NAME, "Packages", "Packages.gz", "Packages.xz", "Release",
-                            "Release.gpg", "pool"])
+    assert names == sorted(
+        [
+            "InRelease",
+            KEYRING_NAME,
+            "Packages",
+            "Packages.gz",
+            "Packages.xz",
+            "Release",
+            "Release.gpg",
+            "pool",
+        ]
+    )
     pkgs = verify_apt_repo(repo, fingerprints=[keys["bundle"].fpr])
     assert [p.name for p in pkgs] == ["figlet", "hello", "sl"]
     text = (repo / "Packages").read_text()
     assert "Package: hello\n" in text and "Filename: pool/hello_" in text and "SHA256: " in text
     # real gpg agrees: both signatures check out against the exported key, and it is the bundle key
     ring = repo / KEYRING_NAME
-    out = subprocess.run(["gpgv", "--keyring", str(ring), str(repo / "Release.gpg"), str(repo / "Release")],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["gpgv", "--keyring", str(ring), str(repo / "Release.gpg"), str(repo / "Release")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
-    assert subprocess.run(["gpgv", "--keyring", str(ring), str(repo / "InRelease")],
-                          capture_output=True, check=False).returncode == 0
-    assert keys["bundle"].fpr in subprocess.run(["gpg", "--show-keys", "--with-colons", str(ring)],
-                                                capture_output=True, text=True, check=True).stdout
+    assert (
+        subprocess.run(
+            ["gpgv", "--keyring", str(ring), str(repo / "InRelease")], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
+    assert (
+        keys["bundle"].fpr
+        in subprocess.run(
+            ["gpg", "--show-keys", "--with-colons", str(ring)], capture_output=True, text=True, check=True
+        ).stdout
+    )
 
 
 def test_install_from_offline_repo_with_no_other_sources(repo: Path, tmp_path: Path) -> None:
@@ -80,8 +102,9 @@ def test_tampered_deb_is_refused_by_apt(repo: Path, tmp_path: Path, keys: dict[s
 
 
 @pytest.mark.parametrize("damage", ["tampered-release", "unsigned", "other-key"])
-def test_release_not_signed_by_the_bundle_key_is_refused(repo: Path, tmp_path: Path, keys: dict[str, Key],
-                                                          damage: str) -> None:
+def test_release_not_signed_by_the_bundle_key_is_refused(
+    repo: Path, tmp_path: Path, keys: dict[str, Key], damage: str
+) -> None:
     require_root("apt-get with its own state dirs")
     if damage == "tampered-release":
         for name in ("Release", "InRelease"):
@@ -94,8 +117,15 @@ def test_release_not_signed_by_the_bundle_key_is_refused(repo: Path, tmp_path: P
         other = keys["other"]
         for name, flag in (("InRelease", "--clearsign"), ("Release.gpg", "--detach-sign")):
             (repo / name).unlink()
-            other.gpg("--armor", flag, "--local-user", other.fpr, "--output", str(repo / name),
-                      str(repo / "Release"))
+            other.gpg(
+                "--armor",
+                flag,
+                "--local-user",
+                other.fpr,
+                "--output",
+                str(repo / name),
+                str(repo / "Release"),
+            )
     with pytest.raises(SignatureError):
         verify_apt_repo(repo, fingerprints=[keys["bundle"].fpr])
     apt = OfflineApt(tmp_path / "apt-state")
@@ -125,8 +155,9 @@ def test_bad_inputs_change_nothing(tmp_path: Path, keys: dict[str, Key], debs: l
     assert list(out.iterdir()) == []
 
 
-def test_duplicates_merged_and_conflicts_refused(tmp_path: Path, keys: dict[str, Key],
-                                                 debs: list[Path]) -> None:
+def test_duplicates_merged_and_conflicts_refused(
+    tmp_path: Path, keys: dict[str, Key], debs: list[Path]
+) -> None:
     k = keys["bundle"]
     copy = tmp_path / "copy" / debs[0].name
     copy.parent.mkdir()
@@ -147,15 +178,22 @@ def test_duplicates_merged_and_conflicts_refused(tmp_path: Path, keys: dict[str,
 
 
 @pytest.mark.parametrize("point", ["aptrepo-copy", "aptrepo-rename"])
-def test_kill_9_leaves_no_repository(tmp_path: Path, keys: dict[str, Key], debs: list[Path],
-                                     point: str) -> None:
+def test_kill_9_leaves_no_repository(
+    tmp_path: Path, keys: dict[str, Key], debs: list[Path], point: str
+) -> None:
     k = keys["bundle"]
     out = tmp_path / "apt"
-    code = ("import sys; from pathlib import Path; from airlock.provision.aptrepo import build_apt_repo; "
-            "build_apt_repo([Path(p) for p in sys.argv[3:]], Path(sys.argv[1]), signer=sys.argv[2], "
-            f"gnupghome=Path({str(k.home)!r}))")
-    proc = subprocess.run([sys.executable, "-c", code, str(out), k.fpr, *map(str, debs)],
-                          env={**os.environ, "AIRLOCK_FAULT": point}, capture_output=True, check=False)
+    code = (
+        "import sys; from pathlib import Path; from airlock.provision.aptrepo import build_apt_repo; "
+        "build_apt_repo([Path(p) for p in sys.argv[3:]], Path(sys.argv[1]), signer=sys.argv[2], "
+        f"gnupghome=Path({str(k.home)!r}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(out), k.fpr, *map(str, debs)],
+        env={**os.environ, "AIRLOCK_FAULT": point},
+        capture_output=True,
+        check=False,
+    )
     assert proc.returncode == -9
     assert not out.exists()
     # the next build clears the killed build's staging dir and succeeds
