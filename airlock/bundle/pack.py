@@ -23,7 +23,14 @@ from airlock.bundle.manifest import (
 )
 from airlock.bundle.safeio import open_beneath, remove_stale
 from airlock.bundle.signing import SignerInfo, Trust
-from airlock.bundle.verify import BlockChecker, check_policy, check_signed, load_signed_manifest
+from airlock.bundle.verify import (
+    BlockChecker,
+    SignedManifest,
+    VerifyReport,
+    check_policy,
+    check_signed,
+    load_signed_manifest,
+)
 from airlock.errors import IntegrityError, ManifestError, SignatureError, UnsafePathError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_tree, safe_relpath, staging_dir
@@ -142,79 +149,111 @@ def _member_kind(m: tarfile.TarInfo) -> str:
 def unpack_bundle(tar_path: Path, out_dir: Path, trust: Trust, *, compatible: str | None = None,
                   installed_sequence: int | None = None, progress: Progress | None = None) -> UnpackReport:
     """Unpack into ``out_dir`` (must not exist); on any error nothing is left behind."""
+    out_dir = Path(out_dir)
+    if os.path.lexists(out_dir):
+        raise UnsafePathError(f"{out_dir}: output directory already exists", path=str(out_dir), rule="output")
+    remove_stale(out_dir, ".unpacking-")
+    with staging_dir(out_dir, prefix=".unpacking-") as tmp:
+        signed, members, total = _read_archive(Path(tar_path), trust, compatible, installed_sequence,
+                                               progress, tmp)
+        os.chmod(tmp, 0o755)
+        fsync_tree(tmp)
+        fault_point("unpack-before-rename")
+        os.rename(tmp, out_dir)
+    return UnpackReport(path=out_dir, manifest=signed.manifest, signer=signed.signer, members=members,
+                        bytes=total)
+
+
+def verify_archive(tar_path: Path, trust: Trust, *, compatible: str | None = None,
+                   installed_sequence: int | None = None, progress: Progress | None = None) -> VerifyReport:
+    """Verify a packed bundle in one streaming pass, writing nothing (same rules as unpack)."""
+    signed, _members, total = _read_archive(Path(tar_path), trust, compatible, installed_sequence, progress,
+                                            None)
+    return VerifyReport(manifest=signed.manifest, signer=signed.signer,
+                        files_checked=len(signed.manifest.files), bytes_checked=total)
+
+
+def _read_archive(tar_path: Path, trust: Trust, compatible: str | None, installed_sequence: int | None,
+                  progress: Progress | None, dest_root: Path | None) -> tuple[SignedManifest, int, int]:
     try:
-        return _unpack(Path(tar_path), Path(out_dir), trust, compatible, installed_sequence, progress)
+        with open(tar_path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+            return _stream_members(tar, trust, compatible, installed_sequence, progress or _noop, dest_root)
     except (tarfile.TarError, EOFError) as exc:
         raise ManifestError(f"{tar_path}: not a readable bundle archive ({exc})", path=str(tar_path),
                             rule="pack-format") from exc
 
 
-def _unpack(tar_path: Path, out_dir: Path, trust: Trust, compatible: str | None,
-            installed_sequence: int | None, progress: Progress | None) -> UnpackReport:
-    tick = progress or _noop
-    if os.path.lexists(out_dir):
-        raise UnsafePathError(f"{out_dir}: output directory already exists", path=str(out_dir), rule="output")
-    remove_stale(out_dir, ".unpacking-")
-    with open(tar_path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar, \
-            staging_dir(out_dir, prefix=".unpacking-") as tmp:
-        data = _read_small(tar, tar.next(), MANIFEST_NAME, MAX_MANIFEST_BYTES)
-        sig = _read_small(tar, tar.next(), SIGNATURE_NAME, MAX_SIGNATURE_BYTES)
-        signed = check_signed(data, sig, trust)
-        manifest = signed.manifest
-        check_policy(manifest, compatible=compatible, installed_sequence=installed_sequence)
-        (tmp / MANIFEST_NAME).write_bytes(data)
-        (tmp / SIGNATURE_NAME).write_bytes(sig)
-        expected = manifest.physical_files()
-        seen: set[str] = set()
-        checkers: dict[str, BlockChecker] = {}
-        total = 0
-        while (member := tar.next()) is not None:
-            name = member.name
-            safe_relpath(name)
-            if name in seen or name in (MANIFEST_NAME, SIGNATURE_NAME):
-                raise UnsafePathError(f"{name}: duplicate tar member", path=name, rule="path-duplicate")
-            if name not in expected:
-                raise UnsafePathError(f"{name}: tar member not named by the manifest", path=name,
-                                      rule="path-unlisted")
-            if not member.isreg():
-                raise UnsafePathError(f"{name}: tar member is {_member_kind(member)}", path=name,
-                                      rule="path-type")
-            rel, index = expected[name]
-            entry = manifest.files[rel]
-            want = entry.parts[index].size if index is not None else entry.size
-            if member.size != want:
-                raise IntegrityError(f"{name}: {member.size} bytes, manifest says {want}", path=name,
-                                     rule="size")
-            if index is not None and index != len([n for n in seen if expected[n][0] == rel]):
-                raise UnsafePathError(f"{name}: parts out of order", path=name, rule="pack-order")
-            seen.add(name)
-            checker = checkers.setdefault(rel, BlockChecker(rel, entry))
-            part_hash = hashlib.sha256()
-            dest = tmp / name
+def _check_member(member: tarfile.TarInfo, expected: dict[str, tuple[str, int | None]],
+                  seen: set[str]) -> None:
+    name = member.name
+    safe_relpath(name)
+    if name in seen or name in (MANIFEST_NAME, SIGNATURE_NAME):
+        raise UnsafePathError(f"{name}: duplicate tar member", path=name, rule="path-duplicate")
+    if name not in expected:
+        raise UnsafePathError(f"{name}: tar member not named by the manifest", path=name,
+                              rule="path-unlisted")
+    if not member.isreg() or member.issparse():
+        raise UnsafePathError(f"{name}: tar member is {_member_kind(member)}", path=name, rule="path-type")
+
+
+def _stream_members(tar: tarfile.TarFile, trust: Trust, compatible: str | None,
+                    installed_sequence: int | None, tick: Progress,
+                    dest_root: Path | None) -> tuple[SignedManifest, int, int]:
+    """Members in order: manifest, signature (verified before anything else), then only regular files
+    named by the manifest, each hashed while streamed (to ``dest_root`` when given)."""
+    data = _read_small(tar, tar.next(), MANIFEST_NAME, MAX_MANIFEST_BYTES)
+    sig = _read_small(tar, tar.next(), SIGNATURE_NAME, MAX_SIGNATURE_BYTES)
+    signed = check_signed(data, sig, trust)
+    manifest = signed.manifest
+    check_policy(manifest, compatible=compatible, installed_sequence=installed_sequence)
+    if dest_root is not None:
+        (dest_root / MANIFEST_NAME).write_bytes(data)
+        (dest_root / SIGNATURE_NAME).write_bytes(sig)
+    expected = manifest.physical_files()
+    seen: set[str] = set()
+    next_part: dict[str, int] = {}
+    checkers: dict[str, BlockChecker] = {}
+    total = 0
+    while (member := tar.next()) is not None:
+        _check_member(member, expected, seen)
+        name = member.name
+        rel, index = expected[name]
+        entry = manifest.files[rel]
+        want = entry.parts[index].size if index is not None else entry.size
+        if member.size != want:
+            raise IntegrityError(f"{name}: {member.size} bytes, manifest says {want}", path=name, rule="size")
+        if index is not None and index != next_part.get(rel, 0):
+            raise UnsafePathError(f"{name}: parts out of order", path=name, rule="pack-order")
+        next_part[rel] = (index or 0) + 1
+        seen.add(name)
+        checker = checkers.setdefault(rel, BlockChecker(rel, entry))
+        part_hash = hashlib.sha256()
+        src = tar.extractfile(member)
+        assert src is not None
+        out: IO[bytes] | None = None
+        if dest_root is not None:
+            dest = dest_root / name
             dest.parent.mkdir(parents=True, exist_ok=True)
-            src = tar.extractfile(member)
-            assert src is not None
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            with os.fdopen(fd, "wb") as out:
-                while data_chunk := src.read(CHUNK):
-                    out.write(data_chunk)
-                    checker.update(data_chunk)
-                    part_hash.update(data_chunk)
-                    tick(len(data_chunk))
-                    fault_point("unpack-mid-member")
-            if index is not None and part_hash.hexdigest() != entry.parts[index].sha256:
-                raise IntegrityError(f"{name}: part sha256 does not match the manifest", path=name,
-                                     rule="sha256")
-            if index is None or index == len(entry.parts) - 1:
-                checker.finish()
-            total += member.size
-        missing = sorted(set(expected) - seen)
-        if missing:
-            raise IntegrityError(f"{missing[0]}: named by the manifest but not in the archive",
-                                 path=missing[0], rule="missing")
-        os.chmod(tmp, 0o755)
-        fsync_tree(tmp)
-        fault_point("unpack-before-rename")
-        os.rename(tmp, out_dir)
-    return UnpackReport(path=out_dir, manifest=manifest, signer=signed.signer, members=len(seen) + 2,
-                        bytes=total)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            out = os.fdopen(os.open(dest, flags, 0o644), "wb")
+        try:
+            while chunk := src.read(CHUNK):
+                if out is not None:
+                    out.write(chunk)
+                checker.update(chunk)
+                part_hash.update(chunk)
+                tick(len(chunk))
+                fault_point("unpack-mid-member")
+        finally:
+            if out is not None:
+                out.close()
+        if index is not None and part_hash.hexdigest() != entry.parts[index].sha256:
+            raise IntegrityError(f"{name}: part sha256 does not match the manifest", path=name, rule="sha256")
+        if index is None or index == len(entry.parts) - 1:
+            checker.finish()
+        total += member.size
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise IntegrityError(f"{missing[0]}: named by the manifest but not in the archive", path=missing[0],
+                             rule="missing")
+    return signed, len(seen) + 2, total

@@ -92,7 +92,7 @@ def build(
 
 @app.command()
 def verify(
-    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    bundle: Path = typer.Argument(..., help="Bundle directory, or a tar made by `airlock bundle pack`."),
     trust: list[str] = TrustOpt,
     keyring: Path | None = KeyringOpt,
     gnupghome: Path | None = HomeOpt,
@@ -101,15 +101,23 @@ def verify(
     as_json: bool = JsonOpt,
     progress: bool = ProgressOpt,
 ) -> None:
-    """Check the signature, then every payload's size, sha256 and block hashes. Fails closed."""
-    from airlock.bundle import verify_bundle
+    """Check the signature, then every payload's size, sha256 and block hashes. Fails closed.
+
+    A packed bundle (tar file) is verified in one streaming pass without writing anything."""
+    from airlock.bundle import verify_archive, verify_bundle
 
     with handle_errors(as_json):
         t = _trust(trust, keyring, gnupghome)
-        total = _bundle_total(bundle, t) if _show(progress, as_json) else None
+        packed = bundle.is_file() and not bundle.is_symlink()
+        total: int | None
+        if packed:
+            total = bundle.stat().st_size
+        else:
+            total = _bundle_total(bundle, t) if _show(progress, as_json) else None
         with progress_bytes("verifying", total, _show(progress, as_json)) as tick:
-            report = verify_bundle(bundle, t, compatible=compatible, installed_sequence=installed_sequence,
-                                   progress=tick)
+            check = verify_archive if packed else verify_bundle
+            report = check(bundle, t, compatible=compatible, installed_sequence=installed_sequence,
+                           progress=tick)
     if as_json:
         emit_json(report.as_dict())
         return

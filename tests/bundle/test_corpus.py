@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from airlock.bundle import pack_bundle, stage_bundle, unpack_bundle, verify_bundle
+from airlock.bundle import pack_bundle, stage_bundle, unpack_bundle, verify_archive, verify_bundle
 from airlock.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME
 from airlock.bundle.signing import Trust
 from airlock.errors import (
@@ -389,6 +389,9 @@ def test_corpus_packed(case: str, corpus_base: tuple[Path, Path], trust: Trust, 
     assert err.value.rule == rule, err.value
     assert snapshot(tmp_path) == before  # no output dir, no leftovers, nothing outside
     assert not Path("/tmp/airlock-escaped").exists()
+    with pytest.raises(cls) as err:  # verifying the archive in place gives the same answer
+        verify_archive(tar, trust)
+    assert err.value.rule == rule
 
 
 def test_packed_manifest_must_come_first(corpus_base: tuple[Path, Path], trust: Trust,

@@ -104,6 +104,8 @@ def test_cli_build_verify_stage_pack_unpack_inspect(factory: BundleFactory, keys
 
     res = _cli("bundle", "pack", str(out), "-o", str(tmp_path / "b.tar"), *trust)
     assert res.returncode == 0, res.stderr
+    res = _cli("bundle", "verify", str(tmp_path / "b.tar"), *trust, "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["files_checked"] == 3, res.stderr
     res = _cli("bundle", "unpack", str(tmp_path / "b.tar"), "-o", str(tmp_path / "u"), *trust, "--json")
     assert res.returncode == 0, res.stderr
     assert not (tmp_path / "u" / "stray.txt").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from airlock.bundle import pack_bundle, stage_bundle, unpack_bundle, verify_bundle
+from airlock.bundle import pack_bundle, stage_bundle, unpack_bundle, verify_archive, verify_bundle
 from airlock.bundle.signing import Trust
 from tests.bundle.conftest import BundleFactory
 
@@ -27,5 +27,6 @@ def test_build_verify_stage_pack_unpack(factory: BundleFactory, trust: Trust, tm
 
     tar = tmp_path / "b.tar"
     pack_bundle(bundle, tar, trust)
+    assert verify_archive(tar, trust).bytes_checked == m.total_bytes
     out = unpack_bundle(tar, tmp_path / "unpacked", trust)
     assert verify_bundle(out.path, trust).files_checked == 3
