@@ -151,7 +151,7 @@ def unpack_bundle(tar_path: Path, out_dir: Path, trust: Trust, *, compatible: st
     """Unpack into ``out_dir`` (must not exist); on any error nothing is left behind."""
     out_dir = Path(out_dir)
     if os.path.lexists(out_dir):
-        raise UnsafePathError(f"{out_dir}: output directory already exists", path=str(out_dir), rule="output")
+        raise ManifestError(f"{out_dir}: output directory already exists", path=str(out_dir), rule="output")
     remove_stale(out_dir, ".unpacking-")
     with staging_dir(out_dir, prefix=".unpacking-") as tmp:
         signed, members, total = _read_archive(Path(tar_path), trust, compatible, installed_sequence,
