@@ -126,7 +126,7 @@ class Catalog:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA journal_mode=DELETE")  # readers write nothing (plans, check mode)
             self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.row_factory = sqlite3.Row
