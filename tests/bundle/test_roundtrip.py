@@ -30,3 +30,20 @@ def test_build_verify_stage_pack_unpack(factory: BundleFactory, trust: Trust, tm
     assert verify_archive(tar, trust).bytes_checked == m.total_bytes
     out = unpack_bundle(tar, tmp_path / "unpacked", trust)
     assert verify_bundle(out.path, trust).files_checked == 3
+
+
+def test_empty_and_exact_multiple_payloads(factory: BundleFactory, trust: Trust, tmp_path: Path) -> None:
+    from tests.bundle.conftest import BLOCK, payload
+
+    files = {"empty.txt": b"", "exact.bin": payload(4 * BLOCK, 3), "split-exact.bin": payload(20_000, 4)}
+    bundle = factory.build(model_files=files)
+    m = verify_bundle(bundle, trust).manifest
+    base = "models/minilm/1.0.0"
+    assert m.files[f"{base}/empty.txt"].blocks == [] and len(m.files[f"{base}/exact.bin"].blocks) == 4
+    assert [p.size for p in m.files[f"{base}/split-exact.bin"].parts] == [10_000, 10_000]
+    staged = stage_bundle(bundle, tmp_path / "st", trust)
+    for rel, data in files.items():
+        assert (staged.path / base / rel).read_bytes() == data
+    pack_bundle(bundle, tmp_path / "t.tar")
+    out = unpack_bundle(tmp_path / "t.tar", tmp_path / "u", trust)
+    assert (out.path / base / "empty.txt").read_bytes() == b""
