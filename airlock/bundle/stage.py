@@ -3,8 +3,8 @@
 The manifest and signature are copied first and the signature is verified over the *staged* bytes;
 each payload is then copied while hashing (parts reassembled) and checked block by block against
 the staged manifest. Only staged copies are used afterwards, so a stick that changes after
-verification cannot inject bytes. An interrupted copy resumes: complete blocks of a partial file
-that match the manifest are kept, the rest is copied again."""
+verification cannot inject bytes. Staging resumes and repairs by block: blocks already staged by an
+interrupted or damaged earlier run are kept when they match the manifest, the rest is copied again."""
 
 from __future__ import annotations
 
