@@ -588,7 +588,8 @@ class Repository:
             fault_point(f"repo.{action}.after-swap")
             with cat.transaction():
                 for r in cat.versions(model):
-                    if r.state == "previous" and r.version != old:
+                    # a rollback keeps the previous-good version; a forward activation replaces it
+                    if r.state == "previous" and r.version != old and mark_old != "failed":
                         cat.set_state(model, r.version, "staged")
                 if old and old != version:
                     cat.set_state(model, old, mark_old)
