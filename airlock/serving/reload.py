@@ -18,6 +18,8 @@ from step 3 on they get the new (already verified) weights; versioned requests g
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from airlock.errors import LockBusyError
 from airlock.faults import fault_point
 from airlock.serving.client import TritonClient
 from airlock.serving.errors import ServingError
@@ -119,14 +122,35 @@ class Reloader:
             shutil.rmtree(cand.root)
 
     # -- the reload ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self, model: str) -> Any:
+        """One reload per model at a time (a second one fails fast, LockBusyError)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock_path = self.root / f".{model}.reload.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LockBusyError(f"{lock_path}: another reload of {model} is running",
+                                    path=str(lock_path)) from None
+            yield
+        finally:
+            os.close(fd)
+
     def reload(self, model: str, airlock_version: str, path: Path,
                golden: dict[str, Any] | None = None) -> ReloadResult:
         """Bring ``airlock_version`` (immutable dir ``path``) into service, gated by ``golden``."""
-        t0 = time.monotonic()
-        g = parse_golden(golden, where=f"{model} {airlock_version} golden") if golden is not None else None
         if not self.client.live():
             raise ServingError(f"Triton at {self.client.url} is not live; nothing changed",
                                path=self.client.url, rule="triton-down")
+        with self._locked(model):
+            return self._reload(model, airlock_version, path, golden)
+
+    def _reload(self, model: str, airlock_version: str, path: Path,
+                golden: dict[str, Any] | None) -> ReloadResult:
+        t0 = time.monotonic()
+        g = parse_golden(golden, where=f"{model} {airlock_version} golden") if golden is not None else None
         entry = self.entry(model)
         old = [n for n in self.loaded(model) if n in entry.versions()]
         versions = entry.versions()
@@ -157,6 +181,7 @@ class Reloader:
             res.seconds["candidate_load"] = time.monotonic() - t
             smoke = smoke_test(self.client, cand.name, number, g)
             res.smoke = smoke.as_dict()
+            fault_point("serving.reload.candidate_tested")
             if not smoke.ok:
                 res.error = f"smoke test failed on {model} {airlock_version}: {smoke.detail}"
                 return res

@@ -11,6 +11,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
+from airlock.errors import LockBusyError
 from airlock.serving.client import TritonClient
 from airlock.serving.errors import ServingError
 from airlock.serving.golden import compare, parse_golden
@@ -168,3 +171,56 @@ def test_cli_generate_reload_status_smoke(triton, airlock_root: Path, goldens: d
     assert down.returncode == 0 and json.loads(down.stdout)["live"] is False
     dead = _airlock("serve", "unload", "rl_cli", "--url", "http://127.0.0.1:9")
     assert dead.returncode == 50 and "unreachable" in dead.stderr
+
+
+CRASH_CODE = """
+import json, sys
+from pathlib import Path
+from airlock.serving.client import TritonClient
+from airlock.serving.reload import Reloader
+url, grpc, repo, model, path, golden = sys.argv[1:7]
+Reloader(TritonClient(url, grpc_url=grpc), Path(repo)).reload(model, "1.1.0", Path(path),
+                                                               json.loads(Path(golden).read_text()))
+"""
+
+
+@pytest.mark.parametrize("point", ["serving.version_dir.before_rename", "serving.reload.candidate_tested",
+                                   "serving.reload.after_config"])
+def test_kill_during_reload_keeps_v10_serving_and_a_rerun_completes(triton, airlock_root: Path, goldens: dict,
+                                                                    tmp_path: Path, point: str) -> None:
+    name = "rl_crash_" + point.rsplit(".", 1)[1]
+    client, model, v10 = _deploy_v10(triton, airlock_root, name)
+    golden = tmp_path / "golden.json"
+    golden.write_text(json.dumps(goldens["1.1.0"]))
+    proc = subprocess.run([sys.executable, "-c", CRASH_CODE, triton.url, triton.grpc_url,
+                           str(triton.cfg.model_repository), name, str(model / "1.1.0"), str(golden)],
+                          env={**os.environ, "AIRLOCK_FAULT": point}, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == -9, proc.stderr
+    assert client.loaded_versions(name) == {"1": "READY"}
+    answer = client.infer(name, {"INPUT_IDS": ids()})
+    assert answer.model_version == "1" and answer["EMBEDDING"].tobytes() == v10
+
+    result = Reloader(client, triton.cfg.model_repository).reload(name, "1.1.0", model / "1.1.0",
+                                                                   goldens["1.1.0"])
+    assert result.status == "promoted", result.error
+    assert client.loaded_versions(name) == {"2": "READY"}
+    assert client.loaded_versions(name + CANDIDATE_SUFFIX) == {}
+    assert not (triton.cfg.model_repository / (name + CANDIDATE_SUFFIX)).exists()
+    assert not [e for e in client.index() if e.name.startswith(".")], "lock files are not models"
+    client.unload(name)
+
+
+def test_a_second_concurrent_reload_is_refused(triton, airlock_root: Path, goldens: dict) -> None:
+    import fcntl
+
+    client, model, _ = _deploy_v10(triton, airlock_root, "rl_busy")
+    lock = triton.cfg.model_repository / ".rl_busy.reload.lock"
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(LockBusyError, match="another reload of rl_busy"):
+            Reloader(client, triton.cfg.model_repository).reload("rl_busy", "1.1.0", model / "1.1.0",
+                                                                 goldens["1.1.0"])
+    assert client.loaded_versions("rl_busy") == {"1": "READY"}
+    assert TritonModel(triton.cfg.model_repository / "rl_busy").served() == [1]
+    client.unload("rl_busy")
