@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.run` (delta sizes/speeds vs bsdiff, xdelta3, zstd)."""
