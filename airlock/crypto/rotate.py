@@ -8,15 +8,13 @@ ignored, so at every instant one valid slot opens the file; re-running finishes 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import stat
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from airlock.crypto.errors import WrongKeyError
 from airlock.crypto.format import KEY_LEN, KeySlot, check_commitment, parse_header
@@ -38,48 +36,28 @@ class RotationResult:
 
 
 class KeyAuditLog:
-    """Append-only JSON-lines log; each record carries the sha256 of the previous line (hash chain).
-    Used until the repository's audit log (``airlock.repo.audit``) can take key operations."""
+    """Key operations in the repository's hash-chained audit log format (``airlock.repo.audit``):
+    one JSON record per line, ``action: key-rotate``, the result in ``details``. Pointed at the
+    repository's ``update_history.log`` it joins the repository's chain; ``airlock audit verify
+    --log PATH`` checks a separate key log."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def _last_hash(self) -> str:
-        if not self.path.exists():
-            return "0" * 64
-        last = b""
-        with open(self.path, "rb") as f:
-            for line in f:
-                if line.strip():
-                    last = line.rstrip(b"\n")
-        return hashlib.sha256(last).hexdigest() if last else "0" * 64
+    def append(self, action: str, details: dict[str, object]) -> None:
+        from airlock.repo import audit
 
-    def append(self, record: dict[str, object]) -> None:
-        entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **record,
-            "prev": self._last_hash(),
-        }
-        line = json.dumps(entry, sort_keys=True).encode() + b"\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        audit.append(self.path, action, details=details)
 
-    def records(self) -> list[dict[str, object]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+    def records(self) -> list[dict[str, Any]]:
+        from airlock.repo import audit
+
+        return audit.records(self.path)
 
     def verify(self) -> bool:
-        prev = "0" * 64
-        for line in self.path.read_bytes().splitlines() if self.path.exists() else []:
-            if json.loads(line).get("prev") != prev:
-                return False
-            prev = hashlib.sha256(line).hexdigest()
-        return True
+        from airlock.repo import audit
+
+        return audit.scan(self.path).ok
 
 
 @contextmanager
@@ -136,7 +114,7 @@ def rotate_file(
                 action = "completed"
             result = RotationResult(spath, action, old, str(new), slot.generation)
             if audit and action == "completed":
-                audit.append({"op": "key-rotate", **asdict(result)})
+                audit.append("key-rotate", asdict(result))
             return result
 
         target = keys.get(new.provider)
@@ -168,7 +146,7 @@ def rotate_file(
         fault_point("crypto.rotate.old-wiped")
     result = RotationResult(spath, action, old, str(new), slot.generation + 1)
     if audit:
-        audit.append({"op": "key-rotate", **asdict(result)})
+        audit.append("key-rotate", asdict(result))
     return result
 
 

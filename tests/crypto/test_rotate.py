@@ -79,8 +79,11 @@ def test_rotate_tree_rewraps_only_headers(all_env: KeyEnv, tmp_path: Path) -> No
     (all_env.keydir / "k1.kek").unlink()  # the old KEK is gone: files still open through the HSM
     _assert_plain(all_env, root, plain)
     records = audit.records()
-    assert [r["op"] for r in records] == ["key-rotate"] * 3 and audit.verify()
-    assert {r["old"] for r in records} == {"dev:k1"} and {r["new"] for r in records} == {"hsm:kek-a"}
+    assert [r["action"] for r in records] == ["key-rotate"] * 3 and audit.verify()
+    assert {r["details"]["old"] for r in records} == {"dev:k1"}
+    assert {r["details"]["new"] for r in records} == {"hsm:kek-a"}
+
+    assert airlock_cli("audit", "verify", "--log", str(audit.path)).returncode == 0
 
     again = rotate_tree(root, all_env.registry, KeyRef("hsm", "kek-a"), audit=audit)
     assert {r.action for r in again} == {"unchanged"} and len(audit.records()) == 3
@@ -94,9 +97,10 @@ def test_audit_chain_detects_edit(keyfile_env: KeyEnv, tmp_path: Path) -> None:
     rotate_tree(root, keyfile_env.registry, KeyRef("dev", "k2"), audit=audit)
     lines = audit.path.read_text().splitlines()
     edited = json.loads(lines[0])
-    edited["new"] = "dev:evil"
+    edited["details"]["new"] = "dev:evil"
     audit.path.write_text("\n".join([json.dumps(edited, sort_keys=True), *lines[1:]]) + "\n")
     assert not audit.verify()
+    assert airlock_cli("audit", "verify", "--log", str(audit.path)).returncode == 33
 
 
 def test_vault_key_version_rewrap(all_env: KeyEnv, vault: TransitEdgeMock, tmp_path: Path) -> None:
