@@ -4,6 +4,7 @@ exactly one cell verifies. Plus subkeys, double signatures and a missing keyring
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,7 @@ def test_signing_subkey_of_a_pinned_primary_is_accepted(keys: Keys, base_bundle:
     assert report.signer.primary_fingerprint == primary and report.signer.fingerprint == sub
     with pytest.raises(SignatureError):
         verify_bundle(bundle, Trust([keys.fpr["signer"]], keyring=ring))
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
 
 
 def test_two_signatures_are_refused(keys: Keys, base_bundle: Path, tmp_path: Path) -> None:
