@@ -101,7 +101,8 @@ def encrypt_cmd(
     dst: Path = typer.Option(..., "--out", "-o", help="Encrypted file to write (appears when complete)."),
     key: str = typer.Option(..., "--key", "-k", help="PROVIDER:KEY_ID that wraps the file's data key."),
     chunk_size: int = typer.Option(1 << 20, "--chunk-size", help="Plaintext bytes per chunk."),
-    workers: int = typer.Option(2, "--workers", min=1, max=16, help="Threads for chunk encryption."),
+    workers: int = typer.Option(1, "--workers", min=1, max=16,
+                                help="Threads for chunk encryption (1 measured fastest)."),
     config: Path = ConfigOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -127,7 +128,8 @@ def decrypt_cmd(
     dst: str = typer.Option(..., "--out", "-o",
                             help="Plaintext file (appears only when every chunk verified), or - for stdout "
                             "(streamed: a later bad chunk aborts with exit 13 after earlier output)."),
-    workers: int = typer.Option(2, "--workers", min=1, max=16, help="Threads for chunk decryption."),
+    workers: int = typer.Option(1, "--workers", min=1, max=16,
+                                help="Threads for chunk decryption (1 measured fastest)."),
     config: Path = ConfigOpt,
     as_json: bool = JsonOpt,
 ) -> None:
