@@ -210,6 +210,7 @@ def build_apt_repo(debs: list[Path], out_dir: Path, *, signer: str, gnupghome: P
         if not key:
             raise SignatureError(f"signer {fpr}: cannot export the public key", rule="signer")
         (tmp / KEYRING_NAME).write_bytes(bytes(key) if isinstance(key, bytes | bytearray) else key.encode())
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would keep apt's _apt user and other readers out
         fsync_tree(tmp)
         fault_point("aptrepo-rename")
         tmp.rename(out_dir)
