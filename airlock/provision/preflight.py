@@ -39,7 +39,8 @@ class Check:
 
 @dataclass
 class Requirements:
-    """What the host must offer. ``tiers`` maps a tier name to ``[path, bytes needed there]``."""
+    """What the host must offer. ``tiers`` maps a tier name to ``(path, bytes needed there)``
+    (``[path, bytes]`` or ``{"path": ..., "bytes": ...}`` in JSON)."""
 
     min_kernel: str = "5.10"
     min_cpus: int = 2
@@ -57,7 +58,8 @@ class Requirements:
         if unknown:
             raise ValueError(f"unknown requirement keys: {', '.join(sorted(unknown))}")
         req = cls(**raw)
-        req.tiers = {k: (str(v[0]), int(v[1])) for k, v in req.tiers.items()}
+        req.tiers = {k: (str(v["path"]), int(v["bytes"])) if isinstance(v, dict) else (str(v[0]), int(v[1]))
+                     for k, v in req.tiers.items()}
         return req
 
 
