@@ -119,8 +119,9 @@ class Repository:
             self._catalog = None
 
     @contextlib.contextmanager
-    def _mutating(self) -> Iterator[Catalog]:
-        """The lock (re-entrant within this object) and recovery on first entry."""
+    def _mutating(self, recover: bool = True) -> Iterator[Catalog]:
+        """The lock (re-entrant within this object) and recovery on first entry (not for verify:
+        a compliance check reports drift as found instead of repairing it first)."""
         if self._depth:
             self._depth += 1
             try:
@@ -134,7 +135,8 @@ class Repository:
             self._depth = 1
             try:
                 cat = self.catalog()
-                self.recover()
+                if recover:
+                    self.recover()
                 yield cat
             finally:
                 self._depth = 0
@@ -705,7 +707,7 @@ class Repository:
     def verify(self, model: str, version: str | None = None) -> dict[str, Any]:
         """Drift report (hashes vs catalog and signed manifest, modes, owner, extra/missing files,
         the current link). Recorded in the audit log."""
-        with self._mutating() as cat:
+        with self._mutating(recover=False) as cat:
             rows = [cat.version(model, version)] if version else \
                 [r for r in cat.versions(model, with_files=True) if r.state in PRESENT]
             if not rows or rows[0] is None:
