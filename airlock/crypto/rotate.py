@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from airlock.crypto.errors import WrongKeyError
-from airlock.crypto.format import KEY_LEN, KeySlot, check_commitment, parse_header
+from airlock.crypto.format import (
+    FIXED_HEADER_LEN,
+    KEY_LEN,
+    FixedHeader,
+    KeySlot,
+    check_commitment,
+    parse_header,
+)
 from airlock.crypto.providers import KeyRef, ProviderRegistry
 from airlock.crypto.reader import is_encrypted
 from airlock.crypto.stream import unwrap_data_key
@@ -99,7 +106,8 @@ def rotate_file(
     moved to the provider's newest key version (Vault transit rewrap)."""
     spath = str(path)
     with _writable(path) as fd:
-        head = os.pread(fd, 64 << 10, 0)
+        fixed_raw = os.pread(fd, FIXED_HEADER_LEN, 0)
+        head = os.pread(fd, FixedHeader.unpack(fixed_raw, spath).data_offset, 0)
         header = parse_header(head, spath)
         fixed, active_i, slot = header.fixed, header.active_index, header.active
         other_i = 1 - active_i

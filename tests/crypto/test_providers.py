@@ -164,3 +164,12 @@ def test_provider_checks(all_env: KeyEnv) -> None:
     assert all(s.available for s in statuses.values()), statuses
     assert {"kek-a", "kek-b"} <= set(statuses["hsm"].keys)
     assert statuses["vault"].keys == ["t1", "t2"] and statuses["dev"].keys == ["k1", "k2"]
+
+
+def test_generate_refuses_existing_keys(all_env: KeyEnv) -> None:
+    for ref in ("vault:t1", "dev:k1", "hsm:kek-a"):
+        key = KeyRef.parse(ref)
+        with pytest.raises(KeyProviderError, match="already exists"):
+            all_env.registry.get(key.provider).generate(key.key_id)
+    all_env.registry.get("vault").generate("t3")
+    assert "t3" in all_env.registry.get("vault").check().keys

@@ -200,3 +200,15 @@ def test_kill_9_mid_rotation_then_rerun_completes(all_env: KeyEnv, tmp_path: Pat
     assert KeyAuditLog(audit).verify()
     decrypt_file(root / "a.safetensors", tmp_path / "a.out", ProviderRegistry.load(all_env.config))
     assert (tmp_path / "a.out").read_bytes() == plain["a.safetensors"]
+
+
+def test_rotate_file_with_large_key_slots(keyfile_env: KeyEnv, tmp_path: Path) -> None:
+    src = tmp_path / "p.bin"
+    src.write_bytes(os.urandom(5000))
+    enc = tmp_path / "p.enc"
+    encrypt_file(src, enc, keyfile_env.registry.get("dev"), "k1", slot_size=40_000)  # header > 64 KiB
+    (result,) = rotate_tree(enc, keyfile_env.registry, KeyRef("dev", "k2"))
+    assert result.action == "rewrapped" and read_encrypted_header(enc).key_id == "k2"
+    (keyfile_env.keydir / "k1.kek").unlink()
+    with open_decrypted(enc, keyfile_env.registry) as reader:
+        assert reader.read() == src.read_bytes()

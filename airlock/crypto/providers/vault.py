@@ -110,21 +110,21 @@ class VaultTransitProvider(KeyProvider):
         import hvac.exceptions as hx
 
         client = self._client()
+        name = check_key_id(key_id, self.name)
         try:
-            client.secrets.transit.read_key(name=check_key_id(key_id, self.name), mount_point=self.mount)
-        except hx.InvalidPath:
-            pass
-        except Exception:
             self._call(
-                "read", key_id, lambda: client.secrets.transit.read_key(name=key_id, mount_point=self.mount)
+                "read", key_id, lambda: client.secrets.transit.read_key(name=name, mount_point=self.mount)
             )
+        except KeyProviderError as exc:
+            if not isinstance(exc.__cause__, hx.InvalidPath):
+                raise
         else:
             raise KeyProviderError(f"{self.name}: transit key {key_id!r} already exists")
         self._call(
             "create",
             key_id,
             lambda: client.secrets.transit.create_key(
-                name=key_id, key_type="aes256-gcm96", exportable=False, mount_point=self.mount
+                name=name, key_type="aes256-gcm96", exportable=False, mount_point=self.mount
             ),
         )
 
