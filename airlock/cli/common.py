@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -37,8 +38,8 @@ def fail(exc: AirlockError, as_json: bool = False) -> NoReturn:
         emit_json({"ok": False, **exc.as_dict()})
     else:
         where = f"{exc.path}: " if exc.path and not str(exc).startswith(exc.path) else ""
-        console.print(f"[bold red]error[/] [{exc.rule}] {where}{exc}", highlight=False, markup=True,
-                      soft_wrap=True)
+        console.print("[bold red]error[/] " + escape(f"[{exc.rule}] {where}{exc}"), highlight=False,
+                      markup=True, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
