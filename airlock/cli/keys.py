@@ -56,6 +56,22 @@ def _header_dict(path: Path, header: Any) -> dict[str, Any]:
             "encrypted_size": fixed.encrypted_size}
 
 
+def _need(path: Path) -> None:
+    from airlock.errors import AirlockError
+
+    if not path.exists():
+        raise AirlockError(f"{path}: no such file or directory", path=str(path), rule="input")
+
+
+def _tree_report(root: Path, files: dict[str, Any], as_json: bool, what: str) -> None:
+    if as_json:
+        emit_json({"ok": True, "path": str(root),
+                   "files": {rel: {"size": f.size, "sha256": f.sha256} for rel, f in files.items()}})
+    else:
+        total = sum(f.size for f in files.values())
+        _say(f"{root}: {len(files)} file(s), {total} plaintext bytes {what}")
+
+
 @app.command("providers")
 def providers_cmd(config: Path = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """List the configured providers and check that each is reachable (exit 34 if one is not)."""
@@ -97,8 +113,9 @@ def generate_cmd(key: str = typer.Argument(..., help="PROVIDER:KEY_ID of the new
 
 @app.command("encrypt")
 def encrypt_cmd(
-    src: Path = typer.Option(..., "--in", "-i", help="Plaintext file."),
-    dst: Path = typer.Option(..., "--out", "-o", help="Encrypted file to write (appears when complete)."),
+    src: Path = typer.Option(..., "--in", "-i", help="Plaintext file, or a directory (a model version)."),
+    dst: Path = typer.Option(..., "--out", "-o",
+                             help="Encrypted file or new directory (appears only when complete)."),
     key: str = typer.Option(..., "--key", "-k", help="PROVIDER:KEY_ID that wraps the file's data key."),
     chunk_size: int = typer.Option(1 << 20, "--chunk-size", help="Plaintext bytes per chunk."),
     workers: int = typer.Option(1, "--workers", min=1, max=16,
@@ -106,12 +123,18 @@ def encrypt_cmd(
     config: Path = ConfigOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Encrypt a file under a fresh data key wrapped by KEY."""
+    """Encrypt a file (or every file of a directory, each under its own data key) wrapped by KEY."""
     from airlock.crypto import KeyRef, encrypt_file
+    from airlock.crypto.tree import encrypt_tree
 
     with handle_errors(as_json):
+        _need(src)
         ref = KeyRef.parse(key)
         provider = _registry(config).get(ref.provider)
+        if src.is_dir():
+            files = encrypt_tree(src, dst, provider, ref.key_id, chunk_size=chunk_size, workers=workers)
+            _tree_report(dst, files, as_json, f"encrypted under {ref}")
+            return
         with progress_bytes("encrypting", src.stat().st_size, not as_json) as prog:
             header = encrypt_file(src, dst, provider, ref.key_id, chunk_size=chunk_size, workers=workers,
                                   progress=prog)
@@ -124,20 +147,28 @@ def encrypt_cmd(
 
 @app.command("decrypt")
 def decrypt_cmd(
-    src: Path = typer.Option(..., "--in", "-i", help="Encrypted file."),
+    src: Path = typer.Option(..., "--in", "-i", help="Encrypted file, or a directory of them."),
     dst: str = typer.Option(..., "--out", "-o",
-                            help="Plaintext file (appears only when every chunk verified), or - for stdout "
+                            help="Plaintext file or new directory (appears only when every chunk verified), "
+                            "or - for stdout "
                             "(streamed: a later bad chunk aborts with exit 13 after earlier output)."),
     workers: int = typer.Option(1, "--workers", min=1, max=16,
                                 help="Threads for chunk decryption (1 measured fastest)."),
     config: Path = ConfigOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Decrypt a file; the provider and key come from the file's header."""
+    """Decrypt a file or directory; the provider and key come from each file's header. Plaintext
+    belongs on tmpfs (/dev/shm, /run) or an encrypted volume."""
     from airlock.crypto import decrypt_file, decrypt_stream
+    from airlock.crypto.tree import decrypt_tree
 
     with handle_errors(as_json and dst != "-"):
+        _need(src)
         reg = _registry(config)
+        if src.is_dir():
+            files = decrypt_tree(src, Path(dst), reg, workers=workers)
+            _tree_report(Path(dst), files, as_json, "decrypted and authenticated")
+            return
         if dst == "-":
             with open(src, "rb") as f:
                 decrypt_stream(f, sys.stdout.buffer, reg, workers=workers, path=str(src))

@@ -194,3 +194,40 @@ def test_key_material_never_in_output_argv_or_core(
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == 0 and plain == src.read_bytes()
+
+
+def test_directory_encrypt_decrypt_and_missing_input(keyfile_env: KeyEnv, tmp_path: Path) -> None:
+    import hashlib
+
+    plain = tmp_path / "model"
+    (plain / "sub").mkdir(parents=True)
+    (plain / "model.safetensors").write_bytes(os.urandom(150_000))
+    (plain / "sub/config.json").write_text('{"hidden": 384}')
+    conf = ("--config", str(keyfile_env.config))
+    rep = json.loads(
+        airlock_cli(
+            "keys",
+            "encrypt",
+            "-i",
+            str(plain),
+            "-o",
+            str(tmp_path / "enc"),
+            "-k",
+            "dev:k2",
+            "--json",
+            *conf,
+            check=True,
+        ).stdout
+    )
+    assert rep["files"]["sub/config.json"]["sha256"] == hashlib.sha256(b'{"hidden": 384}').hexdigest()
+    assert (tmp_path / "enc/model.safetensors").read_bytes()[:8] == b"AIRLKENC"
+    airlock_cli(
+        "keys", "decrypt", "-i", str(tmp_path / "enc"), "-o", str(tmp_path / "dec"), *conf, check=True
+    )
+    assert (tmp_path / "dec/model.safetensors").read_bytes() == (plain / "model.safetensors").read_bytes()
+    proc = airlock_cli("keys", "decrypt", "-i", str(tmp_path / "enc"), "-o", str(tmp_path / "dec"), *conf)
+    assert proc.returncode == 13 and "already exists" in proc.stderr
+    proc = airlock_cli(
+        "keys", "encrypt", "-i", str(tmp_path / "nope"), "-o", str(tmp_path / "x"), "-k", "dev:k1", *conf
+    )
+    assert proc.returncode == 1 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
