@@ -15,4 +15,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if reporter:
-            reporter.write_line(f"CI=true: {len(skipped)} test(s) skipped; a skip is a failure in CI", red=True)
+            reporter.write_line(f"CI=true: {len(skipped)} test(s) skipped; a skip is a failure in CI",
+                                red=True)

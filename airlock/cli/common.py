@@ -52,7 +52,8 @@ def handle_errors(as_json: bool = False) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def progress_bytes(description: str, total: int | None, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+def progress_bytes(description: str, total: int | None,
+                   enabled: bool = True) -> Iterator[Callable[[int], None]]:
     """Yield a callback advancing a byte progress bar (silent when disabled or not a TTY)."""
     if not enabled or not console.is_terminal:
         yield lambda _n: None
