@@ -102,6 +102,7 @@ def install_bundle_cmd(
 ) -> None:
     """Stage a signed bundle into update_packages/ (verified while copying), then install its models."""
     from airlock.bundle import Trust, stage_bundle
+    from airlock.fsutil import rmtree_writable
 
     with handle_errors(as_json):
         repo = _repo(root, lock_timeout, owner, group)
@@ -110,6 +111,9 @@ def install_bundle_cmd(
         staged = stage_bundle(bundle, stage, t, compatible=compatible,
                               installed_sequence=repo.installed_sequence())
         plans = repo.install_from_bundle(staged, activate=not no_activate)
+        # installed: the staged copy is no longer needed (manifest, signature and deltas were kept);
+        # after a failure it stays, so the next stage resumes instead of copying again
+        rmtree_writable(stage)
         if as_json:
             emit_json({"ok": True, "bundle_id": staged.manifest.bundle_id,
                        "plans": [p.as_dict() for p in plans]})

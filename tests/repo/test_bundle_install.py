@@ -99,3 +99,17 @@ def test_verify_against_signed_manifest(repo: Repository, bundles: dict[str, Pat
     db.close()
     kinds = {p["kind"] for p in repo.verify("m")["versions"][0]["problems"]}
     assert kinds == {"catalog-differs-from-signed-manifest", "signed-manifest"}
+
+
+def test_install_bundle_cli_removes_its_staged_copy(tmp_path: Path, bundles: dict[str, Path],
+                                                    keys: Keys) -> None:  # noqa: F811
+    root = tmp_path / "root"
+    r = cli(root, "model", "install-bundle", str(bundles["full"]), "--trust", keys.fpr["signer"],
+            "--keyring", str(keys.keyring("signer")))
+    assert r.returncode == 0, r.stderr
+    assert not any((root / "model_repo" / "update_packages" / "staged").iterdir())
+    r = cli(root, "model", "install-bundle", str(bundles["delta"]), "--trust", keys.fpr["signer"],
+            "--keyring", str(keys.keyring("signer")))
+    assert r.returncode == 0, r.stderr
+    kept = root / "model_repo" / "update_packages" / "m" / "m-1.0.0-1.1.0.aldelta"
+    assert kept.exists() and os.readlink(root / "model_repo" / "m" / "current") == "1.1.0"
