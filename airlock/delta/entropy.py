@@ -32,12 +32,11 @@ def groups(ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the rest in a last shared group. Depends only on ``ctx``, which both sides can compute."""
     counts = np.bincount(ctx)
     frequent = np.flatnonzero(counts >= MIN_GROUP)
-    gid_of = np.full(counts.size, frequent.size, dtype=np.uint16)
+    gid_of = np.full(counts.size, frequent.size, dtype=np.uint8 if frequent.size < 256 else np.uint16)
     gid_of[frequent] = np.arange(frequent.size)
     gid = gid_of[ctx]
-    sizes = np.bincount(gid, minlength=frequent.size + 1)
-    if sizes[-1] == 0:
-        sizes = sizes[:-1]
+    rest = int(ctx.size - counts[frequent].sum())
+    sizes = np.append(counts[frequent], rest) if rest else counts[frequent]
     return gid, sizes
 
 
@@ -48,7 +47,10 @@ def _quantize(counts: np.ndarray) -> np.ndarray:
 
 
 def _model(freqs: np.ndarray) -> constriction.stream.model.Categorical:
-    return constriction.stream.model.Categorical(freqs.astype(np.float32), perfect=False)
+    """The model over ``0..last used symbol`` (a shorter alphabet decodes faster)."""
+    used = np.flatnonzero(freqs)
+    top = max(2, int(used[-1]) + 1 if used.size else 2)  # constriction needs two symbols
+    return constriction.stream.model.Categorical(freqs[:top].astype(np.float32), perfect=False)
 
 
 def encode(planes: list[np.ndarray], ctx: np.ndarray, level: int = 19) -> tuple[bytes, list[int]]:

@@ -1,0 +1,68 @@
+"""Bounded memory: making and applying a delta of a 300 MB tensor grows peak RSS by far less than the
+tensor (the work is done in 4 MiB chunks). A size bound, not a timing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from airlock.safetensors_io import write_safetensors
+
+ROWS, COLS = 75 * 1024, 2048  # BF16: 300 MiB
+CHUNK_ROWS = 1024
+
+PROBE = r"""
+import json, resource, sys
+from pathlib import Path
+from airlock.delta import apply_delta, make_delta
+def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+root = Path(sys.argv[1])
+make_delta(root / "small-old", root / "small-new", root / "small.aldelta")
+apply_delta(root / "small-old", root / "small.aldelta", root / "small-out")
+apply_delta(root / "small-new", root / "small.aldelta", root / "small-back", reverse=True)
+base = peak()
+make_delta(root / "old", root / "new", root / "big.aldelta")
+after_make = peak()
+apply_delta(root / "old", root / "big.aldelta", root / "out")
+apply_delta(root / "new", root / "big.aldelta", root / "back", reverse=True)
+print(json.dumps({"base": base, "make": after_make, "apply": peak()}))
+"""
+
+
+def _rows(seed: int, nudged: bool, rows: int) -> Iterator[bytes]:
+    rng = np.random.default_rng(seed)
+    noise = np.random.default_rng(seed + 1)
+    for start in range(0, rows, CHUNK_ROWS):
+        n = min(CHUNK_ROWS, rows - start) * COLS
+        w = (rng.standard_normal(n, dtype=np.float32) * 0.02)
+        if nudged:
+            w = w + noise.standard_normal(n, dtype=np.float32) * 2e-4
+        yield w.astype(ml_dtypes.bfloat16).tobytes()
+
+
+def _model(root: Path, rows: int, nudged: bool) -> None:
+    root.mkdir()
+    write_safetensors(root / "model.safetensors", [("w", "BF16", (rows, COLS), _rows(5, nudged, rows))])
+    (root / "config.json").write_text(json.dumps({"rows": rows}))
+
+
+def test_peak_rss_does_not_grow_with_model_size(tmp_path: Path) -> None:
+    _model(tmp_path / "small-old", 2 * CHUNK_ROWS, False)
+    _model(tmp_path / "small-new", 2 * CHUNK_ROWS, True)
+    _model(tmp_path / "old", ROWS, False)
+    _model(tmp_path / "new", ROWS, True)
+    r = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path)], capture_output=True, text=True,
+                       check=False, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rss = json.loads(r.stdout)
+    assert (tmp_path / "out" / "model.safetensors").stat().st_size > 300 * 1024 * 1024
+    mib = 1024 * 1024
+    assert rss["make"] - rss["base"] < 150 * mib, rss
+    assert rss["apply"] - rss["base"] < 150 * mib, rss
+    assert rss["apply"] < 512 * mib, rss
