@@ -1,10 +1,13 @@
 """Golden smoke test records: fixed inputs, expected outputs and a tolerance.
 
-A record is plain JSON so it can ride signed in the bundle manifest (``ModelEntry.golden``)::
+A record is plain JSON so it can ride signed in the bundle manifest (``ModelEntry.golden``). What
+``golden_record`` writes satisfies the bundle spec (``input``, ``expected``, ``tolerance``)::
 
-    {"inputs": {"INPUT_IDS": [[101, 7592, 2088, 102]]},
+    {"input": {"INPUT_IDS": [[101, 7592, 2088, 102]]},
      "expected": {"EMBEDDING": [[-0.0344, ...]]},
-     "atol": 1e-4, "rtol": 1e-3}
+     "tolerance": 1e-4, "rtol": 1e-3}
+
+``parse_golden`` also reads ``inputs``/``atol`` and the short forms (see its docstring).
 
 Integer inputs are sent as INT64, float inputs and outputs as FP32. ``golden_record`` computes a
 record for a model directory with the very forward pass the Triton python model runs.
@@ -63,22 +66,56 @@ def _array(name: str, value: Any, *, where: str) -> np.ndarray:
                         rule="golden")
 
 
-def parse_golden(record: dict[str, Any], *, where: str = "golden") -> Golden:
-    """Validate a golden record (from a manifest or a file); ManifestError on anything malformed."""
+def _text_ids(text: list[str], tokenizer: Path | None, where: str) -> list[list[int]]:
+    """Token ids for a text input, with the model version's own tokenizer.json."""
+    if tokenizer is None or not tokenizer.is_file():
+        raise ManifestError(f"{where}: golden input is text but the model has no tokenizer.json; "
+                            "give token ids instead", path=where, rule="golden")
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        raise ManifestError(f"{where}: golden input is text and the tokenizers package is not installed; "
+                            "give token ids instead", path=where, rule="golden") from exc
+    tok = Tokenizer.from_file(str(tokenizer))
+    tok.no_truncation()
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    return [list(e.ids) for e in tok.encode_batch(text)]
+
+
+def parse_golden(record: dict[str, Any], *, where: str = "golden", tokenizer: Path | None = None) -> Golden:
+    """Validate a golden record (from a manifest or a file); ManifestError on anything malformed.
+
+    Two spellings are accepted: ``inputs``/``expected``/``atol``/``rtol`` (objects keyed by tensor
+    name), and the bundle spec's ``input``/``expected``/``tolerance`` where ``input`` may also be
+    token ids (-> INPUT_IDS) or text (tokenized with ``tokenizer``, the model's tokenizer.json),
+    ``expected`` a bare array (-> EMBEDDING), and ``tolerance`` the absolute tolerance (rtol 0).
+    """
     if not isinstance(record, dict):
         raise ManifestError(f"{where}: golden must be an object", path=where, rule="golden")
-    missing = [k for k in ("inputs", "expected") if not isinstance(record.get(k), dict) or not record[k]]
+    raw_in = record.get("inputs", record.get("input"))
+    raw_out = record.get("expected")
+    missing = [k for k, v in (("inputs", raw_in), ("expected", raw_out))
+               if v is None or (isinstance(v, dict | list | str) and not v)]
     if missing:
         raise ManifestError(f"{where}: golden lacks {', '.join(missing)}", path=where, rule="golden")
+    if isinstance(raw_in, str) or (isinstance(raw_in, list) and all(isinstance(x, str) for x in raw_in)):
+        raw_in = {"INPUT_IDS": _text_ids([raw_in] if isinstance(raw_in, str) else raw_in, tokenizer, where)}
+    elif not isinstance(raw_in, dict):
+        raw_in = {"INPUT_IDS": raw_in}
+    if not isinstance(raw_out, dict):
+        raw_out = {"EMBEDDING": raw_out}
     try:
-        atol = float(record.get("atol", DEFAULT_ATOL))
-        rtol = float(record.get("rtol", DEFAULT_RTOL))
+        raw_atol: Any = record["atol"] if "atol" in record else record.get("tolerance", DEFAULT_ATOL)
+        raw_rtol: Any = record.get("rtol", 0.0 if "tolerance" in record else DEFAULT_RTOL)
+        atol, rtol = float(raw_atol), float(raw_rtol)
     except (TypeError, ValueError) as exc:
         raise ManifestError(f"{where}: golden atol/rtol must be numbers", path=where, rule="golden") from exc
     if not (math.isfinite(atol) and math.isfinite(rtol)) or atol < 0 or rtol < 0:
         raise ManifestError(f"{where}: golden atol/rtol must be finite and >= 0", path=where, rule="golden")
-    inputs = {k: _array(k, v, where=where) for k, v in record["inputs"].items()}
-    expected = {k: _array(k, v, where=where) for k, v in record["expected"].items()}
+    inputs = {k: _array(k, v, where=where) for k, v in raw_in.items()}
+    inputs = {k: (v[None, :] if v.ndim == 1 else v) for k, v in inputs.items()}
+    expected = {k: _array(k, v, where=where) for k, v in raw_out.items()}
+    expected = {k: (v[None, :] if v.ndim == 1 else v) for k, v in expected.items()}
     return Golden(inputs, expected, atol, rtol)
 
 
@@ -110,6 +147,6 @@ def golden_record(model_dir: Path, input_ids: list[list[int]] | None = None, *,
 
     ids = np.asarray(input_ids if input_ids is not None else DEFAULT_INPUT_IDS, dtype=np.int64)
     emb = MiniLM(str(model_dir)).embed(ids)
-    return {"inputs": {"INPUT_IDS": ids.tolist()},
+    return {"input": {"INPUT_IDS": ids.tolist()},
             "expected": {"EMBEDDING": [[float(x) for x in row] for row in emb]},
-            "atol": atol, "rtol": rtol}
+            "tolerance": atol, "rtol": rtol}

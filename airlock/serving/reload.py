@@ -150,7 +150,8 @@ class Reloader:
     def _reload(self, model: str, airlock_version: str, path: Path,
                 golden: dict[str, Any] | None) -> ReloadResult:
         t0 = time.monotonic()
-        g = parse_golden(golden, where=f"{model} {airlock_version} golden") if golden is not None else None
+        g = None if golden is None else parse_golden(golden, where=f"{model} {airlock_version} golden",
+                                                     tokenizer=path / "tokenizer.json")
         entry = self.entry(model)
         old = [n for n in self.loaded(model) if n in entry.versions()]
         versions = entry.versions()

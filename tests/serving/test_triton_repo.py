@@ -152,3 +152,34 @@ def test_golden_records(minilm_pair: Pair) -> None:
                    {"inputs": {"X": ["a"]}, "expected": {"Y": [1.0]}}):
         with pytest.raises(ManifestError):
             parse_golden(record)
+
+
+def test_golden_record_fits_the_bundle_spec_and_short_forms_parse(minilm_pair: Pair, tmp_path: Path) -> None:
+    import yaml
+
+    from airlock.bundle.spec import load_spec
+
+    record = golden_record(minilm_pair.new)
+    assert {"input", "expected", "tolerance"} <= set(record)
+    # the bundle spec accepts the record as a model entry's golden
+    spec = tmp_path / "spec.yml"
+    spec.write_text(yaml.safe_dump({"bundle_id": "t", "compatible": "test", "sequence": 1, "models": [
+        {"name": "minilm", "version": "1.1.0", "path": str(minilm_pair.new), "golden": record}]}))
+    assert load_spec(spec).models[0].golden == record
+    g = parse_golden(record)
+    assert g.atol == record["tolerance"] and g.inputs["INPUT_IDS"].shape == (2, 10)
+
+    # canonical names, and the short forms: bare token ids, bare expected vector, text input
+    emb = g.expected["EMBEDDING"]
+    canonical = parse_golden({"inputs": {"INPUT_IDS": record["input"]["INPUT_IDS"]},
+                              "expected": record["expected"], "atol": 1e-5, "rtol": 0})
+    assert canonical.atol == 1e-5 and np.array_equal(canonical.expected["EMBEDDING"], emb)
+    short = parse_golden({"input": record["input"]["INPUT_IDS"][0], "expected": emb[0].tolist(),
+                          "tolerance": 1e-3})
+    assert short.inputs["INPUT_IDS"].shape == (1, 10) and short.expected["EMBEDDING"].shape == (1, 384)
+    assert short.rtol == 0.0
+    text = parse_golden({"input": "hello world", "expected": emb[0].tolist(), "tolerance": 1e-3},
+                        tokenizer=minilm_pair.new / "tokenizer.json")
+    assert text.inputs["INPUT_IDS"].tolist() == [[101, 7592, 2088, 102]]
+    with pytest.raises(ManifestError, match="give token ids instead"):
+        parse_golden({"input": "hello world", "expected": [0.1], "tolerance": 1e-3})
