@@ -162,7 +162,10 @@ def test_cli_generate_reload_status_smoke(triton, airlock_root: Path, goldens: d
     assert row["versions"] == {"1": "1.0.0", "2": "1.1.0"}
 
     golden_file = tmp_path / "golden.json"
-    golden_file.write_text(json.dumps(goldens["1.0.0"]))  # v1.0's answers: v1.1 must fail it
+    v10_dir = airlock_root / "model_repo" / "rl_cli" / "1.0.0"
+    made = _airlock("serve", "golden", str(v10_dir), "-o", str(golden_file))
+    assert made.returncode == 0 and json.loads(golden_file.read_text()) == goldens["1.0.0"]
+    # v1.0's answers: v1.1 must fail them
     smoke = _airlock("serve", "smoke", "rl_cli", "--url", url, "--golden", str(golden_file))
     assert smoke.returncode == 51 and "differs from the golden output" in smoke.stderr
     assert _airlock("serve", "unload", "rl_cli", "--url", url).returncode == 0
