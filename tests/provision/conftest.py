@@ -78,3 +78,38 @@ def debs() -> list[Path]:
         if missing:
             subprocess.run(["apt-get", "download", *missing], cwd=out, check=True, capture_output=True)
     return sorted(p for name in DEBS for p in out.glob(f"{name}_*.deb"))
+
+
+def make_dummy_deb(out_dir: Path, name: str, version: str, depends: str = "") -> Path:
+    """A real (empty) Debian package built with dpkg-deb: stands in for packages too big or
+    hardware-bound to install here (NVIDIA driver, kernel headers), for apt's package selection."""
+    tree = out_dir / f"{name}-{version}-tree"
+    (tree / "DEBIAN").mkdir(parents=True)
+    control = (
+        f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Airlock <t@airlock.test>\n"
+        f"{'Depends: ' + depends + chr(10) if depends else ''}Description: Airlock test stand-in\n"
+    )
+    (tree / "DEBIAN" / "control").write_text(control)
+    deb = out_dir / f"{name}_{version.replace(':', '%3a')}_all.deb"
+    subprocess.run(["dpkg-deb", "-Zxz", "-b", str(tree), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+def apt_config(work: Path, sources_line: str) -> Path:
+    """An APT_CONFIG file that makes apt (and python-apt) see only ``sources_line``, with its own lists."""
+    for d in ("lists/partial", "cache/archives/partial", "parts"):
+        (work / d).mkdir(parents=True, exist_ok=True)
+    (work / "sources.list").write_text(sources_line + "\n")
+    conf = work / "apt.conf"
+    conf.write_text(
+        f'Dir::Etc::sourcelist "{work}/sources.list";\nDir::Etc::sourceparts "{work}/parts";\n'
+        f'Dir::State::Lists "{work}/lists";\nDir::Cache "{work}/cache";\n'
+        f'Dir::Cache::archives "{work}/cache/archives";\nDPkg::Lock::Timeout "120";\n'
+    )
+    subprocess.run(
+        ["apt-get", "-q", "update"],
+        env={**os.environ, "APT_CONFIG": str(conf)},
+        check=True,
+        capture_output=True,
+    )
+    return conf
