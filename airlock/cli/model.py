@@ -230,6 +230,8 @@ def verify_cmd(model: str = typer.Argument(...), version: str = typer.Argument(N
             link = report["current"]
             _say(f"current -> {link['target']} ({'ok' if link['ok'] else 'expected ' + str(link['expected'])}"
                  ")")
+        if not report["ok"] and as_json:
+            raise typer.Exit(IntegrityError.exit_code)  # the report above is the JSON answer
         if not report["ok"]:
             first = next((p for v in report["versions"] for p in v["problems"]), None)
             where = f"{first['path']}: {first['kind']}" if first else "current link"

@@ -92,8 +92,8 @@ def build_tree(tree: Path, src_dir: Path, actions: list[FileAction], link_root: 
         dest.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         if act.how == "link" and act.source:
             src = link_root / act.source
-            st = src.stat()
-            if st.st_size == act.size:
+            # link only a file that still has the recorded content (a tampered inode must not spread)
+            if src.stat().st_size == act.size and digest_file(src).sha256 == act.sha256:
                 try:
                     os.link(src, dest)
                     stats.linked += 1

@@ -361,8 +361,15 @@ class Repository:
                     free_bytes(self.layout.model_dir(model)), args=args,
                     notes=[f"delta {h.from_version} -> {h.to_version} kept in {kept.parent} for rollback"])
 
+    def _require_catalog(self) -> Catalog:
+        if not self.layout.catalog.exists():
+            raise RepositoryError(f"{self.layout.repo}: no model repository here (nothing installed yet)",
+                                  path=str(self.layout.repo), rule="repository-missing")
+        return self.catalog()
+
     def plan_activate(self, model: str, version: str, *, action: str = "activate") -> Plan:
         SemVer.parse(version)
+        self._require_catalog()
         row = self.catalog().version(model, version, with_files=False)
         if not self._present(row):
             raise RepositoryError(f"{self.layout.version_dir(model, version)}: {model} {version} is not "
@@ -374,7 +381,7 @@ class Repository:
         return Plan(action, model, version, changed, before, after, args={"model": model, "version": version})
 
     def plan_rollback(self, model: str, to: str | None = None) -> Plan:
-        cat = self.catalog()
+        cat = self._require_catalog()
         before = self._before(model)
         if to is None:
             if before["previous"] is None:
@@ -420,6 +427,7 @@ class Repository:
     def plan_prune(self, model: str, keep: int = 2) -> Plan:
         if keep < 1:
             raise RepositoryError(f"keep must be at least 1, not {keep}", rule="prune-keep")
+        self._require_catalog()
         before = self._before(model)
         rows = [r for r in self.catalog().versions(model) if self._present(r)]
         protected = {v for v in (before["active"], before["previous"]) if v}
@@ -707,6 +715,7 @@ class Repository:
     def verify(self, model: str, version: str | None = None) -> dict[str, Any]:
         """Drift report (hashes vs catalog and signed manifest, modes, owner, extra/missing files,
         the current link). Recorded in the audit log."""
+        self._require_catalog()
         with self._mutating(recover=False) as cat:
             rows = [cat.version(model, version)] if version else \
                 [r for r in cat.versions(model, with_files=True) if r.state in PRESENT]
@@ -739,7 +748,7 @@ class Repository:
         return out
 
     def show(self, model: str, version: str | None = None) -> dict[str, Any]:
-        cat = self.catalog()
+        cat = self._require_catalog()
         if version:
             row = cat.version(model, version)
             if row is None:

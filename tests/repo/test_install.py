@@ -170,3 +170,24 @@ def test_owner_and_group_applied_as_root(tmp_path: Path, versions: Versions) -> 
     os.chown(vdir / "config.json", 0, 0)
     report = repo.verify("m")
     assert not report["ok"] and report["versions"][0]["problems"][0]["kind"] == "owner"
+
+
+def test_tampered_link_source_is_copied_not_linked(repo: Repository, versions: Versions) -> None:
+    repo.install_version("m", "1.0.0", versions.src["1.0.0"])
+    tok = repo.layout.version_dir("m", "1.0.0") / "tokenizer.json"
+    os.chmod(tok, 0o644)
+    tok.write_text(tok.read_text().replace("t1", "tX"))
+    repo.install_version("m", "1.1.0", versions.src["1.1.0"])
+    new = repo.layout.version_dir("m", "1.1.0")
+    assert_same_tree(new, versions.src["1.1.0"])
+    assert (new / "tokenizer.json").stat().st_ino != tok.stat().st_ino
+
+
+def test_queries_on_an_empty_root_fail_clearly(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "nothing")
+    assert repo.list_models() == [] and repo.state()["models"] == {}
+    for call in (lambda: repo.plan_rollback("m"), lambda: repo.plan_activate("m", "1.0.0"),
+                 lambda: repo.verify("m"), lambda: repo.plan_prune("m")):
+        with pytest.raises(RepositoryError, match="no model repository"):
+            call()
+    assert not (tmp_path / "nothing").exists()
