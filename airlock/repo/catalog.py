@@ -163,11 +163,12 @@ class Catalog:
                 self.db.execute("INSERT INTO schema_version (version) VALUES (?)", (target + 1,))
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, fault: str = "repo.catalog.before-commit") -> Iterator[sqlite3.Connection]:
+        """One atomic transaction; ``fault`` names its commit boundary for crash tests."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
-            fault_point("repo.catalog.before-commit")
+            fault_point(fault)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")

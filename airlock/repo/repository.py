@@ -208,7 +208,7 @@ class Repository:
                         continue  # never remove what serves; verify reports it
                     rmtree_writable(entry)
                     actions.append(f"removed {entry} (not recorded in the catalog)")
-            with cat.transaction():
+            with cat.transaction("repo.recover.before-commit"):
                 for row in rows.values():
                     if row.state in PRESENT and not (mdir / row.version).is_dir():
                         cat.set_state(model, row.version, "pruned")
