@@ -38,7 +38,12 @@ from airlock.crypto.providers import KeyProvider, ProviderRegistry
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_dir
 
-DEFAULT_WORKERS = 1  # measured: threads do not pay for AES-GCM in `cryptography` (docs/security.md)
+# Measured (benchmarks/crypto.py, docs/security.md): AES-GCM calls in `cryptography` get ~5x slower
+# when two threads share them, yet a second thread pays for file encryption (it overlaps reading the
+# next chunk with sealing this one: ~1.2x); for decryption one thread is fastest.
+ENCRYPT_WORKERS = 2
+DECRYPT_WORKERS = 1
+DEFAULT_WORKERS = DECRYPT_WORKERS
 Progress = Callable[[int], None]
 KeySource = KeyProvider | ProviderRegistry
 
@@ -93,7 +98,7 @@ def encrypt_stream(
     plaintext_size: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     slot_size: int = DEFAULT_SLOT_SIZE,
-    workers: int = DEFAULT_WORKERS,
+    workers: int = ENCRYPT_WORKERS,
     progress: Progress | None = None,
 ) -> EncryptedHeader:
     """Encrypt ``src`` (from its current position to its end, or exactly ``plaintext_size`` bytes)

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, cast
 from airlock.crypto.errors import EncryptedFormatError
 from airlock.crypto.providers import KeyProvider
 from airlock.crypto.reader import is_encrypted
-from airlock.crypto.stream import DEFAULT_WORKERS, KeySource, decrypt_stream, encrypt_stream
+from airlock.crypto.stream import DEFAULT_WORKERS, ENCRYPT_WORKERS, KeySource, decrypt_stream, encrypt_stream
 from airlock.errors import IntegrityError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_dir, staging_dir
@@ -95,7 +95,7 @@ def encrypt_tree(
     key_id: str,
     *,
     expect: dict[str, tuple[int, str]] | None = None,
-    workers: int = DEFAULT_WORKERS,
+    workers: int = ENCRYPT_WORKERS,
     **kw: Any,
 ) -> dict[str, PlainFile]:
     """Encrypt every file of ``plain_dir`` into new ``out_dir`` (same relative names, one fresh data key
