@@ -187,8 +187,7 @@ Reloader(TritonClient(url, grpc_url=grpc), Path(repo)).reload(model, "1.1.0", Pa
 """
 
 
-@pytest.mark.parametrize("point", ["serving.version_dir.before_rename", "serving.reload.candidate_tested",
-                                   "serving.reload.after_config"])
+@pytest.mark.parametrize("point", ["serving.reload.candidate_tested", "serving.reload.after_config"])
 def test_kill_during_reload_keeps_v10_serving_and_a_rerun_completes(triton, airlock_root: Path, goldens: dict,
                                                                     tmp_path: Path, point: str) -> None:
     name = "rl_crash_" + point.rsplit(".", 1)[1]
