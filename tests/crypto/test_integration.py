@@ -65,3 +65,36 @@ def test_wrong_expected_hashes_leave_no_output(
     with pytest.raises(IntegrityError, match="expected hashes"):
         encrypt_tree(v1, tmp_path / "out", keyfile_env.registry.get("dev"), "k1", expect={"x": (1, "0" * 64)})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dev-keys", "keys.yaml"]  # no output, no staging
+
+
+def test_tensors_read_through_decrypting_reader(
+    keyfile_env: KeyEnv, model_pair: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Serving path for in-engine readers: header and tensors from an encrypted shard, plaintext only in
+    memory, equal to what the safetensors library loads from the plaintext file."""
+    import struct
+
+    import numpy as np
+    from safetensors import safe_open
+
+    from airlock.crypto import open_decrypted
+    from airlock.safetensors_io import parse_header
+
+    shard = sorted(model_pair[0].glob("*.safetensors"))[0]
+    enc = tmp_path / "shard.enc"
+    from airlock.crypto import encrypt_file
+
+    encrypt_file(shard, enc, keyfile_env.registry.get("dev"), "k1", chunk_size=16384)
+    with open_decrypted(enc, keyfile_env.registry) as reader:
+        (n,) = struct.unpack("<Q", reader.read(8))
+        tensors, _meta = parse_header(reader.read(n), reader.size - 8 - n, str(enc))
+        checked = 0
+        for t in tensors:
+            if t.dtype not in ("F32", "F16", "I64", "I32"):
+                continue
+            raw = reader.read_range(8 + n + t.start, t.nbytes)
+            arr = np.frombuffer(raw, dtype={"F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4"}[t.dtype])
+            with safe_open(str(shard), framework="np") as plain:
+                assert np.array_equal(arr.reshape(t.shape), plain.get_tensor(t.name))
+            checked += 1
+    assert checked > 0
