@@ -21,9 +21,9 @@ import zstandard
 
 from airlock.errors import DeltaFormatError
 
-MIN_GROUP = 4096
+MIN_GROUP = 2048
 """Contexts with fewer elements share one model: a table costs more than it saves below this."""
-FREQ_TOTAL = 1 << 14
+FREQ_TOTAL = 1 << 15
 _U32 = struct.Struct("<I")
 
 

@@ -30,7 +30,6 @@ base = peak()
 make_delta(root / "old", root / "new", root / "big.aldelta")
 after_make = peak()
 apply_delta(root / "old", root / "big.aldelta", root / "out")
-apply_delta(root / "new", root / "big.aldelta", root / "back", reverse=True)
 print(json.dumps({"base": base, "make": after_make, "apply": peak()}))
 """
 
