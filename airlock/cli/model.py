@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from airlock.cli.common import JsonOpt, emit_json, handle_errors, out, progress_bytes
-from airlock.errors import IntegrityError
+from airlock.errors import AirlockError, IntegrityError
 
 app = typer.Typer(no_args_is_help=True, help="The model repository on an appliance.")
 
@@ -28,6 +30,17 @@ def _repo(root: Path, lock_timeout: float | None = None, owner: str | None = Non
     from airlock.repo import Repository
 
     return Repository(root, owner=owner, group=group, lock_timeout=lock_timeout, check_torch=torch)
+
+
+def _planned(repo: Any, action: str, model: str, check: bool, make: Callable[[], Any]) -> Any:
+    """Make a plan; outside check mode a refusal is recorded in the audit log like any failure."""
+    try:
+        return make()
+    except AirlockError as exc:
+        if not check:
+            with contextlib.suppress(AirlockError):
+                repo.record_failure(action, model, exc)
+        raise
 
 
 def _say(message: str) -> None:
@@ -62,8 +75,8 @@ def install_cmd(
     with handle_errors(as_json):
         deps = dict(d.split("=", 1) for d in dependency if "=" in d)
         repo = _repo(root, lock_timeout, owner, group, torch)
-        plan = repo.plan_install(model, version, src_dir, activate=not no_activate, description=description,
-                                 dependencies=deps)
+        plan = _planned(repo, "install", model, check, lambda: repo.plan_install(
+            model, version, src_dir, activate=not no_activate, description=description, dependencies=deps))
         if not check:
             with progress_bytes(f"installing {model} {version}", _total(plan), not as_json) as prog:
                 plan = repo.execute(plan, progress=prog)
@@ -82,7 +95,8 @@ def update_cmd(
     """Apply a delta to the installed source version; unchanged files are hard links."""
     with handle_errors(as_json):
         repo = _repo(root, lock_timeout, owner, group, torch)
-        plan = repo.plan_update(model, delta, activate=not no_activate)
+        plan = _planned(repo, "update", model, check,
+                        lambda: repo.plan_update(model, delta, activate=not no_activate))
         if not check:
             with progress_bytes(f"updating {model} to {plan.version}", _total(plan), not as_json) as prog:
                 plan = repo.execute(plan, progress=prog)
@@ -130,7 +144,7 @@ def activate_cmd(
     """Point current at an installed version (atomic symlink swap)."""
     with handle_errors(as_json):
         repo = _repo(root, lock_timeout)
-        plan = repo.plan_activate(model, version)
+        plan = _planned(repo, "activate", model, check, lambda: repo.plan_activate(model, version))
         _report(plan if check else repo.execute(plan), as_json, check)
 
 
@@ -143,7 +157,7 @@ def rollback_cmd(
     """Back to the previous good version; rebuilt from the kept reverse deltas if it was pruned."""
     with handle_errors(as_json):
         repo = _repo(root, lock_timeout)
-        plan = repo.plan_rollback(model, to)
+        plan = _planned(repo, "rollback", model, check, lambda: repo.plan_rollback(model, to))
         if not check:
             with progress_bytes(f"rolling {model} back to {plan.version}", _total(plan), not as_json) as prog:
                 plan = repo.execute(plan, progress=prog)
@@ -159,7 +173,7 @@ def prune_cmd(
     """Remove old versions beyond --keep (their catalog records and kept deltas stay)."""
     with handle_errors(as_json):
         repo = _repo(root, lock_timeout)
-        plan = repo.plan_prune(model, keep)
+        plan = _planned(repo, "prune", model, check, lambda: repo.plan_prune(model, keep))
         _report(plan if check else repo.execute(plan), as_json, check)
 
 

@@ -165,6 +165,14 @@ class Repository:
                                      rule="disk-space-enospc") from exc
             raise
 
+    def record_failure(self, action: str, model: str, exc: BaseException) -> None:
+        """Record an operation refused before it started (e.g. a plan the CLI could not make)."""
+        if not self.layout.catalog.exists():
+            return  # no repository: nothing to protect, nowhere to record
+        with self._mutating(recover=False):
+            self._audit(action, model, None, None, "failed",
+                        {"error": type(exc).__name__, "message": str(exc)})
+
     def audit_head(self) -> audit.AuditHead | None:
         raw = self.catalog().get_meta("audit_head") if self.layout.catalog.exists() else None
         if not raw:
@@ -564,9 +572,11 @@ class Repository:
         from airlock.delta import apply_delta
 
         with self._mutating() as cat:
-            plan = self.plan_update(model, delta_path, target_files=target_files, activate=activate,
-                                    description=description, dependencies=dependencies, bundle_id=bundle_id,
-                                    manifest_sha256=manifest_sha256, sequence=sequence)
+            with self._recording_failure("update", model, None, None):
+                plan = self.plan_update(model, delta_path, target_files=target_files, activate=activate,
+                                        description=description, dependencies=dependencies,
+                                        bundle_id=bundle_id, manifest_sha256=manifest_sha256,
+                                        sequence=sequence)
             frm, to = plan.args["from_version"], str(plan.version)
             with self._recording_failure("update", model, frm, to):
                 if plan.files:
@@ -613,7 +623,8 @@ class Repository:
         from airlock.delta import ChainStep, apply_chain
 
         with self._mutating() as cat:
-            plan = self.plan_rollback(model, to)
+            with self._recording_failure("rollback", model, None, to):
+                plan = self.plan_rollback(model, to)
             target = str(plan.version)
             with self._recording_failure("rollback", model, plan.before["active"], target):
                 if plan.args["rebuild"]:
