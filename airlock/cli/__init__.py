@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from airlock import __version__
-from airlock.cli import audit, bundle, delta, fleet, keys, model, serve
+from airlock.cli import audit, bundle, delta, fleet, keys, model, preflight, serve
 
 app = typer.Typer(
     name="airlock",
@@ -21,6 +21,7 @@ app.add_typer(audit.app, name="audit", help="The hash-chained audit log.")
 app.add_typer(keys.app, name="keys", help="Encryption at rest: key providers, rotation.")
 app.add_typer(serve.app, name="serve", help="Triton serving: repository generation, reload, smoke test.")
 fleet.register(app)
+preflight.register(app)
 
 
 def _version(value: bool) -> None:
