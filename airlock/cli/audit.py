@@ -44,8 +44,7 @@ def show_cmd(root: Path = RootOpt, tail: int = typer.Option(20, "--tail", help="
     from airlock.repo import audit as audit_log
 
     with handle_errors(as_json):
-        recs = audit_log.records(Layout(root).audit_log)
-        recs = recs[-tail:] if tail else recs
+        recs = audit_log.records(Layout(root).audit_log, tail)
         if as_json:
             emit_json({"ok": True, "records": recs})
             return

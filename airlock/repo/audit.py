@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import socket
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,19 +54,23 @@ class AuditReport:
                 "head": {"seq": self.head.seq, "hash": self.head.hash}, "problems": self.problems}
 
 
-def _read_lines(path: Path) -> list[bytes]:
+def _iter_lines(path: Path) -> Iterator[bytes]:
+    """Non-empty lines, streamed (the log grows for the appliance's lifetime)."""
     if not path.exists():
-        return []
+        return
     with open(path, "rb") as fh:
-        return [ln for ln in fh.read().split(b"\n") if ln]  # a log line is ~300 bytes; fine to read
+        for raw in fh:
+            line = raw.rstrip(b"\n")
+            if line:
+                yield line
 
 
 def scan(path: Path, expected_head: AuditHead | None = None) -> AuditReport:
     """Walk the chain; every problem is reported (the first one is the tampering point)."""
     problems: list[str] = []
     prev, seq = GENESIS, 0
-    lines = _read_lines(path)
-    for i, raw in enumerate(lines, start=1):
+    at_head: str | None = None
+    for i, raw in enumerate(_iter_lines(path), start=1):
         try:
             rec = json.loads(raw)
             if not isinstance(rec, dict):
@@ -79,15 +85,15 @@ def scan(path: Path, expected_head: AuditHead | None = None) -> AuditReport:
         if rec.get("seq") != seq + 1:
             problems.append(f"line {i}: seq {rec.get('seq')}, expected {seq + 1}")
         prev, seq = line_hash(raw), seq + 1
+        if expected_head is not None and seq == expected_head.seq:
+            at_head = prev
     head = AuditHead(seq, prev)
     if expected_head is not None:
         if expected_head.seq > seq:
             problems.append(f"log ends at seq {seq} but the catalog recorded seq {expected_head.seq}: "
                             "records were removed from the end")
-        elif expected_head.seq and expected_head.seq <= len(lines):
-            at = line_hash(lines[expected_head.seq - 1])
-            if at != expected_head.hash:
-                problems.append(f"record seq {expected_head.seq} differs from the head the catalog recorded")
+        elif expected_head.seq and at_head != expected_head.hash:
+            problems.append(f"record seq {expected_head.seq} differs from the head the catalog recorded")
     return AuditReport(str(path), not problems, seq, head, problems)
 
 
@@ -143,13 +149,14 @@ def append(path: Path, action: str, *, model: str | None = None, from_version: s
     return AuditHead(head.seq + 1, line_hash(line))
 
 
-def records(path: Path) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for raw in _read_lines(path):
+def records(path: Path, tail: int = 0) -> list[dict[str, Any]]:
+    """Parsed records (the last ``tail`` ones when non-zero; unreadable lines are skipped)."""
+    out: deque[dict[str, Any]] = deque(maxlen=tail or None)
+    for raw in _iter_lines(path):
         try:
             rec = json.loads(raw)
         except ValueError:
             continue
         if isinstance(rec, dict):
             out.append(rec)
-    return out
+    return list(out)
