@@ -28,14 +28,20 @@ from typing import Any
 
 import numpy as np
 
-from airlock.errors import LockBusyError
+from airlock.errors import LockBusyError, RepositoryError
 from airlock.faults import fault_point
 from airlock.serving.client import TritonClient
 from airlock.serving.errors import ServingError
 from airlock.serving.golden import DEFAULT_INPUT_IDS, Golden, SmokeResult, compare, parse_golden
-from airlock.serving.triton_repo import ModelOptions, TritonModel, render_config, validate_config
+from airlock.serving.triton_repo import (
+    CANDIDATE_SUFFIX,
+    ModelOptions,
+    TritonModel,
+    render_config,
+    validate_config,
+)
 
-CANDIDATE_SUFFIX = "__candidate"
+__all__ = ["CANDIDATE_SUFFIX", "ReloadResult", "Reloader", "smoke_test", "status"]
 
 
 @dataclass
@@ -141,6 +147,9 @@ class Reloader:
     def reload(self, model: str, airlock_version: str, path: Path,
                golden: dict[str, Any] | None = None) -> ReloadResult:
         """Bring ``airlock_version`` (immutable dir ``path``) into service, gated by ``golden``."""
+        if model.endswith(CANDIDATE_SUFFIX):
+            raise RepositoryError(f"{model}: names ending in {CANDIDATE_SUFFIX} are reserved for reload "
+                                  "candidates", path=model)
         if not self.client.live():
             raise ServingError(f"Triton at {self.client.url} is not live; nothing changed",
                                path=self.client.url, rule="triton-down")

@@ -30,6 +30,7 @@ from airlock.faults import fault_point
 from airlock.fsutil import atomic_write_bytes, fsync_dir, staging_dir
 
 BACKENDS = ("python", "vllm", "tensorrtllm")
+CANDIDATE_SUFFIX = "__candidate"  # reserved: the reload's candidate entry is <model>__candidate
 MODEL_SOURCE = Path(__file__).with_name("python_model") / "model.py"
 VERSION_FILE = "version.json"
 SKIP_DIRS = {"update_packages", "metadata"}
@@ -292,6 +293,9 @@ def generate(airlock_root: Path, triton_root: Path, *, models: list[str] | None 
         if name not in active:
             where = airlock_root / "model_repo" / name
             raise RepositoryError(f"{where}: no active version (current symlink)", path=str(where))
+        if name.endswith(CANDIDATE_SUFFIX):
+            raise RepositoryError(f"{airlock_root / 'model_repo' / name}: model names ending in "
+                                  f"{CANDIDATE_SUFFIX} are reserved for reload candidates", path=name)
         version, path = active[name]
         entry = TritonModel(triton_root / name, (options or {}).get(name, ModelOptions()))
         number = entry.number_of(version)

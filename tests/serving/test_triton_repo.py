@@ -183,3 +183,19 @@ def test_golden_record_fits_the_bundle_spec_and_short_forms_parse(minilm_pair: P
     assert text.inputs["INPUT_IDS"].tolist() == [[101, 7592, 2088, 102]]
     with pytest.raises(ManifestError, match="give token ids instead"):
         parse_golden({"input": "hello world", "expected": [0.1], "tolerance": 1e-3})
+
+
+def test_candidate_suffix_is_reserved(tmp_path: Path, airlock_root: Path) -> None:
+    from airlock.serving.client import TritonClient
+    from airlock.serving.reload import CANDIDATE_SUFFIX, Reloader
+
+    model = add_model(airlock_root, "gen_x" + CANDIDATE_SUFFIX)
+    try:
+        with pytest.raises(RepositoryError, match="reserved"):
+            generate(airlock_root, tmp_path / "triton", models=["gen_x" + CANDIDATE_SUFFIX])
+        with pytest.raises(RepositoryError, match="reserved"):
+            Reloader(TritonClient("http://127.0.0.1:9"), tmp_path / "triton").reload(
+                "gen_x" + CANDIDATE_SUFFIX, "1.0.0", model / "1.0.0")
+        assert not (tmp_path / "triton").exists()
+    finally:
+        (model / "current").unlink()
