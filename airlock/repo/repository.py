@@ -80,6 +80,16 @@ def _noop(_: int) -> None:
     return None
 
 
+def _is_version_dir(entry: Path) -> bool:
+    if entry.is_symlink() or not entry.is_dir():
+        return False
+    try:
+        SemVer.parse(entry.name)
+    except RepositoryError:
+        return False
+    return True
+
+
 class Repository:
     def __init__(self, root: Path | None = None, *, owner: str | None = None, group: str | None = None,
                  lock_timeout: float | None = None, check_torch: bool = False) -> None:
@@ -208,8 +218,8 @@ class Repository:
                     actions.append(f"removed leftover {entry}")
             rows = {r.version: r for r in cat.versions(model)}
             for entry in list(mdir.iterdir()):
-                if entry.name == CURRENT or entry.name.startswith("."):
-                    continue
+                if entry.name == CURRENT or entry.name.startswith(".") or not _is_version_dir(entry):
+                    continue  # not ours to judge: only version directories are cleaned up
                 row = rows.get(entry.name)
                 if row is None or row.state == "pruned":
                     if self._link_target(model) == entry.name:

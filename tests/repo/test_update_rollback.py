@@ -152,3 +152,16 @@ def test_list_show_history_cli(repo: Repository, versions: Versions, tmp_path: P
     assert all(h["actor"].count("@") == 1 for h in hist)
     r = cli(repo.root, "model", "show", "nope")
     assert r.returncode == 30
+
+
+def test_recover_removes_only_unrecorded_version_dirs(repo: Repository, versions: Versions) -> None:
+    repo.install_version("m", "1.0.0", versions.src["1.0.0"])
+    mdir = repo.layout.model_dir("m")
+    (mdir / "9.9.9").mkdir()  # looks like a half-installed version: not in the catalog
+    (mdir / "notes").mkdir()  # not a version: left alone
+    (mdir / ".staging-1.1.0-abc").mkdir()
+    repo.update_from_delta("m", versions.deltas[("1.0.0", "1.1.0")])
+    assert not (mdir / "9.9.9").exists() and not (mdir / ".staging-1.1.0-abc").exists()
+    assert (mdir / "notes").is_dir()
+    recover = [h for h in repo.history() if h["action"] == "recover"]
+    assert len(recover) == 1 and len(recover[0]["details"]["actions"]) == 2
