@@ -199,3 +199,16 @@ def test_candidate_suffix_is_reserved(tmp_path: Path, airlock_root: Path) -> Non
         assert not (tmp_path / "triton").exists()
     finally:
         (model / "current").unlink()
+
+
+def test_vllm_entry_points_the_engine_at_the_immutable_version(tmp_path: Path, airlock_root: Path) -> None:
+    model = add_model(airlock_root, "gen_llm")
+    entry = TritonModel(tmp_path / "gen_llm", ModelOptions(backend="vllm", tensor_parallel_size=8))
+    number = entry.ensure_version("1.0.0", model / "1.0.0")
+    engine = json.loads((entry.root / str(number) / "model.json").read_text())
+    assert engine["model"] == str((model / "1.0.0").resolve()) and engine["tensor_parallel_size"] == 8
+    assert not (entry.root / str(number) / "model.py").exists()
+    assert entry.write_config([number])
+    cfg = validate_config(entry.config_path.read_text(), name="gen_llm", model_dir=entry.root)
+    assert cfg.backend == "vllm" and cfg.model_transaction_policy.decoupled
+    assert not entry.write_config([number]), "unchanged config is not rewritten"
