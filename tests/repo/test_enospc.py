@@ -81,3 +81,31 @@ def test_enospc_mid_write_leaves_repository_consistent(small_fs: Path, versions:
     repo.update_from_delta("m", versions.deltas[("1.0.0", "1.1.0")])
     assert os.readlink(repo.layout.current("m")) == "1.1.0"
     repo.close()
+
+
+def test_delta_update_enospc_preflight_and_mid_write(small_fs: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from airlock.delta import make_delta
+
+    old = make_model(tmp_path / "3.0.0", extra_bytes=5 * 1024 * 1024, seed=20)
+    new = make_model(tmp_path / "3.1.0", extra_bytes=5 * 1024 * 1024, seed=21)  # extra tensor all new
+    delta = tmp_path / "m-3.0.0-3.1.0.aldelta"
+    make_delta(old, new, delta, from_version="3.0.0", to_version="3.1.0")
+    repo = Repository(small_fs / "root")
+    repo.install_version("m", "3.0.0", old)
+    plan = repo.plan_update("m", delta)
+    assert plan.bytes_needed > free_bytes(small_fs)
+    with pytest.raises(DiskSpaceError, match=f"needs {plan.bytes_needed} bytes"):
+        repo.update_from_delta("m", delta)
+    assert not repo.layout.model_packages("m").exists() or not any(repo.layout.model_packages("m").iterdir())
+    monkeypatch.setenv("AIRLOCK_TEST_SKIP_PREFLIGHT", "1")
+    with pytest.raises(DiskSpaceError, match="no space left"):
+        repo.update_from_delta("m", delta)
+    monkeypatch.delenv("AIRLOCK_TEST_SKIP_PREFLIGHT")
+    assert os.readlink(repo.layout.current("m")) == "3.0.0"
+    assert_same_tree(repo.layout.version_dir("m", "3.0.0"), old)
+    assert not repo.layout.version_dir("m", "3.1.0").exists()
+    repo.prune("m")  # any mutating run recovers first; nothing to prune
+    assert leftovers(repo.root) == [] and repo.verify("m")["ok"]
+    repo.audit_verify()
+    repo.close()
