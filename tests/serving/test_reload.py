@@ -18,7 +18,7 @@ from airlock.serving.client import TritonClient
 from airlock.serving.errors import ServingError
 from airlock.serving.golden import compare, parse_golden
 from airlock.serving.reload import CANDIDATE_SUFFIX, Reloader
-from airlock.serving.triton_repo import TritonModel, generate
+from airlock.serving.triton_repo import TritonModel, airlock_models, generate
 from tests.serving.conftest import add_model, ids
 
 
@@ -226,3 +226,26 @@ def test_a_second_concurrent_reload_is_refused(triton, airlock_root: Path, golde
     assert client.loaded_versions("rl_busy") == {"1": "READY"}
     assert TritonModel(triton.cfg.model_repository / "rl_busy").served() == [1]
     client.unload("rl_busy")
+
+
+def test_generate_and_reload_follow_a_real_airlock_repository(triton, minilm_pair, goldens: dict,
+                                                              tmp_path: Path) -> None:
+    """The layout contract with airlock.repo: install and activate there, serve here."""
+    from airlock.repo import Repository
+
+    repo = Repository(tmp_path / "appliance")
+    repo.install_version("rl_repo", "1.0.0", minilm_pair.old, activate=True)
+    repo.install_version("rl_repo", "1.1.0", minilm_pair.new, activate=False)
+    generate(tmp_path / "appliance", triton.cfg.model_repository, models=["rl_repo"])
+    client = triton.client()
+    client.load("rl_repo")
+    assert compare(parse_golden(goldens["1.0.0"]), client.infer("rl_repo", {"INPUT_IDS": ids()}).outputs).ok
+
+    repo.activate("rl_repo", "1.1.0")
+    version, path = airlock_models(tmp_path / "appliance")["rl_repo"]
+    assert version == "1.1.0"
+    result = Reloader(client, triton.cfg.model_repository).reload("rl_repo", version, path, goldens["1.1.0"])
+    assert result.status == "promoted", result.error
+    assert compare(parse_golden(goldens["1.1.0"]), client.infer("rl_repo", {"INPUT_IDS": ids()}).outputs).ok
+    client.unload("rl_repo")
+    repo.close()
