@@ -80,13 +80,13 @@ class Fleet:
 
     def inventory(self, path: Path, hostvars: dict[str, dict[str, object]] | None = None,
                   **groupvars: object) -> Path:
-        """Write a YAML inventory reaching every host over SSH (group ``fleet``)."""
+        """Write a YAML inventory reaching every host over SSH (group ``appliances``)."""
         ssh_args = (f"-o StrictHostKeyChecking=no -o UserKnownHostsFile={self.known_hosts} "
                     "-o ConnectTimeout=5 -o BatchMode=yes")
         extra = hostvars or {}
         hosts = {h.name: {"ansible_host": h.ip, "airlock_root": str(h.root), **extra.get(h.name, {})}
                  for h in self.hosts}
-        inv = {"all": {"children": {"fleet": {"hosts": hosts}}, "vars": {
+        inv = {"all": {"children": {"appliances": {"hosts": hosts}}, "vars": {
             "ansible_connection": "ssh", "ansible_user": "root",
             "ansible_ssh_private_key_file": str(self.key), "ansible_ssh_common_args": ssh_args,
             "ansible_ssh_pipelining": True, **groupvars}}}

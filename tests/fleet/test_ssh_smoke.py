@@ -12,7 +12,7 @@ from tests.fleet.netns import Fleet
 
 def test_ping_three_hosts_over_ssh(fleet: Fleet, tmp_path: Path) -> None:
     inv = fleet.inventory(tmp_path / "inv.yml", ansible_python_interpreter=str(REPO / ".venv/bin/python"))
-    r = run_ansible(tmp_path, "fleet", "-i", str(inv), "-m", "ansible.builtin.ping", "-o")
+    r = run_ansible(tmp_path, "appliances", "-i", str(inv), "-m", "ansible.builtin.ping", "-o")
     assert r.returncode == 0, r.stdout + r.stderr
     for h in fleet.hosts:
         assert f"{h.name} | SUCCESS" in r.stdout

@@ -1,0 +1,7 @@
+"""Fleet operations over ansible-runner: playbooks driven from Python with per-batch and per-host
+progress from runner events, secrets in ``env/extravars`` (0600), never on a command line."""
+
+from airlock.fleet.events import Batch, EventTracker, HostSummary
+from airlock.fleet.runner import PLAYBOOKS, FleetResult, content_dir, run_playbook
+
+__all__ = ["PLAYBOOKS", "Batch", "EventTracker", "FleetResult", "HostSummary", "content_dir", "run_playbook"]

@@ -1,0 +1,126 @@
+"""``run_playbook``: one Airlock playbook through ansible-runner.
+
+The private data dir holds ``env/extravars`` (mode 0600: trust lists, keyring paths and any secret
+go there, never onto a command line), ``env/envvars`` and the artifacts of the last runs
+(``rotate_artifacts``). Progress comes from runner events, so the caller sees batches and hosts as
+they happen."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airlock.errors import FleetError
+from airlock.fleet.events import Batch, EventTracker, HostSummary
+
+PLAYBOOKS = ("install", "update", "rollback", "verify")
+CONTENT_ENV = "AIRLOCK_ANSIBLE_DIR"
+RUNNER_DIR_ENV = "AIRLOCK_RUNNER_DIR"
+
+
+def content_dir() -> Path:
+    """Where playbooks/, roles/, plugins/ and ansible.cfg are: $AIRLOCK_ANSIBLE_DIR, else this checkout."""
+    env = os.environ.get(CONTENT_ENV)
+    root = Path(env) if env else Path(__file__).resolve().parents[2]
+    if not (root / "playbooks").is_dir() or not (root / "ansible.cfg").is_file():
+        raise FleetError(f"{root}: no Airlock Ansible content (playbooks/, ansible.cfg); set {CONTENT_ENV}",
+                         path=str(root), rule="ansible-content")
+    return root
+
+
+@dataclass
+class FleetResult:
+    rc: int
+    status: str
+    hosts: list[HostSummary]
+    batches: list[list[str]]
+    stats: dict[str, dict[str, int]]
+    artifacts: Path | None = None
+    events: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def host(self, name: str) -> HostSummary:
+        for h in self.hosts:
+            if h.host == name:
+                return h
+        raise KeyError(name)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rc": self.rc, "status": self.status, "ok": self.ok, "batches": self.batches,
+                "hosts": [h.as_dict() for h in self.hosts], "stats": self.stats,
+                "artifacts": str(self.artifacts) if self.artifacts else None}
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create or replace ``path`` with mode 0600 from the start (no window with wider permissions)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def prepare_private_data_dir(pdd: Path, extravars: dict[str, Any], envvars: dict[str, str]) -> Path:
+    pdd.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(pdd, 0o700)
+    _write_private(pdd / "env" / "extravars", json.dumps(extravars, indent=2, sort_keys=True))
+    _write_private(pdd / "env" / "envvars", json.dumps(envvars, indent=2, sort_keys=True))
+    return pdd
+
+
+def run_playbook(name: str, inventory: Path, extravars: dict[str, Any], *, limit: str | None = None,
+                 check: bool = False, diff: bool = False,
+                 on_event: Callable[[dict[str, Any]], None] | None = None,
+                 private_data_dir: Path | None = None, rotate_artifacts: int = 5, verbosity: int = 0,
+                 envvars: dict[str, str] | None = None, timeout: int | None = None) -> FleetResult:
+    """Run ``playbooks/<name>.yml`` against ``inventory``; ``on_event`` sees every runner event."""
+    import ansible_runner
+
+    if name not in PLAYBOOKS:
+        raise FleetError(f"unknown playbook {name!r} (one of {', '.join(PLAYBOOKS)})", rule="playbook")
+    content = content_dir()
+    inventory = Path(inventory).resolve()
+    if not inventory.exists():
+        raise FleetError(f"{inventory}: no such inventory", path=str(inventory), rule="inventory")
+    pdd = Path(private_data_dir or os.environ.get(RUNNER_DIR_ENV)
+               or Path.home() / ".cache" / "airlock" / "runner" / name)
+    bindir = str(Path(sys.executable).parent)
+    env = {"ANSIBLE_CONFIG": str(content / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_FORCE_COLOR": "0", "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(content), os.environ.get("PYTHONPATH", "")) if p),
+           **(envvars or {})}
+    prepare_private_data_dir(pdd, extravars, env)
+    tracker = EventTracker()
+    events: list[dict[str, Any]] = []
+
+    def handler(event: dict[str, Any]) -> bool:
+        tracker.handle(event)
+        events.append(event)
+        if on_event is not None:
+            on_event(event)
+        return True
+
+    cmdline = " ".join(x for x in ("--check" if check else "", "--diff" if diff else "") if x)
+    r = ansible_runner.run(
+        private_data_dir=str(pdd), project_dir=str(content),
+        playbook=str(content / "playbooks" / f"{name}.yml"),
+        inventory=str(inventory), limit=limit, cmdline=cmdline or None, event_handler=handler,
+        rotate_artifacts=rotate_artifacts, quiet=True, verbosity=verbosity or None, timeout=timeout,
+        envvars=env)
+    return FleetResult(rc=int(r.rc if r.rc is not None else 1), status=str(r.status), hosts=tracker.summary(),
+                       batches=[b.hosts for b in tracker.batches if b.hosts], stats=tracker.stats,
+                       artifacts=Path(r.config.artifact_dir) if getattr(r, "config", None) else None,
+                       events=events)
+
+
+__all__ = ["Batch", "FleetResult", "HostSummary", "run_playbook"]

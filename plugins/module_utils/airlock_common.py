@@ -1,0 +1,76 @@
+# -*- coding: utf-8 -*-
+# Copyright: Airlock maintainers
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+"""Shared plumbing of the Airlock modules: the guarded engine import, common options, errors.
+
+The modules are thin: every behaviour lives in the ``airlock`` engine (DESIGN.md section 1). On a
+target they run with the Python of Airlock's venv (``ansible_python_interpreter``)."""
+
+from __future__ import annotations
+
+import os
+import traceback
+
+try:
+    from airlock.errors import AirlockError
+    from airlock.repo import Repository
+    HAS_AIRLOCK = True
+    AIRLOCK_IMPORT_ERROR = None
+except ImportError:
+    HAS_AIRLOCK = False
+    AIRLOCK_IMPORT_ERROR = traceback.format_exc()
+
+    class AirlockError(Exception):  # type: ignore[no-redef]
+        """Stand-in so ``except AirlockError`` stays valid when the engine is missing."""
+
+from ansible.module_utils.basic import missing_required_lib
+
+FAULT_ENV = "AIRLOCK_FAULT"
+
+
+def require_airlock(module):
+    """Fail cleanly (naming the missing library) when the engine is not importable."""
+    if not HAS_AIRLOCK:
+        module.fail_json(msg=missing_required_lib("airlock", url="pip install --no-index --find-links "
+                                                  "<bundle>/wheelhouse airlock"),
+                         exception=AIRLOCK_IMPORT_ERROR)
+
+
+def repo_argument_spec():
+    return dict(
+        root=dict(type="path", required=True),
+        owner=dict(type="str"),
+        group=dict(type="str"),
+        lock_timeout=dict(type="float", default=600.0),
+    )
+
+
+def trust_argument_spec():
+    return dict(
+        trust=dict(type="list", elements="str", required=True),
+        keyring=dict(type="path"),
+        gnupghome=dict(type="path"),
+    )
+
+
+def open_repository(module):
+    p = module.params
+    return Repository(p["root"], owner=p.get("owner"), group=p.get("group"), lock_timeout=p["lock_timeout"])
+
+
+def make_trust(module):
+    from airlock.bundle import Trust
+
+    p = module.params
+    return Trust(fingerprints=p["trust"], gnupghome=p.get("gnupghome"), keyring=p.get("keyring"))
+
+
+def fail_airlock(module, exc, **extra):
+    """An engine error as a module failure: the one-line message plus its rule and path."""
+    info = exc.as_dict() if hasattr(exc, "as_dict") else {"message": str(exc)}
+    module.fail_json(msg=str(exc), airlock_error=info, **extra)
+
+
+def fault_from_env():
+    """The injected fault (tests only) currently in effect, for the module's own result."""
+    return os.environ.get(FAULT_ENV)

@@ -1,0 +1,217 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: Airlock maintainers
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: airlock_bundle
+short_description: Verify a signed Airlock bundle and stage it on the target
+version_added: "0.1.0"
+description:
+  - Verifies the GPG signature of the bundle's C(MANIFEST.json) against pinned signer fingerprints
+    and every payload's size and SHA-256 (per block), then copies it into a staging directory on the
+    target, hashing while copying, so that only the staged, verified copy is used afterwards (no
+    time-of-check/time-of-use window when the source is a USB stick).
+  - Staging resumes and repairs by block; a bundle already staged completely is reported unchanged.
+  - In check mode the source is verified in place and nothing is written; RV(path) is then the
+    source, so a following M(airlock.appliance.airlock_model) task can plan against it.
+  - Refuses a bundle for another appliance profile (O(compatible)) and a bundle whose sequence is
+    lower than the one installed in the repository at O(root) unless it is a signed rollback.
+options:
+  src:
+    description: The bundle directory on the target (for example a mounted USB stick).
+    type: path
+    required: true
+  dest:
+    description:
+      - The staging directory to create. Defaults to
+        C(<root>/model_repo/update_packages/staged/<bundle directory name>).
+    type: path
+  root:
+    description: Root of the model repository (its installed sequence is the anti-downgrade floor).
+    type: path
+    required: true
+  trust:
+    description: Pinned primary-key fingerprints of the accepted signers (fail closed on any other).
+    type: list
+    elements: str
+    required: true
+  keyring:
+    description: Public keyring file holding the trusted keys (imported into a throwaway GnuPG home).
+    type: path
+  gnupghome:
+    description: An existing GnuPG home holding the trusted public keys (used when O(keyring) is unset).
+    type: path
+  compatible:
+    description: This appliance's profile; a bundle built for another profile is refused.
+    type: str
+  owner:
+    description: Owner of the repository (used only to open it; staging files stay root-owned).
+    type: str
+  group:
+    description: Group of the repository.
+    type: str
+  lock_timeout:
+    description: Seconds to wait for the repository lock.
+    type: float
+    default: 600.0
+author:
+  - Airlock maintainers
+requirements:
+  - airlock (the engine, installed from the bundle's wheelhouse by the airlock_runtime role)
+  - gpg
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Verify and stage the bundle from the USB stick
+  airlock.appliance.airlock_bundle:
+    src: /media/usb/airlock-2026-11
+    root: /srv/airlock
+    trust: ["0123456789ABCDEF0123456789ABCDEF01234567"]
+    keyring: /etc/airlock/trusted.gpg
+    compatible: appliance-x86-cpu
+  register: staged
+
+- name: Only check the stick (writes nothing)
+  airlock.appliance.airlock_bundle:
+    src: /media/usb/airlock-2026-11
+    root: /srv/airlock
+    trust: ["0123456789ABCDEF0123456789ABCDEF01234567"]
+    keyring: /etc/airlock/trusted.gpg
+  check_mode: true
+"""
+
+RETURN = r"""
+path:
+  description: The staged bundle directory (the source itself in check mode).
+  returned: success
+  type: str
+  sample: /srv/airlock/model_repo/update_packages/staged/airlock-2026-11
+bundle_id:
+  description: The bundle id from the signed manifest.
+  returned: success
+  type: str
+  sample: site-a-2026-11
+kind:
+  description: C(full) or C(delta).
+  returned: success
+  type: str
+  sample: delta
+sequence:
+  description: The bundle's monotonic sequence number.
+  returned: success
+  type: int
+  sample: 12
+signer:
+  description: Primary fingerprint of the key that signed the manifest.
+  returned: success
+  type: str
+  sample: 0123456789ABCDEF0123456789ABCDEF01234567
+models:
+  description: The models the bundle carries.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"name": "minilm", "version": "1.1.0", "kind": "delta", "from_version": "1.0.0"}]
+counters:
+  description: What staging copied and reused (absent in check mode).
+  returned: changed
+  type: dict
+  sample: {"files_copied": 3, "bytes_copied": 1048576, "files_reused": 0}
+airlock_error:
+  description: The engine error (class, rule, path, message, exit code).
+  returned: failure
+  type: dict
+  sample: {"error": "SignatureError", "rule": "signature", "path": "MANIFEST.json.asc"}
+"""
+
+import os
+from pathlib import Path
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.airlock.appliance.plugins.module_utils.airlock_common import (
+    AirlockError,
+    make_trust,
+    open_repository,
+    repo_argument_spec,
+    require_airlock,
+    trust_argument_spec,
+)
+
+
+def _summary(manifest, signer):
+    return dict(bundle_id=manifest.bundle_id, kind=manifest.kind, sequence=manifest.sequence,
+                compatible=manifest.compatible, rollback=manifest.rollback,
+                signer=signer.primary_fingerprint,
+                models=[dict(name=m.name, version=m.version, kind=m.kind, from_version=m.from_version)
+                        for m in manifest.models])
+
+
+def _already_staged(dest, src_manifest):
+    """A complete earlier staging of the same manifest bytes (the stage writes the manifest first
+    and every payload after; an interrupted one leaves partial files that stage() repairs)."""
+    from airlock.bundle import MANIFEST_NAME
+
+    try:
+        with open(os.path.join(dest, MANIFEST_NAME), "rb") as fh:
+            return fh.read() == src_manifest
+    except OSError:
+        return False
+
+
+def run_module():
+    spec = dict(src=dict(type="path", required=True), dest=dict(type="path"),
+                compatible=dict(type="str"), **repo_argument_spec(), **trust_argument_spec())
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    require_airlock(module)
+    from airlock.bundle import MANIFEST_NAME, stage_bundle, verify_bundle
+    from airlock.bundle.verify import extra_files
+
+    p = module.params
+    src = p["src"]
+    dest = p["dest"] or os.path.join(p["root"], "model_repo", "update_packages", "staged",
+                                     os.path.basename(os.path.normpath(src)))
+    repo = open_repository(module)
+    try:
+        trust = make_trust(module)
+        sequence = repo.installed_sequence()
+        if module.check_mode:
+            report = verify_bundle(Path(src), trust, compatible=p["compatible"], installed_sequence=sequence)
+            module.exit_json(changed=not os.path.isdir(dest), path=src, staged_path=dest,
+                             extra_files=report.extra_files, **_summary(report.manifest, report.signer))
+        with open(os.path.join(src, MANIFEST_NAME), "rb") as fh:
+            src_manifest = fh.read()
+        was_staged = _already_staged(dest, src_manifest)
+        staged = stage_bundle(Path(src), Path(dest), trust, compatible=p["compatible"],
+                              installed_sequence=sequence)
+        c = staged.counters
+        changed = not was_staged or c.files_copied > 0 or c.blocks_copied > 0
+        module.exit_json(changed=changed, path=str(staged.path), staged_path=str(staged.path),
+                         counters=dict(files_copied=c.files_copied, files_reused=c.files_reused,
+                                       blocks_copied=c.blocks_copied, blocks_reused=c.blocks_reused,
+                                       bytes_copied=c.bytes_copied, bytes_reused=c.bytes_reused),
+                         extra_files=extra_files(Path(src), staged.manifest),
+                         **_summary(staged.manifest, staged.signer))
+    except AirlockError as exc:
+        module.fail_json(msg=str(exc), airlock_error=exc.as_dict())
+    except OSError as exc:
+        module.fail_json(msg="%s: %s" % (src, exc))
+    finally:
+        repo.close()
+
+
+def main():
+    run_module()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: Airlock maintainers
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: airlock_model
+short_description: Install, update, activate, roll back or prune model versions in an Airlock repository
+version_added: "0.1.0"
+description:
+  - With O(bundle), installs every model of a verified, staged bundle (full versions are copied,
+    deltas are applied to the installed source version with unchanged files hard-linked) and, with
+    O(state=active), switches each model's C(current) link to the new version atomically.
+  - Without O(bundle), O(state=active) activates an installed O(version) of O(name),
+    O(state=rolled_back) goes back to the previous good version (or O(version)), rebuilding it from
+    the kept reverse delta if it was pruned, and O(state=pruned) removes all but the O(keep) newest
+    versions (never the active or previous-good one).
+  - The repository plans first (reads only) and reports RV(changed) and a diff of what would change;
+    in check mode nothing is written. A version already installed with identical content and
+    already active is C(ok).
+  - The engine is crash-safe; a kill at any point leaves the previously active version serving.
+options:
+  root:
+    description: Root of the model repository on the target.
+    type: path
+    required: true
+  name:
+    description: The model. Required unless O(bundle) is given (then every model of the bundle is handled).
+    type: str
+  version:
+    description:
+      - The version to activate (O(state=active) without O(bundle)) or to roll back to
+        (O(state=rolled_back); default the previous good version).
+      - With O(state=rolled_back) and O(version) set, a model already on O(version) is unchanged.
+    type: str
+  state:
+    description:
+      - C(present) installs without activating; C(active) installs and activates;
+        C(rolled_back) switches back; C(pruned) removes old versions.
+    type: str
+    choices: [present, active, rolled_back, pruned]
+    default: active
+  bundle:
+    description:
+      - A bundle directory already verified and staged by M(airlock.appliance.airlock_bundle). It is
+        verified again (signature and hashes) before use, since it sits on the target's disk.
+    type: path
+  trust:
+    description: Pinned signer fingerprints; required with O(bundle).
+    type: list
+    elements: str
+  keyring:
+    description: Public keyring file holding the trusted keys.
+    type: path
+  gnupghome:
+    description: An existing GnuPG home holding the trusted public keys.
+    type: path
+  compatible:
+    description: This appliance's profile; a bundle built for another profile is refused.
+    type: str
+  keep:
+    description: With O(state=pruned), how many versions to keep.
+    type: int
+    default: 2
+  owner:
+    description: Owner of new version files (applied when the module runs as root).
+    type: str
+  group:
+    description: Group of new version files (applied when the module runs as root).
+    type: str
+  lock_timeout:
+    description: Seconds to wait for the repository lock.
+    type: float
+    default: 600.0
+author:
+  - Airlock maintainers
+requirements:
+  - airlock (the engine, installed from the bundle's wheelhouse by the airlock_runtime role)
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: Install and activate every model of a staged bundle
+  airlock.appliance.airlock_model:
+    root: /srv/airlock
+    bundle: "{{ staged.path }}"
+    trust: ["0123456789ABCDEF0123456789ABCDEF01234567"]
+    keyring: /etc/airlock/trusted.gpg
+    state: active
+    owner: airlock
+    group: airlock
+
+- name: Roll minilm back to 1.0.0 (unchanged when it is already there)
+  airlock.appliance.airlock_model:
+    root: /srv/airlock
+    name: minilm
+    version: 1.0.0
+    state: rolled_back
+
+- name: Keep the two newest versions of minilm
+  airlock.appliance.airlock_model:
+    root: /srv/airlock
+    name: minilm
+    state: pruned
+    keep: 2
+"""
+
+RETURN = r"""
+plans:
+  description: One plan per model handled (action, before/after, files with how each is produced, bytes).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"action": "update", "model": "minilm", "version": "1.1.0", "changed": true}]
+models:
+  description: Per model, the active version before and after.
+  returned: always
+  type: dict
+  sample: {"minilm": {"from": "1.0.0", "to": "1.1.0"}}
+diff:
+  description: Before/after repository state of the models handled (with --diff).
+  returned: changed
+  type: dict
+  sample: {"before": "minilm: active=1.0.0\n", "after": "minilm: active=1.1.0\n"}
+airlock_error:
+  description: The engine error (class, rule, path, message, exit code).
+  returned: failure
+  type: dict
+  sample: {"error": "DowngradeError", "rule": "downgrade", "path": "/srv/airlock/..."}
+"""
+
+from pathlib import Path
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.airlock.appliance.plugins.module_utils.airlock_common import (
+    AirlockError,
+    open_repository,
+    repo_argument_spec,
+    require_airlock,
+)
+
+
+def _plans_for_bundle(repo, manifest, root, activate):
+    plans = []
+    for me in manifest.models:
+        common = dict(target_files=me.target_files, activate=activate, description=me.description,
+                      dependencies=dict(me.dependencies), bundle_id=manifest.bundle_id,
+                      sequence=manifest.sequence)
+        if me.kind == "full":
+            plans.append(repo.plan_install(me.name, me.version, root / me.path, **common))
+        else:
+            plans.append(repo.plan_update(me.name, root / me.path, **common))
+    return plans
+
+
+def _state_lines(plans, which):
+    return "".join("%s: active=%s previous=%s\n" % (pl.model, getattr(pl, which).get("active"),
+                                                     getattr(pl, which).get("previous")) for pl in plans)
+
+
+def _bundle(module, repo):
+    from airlock.bundle import StageCounters, StagedBundle, Trust, verify_bundle
+
+    p = module.params
+    if not p["trust"]:
+        module.fail_json(msg="trust (pinned signer fingerprints) is required with bundle")
+    trust = Trust(fingerprints=p["trust"], gnupghome=p["gnupghome"], keyring=p["keyring"])
+    root = Path(p["bundle"])
+    report = verify_bundle(root, trust, compatible=p["compatible"],
+                           installed_sequence=repo.installed_sequence())
+    activate = p["state"] == "active"
+    plans = _plans_for_bundle(repo, report.manifest, root, activate)
+    if module.check_mode or not any(pl.changed for pl in plans):
+        return plans
+    staged = StagedBundle(root, report.manifest, report.signer, StageCounters())
+    return repo.install_from_bundle(staged, activate=activate)
+
+
+def _single(module, repo):
+    p = module.params
+    name, version, state = p["name"], p["version"], p["state"]
+    if not name:
+        module.fail_json(msg="name is required without bundle")
+    if state == "present":
+        module.fail_json(msg="state=present needs a bundle to install from")
+    if state == "active":
+        if not version:
+            module.fail_json(msg="version is required for state=active without bundle")
+        plan = repo.plan_activate(name, version)
+    elif state == "rolled_back":
+        before = repo.show(name) if repo.layout.catalog.exists() else {}
+        if version and before.get("active") == version and before.get("current") == version:
+            plan = repo.plan_activate(name, version, action="rollback")
+        else:
+            plan = repo.plan_rollback(name, to=version)
+    else:
+        plan = repo.plan_prune(name, keep=p["keep"])
+    if module.check_mode or not plan.changed:
+        return [plan]
+    if state == "rolled_back":
+        return [repo.rollback(name, to=plan.version)]
+    return [repo.execute(plan)]
+
+
+def run_module():
+    spec = dict(
+        name=dict(type="str"), version=dict(type="str"),
+        state=dict(type="str", default="active", choices=["present", "active", "rolled_back", "pruned"]),
+        bundle=dict(type="path"), trust=dict(type="list", elements="str"), keyring=dict(type="path"),
+        gnupghome=dict(type="path"), compatible=dict(type="str"), keep=dict(type="int", default=2),
+        **repo_argument_spec())
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
+                           required_if=[("state", "present", ("bundle",)), ("state", "pruned", ("name",)),
+                                        ("state", "rolled_back", ("name",))])
+    require_airlock(module)
+    repo = open_repository(module)
+    try:
+        plans = _bundle(module, repo) if module.params["bundle"] else _single(module, repo)
+    except AirlockError as exc:
+        module.fail_json(msg=str(exc), airlock_error=exc.as_dict())
+    except OSError as exc:
+        module.fail_json(msg=str(exc))
+    finally:
+        repo.close()
+    changed = any(pl.changed for pl in plans)
+    result = dict(changed=changed, plans=[pl.as_dict() for pl in plans],
+                  models=dict((pl.model, {"from": pl.before.get("active"), "to": pl.after.get("active")})
+                              for pl in plans))
+    if changed and module._diff:
+        result["diff"] = dict(before=_state_lines(plans, "before"), after=_state_lines(plans, "after"),
+                              before_header="repository", after_header="repository",
+                              prepared="".join(pl.diff for pl in plans))
+    module.exit_json(**result)
+
+
+def main():
+    run_module()
+
+
+if __name__ == "__main__":
+    main()
