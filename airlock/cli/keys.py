@@ -218,32 +218,56 @@ def verify_cmd(paths: list[Path] = typer.Argument(..., help="Encrypted files or 
 
 @app.command("rotate")
 def rotate_cmd(
-    paths: list[Path] = typer.Option(..., "--path", "--root", "-p",
+    paths: list[Path] = typer.Option(None, "--path", "-p",
                                      help="Encrypted file or directory tree (repeatable)."),
+    root: Path = typer.Option(None, "--root",
+                              help="Airlock root (e.g. /srv/airlock): rotate its model repository while "
+                              "holding the repository lock, auditing into its update_history.log."),
     new_key: str = typer.Option(..., "--new-key", "--new-key-id", "-k",
                                 help="PROVIDER:KEY_ID to re-wrap every data key under."),
     rewrap_latest: bool = typer.Option(False, "--rewrap-latest",
                                        help="Also re-wrap files already under NEW_KEY to the provider's "
                                        "newest key version (Vault transit rewrap)."),
-    audit_log: Path = typer.Option(Path("/var/log/airlock/keys-audit.jsonl"), "--audit-log",
-                                   envvar="AIRLOCK_KEYS_AUDIT",
-                                   help="Hash-chained JSON-lines audit file for key operations."),
+    audit_log: Path = typer.Option(None, "--audit-log", envvar="AIRLOCK_KEYS_AUDIT",
+                                   help="Hash-chained audit log for key operations (default: the "
+                                   "repository's with --root, else /var/log/airlock/keys-audit.jsonl)."),
     config: Path = ConfigOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Re-wrap every data key under a new key-encryption key; data is not re-encrypted. Crash-safe and
     idempotent: re-run after an interruption to finish."""
     from airlock.crypto import KeyAuditLog, KeyRef, rotate_tree
+    from airlock.errors import AirlockError
 
     with handle_errors(as_json):
+        if not paths and root is None:
+            raise AirlockError("nothing to rotate: give --path and/or --root", rule="input")
         ref = KeyRef.parse(new_key)
         reg = _registry(config)
         reg.get(ref.provider)
-        audit_log.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        audit = KeyAuditLog(audit_log)
+        lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        targets = list(paths or [])
+        default_log = Path("/var/log/airlock/keys-audit.jsonl")
+        if root is not None:
+            from airlock.repo.layout import Layout
+            from airlock.repo.lock import repo_lock
+
+            layout = Layout(root)
+            if not layout.repo.is_dir():
+                raise AirlockError(f"{layout.repo}: no model repository under this root",
+                                   path=str(layout.repo), rule="input")
+            targets = targets or [layout.repo]
+            default_log = layout.audit_log
+            lock = repo_lock(layout.lock)
+        for target in targets:
+            _need(target)
+        audit_path = audit_log or default_log
+        audit_path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        audit = KeyAuditLog(audit_path)
         results = []
-        for root in paths:
-            results.extend(rotate_tree(root, reg, ref, rewrap_latest=rewrap_latest, audit=audit))
+        with lock:
+            for target in targets:
+                results.extend(rotate_tree(target, reg, ref, rewrap_latest=rewrap_latest, audit=audit))
         counts: dict[str, int] = {}
         for r in results:
             counts[r.action] = counts.get(r.action, 0) + 1

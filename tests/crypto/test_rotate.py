@@ -212,3 +212,33 @@ def test_rotate_file_with_large_key_slots(keyfile_env: KeyEnv, tmp_path: Path) -
     (keyfile_env.keydir / "k1.kek").unlink()
     with open_decrypted(enc, keyfile_env.registry) as reader:
         assert reader.read() == src.read_bytes()
+
+
+def test_rotate_repository_root_holds_lock_and_audits_there(keyfile_env: KeyEnv, tmp_path: Path) -> None:
+    from airlock.repo.layout import Layout
+    from airlock.repo.lock import repo_lock
+
+    layout = Layout(tmp_path / "airlock")
+    version = layout.repo / "minilm" / "1.0.0"
+    version.mkdir(parents=True)
+    plain = _make_tree(keyfile_env, version)
+    args = (
+        "keys",
+        "rotate",
+        "--root",
+        str(layout.root),
+        "-k",
+        "dev:k2",
+        "--json",
+        "--config",
+        str(keyfile_env.config),
+    )
+    with repo_lock(layout.lock):
+        busy = airlock_cli(*args, env={"AIRLOCK_LOCK_TIMEOUT": "0.2"})
+    assert busy.returncode == 32 and read_encrypted_header(version / "a.safetensors").key_id == "k1"
+    report = json.loads(airlock_cli(*args, check=True).stdout)
+    assert report["counts"] == {"rewrapped": 3} and report["audit_log"] == str(layout.audit_log)
+    assert airlock_cli("audit", "verify", "--log", str(layout.audit_log)).returncode == 0
+    (keyfile_env.keydir / "k1.kek").unlink()
+    _assert_plain(keyfile_env, version, plain)
+    assert airlock_cli("keys", "rotate", "-k", "dev:k2", "--config", str(keyfile_env.config)).returncode == 1
