@@ -17,6 +17,7 @@ import contextlib
 import errno
 import grp
 import hashlib
+import json
 import os
 import pwd
 import uuid
@@ -232,6 +233,15 @@ class Repository:
                         cat.set_state(model, row.version, "pruned")
                         actions.append(f"{model} {row.version}: directory gone, marked pruned")
                 target = self._link_target(model)
+                pending = cat.get_meta(f"pending-activation:{model}")
+                if pending is not None:
+                    intent = json.loads(pending)
+                    if target is not None and target == intent["version"] and (mdir / target).is_dir():
+                        self._apply_activation(cat, model, target, intent["old"], intent["mark_old"])
+                        actions.append(f"{model}: finished activation of {target}")
+                    else:
+                        cat.del_meta(f"pending-activation:{model}")
+                        actions.append(f"{model}: dropped unfinished activation of {intent['version']}")
                 active = cat.in_state(model, "active")
                 if target and (active is None or active.version != target):
                     trow = cat.version(model, target, with_files=False)
@@ -613,19 +623,29 @@ class Repository:
             if not plan.changed:
                 return plan
             old = plan.before["active"]
+            # the intent is recorded first, so recovery finishes a swap the way it was meant
+            intent = json.dumps({"version": version, "old": old, "mark_old": mark_old})
+            with cat.transaction(f"repo.{action}.intent-commit"):
+                cat.set_meta(f"pending-activation:{model}", intent)
             fault_point(f"repo.{action}.before-swap")
             atomic_symlink(version, self.layout.current(model))
             fault_point(f"repo.{action}.after-swap")
             with cat.transaction():
-                for r in cat.versions(model):
-                    # a rollback keeps the previous-good version; a forward activation replaces it
-                    if r.state == "previous" and r.version != old and mark_old != "failed":
-                        cat.set_state(model, r.version, "staged")
-                if old and old != version:
-                    cat.set_state(model, old, mark_old)
-                cat.set_state(model, version, "active", activated=True)
+                self._apply_activation(cat, model, version, old, mark_old)
             self._audit(action, model, old, version, "ok", {"marked": {old: mark_old} if old else {}})
             return plan
+
+    @staticmethod
+    def _apply_activation(cat: Catalog, model: str, version: str, old: str | None, mark_old: str) -> None:
+        """Catalog states after a swap to ``version`` (inside the caller's transaction)."""
+        for r in cat.versions(model):
+            # a rollback keeps the previous-good version; a forward activation replaces it
+            if r.state == "previous" and r.version != old and mark_old != "failed":
+                cat.set_state(model, r.version, "staged")
+        if old and old != version:
+            cat.set_state(model, old, mark_old)
+        cat.set_state(model, version, "active", activated=True)
+        cat.del_meta(f"pending-activation:{model}")
 
     def rollback(self, model: str, to: str | None = None, *, progress: Progress = _noop) -> Plan:
         """Back to the previous good version (or ``to``): a symlink swap, after rebuilding the version

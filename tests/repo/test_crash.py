@@ -71,9 +71,11 @@ CASES = [  # (operation, fault point, version serving right after the kill)
     ("update", "repo.activate.after-swap", "1.1.0"),
     ("activate", "repo.activate.before-swap", "1.1.0"),
     ("activate", "repo.activate.after-swap", "1.0.0"),
+    ("activate", "repo.activate.intent-commit", "1.1.0"),
     ("activate", "repo.catalog.before-commit", "1.0.0"),  # the swap is done; catalog follows on recovery
     ("activate", "repo.recover.before-commit", "1.1.0"),
     ("rollback", "repo.rollback.before-swap", "1.1.0"),
+    ("rollback", "repo.rollback.intent-commit", "1.1.0"),
     ("rollback", "repo.rollback.after-swap", "1.0.0"),
     ("rebuild", "delta.apply.mid-file", "1.2.0"),
     ("rebuild", "delta.apply.before-rename", "1.2.0"),
@@ -122,6 +124,9 @@ def test_kill9_at_write_boundary(tmp_path: Path, versions: Versions, op: str, fa
         report = repo.verify("m")
         assert report["ok"], report
         assert repo.state()["models"]["m"]["active"] == final
+        if op == "rollback":  # also when the swap was finished by recovery: what was left is failed
+            assert repo.state()["models"]["m"]["versions"]["1.1.0"] == "failed"
+        assert repo.catalog().get_meta("pending-activation:m") is None
         repo.audit_verify()
         assert leftovers(root) == []
         for row in repo.catalog().versions("m"):
