@@ -39,7 +39,7 @@ ZDIFF_CTX = 6
 CODEC_NAMES = {ZSTD: "zstd", PLANES: "planes", XOR: "xor", ZDIFF: "zdiff", PREFIX: "prefix",
                XOR_CTX: "xor-ctx", ZDIFF_CTX: "zdiff-ctx"}
 BASED = frozenset({XOR, ZDIFF, XOR_CTX, ZDIFF_CTX})
-SMALL = 64 * 1024
+SMALL = 8 * 1024
 """Below this a chunk also tries plain zstd planes (context tables would cost more than they save)."""
 
 LEVEL = 19
@@ -51,11 +51,17 @@ _INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 _local = threading.local()
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
-    cache: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("c", {})
-    if level not in cache:
-        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    return cache[level]
+def compressor(level: int, size: int) -> zstandard.ZstdCompressor:
+    """A per-thread compressor whose window and tables are sized for ``size`` bytes of input (a
+    level-19 context sized for large inputs costs milliseconds to reset, per call)."""
+    bucket = max(1 << 10, 1 << (max(size, 1) - 1).bit_length())
+    cache: dict[tuple[int, int], zstandard.ZstdCompressor] = _local.__dict__.setdefault("c", {})
+    key = (level, bucket)
+    if key not in cache:
+        params = zstandard.ZstdCompressionParameters.from_level(level, source_size=bucket,
+                                                                write_content_size=True)
+        cache[key] = zstandard.ZstdCompressor(compression_params=params)
+    return cache[key]
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
@@ -102,8 +108,7 @@ def _join(planes: list[bytes], width: int, n: int) -> np.ndarray:
 
 
 def _pack(codec: int, width: int, raw_len: int, planes: list[bytes], level: int) -> Encoded:
-    comp = _compressor(level)
-    frames = [comp.compress(p) for p in planes]
+    frames = [compressor(level, len(p)).compress(p) for p in planes]
     return Encoded(codec, width, raw_len, b"".join(frames), [len(f) for f in frames])
 
 
@@ -118,7 +123,9 @@ def encode_planes(data: bytes, width: int, level: int = LEVEL) -> Encoded:
 
 def encode_prefix(data: bytes, prefix: bytes, level: int = LEVEL) -> Encoded:
     pdict = zstandard.ZstdCompressionDict(prefix, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    comp = zstandard.ZstdCompressor(level=level, dict_data=pdict, write_content_size=True)
+    params = zstandard.ZstdCompressionParameters.from_level(level, source_size=len(data) + len(prefix),
+                                                            write_content_size=True)
+    comp = zstandard.ZstdCompressor(compression_params=params, dict_data=pdict)
     frame = comp.compress(data)
     return Encoded(PREFIX, 1, len(data), frame, [len(frame)])
 

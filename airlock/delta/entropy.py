@@ -79,7 +79,10 @@ def encode(planes: list[np.ndarray], ctx: np.ndarray, level: int = 19) -> tuple[
             modes[k] = 1
             tables.extend(f.astype("<u2").tobytes() for f in freqs)
             sections[k] = words
-    blob = zstandard.ZstdCompressor(level=level).compress(bytes(modes) + b"".join(tables))
+    from airlock.delta.codec import compressor
+
+    raw_tables = bytes(modes) + b"".join(tables)
+    blob = compressor(level, len(raw_tables)).compress(raw_tables)
     parts = [_U32.pack(len(blob)) + blob] + [_U32.pack(len(s)) + s for s in sections]
     return b"".join(parts), [len(p) for p in parts]
 
