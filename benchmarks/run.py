@@ -252,6 +252,7 @@ class Limits:
     full_max: dict[str, int]
     slice_bytes: dict[str, int]
     timeout: float
+    xdelta3_concat_max: int = 0
 
 
 def bench_airlock(case: str, old: Path, new: Path, work: Path, timeout: float) -> Result:
@@ -295,7 +296,7 @@ def bench_baseline(case: str, method: str, old: Path, new: Path, work: Path, lim
             results.append(_finish(r, case, method, scope, new_total))
         shutil.rmtree(work / "cat", ignore_errors=True)
         return results
-    if method == "xdelta3":  # fast enough for the whole model: the baseline that runs at full size
+    if method == "xdelta3" and new_total <= lim.xdelta3_concat_max:  # whole model, joined
         cat = work / "cat"
         cat.mkdir(parents=True, exist_ok=True)
         joined = [(concat(old, cat / "old"), concat(new, cat / "new"))]
@@ -562,6 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", type=parse_size, default=parse_size("64M"),
                     help="tensor sample size for zstd/zstd --patch-from above --full-max (xdelta3 then runs "
                          "on the concatenation only)")
+    ap.add_argument("--xdelta3-concat-max", type=parse_size, default=parse_size("1G"),
+                    help="above --full-max, xdelta3 still runs on the whole (joined) model up to this size")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the cases already complete in benchmarks/work/results-<size>.json")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per command")
     args = ap.parse_args(argv)
     size_label = args.size or ("200M" if args.quick else "2G")
@@ -575,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
                            "zstd-patch": args.full_max, "zstd": args.full_max},
                  slice_bytes={"bsdiff": args.bsdiff_sample, "xdelta3": args.sample,
                               "zstd-patch": args.sample, "zstd": args.sample},
-                 timeout=args.timeout)
+                 timeout=args.timeout, xdelta3_concat_max=args.xdelta3_concat_max)
     for tool in ("bsdiff", "bspatch", "xdelta3", "zstd", "/usr/bin/time"):
         if not shutil.which(tool):
             print(f"{tool} not found: apt-get install bsdiff xdelta3 zstd time", file=sys.stderr)
@@ -583,18 +588,29 @@ def main(argv: list[str] | None = None) -> int:
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     command = "nice -n 10 .venv/bin/python -m benchmarks.run " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume")
     rep = Report(command.strip(), size_label, f"{platform.node()} ({os.cpu_count()} CPUs, "
                  f"{platform.machine()}, Python {platform.python_version()})",
                  time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     pairs = prepare_cases(cases, size, size_label, work / "models")
     airlock_present = _airlock_present()
     raw_path = work / f"results-{size_label}.json"
+    done: set[str] = set()
+    if args.resume and raw_path.exists():
+        prev = _load(raw_path)
+        for case in cases:
+            kept = [r for r in prev.results if r.case == case]
+            if {r.method for r in kept} >= set(methods):
+                rep.results.extend(r for r in kept if r.method in methods)
+                done.add(case)
+        rep.started = prev.started + f" (resumed {rep.started})"
     sample = max((f for _, new in pairs.values() for f in new.glob("*.safetensors")),
                  key=lambda p: p.stat().st_size)
     rep.bound = physical_bound(sample, work / "bound")
     other = _other_size(work, size_label)
     for case, (old, new) in pairs.items():
+        if case in done:
+            continue
         cw = work / "runs" / size_label / case
         shutil.rmtree(cw, ignore_errors=True)
         for method in methods:
