@@ -1,5 +1,5 @@
-"""Rolling update with Triton on each host: the health gate (roles/triton_models, tasks_from
-health_gate) stops the rollout at the canary when its smoke test fails, and gates each batch.
+"""Rolling update with Triton on each host: the health gate (roles/triton_models/tasks/update_gate.yml,
+model_update's hook) stops the rollout at the canary when its smoke test fails, and gates each batch.
 
 Hosts are local (ansible_connection=local), each with its own Airlock root, Triton repository and
 tritonserver on its own ports; the update play uses the fleet shape of playbooks/update.yml
@@ -31,9 +31,12 @@ UPDATE_PLAY = {
         {"name": "Model update (stand-in for the repository update): activate 1.1.0",
          "ansible.builtin.file": {"src": "1.1.0", "state": "link", "force": True,
                                   "dest": "{{ triton_models_root }}/model_repo/fleet_m/current"}},
-        {"name": "Health gate", "ansible.builtin.include_role": {"name": "triton_models",
-                                                                  "tasks_from": "health_gate"},
-         "vars": {"triton_models_update": [{"name": "fleet_m", "version": "1.1.0"}]}},
+        {"name": "What model_update registers (stand-in)", "ansible.builtin.set_fact": {
+            "model_update_result": {"models": {"fleet_m": {"from": "1.0.0", "to": "1.1.0"}}},
+            "model_update_staged": {"path": "{{ staged_dir }}"}}},
+        {"name": "Health gate via model_update's hook file",
+         "ansible.builtin.include_tasks": str(ROLES / "triton_models" / "tasks" / "update_gate.yml"),
+         "vars": {"triton_models_repo_gate": ""}},
     ], "rescue": [
         {"name": "Roll the host back", "ansible.builtin.file": {
             "src": "1.0.0", "dest": "{{ triton_models_root }}/model_repo/fleet_m/current", "state": "link",
@@ -69,14 +72,16 @@ def test_health_gate_stops_the_rollout_at_the_canary_then_promotes_batch_by_batc
             "triton_models_airlock": str(Path(sys.executable).with_name("airlock")),
             "triton_models_root": str(base / "root"),
         }
-    good, bad = tmp_path / "MANIFEST.json", tmp_path / "BAD.json"
-    for path, record in ((good, goldens["1.1.0"]), (bad, goldens["1.0.0"])):  # bad: v1.0's answers
-        path.write_text(json.dumps({"models": [{"name": "fleet_m", "version": "1.1.0", "golden": record}]}))
+    good, bad = tmp_path / "staged-good", tmp_path / "staged-bad"  # bad: v1.0's answers as golden
+    for staged, record in ((good, goldens["1.1.0"]), (bad, goldens["1.0.0"])):
+        staged.mkdir()
+        (staged / "MANIFEST.json").write_text(json.dumps(
+            {"models": [{"name": "fleet_m", "version": "1.1.0", "golden": record}]}))
     clients = {h: TritonClient(f"http://127.0.0.1:{v['triton_server_http_port']}") for h, v in hosts.items()}
 
     def run(manifests: dict[str, Path], plays: list[dict]) -> subprocess.CompletedProcess[str]:
         for host, path in manifests.items():
-            hosts[host]["triton_models_golden_manifest"] = str(path)
+            hosts[host]["staged_dir"] = str(path)
         inv = tmp_path / "inventory.yml"
         inv.write_text(yaml.safe_dump({"all": {"children": {"appliances": {"hosts": hosts}}}}))
         play = tmp_path / "play.yml"
