@@ -120,6 +120,11 @@ def test_roles_start_triton_and_load_models_idempotently(tmp_path: Path, airlock
         check = _run(setup, extra, check=True)  # check mode reports the pending version, writes nothing
         assert check.returncode == 0 and "changed=1" in check.stdout, check.stdout[-3000:]
         assert not (tmp_path / "triton" / "role_m" / "2").exists()
+        sync = _playbook(tmp_path, [{"hosts": "all", "gather_facts": False, "tasks": [
+            {"ansible.builtin.include_role": {"name": "triton_models", "tasks_from": "sync"}}]}])
+        synced = _run(sync, extra)  # Triton follows `current` (here forward; after a rollback, back)
+        assert synced.returncode == 0 and "changed=2" in synced.stdout, synced.stdout[-3000:]
+        assert client.loaded_versions("role_m") == {"2": "READY"}
     finally:
         started = pidfile.is_file()
         if started:
