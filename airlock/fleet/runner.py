@@ -70,11 +70,19 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def prepare_private_data_dir(pdd: Path, extravars: dict[str, Any], envvars: dict[str, str]) -> Path:
+def prepare_private_data_dir(pdd: Path, extravars: dict[str, Any], envvars: dict[str, str],
+                             cmdline: str) -> Path:
+    """Write this run's env/ files. Every one is rewritten (or removed): ansible-runner persists a
+    ``cmdline`` it was given, and a stale ``--check`` from an earlier run must not leak into this one."""
     pdd.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(pdd, 0o700)
     _write_private(pdd / "env" / "extravars", json.dumps(extravars, indent=2, sort_keys=True))
     _write_private(pdd / "env" / "envvars", json.dumps(envvars, indent=2, sort_keys=True))
+    stale = pdd / "env" / "cmdline"
+    if cmdline:
+        _write_private(stale, cmdline)
+    elif stale.exists():
+        stale.unlink()
     return pdd
 
 
@@ -99,7 +107,8 @@ def run_playbook(name: str, inventory: Path, extravars: dict[str, Any], *, limit
            "ANSIBLE_FORCE_COLOR": "0", "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
            "PYTHONPATH": os.pathsep.join(p for p in (str(content), os.environ.get("PYTHONPATH", "")) if p),
            **(envvars or {})}
-    prepare_private_data_dir(pdd, extravars, env)
+    cmdline = " ".join(x for x in ("--check" if check else "", "--diff" if diff else "") if x)
+    prepare_private_data_dir(pdd, extravars, env, cmdline)
     tracker = EventTracker()
     events: list[dict[str, Any]] = []
 
@@ -110,7 +119,6 @@ def run_playbook(name: str, inventory: Path, extravars: dict[str, Any], *, limit
             on_event(event)
         return True
 
-    cmdline = " ".join(x for x in ("--check" if check else "", "--diff" if diff else "") if x)
     r = ansible_runner.run(
         private_data_dir=str(pdd), project_dir=str(content),
         playbook=str(content / "playbooks" / f"{name}.yml"),

@@ -25,6 +25,9 @@ except ImportError:
 
 from ansible.module_utils.basic import missing_required_lib
 
+__all__ = ["AIRLOCK_IMPORT_ERROR", "HAS_AIRLOCK", "AirlockError", "fail_airlock", "make_trust",
+           "open_repository", "repo_argument_spec", "require_airlock", "trust_argument_spec"]
+
 FAULT_ENV = "AIRLOCK_FAULT"
 
 

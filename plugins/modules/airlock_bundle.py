@@ -59,15 +59,17 @@ options:
     type: float
     default: 600.0
 author:
-  - Airlock maintainers
+  - Airlock maintainers (@airlock)
 requirements:
   - airlock (the engine, installed from the bundle's wheelhouse by the airlock_runtime role)
   - gpg
 attributes:
   check_mode:
     support: full
+    description: Plans and verifies only; nothing is written.
   diff_mode:
     support: none
+    description: No diff; the staged copy is verified byte for byte instead.
 """
 
 EXAMPLES = r"""

@@ -18,7 +18,7 @@ description:
     O(state=rolled_back) goes back to the previous good version (or O(version)), rebuilding it from
     the kept reverse delta if it was pruned, and O(state=pruned) removes all but the O(keep) newest
     versions (never the active or previous-good one).
-  - The repository plans first (reads only) and reports RV(changed) and a diff of what would change;
+  - The repository plans first (reads only) and reports whether anything changes, with a diff of what would change;
     in check mode nothing is written. A version already installed with identical content and
     already active is C(ok).
   - The engine is crash-safe; a kill at any point leaves the previously active version serving.
@@ -76,14 +76,16 @@ options:
     type: float
     default: 600.0
 author:
-  - Airlock maintainers
+  - Airlock maintainers (@airlock)
 requirements:
   - airlock (the engine, installed from the bundle's wheelhouse by the airlock_runtime role)
 attributes:
   check_mode:
     support: full
+    description: Plans and verifies only; nothing is written.
   diff_mode:
     support: full
+    description: Shows the repository state before and after, and the plan per file.
 """
 
 EXAMPLES = r"""
@@ -162,8 +164,11 @@ def _plans_for_bundle(repo, manifest, root, activate):
 
 
 def _state_lines(plans, which):
-    return "".join("%s: active=%s previous=%s\n" % (pl.model, getattr(pl, which).get("active"),
-                                                     getattr(pl, which).get("previous")) for pl in plans)
+    lines = []
+    for pl in plans:
+        state = getattr(pl, which)
+        lines.append("%s: active=%s previous=%s\n" % (pl.model, state.get("active"), state.get("previous")))
+    return "".join(lines)
 
 
 def _bundle(module, repo):

@@ -37,7 +37,7 @@ options:
     type: bool
     default: false
   expected:
-    description: Expected active version per model (C({model: version})); a difference is drift.
+    description: "Expected active version per model (C({model: version})); a difference is drift."
     type: dict
     default: {}
   trust:
@@ -63,12 +63,13 @@ options:
     type: float
     default: 600.0
 author:
-  - Airlock maintainers
+  - Airlock maintainers (@airlock)
 requirements:
   - airlock (the engine, installed from the bundle's wheelhouse by the airlock_runtime role)
 attributes:
   check_mode:
     support: full
+    description: Plans and verifies only; nothing is written.
 """
 
 EXAMPLES = r"""
