@@ -24,6 +24,8 @@ from airlock.errors import DeltaFormatError
 MIN_GROUP = 2048
 """Contexts with fewer elements share one model: a table costs more than it saves below this."""
 FREQ_TOTAL = 1 << 15
+RAW_IF_ABOVE = 0.97
+"""A plane is stored raw unless coding saves at least 3 %: raw planes cost nothing to decode."""
 _U32 = struct.Struct("<I")
 
 
@@ -71,9 +73,10 @@ def encode(planes: list[np.ndarray], ctx: np.ndarray, level: int = 19) -> tuple[
         freqs = [_quantize(h) for h in hist]
         coder = constriction.stream.stack.AnsCoder()
         for g in range(len(sizes) - 1, -1, -1):
-            coder.encode_reverse(sorted_syms[bounds[g]:bounds[g + 1]], _model(freqs[g]))
+            if np.count_nonzero(freqs[g]) > 1:  # a constant group needs no symbols at all
+                coder.encode_reverse(sorted_syms[bounds[g]:bounds[g + 1]], _model(freqs[g]))
         words = coder.get_compressed().tobytes()
-        if len(words) + 512 * len(sizes) >= n:
+        if len(words) + 512 * len(sizes) >= RAW_IF_ABOVE * n:
             sections[k] = plane.tobytes()
         else:
             modes[k] = 1
@@ -129,8 +132,12 @@ def decode(payload: bytes, sections: list[int], ctx: np.ndarray, nplanes: int) -
         pos = 0
         for g, size in enumerate(sizes):
             freqs = np.frombuffer(meta, dtype="<u2", count=256, offset=tpos + 512 * g)
+            used = np.flatnonzero(freqs)
             try:
-                sorted_syms[pos:pos + size] = coder.decode(_model(freqs), int(size))
+                if used.size == 1:
+                    sorted_syms[pos:pos + size] = used[0]
+                else:
+                    sorted_syms[pos:pos + size] = coder.decode(_model(freqs), int(size))
             except Exception as exc:  # constriction raises plain errors on exhausted/corrupt input
                 raise DeltaFormatError(f"coded plane does not decode ({exc})", rule="delta-record") from exc
             pos += int(size)
