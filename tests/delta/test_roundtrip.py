@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from airlock.delta import apply_delta, make_delta, read_delta_header
 from tests.delta.helpers import nudge, rand_tensor, tree_digest, write_model
@@ -44,3 +45,40 @@ def test_roundtrip_both_directions(tmp_path: Path) -> None:
     assert tree_digest(tmp_path / "back") == tree_digest(old)
     assert (tmp_path / "back" / "tokenizer.json").stat().st_ino != (new / "tokenizer.json").stat().st_ino
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_large_non_tensor_file_is_streamed_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the prefix limit a non-tensor file is stored as independent zstd chunks (bounded memory)."""
+    import airlock.delta.make as make_mod
+
+    monkeypatch.setattr(make_mod, "PREFIX_LIMIT", 1000)
+    rng = np.random.default_rng(2)
+    blob = rng.integers(0, 4, 5000, dtype=np.uint8).tobytes()
+    old = write_model(tmp_path / "old", {}, {"data/vocab.bin": blob})
+    new = write_model(tmp_path / "new", {}, {"data/vocab.bin": blob[:4000] + b"changed"})
+    delta = tmp_path / "d.aldelta"
+    make_delta(old, new, delta, chunk_bytes=1024, level=3)
+    h = read_delta_header(delta)
+    assert [p[0] for p in h.forward[0].pieces] == ["rec"] * 4
+    apply_delta(old, delta, tmp_path / "out")
+    assert tree_digest(tmp_path / "out") == tree_digest(new)
+    apply_delta(new, delta, tmp_path / "back", reverse=True)
+    assert tree_digest(tmp_path / "back") == tree_digest(old)
+
+
+def test_resharded_and_renamed_tensors_are_references(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    ts = [rand_tensor(rng, f"w{i}", "BF16", (16, 8)) for i in range(4)]
+    old = write_model(tmp_path / "old", {"a.safetensors": ts[:2], "b.safetensors": ts[2:]})
+    renamed = ("renamed", *ts[3][1:])
+    new = write_model(tmp_path / "new", {"x.safetensors": [ts[2], ts[0]], "y.safetensors": [ts[1], renamed]})
+    delta = tmp_path / "d.aldelta"
+    summary = make_delta(old, new, delta)
+    assert summary.tensors["unchanged"] == 4 and summary.tensors["new"] == 0
+    h = read_delta_header(delta)
+    kinds = {p[0] for r in h.forward + (h.reverse or []) for p in r.pieces}
+    assert kinds == {"rec", "copy"}  # headers as records, every tensor a reference
+    apply_delta(old, delta, tmp_path / "out")
+    assert tree_digest(tmp_path / "out") == tree_digest(new)
+    apply_delta(new, delta, tmp_path / "back", reverse=True)
+    assert tree_digest(tmp_path / "back") == tree_digest(old)
