@@ -23,7 +23,8 @@ def test_molecule_converge_idempotence_verify(tmp_path: Path) -> None:
            "MOLECULE_EPHEMERAL_DIRECTORY": str(tmp_path / "molecule-eph"), "ANSIBLE_NOCOLOR": "1",
            "PY_COLORS": "0"}
     env.pop("AIRLOCK_FAULT", None)
-    r = subprocess.run([str(molecule), "test"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([str(molecule), "test"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-6000:]
     assert "idempotence" in out.lower()
