@@ -259,6 +259,17 @@ class Catalog:
             self.db.execute("UPDATE versions SET state=? WHERE model=? AND version=?",
                             (state, model, version))
 
+    def apply_activation(self, model: str, version: str, old: str | None, mark_old: str) -> None:
+        """States after the ``current`` swap to ``version`` (inside the caller's transaction)."""
+        for r in self.versions(model):
+            # a rollback keeps the previous-good version; a forward activation replaces it
+            if r.state == "previous" and r.version != old and mark_old != "failed":
+                self.set_state(model, r.version, "staged")
+        if old and old != version:
+            self.set_state(model, old, mark_old)
+        self.set_state(model, version, "active", activated=True)
+        self.del_meta(f"pending-activation:{model}")
+
     def record_history(self, actor: str, action: str, model: str | None, from_version: str | None,
                        to_version: str | None, result: str, details: dict[str, Any]) -> None:
         self.db.execute(

@@ -55,7 +55,6 @@ from airlock.repo.install import (
     tree_matches,
 )
 from airlock.repo.layout import (
-    CURRENT,
     DEFAULT_ROOT,
     STAGING_PREFIX,
     TRASH_PREFIX,
@@ -66,29 +65,18 @@ from airlock.repo.layout import (
 from airlock.repo.loadable import check_loadable
 from airlock.repo.lock import repo_lock
 from airlock.repo.plan import FileAction, Plan
+from airlock.repo.recover import PRESENT
 from airlock.repo.verify import current_link, verify_version
 
 if TYPE_CHECKING:
     from airlock.bundle import StagedBundle
 
 Progress = Callable[[int], None]
-PRESENT = ("staged", "active", "previous", "failed")
 SKIP_PREFLIGHT_ENV = "AIRLOCK_TEST_SKIP_PREFLIGHT"  # tests only: reach a real ENOSPC mid-write
-LEFTOVER_PREFIXES = (STAGING_PREFIX, TRASH_PREFIX, ".delta-staging-", ".delta-chain-", f".{CURRENT}.tmp-")
 
 
 def _noop(_: int) -> None:
     return None
-
-
-def _is_version_dir(entry: Path) -> bool:
-    if entry.is_symlink() or not entry.is_dir():
-        return False
-    try:
-        SemVer.parse(entry.name)
-    except RepositoryError:
-        return False
-    return True
 
 
 class Repository:
@@ -152,7 +140,7 @@ class Repository:
             finally:
                 self._depth = 0
 
-    def _audit(self, action: str, model: str | None, frm: str | None, to: str | None, result: str,
+    def audit_record(self, action: str, model: str | None, frm: str | None, to: str | None, result: str,
                details: dict[str, Any]) -> None:
         cat = self.catalog()
         with cat.transaction():
@@ -168,7 +156,7 @@ class Repository:
             yield
         except (AirlockError, OSError) as exc:
             with contextlib.suppress(Exception):
-                self._audit(action, model, frm, to, "failed",
+                self.audit_record(action, model, frm, to, "failed",
                             {"error": type(exc).__name__, "message": str(exc)})
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise DiskSpaceError(f"{self.layout.repo}: no space left on device during {action} "
@@ -181,7 +169,7 @@ class Repository:
         if not self.layout.catalog.exists():
             return  # no repository: nothing to protect, nowhere to record
         with self._mutating(recover=False):
-            self._audit(action, model, None, None, "failed",
+            self.audit_record(action, model, None, None, "failed",
                         {"error": type(exc).__name__, "message": str(exc)})
 
     def audit_head(self) -> audit.AuditHead | None:
@@ -191,7 +179,7 @@ class Repository:
         seq, h = raw.split(":", 1)
         return audit.AuditHead(int(seq), h)
 
-    def _link_target(self, model: str) -> str | None:
+    def link_target(self, model: str) -> str | None:
         link = self.layout.current(model)
         return os.readlink(link) if link.is_symlink() else None
 
@@ -200,65 +188,11 @@ class Repository:
 
     # ------------------------------------------------------------------------------------ recovery
     def recover(self) -> list[str]:
-        """Bring disk and catalog back to a consistent state after a crash (caller holds the lock)."""
-        cat = self.catalog()
-        actions: list[str] = []
-        repo = self.layout.repo
-        model_dirs = [d for d in repo.iterdir() if d.is_dir() and not d.is_symlink()
-                      and d.name not in ("metadata", "update_packages") and not d.name.startswith(".")] \
-            if repo.exists() else []
-        for pk in [self.layout.packages, *[p for p in self.layout.packages.glob("*") if p.is_dir()]]:
-            for leftover in pk.glob(".keep-*"):
-                rmtree_writable(leftover)
-                actions.append(f"removed {leftover}")
-        for mdir in model_dirs:
-            model = mdir.name
-            for entry in list(mdir.iterdir()):
-                if entry.name.startswith(LEFTOVER_PREFIXES):
-                    rmtree_writable(entry)
-                    actions.append(f"removed leftover {entry}")
-            rows = {r.version: r for r in cat.versions(model)}
-            for entry in list(mdir.iterdir()):
-                if entry.name == CURRENT or entry.name.startswith(".") or not _is_version_dir(entry):
-                    continue  # not ours to judge: only version directories are cleaned up
-                row = rows.get(entry.name)
-                if row is None or row.state == "pruned":
-                    if self._link_target(model) == entry.name:
-                        continue  # never remove what serves; verify reports it
-                    rmtree_writable(entry)
-                    actions.append(f"removed {entry} (not recorded in the catalog)")
-            with cat.transaction("repo.recover.before-commit"):
-                for row in rows.values():
-                    if row.state in PRESENT and not (mdir / row.version).is_dir():
-                        cat.set_state(model, row.version, "pruned")
-                        actions.append(f"{model} {row.version}: directory gone, marked pruned")
-                target = self._link_target(model)
-                pending = cat.get_meta(f"pending-activation:{model}")
-                if pending is not None:
-                    intent = json.loads(pending)
-                    if target is not None and target == intent["version"] and (mdir / target).is_dir():
-                        self._apply_activation(cat, model, target, intent["old"], intent["mark_old"])
-                        actions.append(f"{model}: finished activation of {target}")
-                    else:
-                        cat.del_meta(f"pending-activation:{model}")
-                        actions.append(f"{model}: dropped unfinished activation of {intent['version']}")
-                active = cat.in_state(model, "active")
-                if target and (active is None or active.version != target):
-                    trow = cat.version(model, target, with_files=False)
-                    if trow is not None and trow.state in PRESENT and (mdir / target).is_dir():
-                        for prev in cat.versions(model):
-                            if prev.state == "previous":
-                                cat.set_state(model, prev.version, "staged")
-                        if active is not None:
-                            cat.set_state(model, active.version, "previous")
-                        cat.set_state(model, target, "active", activated=True)
-                        actions.append(f"{model}: catalog aligned with current -> {target}")
-                elif target is None and active is not None and (mdir / active.version).is_dir():
-                    atomic_symlink(active.version, self.layout.current(model))
-                    actions.append(f"{model}: current link restored -> {active.version}")
-        if actions:
-            self._audit("recover", None, None, None, "ok", {"actions": actions})
-        return actions
+        """Bring disk and catalog back to a consistent state after a crash (caller holds the lock);
+        see ``airlock.repo.recover``."""
+        from airlock.repo.recover import recover
+
+        return recover(self)
 
     # ------------------------------------------------------------------------------------ planning
     def _before(self, model: str) -> dict[str, Any]:
@@ -404,7 +338,7 @@ class Repository:
                                   "installed", path=str(self.layout.version_dir(model, version)),
                                   rule="version-missing")
         before = self._before(model)
-        changed = before["active"] != version or self._link_target(model) != version
+        changed = before["active"] != version or self.link_target(model) != version
         after = {"active": version, "previous": before["active"]} if changed else dict(before)
         return Plan(action, model, version, changed, before, after, args={"model": model, "version": version})
 
@@ -551,7 +485,7 @@ class Repository:
                             raise enospc(exc, final, plan.bytes_needed, plan.bytes_free or 0) from exc
                         raise
                     self._register(cat, plan, work / "tree", final, str(src_dir))
-                self._audit("install", model, plan.before["active"], version, "ok",
+                self.audit_record("install", model, plan.before["active"], version, "ok",
                             {"files": len(plan.files), "copied": stats.copied, "linked": stats.linked,
                              "bytes_copied": stats.bytes_copied, "bundle_id": bundle_id})
             if activate and plan.changed:
@@ -608,7 +542,7 @@ class Repository:
                         summary = apply_delta(self.layout.version_dir(model, frm), kept, work / "tree",
                                               link_unchanged=True, progress=progress)
                         self._register(cat, plan, work / "tree", final, f"delta:{kept.name}")
-                    self._audit("update", model, frm, to, "ok",
+                    self.audit_record("update", model, frm, to, "ok",
                                 {"delta": kept.name, "files": summary.files, "linked": summary.linked,
                                  "bytes_written": summary.bytes_written, "bundle_id": bundle_id})
             if activate and plan.changed:
@@ -631,21 +565,9 @@ class Repository:
             atomic_symlink(version, self.layout.current(model))
             fault_point(f"repo.{action}.after-swap")
             with cat.transaction():
-                self._apply_activation(cat, model, version, old, mark_old)
-            self._audit(action, model, old, version, "ok", {"marked": {old: mark_old} if old else {}})
+                cat.apply_activation(model, version, old, mark_old)
+            self.audit_record(action, model, old, version, "ok", {"marked": {old: mark_old} if old else {}})
             return plan
-
-    @staticmethod
-    def _apply_activation(cat: Catalog, model: str, version: str, old: str | None, mark_old: str) -> None:
-        """Catalog states after a swap to ``version`` (inside the caller's transaction)."""
-        for r in cat.versions(model):
-            # a rollback keeps the previous-good version; a forward activation replaces it
-            if r.state == "previous" and r.version != old and mark_old != "failed":
-                cat.set_state(model, r.version, "staged")
-        if old and old != version:
-            cat.set_state(model, old, mark_old)
-        cat.set_state(model, version, "active", activated=True)
-        cat.del_meta(f"pending-activation:{model}")
 
     def rollback(self, model: str, to: str | None = None, *, progress: Progress = _noop) -> Plan:
         """Back to the previous good version (or ``to``): a symlink swap, after rebuilding the version
@@ -704,7 +626,8 @@ class Repository:
                 fault_point("repo.prune.after-catalog")
                 rmtree_writable(trash)
             if plan.changed:
-                self._audit("prune", model, None, None, "ok", {"removed": plan.args["remove"], "keep": keep})
+                self.audit_record("prune", model, None, None, "ok",
+                                  {"removed": plan.args["remove"], "keep": keep})
             return plan
 
     # ------------------------------------------------------------------------------------ bundles
@@ -771,7 +694,7 @@ class Repository:
             ok = all(r["ok"] for r in reports) and link["ok"]
             out = {"model": model, "ok": ok, "versions": reports, "current": link}
             first = next((p for r in reports for p in r["problems"]), None)
-            self._audit("verify", model, None, version, "ok" if ok else "drift",
+            self.audit_record("verify", model, None, version, "ok" if ok else "drift",
                         {"versions": [r["version"] for r in reports], "first_problem": first,
                          "problems": sum(len(r["problems"]) for r in reports)})
             return out
@@ -797,7 +720,7 @@ class Repository:
             return row.as_dict(with_files=True)
         if model not in cat.models():
             raise RepositoryError(f"{model}: no such model in the catalog", rule="model-missing")
-        return {"model": model, **self._before(model), "current": self._link_target(model),
+        return {"model": model, **self._before(model), "current": self.link_target(model),
                 "versions": [r.as_dict() for r in cat.versions(model)]}
 
     def history(self, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -810,7 +733,7 @@ class Repository:
             cat = self.catalog()
             for model in cat.models():
                 rows = cat.versions(model)
-                models[model] = {**self._before(model), "current": self._link_target(model),
+                models[model] = {**self._before(model), "current": self.link_target(model),
                                  "versions": {r.version: r.state for r in rows}}
         head = self.audit_head()
         return {"root": str(self.root), "repo": str(self.layout.repo), "sequence": self.installed_sequence(),

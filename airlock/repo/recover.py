@@ -1,0 +1,96 @@
+"""Crash recovery, run under the lock at the start of every mutating operation.
+
+Removes staging, trash and temp-link leftovers and SemVer-named version directories the catalog
+does not know (a kill between rename and catalog commit), marks versions whose directory vanished
+as pruned, finishes or drops a recorded activation intent, and otherwise aligns the catalog with
+the ``current`` link (swapped before the catalog is updated, so the link is the truth).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from airlock.errors import RepositoryError
+from airlock.fsutil import atomic_symlink, rmtree_writable
+from airlock.repo.layout import CURRENT, STAGING_PREFIX, TRASH_PREFIX, SemVer
+
+if TYPE_CHECKING:
+    from airlock.repo.repository import Repository
+
+PRESENT = ("staged", "active", "previous", "failed")
+LEFTOVER_PREFIXES = (STAGING_PREFIX, TRASH_PREFIX, ".delta-staging-", ".delta-chain-", f".{CURRENT}.tmp-")
+
+
+def _is_version_dir(entry: Path) -> bool:
+    if entry.is_symlink() or not entry.is_dir():
+        return False
+    try:
+        SemVer.parse(entry.name)
+    except RepositoryError:
+        return False
+    return True
+
+
+def recover(repo: Repository) -> list[str]:
+    """Bring disk and catalog back to a consistent state after a crash (caller holds the lock).
+    Returns what was done (also recorded in the audit log)."""
+    cat = repo.catalog()
+    actions: list[str] = []
+    base = repo.layout.repo
+    model_dirs = [d for d in base.iterdir() if d.is_dir() and not d.is_symlink()
+                  and d.name not in ("metadata", "update_packages") and not d.name.startswith(".")] \
+        if base.exists() else []
+    for pk in [repo.layout.packages, *[p for p in repo.layout.packages.glob("*") if p.is_dir()]]:
+        for leftover in pk.glob(".keep-*"):
+            rmtree_writable(leftover)
+            actions.append(f"removed {leftover}")
+    for mdir in model_dirs:
+        model = mdir.name
+        for entry in list(mdir.iterdir()):
+            if entry.name.startswith(LEFTOVER_PREFIXES):
+                rmtree_writable(entry)
+                actions.append(f"removed leftover {entry}")
+        rows = {r.version: r for r in cat.versions(model)}
+        for entry in list(mdir.iterdir()):
+            if entry.name == CURRENT or entry.name.startswith(".") or not _is_version_dir(entry):
+                continue  # not ours to judge: only version directories are cleaned up
+            row = rows.get(entry.name)
+            if row is None or row.state == "pruned":
+                if repo.link_target(model) == entry.name:
+                    continue  # never remove what serves; verify reports it
+                rmtree_writable(entry)
+                actions.append(f"removed {entry} (not recorded in the catalog)")
+        with cat.transaction("repo.recover.before-commit"):
+            for row in rows.values():
+                if row.state in PRESENT and not (mdir / row.version).is_dir():
+                    cat.set_state(model, row.version, "pruned")
+                    actions.append(f"{model} {row.version}: directory gone, marked pruned")
+            target = repo.link_target(model)
+            pending = cat.get_meta(f"pending-activation:{model}")
+            if pending is not None:
+                intent = json.loads(pending)
+                if target is not None and target == intent["version"] and (mdir / target).is_dir():
+                    cat.apply_activation(model, target, intent["old"], intent["mark_old"])
+                    actions.append(f"{model}: finished activation of {target}")
+                else:
+                    cat.del_meta(f"pending-activation:{model}")
+                    actions.append(f"{model}: dropped unfinished activation of {intent['version']}")
+            active = cat.in_state(model, "active")
+            if target and (active is None or active.version != target):
+                trow = cat.version(model, target, with_files=False)
+                if trow is not None and trow.state in PRESENT and (mdir / target).is_dir():
+                    for prev in cat.versions(model):
+                        if prev.state == "previous":
+                            cat.set_state(model, prev.version, "staged")
+                    if active is not None:
+                        cat.set_state(model, active.version, "previous")
+                    cat.set_state(model, target, "active", activated=True)
+                    actions.append(f"{model}: catalog aligned with current -> {target}")
+            elif target is None and active is not None and (mdir / active.version).is_dir():
+                atomic_symlink(active.version, repo.layout.current(model))
+                actions.append(f"{model}: current link restored -> {active.version}")
+    if actions:
+        repo.audit_record("recover", None, None, None, "ok", {"actions": actions})
+    return actions
