@@ -1,0 +1,1 @@
+"""`make demo`: the whole Airlock journey on an embedded default (a local fleet of three hosts)."""

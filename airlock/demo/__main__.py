@@ -1,0 +1,3 @@
+from airlock.demo.run import main
+
+main()

@@ -1,0 +1,142 @@
+"""`make demo`: build a signed bundle of the real all-MiniLM-L6-v2, install it on the embedded local
+fleet (three hosts, each with its own repository under demo-out/fleet/), roll out a delta bundle to
+the fine-tuned v1.1 in serial batches, verify, roll one host back.
+
+Every step runs the real ``airlock`` command a user would type, and prints it first."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from airlock.demo.keys import ensure_demo_key, export_public_key
+from airlock.fixtures import ensure_minilm_pair
+from airlock.fsutil import rmtree_writable
+
+console = Console()
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def _tree_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+class Demo:
+    def __init__(self, out: Path, inventory: Path) -> None:
+        self.out = out
+        self.inventory = inventory
+        self.env = dict(os.environ)
+        self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
+        self.step_no = 0
+        self.started = time.monotonic()
+
+    def step(self, title: str) -> None:
+        self.step_no += 1
+        console.rule(f"[bold]{self.step_no}. {title}")
+
+    def airlock(self, *args: str, want_json: bool = False) -> Any:
+        cmd = ["airlock", *args]
+        console.print(f"[dim]$[/] {shlex.join(cmd)}", highlight=False)
+        proc = subprocess.run(cmd, env=self.env, cwd=PROJECT, text=True,
+                              stdout=subprocess.PIPE if want_json else None)
+        if proc.returncode != 0:
+            console.print(f"[bold red]demo failed:[/] `{shlex.join(cmd)}` exited {proc.returncode}")
+            raise SystemExit(proc.returncode)
+        return json.loads(proc.stdout) if want_json else None
+
+    def run(self) -> None:
+        out = self.out
+        self.step("Fixtures: the real all-MiniLM-L6-v2 (v1.0.0) and a real torch fine-tune (v1.1.0)")
+        pair = ensure_minilm_pair("fp32")
+        console.print(f"v1.0.0: {pair.old} ({_mb(_tree_size(pair.old))})\nv1.1.0: {pair.new}")
+        self.env["AIRLOCK_MINILM_OLD"] = str(pair.old)
+        self.env["AIRLOCK_MINILM_NEW"] = str(pair.new)
+
+        self.step("Release key (throwaway, for the demo; a real one lives offline)")
+        gnupghome = out / "gnupg"
+        fpr = ensure_demo_key(gnupghome)
+        keyring = export_public_key(gnupghome, fpr, out / "release.asc")
+        console.print(f"signer {fpr}; public key for the field: {keyring}")
+
+        for stale in ("bundles", "fleet"):
+            if (out / stale).exists():
+                rmtree_writable(out / stale)
+        bundles = out / "bundles"
+        bundles.mkdir(parents=True)
+        full, delta = bundles / "minilm-1.0.0", bundles / "minilm-1.1.0-delta"
+
+        self.step("Build and sign the full bundle and the delta bundle")
+        sign = ["--signer", fpr, "--gnupghome", str(gnupghome), "--no-progress"]
+        self.airlock("bundle", "build", "bundle/demo-full.yml", "-o", str(full), *sign)
+        self.airlock("bundle", "build", "bundle/demo-delta.yml", "-o", str(delta), *sign)
+        trust = ["--trust", fpr, "--keyring", str(keyring)]
+
+        self.step("Verify both bundles against the pinned signer (what a field engineer does first)")
+        self.airlock("bundle", "verify", str(full), *trust)
+        self.airlock("bundle", "verify", str(delta), *trust)
+
+        self.step("Install v1.0.0 on the local fleet (3 hosts)")
+        self.airlock("install", "--bundle", str(full), "-i", str(self.inventory), *trust)
+
+        self.step("Rolling update to v1.1.0 with the delta bundle: batches [1, 25%, 100%], health gate")
+        self.airlock("update", "--bundle", str(delta), "-i", str(self.inventory), *trust)
+
+        self.step("Compliance check: verify every host (hashes, modes, signatures, audit chain)")
+        self.airlock("verify", "-i", str(self.inventory), *trust,
+                     "-e", 'airlock_expected_versions={"minilm": "1.1.0"}')
+
+        self.step("Roll one host back to v1.0.0")
+        self.airlock("rollback", "-i", str(self.inventory), "--limit", "local-c")
+
+        self.step("Where every host stands")
+        table = Table(title="Fleet after the demo")
+        for col in ("host", "active", "versions", "audit records"):
+            table.add_column(col)
+        for host_root in sorted((out / "fleet").iterdir()):
+            if not host_root.is_dir():
+                continue
+            data = self.airlock("model", "list", "--root", str(host_root), "--json", want_json=True) or {}
+            for entry in data.get("models", []) if isinstance(data, dict) else []:
+                log = host_root / "model_repo" / "update_history.log"
+                records = len(log.read_text().splitlines()) if log.exists() else 0
+                versions = ", ".join(f"{v['version']} ({v['state']})" for v in entry.get("versions", []))
+                active = f"{entry['model']} {entry.get('active')}"
+                table.add_row(host_root.name, active, versions, str(records))
+        console.print(table)
+        full_size, delta_size = _tree_size(full), _tree_size(delta)
+        console.print(f"full bundle {_mb(full_size)}; delta bundle {_mb(delta_size)} "
+                      f"({100 * delta_size / full_size:.1f}% of the full bundle)")
+        console.print(f"[bold green]demo complete[/] in {time.monotonic() - self.started:.0f} s; "
+                      f"everything is under {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m airlock.demo", description=__doc__)
+    parser.add_argument("--out", type=Path, default=PROJECT / "demo-out",
+                        help="work directory (default: demo-out/ in the project)")
+    parser.add_argument("-i", "--inventory", type=Path, default=PROJECT / "inventories" / "local",
+                        help="the fleet (default: the embedded local fleet of three hosts)")
+    args = parser.parse_args(argv)
+    if shutil.which("gpg") is None:
+        parser.error("gpg not found: apt-get install gnupg (make demo does it when run as root)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    Demo(args.out.resolve(), args.inventory.resolve()).run()
+
+
+if __name__ == "__main__":
+    main()
