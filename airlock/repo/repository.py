@@ -631,6 +631,24 @@ class Repository:
             return plan
 
     # ------------------------------------------------------------------------------------ bundles
+    def plan_from_bundle(self, staged: StagedBundle, *, activate: bool = True) -> list[Plan]:
+        """Check-mode view of ``install_from_bundle``: one plan per model entry; writes nothing."""
+        installed = self.installed_sequence()
+        m = staged.manifest
+        if installed is not None and m.sequence < installed and not m.rollback:
+            raise DowngradeError(f"{staged.path}: bundle sequence {m.sequence} is below the installed "
+                                 f"{installed} and the bundle is not a signed rollback",
+                                 path=str(staged.path), rule="downgrade")
+        plans = []
+        for me in m.models:
+            if me.kind == "full":
+                plans.append(self.plan_install(me.name, me.version, staged.path / me.path,
+                                               target_files=me.target_files, activate=activate))
+            else:
+                plans.append(self.plan_update(me.name, staged.path / me.path, target_files=me.target_files,
+                                              activate=activate))
+        return plans
+
     def install_from_bundle(self, staged: StagedBundle, *, activate: bool = True,
                             progress: Progress = _noop) -> list[Plan]:
         """Install every model of a staged (verified) bundle: full versions and deltas, refusing a

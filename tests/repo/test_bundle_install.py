@@ -47,6 +47,9 @@ def _trust(keys: Keys) -> Trust:  # noqa: F811
 def test_full_then_delta_bundle(repo: Repository, bundles: dict[str, Path], keys: Keys,  # noqa: F811
                                 versions: Versions, tmp_path: Path) -> None:
     staged = stage_bundle(bundles["full"], tmp_path / "stage-full", _trust(keys))
+    planned = repo.plan_from_bundle(staged)
+    assert [(p.action, p.version, p.changed) for p in planned] == [("install", "1.0.0", True)]
+    assert not repo.layout.repo.exists()  # check mode wrote nothing
     plans = repo.install_from_bundle(staged)
     assert [p.version for p in plans] == ["1.0.0"] and repo.installed_sequence() == 5
     row = repo.catalog().version("m", "1.0.0")
@@ -62,6 +65,8 @@ def test_full_then_delta_bundle(repo: Repository, bundles: dict[str, Path], keys
     assert report["ok"] and {v["manifest"] for v in report["versions"]} == {
         staged.manifest.bundle_id, staged2.manifest.bundle_id}
     # the older bundle again is a downgrade
+    with pytest.raises(DowngradeError):
+        repo.plan_from_bundle(staged)
     with pytest.raises(DowngradeError):
         repo.install_from_bundle(staged)
 
