@@ -158,41 +158,43 @@ def edge_context(bits: np.ndarray, dtype: str) -> np.ndarray:
     return np.where(top == 0, 0, np.where(top == (1 << k) - 1, 1, 2)).astype(np.uint8)
 
 
-def _ctx_pack(codec: int, width: int, raw_len: int, d: np.ndarray, ctx_old: np.ndarray | None,
-              rev: tuple[bytes, list[int]] | None, level: int) -> Encoded:
-    ctx = ctx_old if ctx_old is not None else np.zeros(d.size, dtype=np.uint8)
-    planes = [np.frombuffer(p, dtype=np.uint8) for p in _split(d, width)]
-    payload, sections = entropy.encode(planes, ctx, level)
-    if rev is not None:
-        payload += rev[0]
-        sections = sections + rev[1]
-    return Encoded(codec, width, raw_len, payload, sections)
+def _plane_arrays(d: np.ndarray, width: int) -> list[np.ndarray]:
+    by = d.view(np.uint8).reshape(-1, width)
+    return [np.ascontiguousarray(by[:, k]) for k in range(width)]
 
 
 def encode_diff(new: bytes, old: bytes, width: int, level: int = LEVEL, *, dtype: str = "",
                 reversible: bool = True) -> Encoded:
-    """The smallest encoding of ``new`` against ``old``: XOR or zigzag difference, context-coded
-    (and, for small chunks, also tried with zstd)."""
+    """Encode ``new`` against ``old``: XOR or zigzag difference, whichever the per-context
+    histograms say codes smaller, context-coded; small chunks also try plain zstd planes."""
     n = np.frombuffer(new, dtype=_UINT[width])
     o = np.frombuffer(old, dtype=_UINT[width])
     ctx_old = context(o, dtype)
-    rev = None
+    ctx = ctx_old if ctx_old is not None else np.zeros(n.size, dtype=np.uint8)
+    grouping = entropy.Grouping.of(ctx)
+    best: tuple[float, int, int, np.ndarray, list[np.ndarray], list[np.ndarray]] | None = None
+    for plain, ctx_codec, d in ((ZDIFF, ZDIFF_CTX, _zigzag(n - o, width)), (XOR, XOR_CTX, n ^ o)):
+        planes = _plane_arrays(d, width)
+        hists = [grouping.histograms(p) for p in planes]
+        cost = sum(entropy.plane_cost(h, n.size) for h in hists)
+        if best is None or cost < best[0]:
+            best = (cost, plain, ctx_codec, d, planes, hists)
+    assert best is not None
+    _, plain, ctx_codec, d, planes, hists = best
+    payload, sections = entropy.encode(planes, ctx, level, grouping=grouping, hists=hists)
     if reversible and ctx_old is not None:
         ctx_new = context(n, dtype)
         assert ctx_new is not None
         # the old exponents as a change from the new ones (almost always 0), for NEW -> OLD
-        rev = entropy.encode([ctx_old - ctx_new], edge_context(n, dtype), level)
-    cands = [(ZDIFF, ZDIFF_CTX, _zigzag(n - o, width)), (XOR, XOR_CTX, n ^ o)]
-    best: Encoded | None = None
-    for plain, ctx_codec, d in cands:
-        encs = [_ctx_pack(ctx_codec, width, len(new), d, ctx_old, rev, level)]
-        if len(new) <= SMALL:
-            encs.append(_pack(plain, width, len(new), _split(d, width), level))
-        for enc in encs:
-            if best is None or len(enc.payload) < len(best.payload):
-                best = enc
-    assert best is not None
-    return best
+        rev, rev_sections = entropy.encode([ctx_old - ctx_new], edge_context(n, dtype), level)
+        payload += rev
+        sections = sections + rev_sections
+    enc = Encoded(ctx_codec, width, len(new), payload, sections)
+    if len(new) <= SMALL:
+        alt = _pack(plain, width, len(new), _split(d, width), level)
+        if len(alt.payload) < len(enc.payload):
+            return alt
+    return enc
 
 
 def _frames(payload: bytes, sizes: list[int], raw_each: int, dict_data: bytes | None = None) -> list[bytes]:

@@ -14,6 +14,7 @@ ascending context order, the shared rest group last) 256 little-endian u16 frequ
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 import constriction
 import numpy as np
@@ -55,26 +56,63 @@ def _model(freqs: np.ndarray) -> constriction.stream.model.Categorical:
     return constriction.stream.model.Categorical(freqs[:top].astype(np.float32), perfect=False)
 
 
-def encode(planes: list[np.ndarray], ctx: np.ndarray, level: int = 19) -> tuple[bytes, list[int]]:
+@dataclass
+class Grouping:
+    """Elements ordered group by group (stable): computed once per chunk, shared by all planes."""
+
+    gid: np.ndarray
+    sizes: np.ndarray
+    order: np.ndarray
+    bounds: np.ndarray
+
+    @classmethod
+    def of(cls, ctx: np.ndarray) -> Grouping:
+        gid, sizes = groups(ctx)
+        return cls(gid, sizes, np.argsort(gid, kind="stable"), np.concatenate([[0], np.cumsum(sizes)]))
+
+    def histograms(self, plane: np.ndarray) -> np.ndarray:
+        """Symbol counts per group, shape (groups, 256), in one pass."""
+        key = self.gid.astype(np.int32) * 256 + plane
+        return np.bincount(key, minlength=self.sizes.size * 256).reshape(self.sizes.size, 256)
+
+
+def estimate(hists: np.ndarray) -> float:
+    """Bytes an ideal coder needs for a plane with these per-group histograms (tables excluded)."""
+    totals = hists.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bits = np.where(hists > 0, hists * np.log2(np.maximum(totals, 1) / np.maximum(hists, 1)), 0.0)
+    return float(bits.sum()) / 8
+
+
+def plane_cost(hists: np.ndarray, n: int) -> float:
+    """Estimated stored size of a plane: coded, or raw when coding would not save enough."""
+    coded = estimate(hists) + 64 * hists.shape[0]
+    return coded if coded < RAW_IF_ABOVE * n else float(n)
+
+
+def encode(planes: list[np.ndarray], ctx: np.ndarray, level: int = 19, *, grouping: Grouping | None = None,
+           hists: list[np.ndarray] | None = None) -> tuple[bytes, list[int]]:
     """Code ``planes`` (uint8 arrays of equal length, least significant first) under context ``ctx``
     (small non-negative ints). Returns the stream and its section lengths (tables, then one per
-    plane)."""
+    plane). ``grouping`` / ``hists`` may be passed when already computed for ``ctx`` / ``planes``."""
     n = ctx.size
-    gid, sizes = groups(ctx)
-    order = np.argsort(gid, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    g = grouping or Grouping.of(ctx)
+    sizes, bounds = g.sizes, g.bounds
     modes = bytearray(len(planes))
     tables: list[bytes] = []  # top plane first, as the decoder reads them
     sections: list[bytes] = [b""] * len(planes)
     for k in range(len(planes) - 1, -1, -1):
         plane = planes[k]
-        sorted_syms = plane[order].astype(np.int32)
-        hist = [np.bincount(sorted_syms[bounds[g]:bounds[g + 1]], minlength=256) for g in range(len(sizes))]
+        hist = hists[k] if hists is not None else g.histograms(plane)
+        if plane_cost(hist, n) >= n:  # clearly incompressible: skip the coder
+            sections[k] = plane.tobytes()
+            continue
+        sorted_syms = plane[g.order].astype(np.int32)
         freqs = [_quantize(h) for h in hist]
         coder = constriction.stream.stack.AnsCoder()
-        for g in range(len(sizes) - 1, -1, -1):
-            if np.count_nonzero(freqs[g]) > 1:  # a constant group needs no symbols at all
-                coder.encode_reverse(sorted_syms[bounds[g]:bounds[g + 1]], _model(freqs[g]))
+        for i in range(len(sizes) - 1, -1, -1):
+            if np.count_nonzero(freqs[i]) > 1:  # a constant group needs no symbols at all
+                coder.encode_reverse(sorted_syms[bounds[i]:bounds[i + 1]], _model(freqs[i]))
         words = coder.get_compressed().tobytes()
         if len(words) + 512 * len(sizes) >= RAW_IF_ABOVE * n:
             sections[k] = plane.tobytes()
@@ -95,8 +133,8 @@ def decode(payload: bytes, sections: list[int], ctx: np.ndarray, nplanes: int) -
     if len(sections) != nplanes + 1 or sum(sections) != len(payload):
         raise DeltaFormatError("context-coded record has the wrong number of sections", rule="delta-record")
     n = ctx.size
-    gid, sizes = groups(ctx)
-    order = np.argsort(gid, kind="stable")
+    grouping = Grouping.of(ctx)
+    sizes, order = grouping.sizes, grouping.order
     pos = 0
     views: list[bytes] = []
     for s in sections:
