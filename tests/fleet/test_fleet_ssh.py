@@ -38,7 +38,8 @@ class Env:
         if bundle is not None:
             ev["airlock_bundle"] = str(bundle)
         ev.update(kw.pop("extravars", {}))
-        return run_playbook(name, inventory or self.inventory, ev, private_data_dir=self.tmp / f"runner-{name}",
+        return run_playbook(name, inventory or self.inventory, ev,
+                            private_data_dir=self.tmp / f"runner-{name}",
                             envvars={"ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.tmp / control)}, **kw)
 
     def root(self, host: str) -> Path:
@@ -87,8 +88,8 @@ def test_install_full_bundle_on_three_hosts(env: Env) -> None:
     for h in r.hosts:
         assert (h.result, h.to_version) == ("changed", "1.0.0")
         assert env.active(h.host) == "1.0.0"
-        assert (env.root(h.host) / "model_repo" / MODEL / "1.0.0" / "model.safetensors").stat().st_mode & 0o777 \
-            == 0o444
+        weights = env.root(h.host) / "model_repo" / MODEL / "1.0.0" / "model.safetensors"
+        assert weights.stat().st_mode & 0o777 == 0o444
 
 
 def test_install_rerun_changes_nothing(env: Env) -> None:
@@ -123,7 +124,7 @@ def test_failed_apply_rolls_the_host_back_and_stops_the_rollout(env: Env) -> Non
         repo.close()
     assert "host3" not in r.stats
     assert env.active("host3") == "1.0.0"
-    assert not (env.root("host3") / "model_repo" / "update_packages" / "staged").joinpath("bundle-delta").exists()
+    assert not (env.root("host3") / "model_repo" / "update_packages" / "staged" / "bundle-delta").exists()
 
 
 def test_rerun_resumes_in_batches(env: Env) -> None:

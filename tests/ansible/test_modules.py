@@ -1,0 +1,100 @@
+"""The Airlock modules run for real on localhost: staging, check mode, idempotence, clear failures."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.ansible.modules import run_module
+from tests.fleet.bundles import Bundles, make_bundles
+from tests.fleet.test_fleet_ssh import snapshot
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
+    return make_bundles(tmp_path_factory.mktemp("bundles"))
+
+
+def trust(b: Bundles) -> dict[str, object]:
+    return {"trust": [b.fingerprint], "keyring": str(b.keyring)}
+
+
+def test_bundle_check_mode_verifies_and_writes_nothing(bundles: Bundles, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    r = run_module("airlock_bundle", {"src": str(bundles.full), "root": str(root), **trust(bundles)},
+                   check=True)
+    assert not r.get("failed"), r
+    assert r["changed"] and r["path"] == str(bundles.full) and r["bundle_id"] == "test-full"
+    assert not root.exists()
+
+
+def test_bundle_stage_then_unchanged(bundles: Bundles, tmp_path: Path) -> None:
+    args = {"src": str(bundles.full), "root": str(tmp_path / "root"), **trust(bundles)}
+    first = run_module("airlock_bundle", args)
+    assert first["changed"] and first["counters"]["files_copied"] == 3
+    assert Path(first["path"], "MANIFEST.json").read_bytes() == (bundles.full / "MANIFEST.json").read_bytes()
+    again = run_module("airlock_bundle", args)
+    assert not again["changed"] and again["counters"]["files_copied"] == 0
+
+
+def test_bundle_with_unpinned_signer_is_refused_and_nothing_staged(bundles: Bundles, tmp_path: Path) -> None:
+    r = run_module("airlock_bundle", {"src": str(bundles.full), "root": str(tmp_path / "root"),
+                                      "trust": ["0" * 40], "keyring": str(bundles.keyring)})
+    assert r["failed"] and r["airlock_error"]["error"] == "SignatureError"
+    staged = tmp_path / "root" / "model_repo" / "update_packages" / "staged" / "bundle-full"
+    assert not (staged / "models").exists()
+
+
+def test_bundle_tampered_payload_is_refused(bundles: Bundles, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(bundles.full, bad)
+    cfg = next(bad.rglob("config.json"))
+    cfg.write_bytes(cfg.read_bytes().replace(b"32", b"33", 1))
+    r = run_module("airlock_bundle", {"src": str(bad), "root": str(tmp_path / "root"), **trust(bundles)})
+    assert r["failed"] and r["airlock_error"]["error"] == "IntegrityError"
+    assert "config.json" in r["msg"]
+
+
+def test_model_check_diff_install_idempotent(bundles: Bundles, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    staged = run_module("airlock_bundle", {"src": str(bundles.full), "root": str(root),
+                                           **trust(bundles)})["path"]
+    args = {"root": str(root), "bundle": staged, "state": "active", **trust(bundles)}
+    before = snapshot(root)
+    plan = run_module("airlock_model", args, check=True, diff=True)
+    assert plan["changed"] and plan["models"] == {"tiny": {"from": None, "to": "1.0.0"}}
+    assert "+ model.safetensors (25088 bytes, copy)" in plan["plans"][0]["diff"]
+    assert snapshot(root) == before
+    done = run_module("airlock_model", args)
+    assert done["changed"] and (root / "model_repo" / "tiny" / "current").resolve().name == "1.0.0"
+    again = run_module("airlock_model", args)
+    assert not again["changed"]
+    info = run_module("airlock_model_info", {"root": str(root), "verify": True, "loadable": True,
+                                             "expected": {"tiny": "1.0.0"}, **trust(bundles)})
+    assert info["airlock_repo"]["models"]["tiny"]["active"] == "1.0.0" and info["drift"] == []
+    wrong = run_module("airlock_model_info", {"root": str(root), "verify": True,
+                                              "expected": {"tiny": "9.9.9"}})
+    assert wrong["drift"] == ["tiny: active version is 1.0.0, expected 9.9.9"]
+
+
+def test_model_argument_errors_are_clear(tmp_path: Path) -> None:
+    r = run_module("airlock_model", {"root": str(tmp_path), "name": "tiny", "state": "active"})
+    assert r["failed"] and "version is required" in r["msg"]
+    r = run_module("airlock_model", {"root": str(tmp_path), "state": "pruned"})
+    assert r["failed"] and "name" in r["msg"]
+
+
+def test_info_on_a_missing_repository(tmp_path: Path) -> None:
+    r = run_module("airlock_model_info", {"root": str(tmp_path / "none")})
+    assert not r["changed"] and r["airlock_repo"]["exists"] is False
+    assert not (tmp_path / "none").exists()
+
+
+def test_missing_engine_names_the_library(tmp_path: Path) -> None:
+    system = shutil.which("python3", path="/usr/bin")
+    if system is None:
+        pytest.fail("/usr/bin/python3 is needed to run a module without the engine")
+    r = run_module("airlock_model_info", {"root": str(tmp_path)}, python=system)
+    assert r["failed"] and "airlock" in r["msg"] and "Failed to import" in r["msg"]
