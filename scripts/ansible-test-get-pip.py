@@ -19,7 +19,7 @@ def main() -> int:
     if args:
         r = subprocess.run([sys.executable, "-m", "pip", "install", *args], env=env)
         if r.returncode != 0:
-            print("get-pip shim: pip install %s failed; keeping the ensurepip version" % " ".join(args),
+            print(f"get-pip shim: pip install {' '.join(args)} failed; keeping the ensurepip version",
                   file=sys.stderr)
     return 0
 

@@ -18,9 +18,9 @@ description:
     O(state=rolled_back) goes back to the previous good version (or O(version)), rebuilding it from
     the kept reverse delta if it was pruned, and O(state=pruned) removes all but the O(keep) newest
     versions (never the active or previous-good one).
-  - The repository plans first (reads only) and reports whether anything changes, with a diff of what would change;
-    in check mode nothing is written. A version already installed with identical content and
-    already active is C(ok).
+  - The repository plans first (reads only) and reports whether anything changes, with a diff of
+    what would change; in check mode nothing is written. A version already installed with
+    identical content and already active is C(ok).
   - The engine is crash-safe; a kill at any point leaves the previously active version serving.
 options:
   root:
