@@ -44,13 +44,16 @@ def run_role(
     check: bool = False,
     diff: bool = False,
     tags: list[str] | None = None,
+    facts: bool = False,
 ) -> PlayResult:
+    """One ansible-playbook run of ``role`` on localhost (minimal facts only if the role needs them)."""
     play = [
         {
             "name": f"role {role}",
             "hosts": "localhost",
             "connection": "local",
-            "gather_facts": True,
+            "gather_facts": facts,
+            "gather_subset": ["min"],
             "vars": {"ansible_python_interpreter": "/usr/bin/python3"},
             "roles": [{"role": role, "vars": variables}],
         }
@@ -72,6 +75,7 @@ def run_role(
         "ANSIBLE_HOST_KEY_CHECKING": "0",
         "ANSIBLE_LOCAL_TEMP": str(tmp / ".ansible-tmp"),
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_PIPELINING": "1",
         "PATH": f"{bindir}:{os.environ['PATH']}",
     }
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=tmp)

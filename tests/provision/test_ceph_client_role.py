@@ -76,13 +76,12 @@ def test_config_keyring_fstab_idempotent_and_secret(tmp_path: Path) -> None:
     ) in fstab
     assert (t / "var/lib/airlock/warm").is_dir()
 
-
-def test_fuse_entry_replaces_the_kernel_one(tmp_path: Path) -> None:
-    t = tmp_path / "target"
-    assert run_role(tmp_path, "ceph_client", role_vars(tmp_path)).rc == 0
-    res = run_role(tmp_path, "ceph_client", role_vars(tmp_path, ceph_client_mount_type="fuse"))
-    assert res.rc == 0, res.output
-    lines = [ln for ln in (t / "etc/fstab").read_text().splitlines() if "warm" in ln]
+    # switching to the fuse client replaces the entry, keeps the user's lines
+    fuse = run_role(tmp_path, "ceph_client", role_vars(tmp_path, ceph_client_mount_type="fuse"))
+    assert fuse.rc == 0 and KEY not in fuse.output, fuse.output
+    fstab = (t / "etc/fstab").read_text()
+    assert fstab.startswith(USER_FSTAB)
+    lines = [ln for ln in fstab.splitlines() if "warm" in ln]
     assert lines == [
         f"none {t}/var/lib/airlock/warm fuse.ceph ceph.id=airlock,ceph.conf={t}/etc/ceph/ceph.conf,"
         "ceph.client_mountpoint=/airlock,ceph.client_fs=cephfs,noatime,_netdev 0 0"

@@ -29,14 +29,14 @@ def _no_gpu_here() -> None:
 
 
 def test_no_gpu_stops_with_a_clear_message(tmp_path: Path) -> None:
-    res = run_role(tmp_path, "nvidia_driver", {})
+    res = run_role(tmp_path, "nvidia_driver", {}, facts=True)
     assert res.rc != 0 and res.recap["failed"] == 1
     assert "localhost has no NVIDIA GPU (no PCI device with vendor 10de" in res.output
     assert "nvidia_driver_skip_no_gpu: true" in res.output
 
 
 def test_no_gpu_skips_cleanly_when_asked(tmp_path: Path) -> None:
-    res = run_role(tmp_path, "nvidia_driver", {"nvidia_driver_skip_no_gpu": True})
+    res = run_role(tmp_path, "nvidia_driver", {"nvidia_driver_skip_no_gpu": True}, facts=True)
     assert res.rc == 0 and res.recap["changed"] == 0 and res.recap["failed"] == 0
     assert "driver not installed (nvidia_driver_skip_no_gpu)" in res.output
 
@@ -67,7 +67,7 @@ def test_forced_package_selection_and_templates_in_check_mode(tmp_path: Path, ke
         "nvidia_driver_modprobe_conf": str(tmp_path / "modprobe.d/airlock-nvidia.conf"),
         "nvidia_driver_modprobe_options": ["options nvidia NVreg_PreserveVideoMemoryAllocations=1"],
     }
-    res = run_role(tmp_path, "nvidia_driver", v, check=True, diff=True)
+    res = run_role(tmp_path, "nvidia_driver", v, check=True, diff=True, facts=True)
     assert res.rc == 0, res.output[-3000:]
     assert (
         f"NVIDIA packages: linux-headers-{platform.release()} dkms nvidia-driver={VERSION} "
@@ -81,5 +81,7 @@ def test_forced_package_selection_and_templates_in_check_mode(tmp_path: Path, ke
     assert not (tmp_path / "modprobe.d").exists()
     assert subprocess.run(["dpkg-query", "-W", "nvidia-driver"], capture_output=True).returncode != 0
     # a pin the offline repository cannot satisfy fails in apt's resolution, naming the package
-    bad = run_role(tmp_path, "nvidia_driver", {**v, "nvidia_driver_version": "999.1-1"}, check=True)
+    bad = run_role(
+        tmp_path, "nvidia_driver", {**v, "nvidia_driver_version": "999.1-1"}, check=True, facts=True
+    )
     assert bad.rc != 0 and "nvidia-driver=999.1-1" in bad.output
