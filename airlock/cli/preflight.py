@@ -54,6 +54,24 @@ def preflight(
             raise failure
 
 
+@repo_app.command("fetch-debs")
+def fetch_debs(
+    package: list[str] = typer.Argument(..., help="Packages the appliance needs."),
+    out_dir: Path = typer.Option(..., "-o", "--out", help="Directory for the .deb files."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Already on the target image (repeatable)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Download PACKAGEs and their dependency closure as apt resolves it here (connected side)."""
+    from airlock.provision.aptrepo import download_closure
+
+    with handle_errors(as_json):
+        got = download_closure(package, out_dir, exclude=set(exclude))
+        if as_json:
+            emit_json({"ok": True, "debs": [p.name for p in got]})
+        else:
+            out.print(f"{len(got)} packages in {out_dir}")
+
+
 @repo_app.command("build-apt")
 def build_apt(
     debs_dir: Path = typer.Argument(..., help="Directory of .deb files (e.g. from 'apt-get download')."),

@@ -3,6 +3,7 @@ tampering refused by apt itself and by verify_apt_repo."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,7 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
+from airlock.cli.preflight import register
 from airlock.errors import IntegrityError, ManifestError, SignatureError
 from airlock.provision.aptrepo import KEYRING_NAME, build_apt_repo, closure_names, verify_apt_repo
 from tests.provision.apt_offline import OfflineApt, installed
@@ -208,3 +212,40 @@ def test_dependency_closure_resolved_by_apt() -> None:
     assert "sl" in trimmed and "libc6" not in trimmed
     with pytest.raises(ManifestError, match="apt-cache depends"):
         closure_names(["no-such-package-airlock"])
+
+
+def test_cli_build_and_verify(tmp_path: Path, keys: dict[str, Key], debs: list[Path]) -> None:
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    k = keys["bundle"]
+    src = tmp_path / "debs"
+    src.mkdir()
+    for d in debs:
+        shutil.copyfile(d, src / d.name)
+    out = tmp_path / "apt"
+    res = runner.invoke(
+        app,
+        [
+            "repo",
+            "build-apt",
+            str(src),
+            "-o",
+            str(out),
+            "--signer",
+            k.fpr,
+            "--gnupghome",
+            str(k.home),
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert [p.split("=")[0] for p in json.loads(res.stdout)["packages"]] == ["figlet", "hello", "sl"]
+    res = runner.invoke(app, ["repo", "verify-apt", str(out), "--fingerprint", k.fpr])
+    assert res.exit_code == 0 and "3 packages verified" in res.stdout
+    res = runner.invoke(app, ["repo", "verify-apt", str(out), "--fingerprint", keys["other"].fpr])
+    assert res.exit_code == 10 and "not a pinned signer" in res.output
+    res = runner.invoke(
+        app, ["repo", "build-apt", str(src), "-o", str(out), "--signer", k.fpr, "--gnupghome", str(k.home)]
+    )
+    assert res.exit_code == 11 and "already exists" in res.output
