@@ -36,9 +36,14 @@ ZDIFF_CTX = 6
 """As XOR / ZDIFF, but the planes are ANS-coded with the base element's exponent as context
 (``airlock.delta.entropy``); reversible records carry the old exponents coded under the new ones."""
 
+XOR_ANS = 7
+ZDIFF_ANS = 8
+"""As XOR_CTX / ZDIFF_CTX with one context for all elements (no reverse section needed): chosen
+when the exponent does not predict the change, e.g. fp8 codes moved by one step."""
+
 CODEC_NAMES = {ZSTD: "zstd", PLANES: "planes", XOR: "xor", ZDIFF: "zdiff", PREFIX: "prefix",
-               XOR_CTX: "xor-ctx", ZDIFF_CTX: "zdiff-ctx"}
-BASED = frozenset({XOR, ZDIFF, XOR_CTX, ZDIFF_CTX})
+               XOR_CTX: "xor-ctx", ZDIFF_CTX: "zdiff-ctx", XOR_ANS: "xor-ans", ZDIFF_ANS: "zdiff-ans"}
+BASED = frozenset({XOR, ZDIFF, XOR_CTX, ZDIFF_CTX, XOR_ANS, ZDIFF_ANS})
 SMALL = 8 * 1024
 """Below this a chunk also tries plain zstd planes (context tables would cost more than they save)."""
 
@@ -135,10 +140,6 @@ _EXPONENT = {"F32": (23, 0xFF), "BF16": (7, 0xFF), "F16": (10, 0x1F), "F64": (55
              "F8_E4M3": (3, 0x0F), "F8_E5M2": (2, 0x1F), "F8_E8M0": (0, 0xFF)}
 
 
-# mantissa bits just below the exponent that tell "near a binade boundary" (see reverse_context)
-_EDGE_BITS = {"F32": 6, "BF16": 3, "F16": 4, "F64": 3, "F8_E4M3": 1, "F8_E5M2": 1}
-
-
 def context(bits: np.ndarray, dtype: str) -> np.ndarray | None:
     """Per-element coding context (uint8): the exponent of a float; None for integer dtypes."""
     if dtype not in _EXPONENT:
@@ -148,14 +149,18 @@ def context(bits: np.ndarray, dtype: str) -> np.ndarray | None:
 
 
 def edge_context(bits: np.ndarray, dtype: str) -> np.ndarray:
-    """0/1 when a float's mantissa is near the bottom/top of its binade, else 2: only there can a
-    small move change the exponent. Context for coding the exponent change in reversible records."""
-    k = _EDGE_BITS.get(dtype, 0)
-    if not k:
+    """How close a float is to the edge of its binade: 2 * bit length of the distance (in units in
+    the last place) to the nearer boundary, + 1 when that is the upper one. Only near a boundary can
+    a small move change the exponent, so this is the context for coding the exponent change of
+    reversible records: far from the edges the change is certainly 0 and costs nothing."""
+    if dtype not in _EXPONENT or dtype == "F8_E8M0":
         return np.zeros(bits.size, dtype=np.uint8)
     shift, _ = _EXPONENT[dtype]
-    top = (bits >> (shift - k)) & ((1 << k) - 1)
-    return np.where(top == 0, 0, np.where(top == (1 << k) - 1, 1, 2)).astype(np.uint8)
+    field = (bits & ((1 << shift) - 1)).astype(np.float64)
+    upper = float((1 << shift) - 1) - field
+    dist = np.minimum(field, upper)
+    _, length = np.frexp(dist)
+    return (length.astype(np.uint8) * 2 + (upper < field)).astype(np.uint8)
 
 
 def _plane_arrays(d: np.ndarray, width: int) -> list[np.ndarray]:
@@ -165,31 +170,46 @@ def _plane_arrays(d: np.ndarray, width: int) -> list[np.ndarray]:
 
 def encode_diff(new: bytes, old: bytes, width: int, level: int = LEVEL, *, dtype: str = "",
                 reversible: bool = True) -> Encoded:
-    """Encode ``new`` against ``old``: XOR or zigzag difference, whichever the per-context
-    histograms say codes smaller, context-coded; small chunks also try plain zstd planes."""
+    """Encode ``new`` against ``old``: XOR or zigzag difference, coded with the exponent context or
+    without (whichever the histograms say is smaller, counting the reverse section the exponent
+    context needs); small chunks also try plain zstd planes."""
     n = np.frombuffer(new, dtype=_UINT[width])
     o = np.frombuffer(old, dtype=_UINT[width])
     ctx_old = context(o, dtype)
-    ctx = ctx_old if ctx_old is not None else np.zeros(n.size, dtype=np.uint8)
-    grouping = entropy.Grouping.of(ctx)
-    best: tuple[float, int, int, np.ndarray, list[np.ndarray], list[np.ndarray]] | None = None
-    for plain, ctx_codec, d in ((ZDIFF, ZDIFF_CTX, _zigzag(n - o, width)), (XOR, XOR_CTX, n ^ o)):
-        planes = _plane_arrays(d, width)
-        hists = [grouping.histograms(p) for p in planes]
-        cost = sum(entropy.plane_cost(h, n.size) for h in hists)
-        if best is None or cost < best[0]:
-            best = (cost, plain, ctx_codec, d, planes, hists)
-    assert best is not None
-    _, plain, ctx_codec, d, planes, hists = best
-    payload, sections = entropy.encode(planes, ctx, level, grouping=grouping, hists=hists)
+    zeros = np.zeros(n.size, dtype=np.uint8)
+    grouping = entropy.Grouping.of(ctx_old if ctx_old is not None else zeros)
+    rev_cost = 0.0
+    rev_in: tuple[np.ndarray, np.ndarray] | None = None
     if reversible and ctx_old is not None:
         ctx_new = context(n, dtype)
         assert ctx_new is not None
         # the old exponents as a change from the new ones (almost always 0), for NEW -> OLD
-        rev, rev_sections = entropy.encode([ctx_old - ctx_new], edge_context(n, dtype), level)
-        payload += rev
-        sections = sections + rev_sections
-    enc = Encoded(ctx_codec, width, len(new), payload, sections)
+        rev_in = (ctx_old - ctx_new, edge_context(n, dtype))
+        rev_group = entropy.Grouping.of(rev_in[1])
+        rev_cost = entropy.plane_cost(rev_group.histograms(rev_in[0]), n.size)
+    best: tuple[float, int, int, np.ndarray, list[np.ndarray], list[np.ndarray]] | None = None
+    for plain, ctx_codec, ans_codec, d in ((ZDIFF, ZDIFF_CTX, ZDIFF_ANS, _zigzag(n - o, width)),
+                                           (XOR, XOR_CTX, XOR_ANS, n ^ o)):
+        planes = _plane_arrays(d, width)
+        hists = [grouping.histograms(p) for p in planes]
+        options = [(sum(entropy.plane_cost(h, n.size) for h in hists) + rev_cost, ctx_codec, hists)]
+        if ctx_old is not None:
+            flat = [h.sum(axis=0, keepdims=True) for h in hists]
+            options.append((sum(entropy.plane_cost(h, n.size) for h in flat), ans_codec, flat))
+        for cost, codec, hs in options:
+            if best is None or cost < best[0]:
+                best = (cost, plain, codec, d, planes, hs)
+    assert best is not None
+    _, plain, codec, d, planes, hists = best
+    if codec in (XOR_ANS, ZDIFF_ANS) or ctx_old is None:
+        payload, sections = entropy.encode(planes, zeros, level, hists=hists)
+    else:
+        payload, sections = entropy.encode(planes, ctx_old, level, grouping=grouping, hists=hists)
+        if rev_in is not None:
+            rev, rev_sections = entropy.encode([rev_in[0]], rev_in[1], level)
+            payload += rev
+            sections = sections + rev_sections
+    enc = Encoded(codec, width, len(new), payload, sections)
     if len(new) <= SMALL:
         alt = _pack(plain, width, len(new), _split(d, width), level)
         if len(alt.payload) < len(enc.payload):
@@ -256,12 +276,12 @@ def decode(codec: int, width: int, raw_len: int, payload: bytes, planes: list[in
             raise DeltaFormatError("zstd record must have one frame", rule="delta-record")
         return _frames(payload, planes, raw_len, base if codec == PREFIX else None)[0]
     n = raw_len // width
-    if codec in (XOR_CTX, ZDIFF_CTX):
+    if codec in (XOR_CTX, ZDIFF_CTX, XOR_ANS, ZDIFF_ANS):
         if base is None or len(base) != raw_len:
             raise DeltaFormatError("diff record needs a base of the same size", rule="delta-record")
         b = np.frombuffer(base, dtype=_UINT[width])
-        d = _ctx_decode(payload, planes, width, b, dtype, reverse)
-        codec = XOR if codec == XOR_CTX else ZDIFF
+        d = _ctx_decode(payload, planes, width, b, dtype if codec in (XOR_CTX, ZDIFF_CTX) else "", reverse)
+        codec = XOR if codec in (XOR_CTX, XOR_ANS) else ZDIFF
     else:
         if codec not in (PLANES, XOR, ZDIFF) or len(planes) != width:
             raise DeltaFormatError(f"record has unknown codec {codec} or wrong plane count",

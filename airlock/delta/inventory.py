@@ -17,6 +17,7 @@ from airlock.hashing import CHUNK, tree_files
 from airlock.safetensors_io import SafetensorsHeader, read_header
 
 Progress = Callable[[int], None]
+TENSOR_DIGEST_HEX = 16
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,10 @@ class TensorEntry:
     sha256: str
 
     def as_list(self) -> list[Any]:
-        return [self.file, self.name, self.dtype, list(self.shape), self.offset, self.nbytes, self.sha256]
+        """Stored form; the tensor digest is shortened to ``TENSOR_DIGEST_HEX`` characters (it names
+        the first differing tensor of a source whose full-file sha256 already failed)."""
+        return [self.file, self.name, self.dtype, list(self.shape), self.offset, self.nbytes,
+                self.sha256[:TENSOR_DIGEST_HEX]]
 
     @classmethod
     def from_list(cls, v: list[Any]) -> TensorEntry:
