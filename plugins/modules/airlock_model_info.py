@@ -124,6 +124,11 @@ from ansible_collections.airlock.appliance.plugins.module_utils.airlock_common i
 
 
 def _problem_text(problem):
+    if isinstance(problem, dict) and "kind" in problem:
+        text = "%s: %s" % (problem.get("path") or ".", problem["kind"])
+        if problem.get("expected") is not None or problem.get("actual") is not None:
+            text += " (expected %s, found %s)" % (problem.get("expected"), problem.get("actual"))
+        return text
     if isinstance(problem, dict):
         return ", ".join("%s=%s" % (k, problem[k]) for k in sorted(problem))
     return str(problem)
