@@ -33,7 +33,7 @@ PY
 )" || pipver="24.2"
 cp "$repo/scripts/ansible-test-get-pip.py" "$cache/get_pip_${pipver//./_}.py"
 
-# Tests that need network-only tooling are skipped with a reason printed by ansible-test itself;
-# everything else runs. --local: use this venv's tools where ansible-test allows it.
+# All 24 sanity tests run (the tools they need are installed into ansible-test's own venvs through
+# the shim above, from the package sources in the pip configuration file).
 cd "$coll"
 ansible-test sanity --python "$pyver" --venv --color no "$@"
