@@ -305,9 +305,9 @@ def bench_baseline(case: str, method: str, old: Path, new: Path, work: Path, lim
         return [_finish(r, case, method, "full (concatenated)", new_total)]
     sl = work / "sample"
     sl.mkdir(parents=True, exist_ok=True)
-    o, n, piece = sample_tensors(old, new, lim.slice_bytes[method], sl)
+    o, n, frac = sample_tensors(old, new, lim.slice_bytes[method], sl)
     length = n.stat().st_size
-    scope = f"sample: {length / MB:.0f} MB, <= {piece / 1024:.0f} KiB of every tensor"
+    scope = f"sample: {length / MB:.0f} MB = {100 * frac:.2g}% of every tensor"
     r = run_pairs(tool, [(o, n)], work / "sampled", lim.timeout)
     shutil.rmtree(sl, ignore_errors=True)
     return [_finish(r, case, method, scope, length)]
@@ -324,21 +324,17 @@ def _tensor_table(model: Path) -> dict[str, tuple[Path, int, int]]:
     return out
 
 
-def sample_tensors(old: Path, new: Path, budget: int, work: Path) -> tuple[Path, Path, int]:
-    """Old and new sample files for methods too slow for the whole model: the first K bytes of every
-    tensor (by name, same K for both versions; K chosen so the new sample is ~``budget`` bytes), plus
-    the last K bytes of tensors that grew or are new (so added rows are represented). Tensors are
-    matched by name, which favours the baseline on a re-shard (it sees identical data)."""
+def sample_tensors(old: Path, new: Path, budget: int, work: Path) -> tuple[Path, Path, float]:
+    """Old and new sample files for methods too slow for the whole model, proportional by bytes:
+    the first ``f`` of every tensor (matched by name; f = budget / size of the new version), plus
+    ``f`` of the added tail of tensors that grew or are new, so the sample has the model's mix of
+    changed, unchanged and added bytes. Matching by name favours the baseline on a re-shard (it
+    sees identical data)."""
     before, after = _tensor_table(old), _tensor_table(new)
-    sizes = [n for _, _, n in after.values()]
-    lo, hi = 1, max(sizes)
-    while lo < hi:  # largest K with sum(min(n, K)) <= budget
-        mid = (lo + hi + 1) // 2
-        if sum(min(n, mid) for n in sizes) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    k = lo
+    f = min(1.0, budget / max(1, sum(n for _, _, n in after.values())))
+
+    def take(n: int) -> int:
+        return min(n, max(64, int(n * f)) // 64 * 64)  # whole elements of any dtype
 
     def put(dst: BinaryIO, path: Path, offset: int, length: int) -> None:
         with open(path, "rb") as fh:
@@ -349,14 +345,15 @@ def sample_tensors(old: Path, new: Path, budget: int, work: Path) -> tuple[Path,
     with open(o_path, "wb") as o_fh, open(n_path, "wb") as n_fh:
         for name in sorted(after):
             n_file, n_off, n_len = after[name]
-            put(n_fh, n_file, n_off, min(k, n_len))
-            if name in before:
-                o_file, o_off, o_len = before[name]
-                put(o_fh, o_file, o_off, min(k, o_len))
-            if name not in before or n_len > before[name][2]:
-                tail = min(k, n_len - (before[name][2] if name in before else 0))
+            old_len = before[name][2] if name in before else 0
+            k = take(min(n_len, old_len) if name in before else 0)
+            if k:
+                put(n_fh, n_file, n_off, k)
+                put(o_fh, before[name][0], before[name][1], k)
+            if n_len > old_len:
+                tail = take(n_len - old_len)
                 put(n_fh, n_file, n_off + n_len - tail, tail)
-    return o_path, n_path, k
+    return o_path, n_path, f
 
 
 def _finish(r: Result | str, case: str, method: str, scope: str, new_bytes: int) -> Result:
@@ -565,8 +562,13 @@ def main(argv: list[str] | None = None) -> int:
                          "on the concatenation only)")
     ap.add_argument("--xdelta3-concat-max", type=parse_size, default=parse_size("1G"),
                     help="above --full-max, xdelta3 still runs on the whole (joined) model up to this size")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite RESULTS.md from benchmarks/work/results-<size>.json (no runs)")
     ap.add_argument("--resume", action="store_true",
-                    help="keep the cases already complete in benchmarks/work/results-<size>.json")
+                    help="keep the (case, method) results already in benchmarks/work/results-<size>.json")
+    ap.add_argument("--resample", default="",
+                    help="with --resume: methods whose sampled rows are measured again (e.g. after the "
+                         "sampling changed)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per command")
     args = ap.parse_args(argv)
     size_label = args.size or ("200M" if args.quick else "2G")
@@ -581,39 +583,52 @@ def main(argv: list[str] | None = None) -> int:
                  slice_bytes={"bsdiff": args.bsdiff_sample, "xdelta3": args.sample,
                               "zstd-patch": args.sample, "zstd": args.sample},
                  timeout=args.timeout, xdelta3_concat_max=args.xdelta3_concat_max)
+    if args.render:
+        rendered = _load(args.work / f"results-{size_label}.json")
+        args.output.write_text(render(rendered, _other_size(args.work, size_label)))
+        print(f"wrote {args.output}")
+        return 0
     for tool in ("bsdiff", "bspatch", "xdelta3", "zstd", "/usr/bin/time"):
         if not shutil.which(tool):
             print(f"{tool} not found: apt-get install bsdiff xdelta3 zstd time", file=sys.stderr)
             return 2
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
-    command = "nice -n 10 .venv/bin/python -m benchmarks.run " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume")
+    shown = list(argv if argv is not None else sys.argv[1:])
+    for flag, has_value in (("--resume", False), ("--resample", True)):
+        if flag in shown:  # how the run was split up is not part of the command that regenerates it
+            i = shown.index(flag)
+            del shown[i:i + 1 + has_value]
+    command = "nice -n 10 .venv/bin/python -m benchmarks.run " + " ".join(shlex.quote(a) for a in shown)
     rep = Report(command.strip(), size_label, f"{platform.node()} ({os.cpu_count()} CPUs, "
                  f"{platform.machine()}, Python {platform.python_version()})",
                  time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     pairs = prepare_cases(cases, size, size_label, work / "models")
     airlock_present = _airlock_present()
     raw_path = work / f"results-{size_label}.json"
-    done: set[str] = set()
+    done: set[tuple[str, str]] = set()
+    resample = set(args.resample.split(",")) - {""}
     if args.resume and raw_path.exists():
         prev = _load(raw_path)
-        for case in cases:
-            kept = [r for r in prev.results if r.case == case]
-            if {r.method for r in kept} >= set(methods):
-                rep.results.extend(r for r in kept if r.method in methods)
-                done.add(case)
-        rep.started = prev.started + f" (resumed {rep.started})"
+        for r in prev.results:
+            if r.case in cases and r.method in methods and not (
+                    r.method in resample and r.scope.startswith("sample")):
+                rep.results.append(r)
+                done.add((r.case, r.method))
+        rep.extra.update(prev.extra)
+        rep.started = prev.started.split(" (resumed")[0] + f" (resumed {rep.started})"
     sample = max((f for _, new in pairs.values() for f in new.glob("*.safetensors")),
                  key=lambda p: p.stat().st_size)
     rep.bound = physical_bound(sample, work / "bound")
     other = _other_size(work, size_label)
     for case, (old, new) in pairs.items():
-        if case in done:
+        if all((case, m) in done for m in methods):
             continue
         cw = work / "runs" / size_label / case
         shutil.rmtree(cw, ignore_errors=True)
         for method in methods:
+            if (case, method) in done:
+                continue
             print(f"[{time.strftime('%H:%M:%S')}] {case}: {method}", flush=True)
             if method == "airlock":
                 if not airlock_present:
@@ -623,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
                 rep.results.append(bench_airlock(case, old, new, cw / method, args.timeout))
             else:
                 rep.results.extend(bench_baseline(case, method, old, new, cw / method, lim))
+            _order(rep, cases)
             _save(rep, raw_path)
         if case == "synthetic-vocab":
             al = next((r for r in rep.results if r.case == case and r.method == "airlock"), None)
@@ -635,6 +651,11 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(render(rep, other))
     print(f"wrote {args.output}")
     return 0
+
+
+def _order(rep: Report, cases: list[str]) -> None:
+    rep.results.sort(key=lambda r: (cases.index(r.case) if r.case in cases else len(cases),
+                                    METHODS.index(r.method), r.scope))
 
 
 def _airlock_present() -> bool:
