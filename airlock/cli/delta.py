@@ -66,21 +66,24 @@ def apply_cmd(
     no_link: bool = typer.Option(False, "--no-link",
                                  help="Copy unchanged files instead of hard-linking them."),
     chain_dir: Path = typer.Option(None, "--chain-dir", help="Follow the shortest chain of deltas in this "
-                                   "directory (needs --from and --to)."),
-    from_version: str = typer.Option(None, "--from", help="With --chain-dir: the version of SRC_DIR."),
+                                   "directory (needs --to)."),
+    from_version: str = typer.Option(None, "--from", help="With --chain-dir: the version of SRC_DIR "
+                                     "(default: recognised by its content hash)."),
     to_version: str = typer.Option(None, "--to", help="With --chain-dir: the version to build."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Check SRC_DIR against the delta, rebuild the other version in a staging directory, verify every
     file's hash and rename it to OUTPUT. Nothing is left behind on failure."""
-    from airlock.delta import apply_chain, apply_delta, find_chain_steps
+    from airlock.delta import apply_chain, apply_delta, find_chain_steps, identify_version
     from airlock.delta.inventory import total_bytes
 
     with handle_errors(as_json):
         if chain_dir is not None:
-            if delta is not None or reverse or not from_version or not to_version:
-                raise AirlockError("--chain-dir needs --from and --to, and no DELTA or --reverse",
-                                   rule="delta-usage")
+            if delta is not None or reverse or not to_version:
+                raise AirlockError("--chain-dir needs --to (and optionally --from), and no DELTA or "
+                                   "--reverse", rule="delta-usage")
+            if not from_version:
+                from_version = identify_version(chain_dir, src_dir)
             steps = find_chain_steps(chain_dir, from_version, to_version)
             total = 2 * len(steps) * total_bytes(src_dir) if src_dir.is_dir() else None
             with progress_bytes(f"applying {len(steps)} deltas", total, not as_json) as prog:

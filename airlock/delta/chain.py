@@ -38,6 +38,29 @@ def _edges(delta_dir: Path) -> dict[str, list[ChainStep]]:
     return edges
 
 
+def identify_version(delta_dir: Path, model_dir: Path) -> str:
+    """The version label a directory of deltas gives to ``model_dir``, found by its content id
+    (every file hashed): the source of some delta, or the target of a reversible one."""
+    from airlock.delta.inventory import FileInfo, content_id, hash_regions, model_paths
+
+    files: dict[str, FileInfo] = {}
+    for rel in model_paths(Path(model_dir)):
+        size, sha, _ = hash_regions(Path(model_dir) / rel, [])
+        files[rel] = FileInfo(size, sha)
+    cid = content_id(files)
+    for path in sorted(p for p in Path(delta_dir).iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            h = read_delta_header(path)
+        except DeltaFormatError:
+            continue
+        if h.source_id == cid:
+            return h.from_version
+        if h.target_id == cid:
+            return h.to_version
+    raise AirlockError(f"{model_dir}: no delta in {delta_dir} starts from or leads to this content "
+                       f"({cid[:23]}...)", path=str(model_dir), rule="delta-no-chain")
+
+
 def find_chain_steps(delta_dir: Path, from_version: str, to_version: str) -> list[ChainStep]:
     """Breadth-first search: the fewest deltas from ``from_version`` to ``to_version``; forward edges
     are preferred over reverse ones at equal length. Raises AirlockError when there is no path."""

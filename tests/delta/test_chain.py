@@ -84,3 +84,14 @@ def test_cli_path_and_chain_apply(chain: tuple[Path, dict[str, Path]], tmp_path:
                        capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     assert tree_digest(tmp_path / "out") == tree_digest(versions["1.0"])
+    # without --from the source version is recognised by its content (1.3 is only a target)
+    r = subprocess.run([AIRLOCK, "delta", "apply", str(versions["1.3"]), "--chain-dir", str(deltas),
+                        "--to", "1.1", "-o", str(tmp_path / "o2"), "--json"], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 1 and "no chain" in r.stdout  # 1.3 -> 1.2 is forward-only
+    r = subprocess.run([AIRLOCK, "delta", "apply", str(versions["1.2"]), "--chain-dir", str(deltas),
+                        "--to", "1.0", "-o", str(tmp_path / "o3"), "--json"], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0, r.stdout
+    assert json.loads(r.stdout)["from_version"] == "1.2"
+    assert tree_digest(tmp_path / "o3") == tree_digest(versions["1.0"])
