@@ -48,7 +48,7 @@ def free_port() -> int:
 
 def start(root: Path) -> CephCluster:
     c = CephCluster(root, str(uuid.uuid4()), free_port())
-    for d in ("mon", "osd/osd.0", "mds/mds.a", "run", "log"):
+    for d in ("mon", "osd/osd.0", "mds/mds.a", "mgr/mgr.x", "run", "log"):
         (root / d).mkdir(parents=True)
     c.conf.write_text(f"""[global]
 fsid = {c.fsid}
@@ -61,6 +61,8 @@ keyring = {root}/$name.keyring
 mon_data = {root}/mon/$name
 osd_data = {root}/osd/$name
 mds_data = {root}/mds/$name
+mgr_data = {root}/mgr/$name
+mgr_disabled_modules = dashboard,prometheus,restful,influx,telemetry
 osd_objectstore = memstore
 memstore_device_bytes = 536870912
 osd_pool_default_size = 1
@@ -129,6 +131,21 @@ mon_data_avail_crit = 0
         "auth", "add", "osd.0", "osd", "allow *", "mon", "allow profile osd", "-i", f"{root}/osd.0.keyring"
     )
     run(["ceph-osd", "-c", conf, "-i", "0"])
+    # a manager: without one the cluster reports no usage, and CephFS clients see 0 bytes free
+    c.ceph(
+        "auth",
+        "get-or-create",
+        "mgr.x",
+        "mon",
+        "allow profile mgr",
+        "osd",
+        "allow *",
+        "mds",
+        "allow *",
+        "-o",
+        f"{root}/mgr.x.keyring",
+    )
+    run(["ceph-mgr", "-c", conf, "-i", "x"])
     c.ceph(
         "auth",
         "get-or-create",
@@ -151,6 +168,10 @@ mon_data_avail_crit = 0
         if time.monotonic() > deadline:
             raise RuntimeError(f"MDS not active: {c.ceph('mds', 'stat')}")
         time.sleep(1)
+    while '"available": true' not in c.ceph("mgr", "stat", "--format", "json-pretty"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"mgr not available: {c.ceph('mgr', 'stat')}")
+        time.sleep(1)
     out = c.ceph("fs", "authorize", "cephfs", "client.airlock", "/", "rw")
     c.client_key = next(ln.split("=", 1)[1].strip() for ln in out.splitlines() if "key =" in ln)
     return c
@@ -158,9 +179,16 @@ mon_data_avail_crit = 0
 
 def stop(c: CephCluster, mounts: list[Path]) -> None:
     """Unmount first (a FUSE client hangs once the cluster is gone), then stop the daemons."""
+    pids = []
     for m in mounts:
         subprocess.run(["umount", "-l", str(m)], capture_output=True, check=False)
-    pids = []
+        for proc in Path("/proc").glob("[0-9]*"):  # the ceph-fuse this test's mount started
+            try:
+                argv = proc.joinpath("cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"ceph-fuse") and str(m).encode() in argv:
+                pids.append(int(proc.name))
     for pidfile in sorted((c.root / "run").glob("*.pid")):
         try:
             pids.append(int(pidfile.read_text().strip()))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from airlock.fixtures import generate_synthetic
+from airlock.repo import Repository
 from tests.provision.ansible_run import run_role
 from tests.provision.ceph_cluster import CephCluster, start, stop
 from tests.support import require_root, require_tool
@@ -79,3 +81,11 @@ def test_role_mounts_real_cephfs_idempotently(cluster: CephCluster, tmp_path: Pa
     got = (mnt / "airlock-warm-tier.bin").read_bytes()
     assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
     assert cluster.client_key not in first.output + again.output + remount.output
+
+    # the model repository on the warm tier: install, activate and verify a real safetensors model there
+    src = generate_synthetic(tmp_path / "model", size_bytes=4 << 20, seed=3)
+    repo = Repository(mnt / "repo")
+    repo.install_version("synthetic", "1.0.0", src)
+    report = repo.verify("synthetic", "1.0.0")
+    assert report["ok"] is True, report
+    assert (mnt / "repo").is_dir() and any((mnt / "repo").rglob("*.safetensors"))
