@@ -3,9 +3,11 @@ writing, checked against the recorded hashes), then rename the staging directory
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,15 +70,30 @@ def verify_source(src_dir: Path, files: dict[str, FileInfo], tensors: list[Tenso
                                path=str(path), rule="delta-source-file")
 
 
+def _process_token(pid: int) -> str | None:
+    """``pid:starttime`` of a live process (the start time guards against pid reuse), else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{pid}:{stat.rsplit(')', 1)[1].split()[19]}"
+
+
 def _cleanup_stale(out_dir: Path) -> None:
-    """Remove staging directories of earlier applies to the same output whose process is gone."""
+    """Remove staging directories of earlier applies to the same output whose process is gone
+    (killed): the owner token inside names a process that no longer runs."""
     for d in out_dir.parent.glob(f"{STAGING_PREFIX}{out_dir.name}-*"):
-        owner = d / OWNER_FILE
         try:
-            pid = int(owner.read_text())
-        except (OSError, ValueError):
-            pid = -1
-        if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+            token = (d / OWNER_FILE).read_text()
+        except OSError:
+            token = ""
+        if not token:
+            with contextlib.suppress(OSError):
+                if time.time() - d.stat().st_mtime > 60:  # owner never written: long dead
+                    shutil.rmtree(d, ignore_errors=True)
+            continue
+        pid = int(token.split(":")[0]) if token.split(":")[0].isdigit() else -1
+        if _process_token(pid) != token:
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -220,7 +237,7 @@ def apply_delta(src_dir: Path, delta_path: Path, out_dir: Path, *, reverse: bool
     written = linked = 0
     try:
         with staging_dir(out_dir, prefix=STAGING_PREFIX) as stage:
-            (stage / OWNER_FILE).write_text(str(os.getpid()))
+            (stage / OWNER_FILE).write_text(_process_token(os.getpid()) or str(os.getpid()))
             for recipe in recipes:
                 rel = safe_relpath(recipe.path).as_posix()
                 if rel == OWNER_FILE:
@@ -233,9 +250,10 @@ def apply_delta(src_dir: Path, delta_path: Path, out_dir: Path, *, reverse: bool
                                            path=str(delta_path), rule="delta-format") from exc
                 written += n
                 linked += was_linked
-            (stage / OWNER_FILE).unlink()
             fsync_tree(stage)
             fault_point("delta.apply.before-rename")
+            (stage / OWNER_FILE).unlink()
+            fsync_dir(stage)
             os.rename(stage, out_dir)
             fsync_dir(out_dir.parent)
     finally:
