@@ -86,3 +86,17 @@ def test_failed_health_gate_rolls_the_host_back(bundles: Bundles, tmp_path: Path
         assert repo.verify("tiny")["ok"]
     finally:
         repo.close()
+
+
+def test_install_copies_the_bundle_from_the_control_node(bundles: Bundles, tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet"
+    r = airlock("install", "--bundle", str(bundles.full), "-i", str(LOCAL), "--limit", "local-b",
+                "--trust", bundles.fingerprint, "--keyring", str(bundles.keyring), "--json",
+                "--runner-dir", str(tmp_path / "runner"), "-e", f"airlock_fleet_dir={fleet}",
+                "-e", "airlock_bundle_copy=true")
+    assert r.returncode == 0, r.stdout + r.stderr
+    copied = fleet / "local-b" / "incoming" / bundles.full.name
+    assert (copied / "MANIFEST.json").read_bytes() == (bundles.full / "MANIFEST.json").read_bytes()
+    staged = fleet / "local-b" / "model_repo" / "update_packages" / "staged" / bundles.full.name
+    assert (staged / "MANIFEST.json").exists()  # staged (and verified) from the copy
+    assert json.loads(r.stdout)["hosts"][0]["to"] == "1.0.0"
