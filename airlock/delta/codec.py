@@ -163,6 +163,19 @@ def edge_context(bits: np.ndarray, dtype: str) -> np.ndarray:
     return (length.astype(np.uint8) * 2 + (upper < field)).astype(np.uint8)
 
 
+def reverse_context(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """Context of the exponent change: the edge distance (``edge_context``) and where the new
+    exponent lies relative to the chunk's median exponent (small weights move across binades more
+    often): 8 buckets, from 6 binades below the median to 1 above."""
+    edge = edge_context(bits, dtype)
+    exp = context(bits, dtype)
+    if exp is None:
+        return edge
+    med = int(np.median(exp))
+    bucket = np.clip(exp.astype(np.int16) - med + 6, 0, 7).astype(np.uint16)
+    return edge.astype(np.uint16) * 8 + bucket
+
+
 def _plane_arrays(d: np.ndarray, width: int) -> list[np.ndarray]:
     by = d.view(np.uint8).reshape(-1, width)
     return [np.ascontiguousarray(by[:, k]) for k in range(width)]
@@ -184,7 +197,7 @@ def encode_diff(new: bytes, old: bytes, width: int, level: int = LEVEL, *, dtype
         ctx_new = context(n, dtype)
         assert ctx_new is not None
         # the old exponents as a change from the new ones (almost always 0), for NEW -> OLD
-        rev_in = (ctx_old - ctx_new, edge_context(n, dtype))
+        rev_in = (ctx_old - ctx_new, reverse_context(n, dtype))
         rev_group = entropy.Grouping.of(rev_in[1])
         rev_cost = entropy.plane_cost(rev_group.histograms(rev_in[0]), n.size)
     best: tuple[float, int, int, np.ndarray, list[np.ndarray], list[np.ndarray]] | None = None
@@ -255,7 +268,7 @@ def _ctx_decode(payload: bytes, sections: list[int], width: int, b: np.ndarray, 
             raise DeltaFormatError("record lacks the reverse context (made with --no-reverse?)",
                                    rule="delta-record")
         skip = sum(sections[:nfwd])
-        change = entropy.decode(payload[skip:], sections[nfwd:], edge_context(b, dtype), 1)[0]
+        change = entropy.decode(payload[skip:], sections[nfwd:], reverse_context(b, dtype), 1)[0]
         ctx = ctx + change  # uint8 arithmetic wraps exactly like the encoder's subtraction
     elif len(sections) not in (nfwd, nfwd + 2):
         raise DeltaFormatError("context-coded record has the wrong number of sections", rule="delta-record")
