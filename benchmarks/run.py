@@ -573,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="only rewrite RESULTS.md from benchmarks/work/results-<size>.json (no runs)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the (case, method) results already in benchmarks/work/results-<size>.json")
+    ap.add_argument("--redo", default="", help="with --resume: methods measured again on every case")
     ap.add_argument("--resample", default="",
                     help="with --resume: methods whose sampled rows are measured again (e.g. after the "
                          "sampling changed)")
@@ -602,23 +603,24 @@ def main(argv: list[str] | None = None) -> int:
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     shown = list(argv if argv is not None else sys.argv[1:])
-    for flag, has_value in (("--resume", False), ("--resample", True)):
+    for flag, has_value in (("--resume", False), ("--resample", True), ("--redo", True)):
         if flag in shown:  # how the run was split up is not part of the command that regenerates it
             i = shown.index(flag)
             del shown[i:i + 1 + has_value]
     command = "nice -n 10 .venv/bin/python -m benchmarks.run " + " ".join(shlex.quote(a) for a in shown)
     rep = Report(command.strip(), size_label, f"{platform.node()} ({os.cpu_count()} CPUs, "
                  f"{platform.machine()}, Python {platform.python_version()})",
-                 time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+                 time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()) + f", commit {_commit()}")
     pairs = prepare_cases(cases, size, size_label, work / "models")
     airlock_present = _airlock_present()
     raw_path = work / f"results-{size_label}.json"
     done: set[tuple[str, str]] = set()
     resample = set(args.resample.split(",")) - {""}
+    redo = set(args.redo.split(",")) - {""}
     if args.resume and raw_path.exists():
         prev = _load(raw_path)
         for r in prev.results:
-            if r.case in cases and r.method in methods and not (
+            if r.case in cases and r.method in methods and r.method not in redo and not (
                     r.method in resample and r.scope.startswith("sample")):
                 rep.results.append(r)
                 done.add((r.case, r.method))
@@ -658,6 +660,12 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(render(rep, other))
     print(f"wrote {args.output}")
     return 0
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True, check=False)
+    return out.stdout.strip() or "unknown"
 
 
 def _order(rep: Report, cases: list[str]) -> None:
