@@ -22,7 +22,7 @@ import zstandard
 
 from airlock.errors import DeltaFormatError
 
-MIN_GROUP = 2048
+MIN_GROUP = 512
 """Contexts with fewer elements share one model: a table costs more than it saves below this."""
 FREQ_TOTAL = 1 << 15
 RAW_IF_ABOVE = 0.97
