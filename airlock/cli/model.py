@@ -23,13 +23,26 @@ CheckOpt = typer.Option(False, "--check", "--dry-run", help="Only show what woul
 TorchOpt = typer.Option(False, "--torch-check", help="Also open the shards with safetensors' torch API.")
 OwnerOpt = typer.Option(None, "--owner", help="Owner of installed version files (applied when run as root).")
 GroupOpt = typer.Option(None, "--group", help="Group of installed version files (applied when run as root).")
+EncryptOpt = typer.Option(None, "--encrypt", metavar="PROVIDER:KEY_ID",
+                          help="Store the version encrypted at rest under this key (docs/security.md).")
+KeysOpt = typer.Option(None, "--keys-config", envvar="AIRLOCK_KEYS_CONFIG",
+                       help="Key provider config for encrypted versions (default /etc/airlock/keys.yaml, "
+                       "env AIRLOCK_KEYS_CONFIG); PINs and tokens live in files it names, never here.")
 
 
 def _repo(root: Path, lock_timeout: float | None = None, owner: str | None = None, group: str | None = None,
-          torch: bool = False) -> Any:
+          torch: bool = False, keys_config: Path | None = None, need_keys: bool = False) -> Any:
+    """The repository; key providers are loaded when a config is named, when encryption is asked
+    for, or when the default config exists (encrypted versions need it for update/verify/rollback)."""
+    from airlock.crypto import ProviderRegistry
+    from airlock.crypto.providers import default_config_path
     from airlock.repo import Repository
 
-    return Repository(root, owner=owner, group=group, lock_timeout=lock_timeout, check_torch=torch)
+    keys = None
+    if keys_config is not None or need_keys or default_config_path().exists():
+        keys = ProviderRegistry.load(keys_config)
+    return Repository(root, owner=owner, group=group, lock_timeout=lock_timeout, check_torch=torch,
+                      keys=keys)
 
 
 def _planned(repo: Any, action: str, model: str, check: bool, make: Callable[[], Any]) -> Any:
@@ -67,16 +80,18 @@ def install_cmd(
     dependency: list[str] = typer.Option([], "--dependency", help="NAME=VERSION (e.g. torch=2.13); "
                                        "repeatable."),
     no_activate: bool = typer.Option(False, "--no-activate", help="Install without switching current."),
-    torch: bool = TorchOpt,
+    torch: bool = TorchOpt, encrypt: str = EncryptOpt, keys_config: Path = KeysOpt,
     check: bool = CheckOpt, root: Path = RootOpt, lock_timeout: float = LockOpt, owner: str = OwnerOpt,
     group: str = GroupOpt, as_json: bool = JsonOpt,
 ) -> None:
-    """Install a full version from a directory (staged, hash-checked, sealed read-only, renamed in)."""
+    """Install a full version from a directory (staged, hash-checked, sealed read-only, renamed in);
+    with --encrypt every file is stored encrypted, the plaintext hashed while encrypting."""
     with handle_errors(as_json):
         deps = dict(d.split("=", 1) for d in dependency if "=" in d)
-        repo = _repo(root, lock_timeout, owner, group, torch)
+        repo = _repo(root, lock_timeout, owner, group, torch, keys_config, encrypt is not None)
         plan = _planned(repo, "install", model, check, lambda: repo.plan_install(
-            model, version, src_dir, activate=not no_activate, description=description, dependencies=deps))
+            model, version, src_dir, activate=not no_activate, description=description, dependencies=deps,
+            encrypt=encrypt))
         if not check:
             with progress_bytes(f"installing {model} {version}", _total(plan), not as_json) as prog:
                 plan = repo.execute(plan, progress=prog)
@@ -88,15 +103,16 @@ def update_cmd(
     model: str = typer.Argument(..., help="Model name."),
     delta: Path = typer.Argument(..., help="A .aldelta file from the installed version to the new one."),
     no_activate: bool = typer.Option(False, "--no-activate", help="Install without switching current."),
-    torch: bool = TorchOpt,
+    torch: bool = TorchOpt, encrypt: str = EncryptOpt, keys_config: Path = KeysOpt,
     check: bool = CheckOpt, root: Path = RootOpt, lock_timeout: float = LockOpt, owner: str = OwnerOpt,
     group: str = GroupOpt, as_json: bool = JsonOpt,
 ) -> None:
-    """Apply a delta to the installed source version; unchanged files are hard links."""
+    """Apply a delta to the installed source version; unchanged files are hard links. An encrypted
+    source version gives an encrypted result (same key unless --encrypt names another)."""
     with handle_errors(as_json):
-        repo = _repo(root, lock_timeout, owner, group, torch)
+        repo = _repo(root, lock_timeout, owner, group, torch, keys_config, encrypt is not None)
         plan = _planned(repo, "update", model, check,
-                        lambda: repo.plan_update(model, delta, activate=not no_activate))
+                        lambda: repo.plan_update(model, delta, activate=not no_activate, encrypt=encrypt))
         if not check:
             with progress_bytes(f"updating {model} to {plan.version}", _total(plan), not as_json) as prog:
                 plan = repo.execute(plan, progress=prog)
@@ -111,6 +127,7 @@ def install_bundle_cmd(
     gnupghome: Path = typer.Option(None, "--gnupghome", help="GnuPG home holding the keys."),
     compatible: str = typer.Option(None, "--compatible", help="This appliance's profile."),
     no_activate: bool = typer.Option(False, "--no-activate", help="Install without switching current."),
+    encrypt: str = EncryptOpt, keys_config: Path = KeysOpt,
     root: Path = RootOpt, lock_timeout: float = LockOpt, owner: str = OwnerOpt, group: str = GroupOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -119,12 +136,12 @@ def install_bundle_cmd(
     from airlock.fsutil import rmtree_writable
 
     with handle_errors(as_json):
-        repo = _repo(root, lock_timeout, owner, group)
+        repo = _repo(root, lock_timeout, owner, group, keys_config=keys_config, need_keys=encrypt is not None)
         t = Trust(fingerprints=trust, gnupghome=gnupghome, keyring=keyring)
         stage = repo.layout.packages / "staged" / bundle.resolve().name
         staged = stage_bundle(bundle, stage, t, compatible=compatible,
                               installed_sequence=repo.installed_sequence())
-        plans = repo.install_from_bundle(staged, activate=not no_activate)
+        plans = repo.install_from_bundle(staged, activate=not no_activate, encrypt=encrypt)
         # installed: the staged copy is no longer needed (manifest, signature and deltas were kept);
         # after a failure it stays, so the next stage resumes instead of copying again
         rmtree_writable(stage)
@@ -152,11 +169,12 @@ def activate_cmd(
 def rollback_cmd(
     model: str = typer.Argument(...),
     to: str = typer.Option(None, "--to", help="Version to go back to (default: the previous good one)."),
+    keys_config: Path = KeysOpt,
     check: bool = CheckOpt, root: Path = RootOpt, lock_timeout: float = LockOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Back to the previous good version; rebuilt from the kept reverse deltas if it was pruned."""
     with handle_errors(as_json):
-        repo = _repo(root, lock_timeout)
+        repo = _repo(root, lock_timeout, keys_config=keys_config)
         plan = _planned(repo, "rollback", model, check, lambda: repo.plan_rollback(model, to))
         if not check:
             with progress_bytes(f"rolling {model} back to {plan.version}", _total(plan), not as_json) as prog:
@@ -228,17 +246,19 @@ def history_cmd(model: str = typer.Argument(None), limit: int = typer.Option(50,
 @app.command("verify")
 def verify_cmd(model: str = typer.Argument(...), version: str = typer.Argument(None), root: Path = RootOpt,
                lock_timeout: float = LockOpt, owner: str = OwnerOpt, group: str = GroupOpt,
-               as_json: bool = JsonOpt) -> None:
-    """Re-hash (two workers) against the catalog and the signed manifest; modes, owner, extra and
-    missing files, the current link. Exit 13 on drift."""
+               keys_config: Path = KeysOpt, as_json: bool = JsonOpt) -> None:
+    """Re-hash (two workers) against the catalog and the signed manifest (plaintext hashes of
+    encrypted versions, decrypted with --keys-config); modes, owner, extra and missing files, the
+    current link. Exit 13 on drift."""
     with handle_errors(as_json):
-        report = _repo(root, lock_timeout, owner, group).verify(model, version)
+        report = _repo(root, lock_timeout, owner, group, keys_config=keys_config).verify(model, version)
         if as_json:
             emit_json(report)
         else:
             for v in report["versions"]:
                 status = "ok" if v["ok"] else "DRIFT"
-                _say(f"{model} {v['version']} ({v['state']}): {status}, {v['files']} files")
+                enc = f", encrypted ({v['key_ref']})" if v.get("encrypted") else ""
+                _say(f"{model} {v['version']} ({v['state']}): {status}, {v['files']} files{enc}")
                 for p in v["problems"]:
                     _say(f"  {p['path']}: {p['kind']} (expected {p['expected']}, found {p['actual']})")
             link = report["current"]

@@ -88,6 +88,23 @@ def _build(out_dir: Path, body: Callable[[Path], dict[str, PlainFile]]) -> dict[
     return result
 
 
+def encrypt_hashing(
+    src: Path, dst: Path, provider: KeyProvider, key_id: str, *, workers: int = ENCRYPT_WORKERS, **kw: Any
+) -> PlainFile:
+    """Encrypt plaintext file ``src`` into new file ``dst`` (0600, fsynced), hashing the plaintext
+    while encrypting (one read of the source); returns the plaintext size and sha256."""
+    with open(src, "rb") as f, open(dst, "xb") as out:
+        reader = _HashingReader(f)
+        size = os.fstat(f.fileno()).st_size
+        encrypt_stream(
+            cast(BinaryIO, reader), out, provider, key_id, plaintext_size=size, workers=workers, **kw
+        )
+        out.flush()
+        os.fsync(out.fileno())
+    os.chmod(dst, 0o600)
+    return PlainFile(size, reader.hash.hexdigest())
+
+
 def encrypt_tree(
     plain_dir: Path,
     out_dir: Path,
@@ -107,16 +124,7 @@ def encrypt_tree(
         for rel, src in _files(plain_dir):
             dst = stage / rel
             dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with open(src, "rb") as f, open(dst, "xb") as out:
-                reader = _HashingReader(f)
-                size = os.fstat(f.fileno()).st_size
-                encrypt_stream(
-                    cast(BinaryIO, reader), out, provider, key_id, plaintext_size=size, workers=workers, **kw
-                )
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(dst, 0o600)
-            result[rel] = PlainFile(size, reader.hash.hexdigest())
+            result[rel] = encrypt_hashing(src, dst, provider, key_id, workers=workers, **kw)
         if expect is not None and {r: (f.size, f.sha256) for r, f in result.items()} != expect:
             raise IntegrityError(
                 "plaintext being encrypted does not match the expected hashes", path=str(plain_dir)
@@ -176,12 +184,44 @@ def apply_delta_encrypted(
     """Apply a delta to an encrypted model version and write the result encrypted under
     ``provider``/``key_id``. The plaintext of the result is checked against the delta's recorded
     target hashes before the encrypted output is renamed into place."""
-    from airlock.delta import apply_delta, read_delta_header
+    from airlock.delta import ChainStep, read_delta_header
 
     header = read_delta_header(delta_path)
     expected = header.source_files if reverse else header.target_files
+    want = {rel: (f.size, f.sha256) for rel, f in expected.items()}
+    out = apply_chain_encrypted(src_enc_dir, [ChainStep(Path(delta_path), reverse, "", "")], out_enc_dir,
+                                keys, src_encrypted=True, out_key=(provider, key_id), expect=want,
+                                workspace=workspace)
+    assert out is not None
+    return out
+
+
+def apply_chain_encrypted(
+    src_dir: Path,
+    steps: list[Any],
+    out_dir: Path,
+    keys: KeySource | None,
+    *,
+    src_encrypted: bool,
+    out_key: tuple[KeyProvider, str] | None,
+    expect: dict[str, tuple[int, str]] | None = None,
+    workspace: Path | None = None,
+) -> dict[str, PlainFile] | None:
+    """Apply delta chain ``steps`` (``airlock.delta.ChainStep``) to ``src_dir`` where the source, the
+    output or both are stored encrypted: an encrypted source is decrypted into a private plaintext
+    workspace first; with ``out_key`` the result is encrypted under it (checked against ``expect``),
+    otherwise it is written in plaintext to ``out_dir``. Returns the plaintext hashes when encrypting."""
+    from airlock.delta import apply_chain
+
     with plaintext_workspace(workspace) as ws:
-        decrypt_tree(src_enc_dir, ws / "src", keys)
-        apply_delta(ws / "src", delta_path, ws / "out", reverse=reverse, link_unchanged=False)
-        want = {rel: (f.size, f.sha256) for rel, f in expected.items()}
-        return encrypt_tree(ws / "out", out_enc_dir, provider, key_id, expect=want)
+        src = src_dir
+        if src_encrypted:
+            if keys is None:
+                raise EncryptedFormatError("encrypted delta source needs key providers", path=str(src_dir))
+            decrypt_tree(src_dir, ws / "src", keys)
+            src = ws / "src"
+        if out_key is None:
+            apply_chain(src, steps, out_dir, link_unchanged=not src_encrypted)
+            return None
+        apply_chain(src, steps, ws / "out", link_unchanged=False)
+        return encrypt_tree(ws / "out", out_dir, out_key[0], out_key[1], expect=expect)

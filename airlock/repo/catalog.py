@@ -66,6 +66,10 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 1 -> 2: encryption at rest; NULL = plaintext, else the key reference ("hsm:models-kek")
+    """
+    ALTER TABLE versions ADD COLUMN encryption TEXT
+    """,
 ]
 
 
@@ -96,6 +100,7 @@ class VersionRow:
     sequence: int | None
     source: str
     files: dict[str, FileRow] = field(default_factory=dict)
+    encryption: str | None = None  # key reference when stored encrypted (files hold plaintext hashes)
 
     def as_dict(self, with_files: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -103,6 +108,7 @@ class VersionRow:
             "created": self.created, "activated": self.activated, "description": self.description,
             "dependencies": self.dependencies, "bundle_id": self.bundle_id,
             "manifest_sha256": self.manifest_sha256, "sequence": self.sequence, "source": self.source,
+            "encrypted": self.encryption is not None, "key_ref": self.encryption,
         }
         if with_files:
             d["files"] = {r: {"size": f.size, "sha256": f.sha256} for r, f in sorted(self.files.items())}
@@ -110,7 +116,7 @@ class VersionRow:
 
 
 _VCOLS = ("id, model, version, path, state, created, activated, description, dependencies, bundle_id, "
-          "manifest_sha256, sequence, source")
+          "manifest_sha256, sequence, source, encryption")
 
 
 class Catalog:
@@ -190,7 +196,7 @@ class Catalog:
     def _row(self, r: sqlite3.Row, with_files: bool) -> VersionRow:
         v = VersionRow(r["id"], r["model"], r["version"], r["path"], r["state"], r["created"], r["activated"],
                        r["description"], json.loads(r["dependencies"]), r["bundle_id"], r["manifest_sha256"],
-                       r["sequence"], r["source"])
+                       r["sequence"], r["source"], encryption=r["encryption"])
         if with_files:
             for f in self.db.execute("SELECT relpath, size, sha256 FROM files WHERE version_id=?", (v.id,)):
                 v.files[f["relpath"]] = FileRow(f["relpath"], f["size"], f["sha256"])
@@ -234,7 +240,7 @@ class Catalog:
     def add_version(self, model: str, version: str, path: str, files: dict[str, tuple[int, str]], *,
                     state: str = "staged", description: str = "", dependencies: dict[str, str] | None = None,
                     bundle_id: str | None = None, manifest_sha256: str | None = None,
-                    sequence: int | None = None, source: str = "") -> None:
+                    sequence: int | None = None, source: str = "", encryption: str | None = None) -> None:
         self.db.execute("INSERT OR IGNORE INTO models (name, created) VALUES (?, ?)", (model, now()))
         old = self.db.execute("SELECT id FROM versions WHERE model=? AND version=?",
                               (model, version)).fetchone()
@@ -242,9 +248,9 @@ class Catalog:
             self.db.execute("DELETE FROM versions WHERE id=?", (old[0],))
         cur = self.db.execute(
             "INSERT INTO versions (model, version, path, state, created, description, dependencies, "
-            "bundle_id, manifest_sha256, sequence, source) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "bundle_id, manifest_sha256, sequence, source, encryption) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (model, version, path, state, now(), description, json.dumps(dependencies or {}, sort_keys=True),
-             bundle_id, manifest_sha256, sequence, source))
+             bundle_id, manifest_sha256, sequence, source, encryption))
         vid = cur.lastrowid
         self.db.executemany("INSERT INTO files (version_id, relpath, size, sha256) VALUES (?,?,?,?)",
                             [(vid, rel, size, sha) for rel, (size, sha) in sorted(files.items())])

@@ -8,6 +8,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from airlock.errors import DiskSpaceError, IntegrityError, UnsafePathError
 from airlock.faults import fault_point
@@ -15,6 +16,9 @@ from airlock.fsutil import fsync_tree, safe_relpath
 from airlock.hashing import copy_hashing, digest_file
 from airlock.repo.layout import DIR_MODE, FILE_MODE
 from airlock.repo.plan import FileAction
+
+if TYPE_CHECKING:
+    from airlock.repo.encryption import Encryption
 
 Progress = Callable[[int], None]
 Expected = dict[str, tuple[int, str]]
@@ -77,9 +81,15 @@ def enospc(exc: OSError, where: Path, needed: int, free: int) -> DiskSpaceError:
 
 
 def build_tree(tree: Path, src_dir: Path, actions: list[FileAction], link_root: Path,
-               progress: Progress = _noop) -> BuildStats:
+               progress: Progress = _noop, encryption: Encryption | None = None) -> BuildStats:
     """Create ``tree`` holding every planned file: hard links from ``link_root/<source>`` or copies
-    from ``src_dir`` hashed while copying and checked against the plan."""
+    from ``src_dir`` hashed while copying and checked against the plan. With ``encryption`` copies
+    are encrypted while the plaintext is hashed, and link sources (stored encrypted under the same
+    key reference, see ``Repository._link_candidates``) are checked by their plaintext hash."""
+    from airlock.repo.encryption import stored_sha256, stored_size
+
+    enc = encryption is not None
+    keys = encryption.keys if encryption is not None else None
     stats = BuildStats()
     tree.mkdir(mode=DIR_MODE)
 
@@ -93,7 +103,7 @@ def build_tree(tree: Path, src_dir: Path, actions: list[FileAction], link_root: 
         if act.how == "link" and act.source:
             src = link_root / act.source
             # link only a file that still has the recorded content (a tampered inode must not spread)
-            if src.stat().st_size == act.size and digest_file(src).sha256 == act.sha256:
+            if stored_size(src, enc) == act.size and stored_sha256(src, keys) == act.sha256:
                 try:
                     os.link(src, dest)
                     stats.linked += 1
@@ -103,17 +113,25 @@ def build_tree(tree: Path, src_dir: Path, actions: list[FileAction], link_root: 
                     if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                         raise
             # fall through: copy from the source directory instead
-        with open(src_dir / act.relpath, "rb") as fi, open(dest, "wb") as fo:
-            digest = copy_hashing(fi, fo, progress=tick)
-            fo.flush()
-            os.fsync(fo.fileno())
-        if (digest.size, digest.sha256) != (act.size, act.sha256):
+        if encryption is not None:
+            from airlock.crypto.tree import encrypt_hashing
+
+            plain = encrypt_hashing(src_dir / act.relpath, dest, encryption.provider, encryption.key_id)
+            got = (plain.size, plain.sha256)
+            tick(plain.size)
+        else:
+            with open(src_dir / act.relpath, "rb") as fi, open(dest, "wb") as fo:
+                digest = copy_hashing(fi, fo, progress=tick)
+                fo.flush()
+                os.fsync(fo.fileno())
+            got = (digest.size, digest.sha256)
+        if got != (act.size, act.sha256):
             raise IntegrityError(f"{src_dir / act.relpath}: copied bytes do not match the expected hash "
-                                 f"(size {digest.size}, expected {act.size}; sha256 {digest.sha256[:16]}..., "
+                                 f"(size {got[0]}, expected {act.size}; sha256 {got[1][:16]}..., "
                                  f"expected {act.sha256[:16]}...)", path=str(src_dir / act.relpath),
                                  rule="install-hash")
         stats.copied += 1
-        stats.bytes_copied += digest.size
+        stats.bytes_copied += got[0]
     return stats
 
 
@@ -131,14 +149,16 @@ def seal(tree: Path, uid: int | None = None, gid: int | None = None) -> None:
     fsync_tree(tree)
 
 
-def tree_matches(tree: Path, expected: Expected) -> str | None:
-    """None when ``tree`` holds exactly the expected files (sizes only; hashes were checked while
-    writing), else a description of the first difference."""
+def tree_matches(tree: Path, expected: Expected, encrypted: bool = False) -> str | None:
+    """None when ``tree`` holds exactly the expected files (sizes only, plaintext sizes when
+    ``encrypted``; hashes were checked while writing), else a description of the first difference."""
+    from airlock.repo.encryption import stored_size
+
     found: dict[str, int] = {}
     for dirpath, _dirs, files in os.walk(tree):
         for name in files:
             p = Path(dirpath) / name
-            found[p.relative_to(tree).as_posix()] = p.lstat().st_size
+            found[p.relative_to(tree).as_posix()] = stored_size(p, encrypted)
     for rel, (size, _sha) in expected.items():
         if rel not in found:
             return f"{rel} missing"

@@ -7,10 +7,19 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airlock.errors import TensorFormatError
-from airlock.safetensors_io import TensorInfo, read_header
+from airlock.safetensors_io import (
+    MAX_HEADER_BYTES,
+    SafetensorsHeader,
+    TensorInfo,
+    parse_header,
+    read_header,
+)
+
+if TYPE_CHECKING:
+    from airlock.crypto import ProviderRegistry
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
 _EMBED = re.compile(r"(?:^|\.)(?:embed_tokens|word_embeddings|wte|tok_embeddings)\.weight$")
@@ -37,14 +46,55 @@ def _fail(path: Path, msg: str, rule: str) -> TensorFormatError:
     return TensorFormatError(f"{path}: {msg}", path=str(path), rule=rule)
 
 
-def check_loadable(model_dir: Path, *, use_torch: bool = False) -> LoadReport:
-    """Raise TensorFormatError naming the file and the rule on the first disagreement."""
+def _read_text(path: Path, keys: ProviderRegistry | None) -> str:
+    if keys is None:
+        return path.read_text()
+    from airlock.crypto import open_decrypted
+
+    with open_decrypted(path, keys) as fh:
+        return fh.read().decode()
+
+
+def _header(path: Path, keys: ProviderRegistry | None) -> SafetensorsHeader:
+    """The safetensors header, read through the decrypting reader when ``keys`` are given (only the
+    chunks covering the header are decrypted)."""
+    if keys is None:
+        return read_header(path)
+    import struct
+
+    from airlock.crypto import open_decrypted
+
+    p = str(path)
+    with open_decrypted(path, keys) as fh:
+        size = fh.seek(0, 2)
+        fh.seek(0)
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            raise _fail(path, f"plaintext is {size} bytes, shorter than the 8-byte prefix", "truncated")
+        (n,) = struct.unpack("<Q", prefix)
+        if n > MAX_HEADER_BYTES or 8 + n > size:
+            raise _fail(path, f"header length {n} does not fit the {size}-byte plaintext", "header-size")
+        raw_json = b""
+        while len(raw_json) < n:  # a raw reader may return less than asked (chunk boundaries)
+            part = fh.read(n - len(raw_json))
+            if not part:
+                raise _fail(path, "plaintext ends inside the header", "truncated")
+            raw_json += part
+    tensors, metadata = parse_header(raw_json, size - 8 - n, p)
+    return SafetensorsHeader(p, n, prefix + raw_json, tensors, metadata, size)
+
+
+def check_loadable(model_dir: Path, *, use_torch: bool = False,
+                   keys: ProviderRegistry | None = None) -> LoadReport:
+    """Raise TensorFormatError naming the file and the rule on the first disagreement. ``keys``: the
+    version is stored encrypted; headers and config are read through the decrypting reader and the
+    torch check is skipped (it would need the plaintext on disk)."""
     report = LoadReport()
     shards = sorted(p for p in model_dir.rglob("*.safetensors") if p.is_file())
     by_name: dict[str, TensorInfo] = {}
     where: dict[str, str] = {}
     for shard in shards:
-        header = read_header(shard)  # validates offsets, dtypes, overlaps
+        header = _header(shard, keys)  # validates offsets, dtypes, overlaps
         rel = shard.relative_to(model_dir).as_posix()
         for t in header.tensors:
             if t.name in by_name:
@@ -55,7 +105,7 @@ def check_loadable(model_dir: Path, *, use_torch: bool = False) -> LoadReport:
     index_path = model_dir / "model.safetensors.index.json"
     if index_path.exists():
         try:
-            weight_map = json.loads(index_path.read_text())["weight_map"]
+            weight_map = json.loads(_read_text(index_path, keys))["weight_map"]
         except (ValueError, KeyError, TypeError) as exc:
             raise _fail(index_path, f"unreadable shard index ({exc})", "loadable-index") from exc
         for name, shard_rel in weight_map.items():
@@ -65,15 +115,18 @@ def check_loadable(model_dir: Path, *, use_torch: bool = False) -> LoadReport:
         report.checks.append("index")
     config_path = model_dir / "config.json"
     if config_path.exists() and by_name:
-        _check_config(config_path, by_name, report)
-    if use_torch and shards:
+        _check_config(config_path, by_name, report, keys)
+    if use_torch and shards and keys is not None:
+        report.checks.append("torch-skipped-encrypted")
+    elif use_torch and shards:
         _check_torch(shards, report)
     return report
 
 
-def _check_config(config_path: Path, by_name: dict[str, TensorInfo], report: LoadReport) -> None:
+def _check_config(config_path: Path, by_name: dict[str, TensorInfo], report: LoadReport,
+                  keys: ProviderRegistry | None = None) -> None:
     try:
-        cfg = json.loads(config_path.read_text())
+        cfg = json.loads(_read_text(config_path, keys))
     except ValueError as exc:
         raise _fail(config_path, f"not JSON ({exc})", "loadable-config") from exc
     if not isinstance(cfg, dict):

@@ -44,6 +44,7 @@ from airlock.fsutil import (
 from airlock.hashing import copy_hashing, sha256_file
 from airlock.repo import audit
 from airlock.repo.catalog import Catalog, VersionRow
+from airlock.repo.encryption import Encryption, resolve
 from airlock.repo.install import (
     Expected,
     build_tree,
@@ -70,6 +71,7 @@ from airlock.repo.verify import current_link, verify_version
 
 if TYPE_CHECKING:
     from airlock.bundle import StagedBundle
+    from airlock.crypto import KeyRef, ProviderRegistry
 
 Progress = Callable[[int], None]
 SKIP_PREFLIGHT_ENV = "AIRLOCK_TEST_SKIP_PREFLIGHT"  # tests only: reach a real ENOSPC mid-write
@@ -81,8 +83,10 @@ def _noop(_: int) -> None:
 
 class Repository:
     def __init__(self, root: Path | None = None, *, owner: str | None = None, group: str | None = None,
-                 lock_timeout: float | None = None, check_torch: bool = False) -> None:
+                 lock_timeout: float | None = None, check_torch: bool = False,
+                 keys: ProviderRegistry | None = None) -> None:
         self.layout = Layout(Path(root) if root is not None else DEFAULT_ROOT)
+        self.keys = keys  # key providers for encrypted versions (docs/security.md); per call too
         self.owner, self.group = owner, group
         self.lock_timeout = lock_timeout
         self.check_torch = check_torch
@@ -200,13 +204,17 @@ class Repository:
         active, prev = cat.in_state(model, "active"), cat.in_state(model, "previous")
         return {"active": active.version if active else None, "previous": prev.version if prev else None}
 
-    def _link_candidates(self, model: str, sources: dict[str, tuple[str, str]] | None = None
-                         ) -> dict[str, str]:
-        """sha256 -> "<version>/<relpath>" of a file of a present version that can be hard-linked."""
+    def _enc(self, ref: KeyRef | str | None, keys: ProviderRegistry | None, what: str) -> Encryption | None:
+        return resolve(ref, keys or self.keys, what)
+
+    def _link_candidates(self, model: str, encryption: str | None = None) -> dict[str, str]:
+        """sha256 -> "<version>/<relpath>" of a file of a present version that can be hard-linked:
+        only from versions stored the same way (plaintext, or encrypted under the same key ref), so
+        a linked file is byte-identical to what this install would store in its place."""
         out: dict[str, str] = {}
         cat = self.catalog()
         for row in reversed(cat.versions(model, with_files=True)):
-            if not self._present(row):
+            if not self._present(row) or row.encryption != encryption:
                 continue
             for rel, f in row.files.items():
                 out.setdefault(f.sha256, f"{row.version}/{rel}")
@@ -237,15 +245,19 @@ class Repository:
                      target_files: dict[str, dict[str, Any]] | None = None, activate: bool = True,
                      description: str = "", dependencies: dict[str, str] | None = None,
                      bundle_id: str | None = None, manifest_sha256: str | None = None,
-                     sequence: int | None = None, progress: Progress = _noop) -> Plan:
-        """What installing ``src_dir`` as ``model`` ``version`` would do. Writes nothing."""
+                     sequence: int | None = None, progress: Progress = _noop,
+                     encrypt: KeyRef | str | None = None, keys: ProviderRegistry | None = None) -> Plan:
+        """What installing ``src_dir`` as ``model`` ``version`` would do (stored encrypted under
+        ``encrypt``, a ``provider:key_id`` reference, when given). Writes nothing."""
         SemVer.parse(version)
         src_dir = Path(src_dir)
+        enc = self._enc(encrypt, keys, str(self.layout.version_dir(model, version)))
         expected = (normalise_expected(target_files) if target_files is not None
                     else scan_source(src_dir, progress))
         args = {"model": model, "version": version, "src_dir": str(src_dir), "expected": expected,
                 "activate": activate, "description": description, "dependencies": dependencies or {},
-                "bundle_id": bundle_id, "manifest_sha256": manifest_sha256, "sequence": sequence}
+                "bundle_id": bundle_id, "manifest_sha256": manifest_sha256, "sequence": sequence,
+                "encrypt": str(enc) if enc else None}
         before = self._before(model) if self.layout.catalog.exists() else {"active": None, "previous": None}
         has_cat = self.layout.catalog.exists()
         exists, _row = self._existing(model, version, expected) if has_cat else (False, None)
@@ -256,7 +268,8 @@ class Repository:
                 after = {"active": version, "previous": before["active"]}
             return Plan("install", model, version, changed, before, after, args=args,
                         notes=["version already installed with identical content"])
-        cands = self._link_candidates(model) if self.layout.catalog.exists() else {}
+        has_cat = self.layout.catalog.exists()
+        cands = self._link_candidates(model, str(enc) if enc else None) if has_cat else {}
         block = self._fs_block(model)
         files: list[FileAction] = []
         need = linked = 0
@@ -265,7 +278,7 @@ class Repository:
                 files.append(FileAction(rel, size, sha, "link", cands[sha]))
                 linked += size
             else:
-                files.append(FileAction(rel, size, sha, "copy"))
+                files.append(FileAction(rel, size, sha, "encrypt" if enc else "copy"))
                 need += disk_bytes(size, block)
         if activate:
             after = {"active": version, "previous": before["active"]}
@@ -276,8 +289,11 @@ class Repository:
                     target_files: dict[str, dict[str, Any]] | None = None, activate: bool = True,
                     description: str = "", dependencies: dict[str, str] | None = None,
                     bundle_id: str | None = None, manifest_sha256: str | None = None,
-                    sequence: int | None = None) -> Plan:
-        """What applying ``delta_path`` to the installed source version would do. Writes nothing."""
+                    sequence: int | None = None, encrypt: KeyRef | str | None = None,
+                    keys: ProviderRegistry | None = None) -> Plan:
+        """What applying ``delta_path`` to the installed source version would do. Writes nothing.
+        The result is stored encrypted under ``encrypt``, else under the source's key ref if the
+        source version is encrypted, else in plaintext."""
         from airlock.delta import read_delta_header
 
         delta_path = Path(delta_path)
@@ -304,7 +320,13 @@ class Repository:
         if not self._present(src):
             raise RepositoryError(f"{delta_path}: the delta updates {model} {h.from_version}, which is not "
                                   f"installed here", path=str(delta_path), rule="delta-source-version")
-        src_by_sha = {i.sha256: rel for rel, i in h.source_files.items()}
+        assert src is not None
+        enc = self._enc(encrypt or src.encryption, keys, str(self.layout.version_dir(model, h.to_version)))
+        if src.encryption is not None:
+            self._enc(src.encryption, keys, str(self.layout.version_dir(model, h.from_version)))
+        args.update(encrypt=str(enc) if enc else None, source_encryption=src.encryption)
+        # an encrypted side means every file is written anew (plaintext only in a tmpfs workspace)
+        src_by_sha = {} if enc or src.encryption else {i.sha256: rel for rel, i in h.source_files.items()}
         block = self._fs_block(model)
         files: list[FileAction] = []
         need = linked = 0
@@ -313,7 +335,7 @@ class Repository:
                 files.append(FileAction(rel, size, sha, "link", f"{h.from_version}/{src_by_sha[sha]}"))
                 linked += size
             else:
-                files.append(FileAction(rel, size, sha, "delta"))
+                files.append(FileAction(rel, size, sha, "delta+encrypt" if enc else "delta"))
                 need += disk_bytes(size, block)
         kept = self._kept_delta_path(model, h.from_version, h.to_version)
         if not (kept.exists() and kept.stat().st_size == delta_path.stat().st_size):
@@ -425,12 +447,12 @@ class Repository:
                                         activate=a["activate"], description=a["description"],
                                         dependencies=a["dependencies"], bundle_id=a["bundle_id"],
                                         manifest_sha256=a["manifest_sha256"], sequence=a["sequence"],
-                                        progress=progress)
+                                        progress=progress, encrypt=a.get("encrypt"))
         if plan.action == "update":
             return self.update_from_delta(a["model"], Path(a["delta_path"]), activate=a["activate"],
                                           description=a["description"], dependencies=a["dependencies"],
                                           bundle_id=a["bundle_id"], manifest_sha256=a["manifest_sha256"],
-                                          sequence=a["sequence"], progress=progress)
+                                          sequence=a["sequence"], progress=progress, encrypt=a.get("encrypt"))
         if plan.action == "activate":
             return self.activate(a["model"], a["version"])
         if plan.action == "rollback":
@@ -439,14 +461,15 @@ class Repository:
             return self.prune(a["model"], keep=a["keep"])
         raise RepositoryError(f"unknown plan action {plan.action!r}", rule="plan")
 
-    def _register(self, cat: Catalog, plan: Plan, tree: Path, final: Path, source: str) -> None:
+    def _register(self, cat: Catalog, plan: Plan, tree: Path, final: Path, source: str,
+                  enc: Encryption | None = None) -> None:
         """Seal, rename into place, record in the catalog (the crash-safe heart of install/update)."""
         a = plan.args
-        problem = tree_matches(tree, a["expected"])
+        problem = tree_matches(tree, a["expected"], encrypted=enc is not None)
         if problem:
             raise IntegrityError(f"{tree}: staged version does not match the expected files: {problem}",
                                  path=str(tree), rule="install-tree")
-        report = check_loadable(tree, use_torch=self.check_torch)
+        report = check_loadable(tree, use_torch=self.check_torch, keys=enc.keys if enc else None)
         plan.notes.append("loadable: " + ", ".join(report.checks or ["no safetensors"]))
         uid, gid = self._ids()
         seal(tree, uid, gid)
@@ -458,20 +481,25 @@ class Repository:
             cat.add_version(plan.model, str(plan.version), str(final), a["expected"], state="staged",
                             description=a["description"], dependencies=a["dependencies"],
                             bundle_id=a["bundle_id"], manifest_sha256=a["manifest_sha256"],
-                            sequence=a["sequence"], source=source)
+                            sequence=a["sequence"], source=source, encryption=str(enc) if enc else None)
         fault_point(f"repo.{plan.action}.after-catalog")
 
     def install_version(self, model: str, version: str, src_dir: Path, *,
                         target_files: dict[str, dict[str, Any]] | None = None, activate: bool = True,
                         description: str = "", dependencies: dict[str, str] | None = None,
                         bundle_id: str | None = None, manifest_sha256: str | None = None,
-                        sequence: int | None = None, progress: Progress = _noop) -> Plan:
+                        sequence: int | None = None, progress: Progress = _noop,
+                        encrypt: KeyRef | str | None = None, keys: ProviderRegistry | None = None) -> Plan:
         """Install a full version from a directory (hashes from ``target_files`` when given, e.g. the
-        signed manifest's; else hashed from the source)."""
+        signed manifest's; else hashed from the source). ``encrypt`` (``provider:key_id``): store
+        every file encrypted, the plaintext hashed while encrypting; the catalog keeps plaintext
+        hashes and the key ref."""
         with self._mutating() as cat, self._recording_failure("install", model, None, version):
             plan = self.plan_install(model, version, src_dir, target_files=target_files, activate=activate,
                                      description=description, dependencies=dependencies, bundle_id=bundle_id,
-                                     manifest_sha256=manifest_sha256, sequence=sequence)
+                                     manifest_sha256=manifest_sha256, sequence=sequence, encrypt=encrypt,
+                                     keys=keys)
+            enc = self._enc(plan.args["encrypt"], keys, str(self.layout.version_dir(model, version)))
             if plan.files:
                 final = self.layout.version_dir(model, version)
                 self.layout.model_dir(model).mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -479,15 +507,16 @@ class Repository:
                 with staging_dir(final, prefix=STAGING_PREFIX) as work:
                     try:
                         stats = build_tree(work / "tree", Path(src_dir), plan.files,
-                                           self.layout.model_dir(model), progress)
+                                           self.layout.model_dir(model), progress, enc)
                     except OSError as exc:
                         if exc.errno == errno.ENOSPC:
                             raise enospc(exc, final, plan.bytes_needed, plan.bytes_free or 0) from exc
                         raise
-                    self._register(cat, plan, work / "tree", final, str(src_dir))
+                    self._register(cat, plan, work / "tree", final, str(src_dir), enc)
                 self.audit_record("install", model, plan.before["active"], version, "ok",
                             {"files": len(plan.files), "copied": stats.copied, "linked": stats.linked,
-                             "bytes_copied": stats.bytes_copied, "bundle_id": bundle_id})
+                             "bytes_copied": stats.bytes_copied, "bundle_id": bundle_id,
+                             "encryption": plan.args["encrypt"]})
             if activate and plan.changed:
                 self.activate(model, version)
             return plan
@@ -520,17 +549,21 @@ class Repository:
                           target_files: dict[str, dict[str, Any]] | None = None, activate: bool = True,
                           description: str = "", dependencies: dict[str, str] | None = None,
                           bundle_id: str | None = None, manifest_sha256: str | None = None,
-                          sequence: int | None = None, progress: Progress = _noop) -> Plan:
+                          sequence: int | None = None, progress: Progress = _noop,
+                          encrypt: KeyRef | str | None = None, keys: ProviderRegistry | None = None) -> Plan:
         """Build the delta's target version from the installed source version; unchanged files are
-        hard links to the source's; the delta is kept for rollback."""
-        from airlock.delta import apply_delta
+        hard links to the source's; the delta is kept for rollback. An encrypted source (or
+        ``encrypt``) goes through ``apply_chain_encrypted``: plaintext only in a tmpfs workspace,
+        the result encrypted under ``encrypt`` or the source's key ref."""
+        from airlock.crypto.tree import apply_chain_encrypted
+        from airlock.delta import ChainStep, apply_delta
 
         with self._mutating() as cat:
             with self._recording_failure("update", model, None, None):
                 plan = self.plan_update(model, delta_path, target_files=target_files, activate=activate,
                                         description=description, dependencies=dependencies,
                                         bundle_id=bundle_id, manifest_sha256=manifest_sha256,
-                                        sequence=sequence)
+                                        sequence=sequence, encrypt=encrypt, keys=keys)
             frm, to = plan.args["from_version"], str(plan.version)
             with self._recording_failure("update", model, frm, to):
                 if plan.files:
@@ -538,13 +571,27 @@ class Repository:
                     self._preflight(plan, final.parent)
                     kept = self._keep_delta(model, Path(delta_path), frm, to)
                     fault_point("repo.update.after-keep-delta")
+                    src_enc = plan.args.get("source_encryption")
+                    enc = self._enc(plan.args.get("encrypt"), keys, str(final))
+                    details: dict[str, Any] = {"delta": kept.name, "bundle_id": bundle_id,
+                                               "encryption": str(enc) if enc else None}
                     with staging_dir(final, prefix=STAGING_PREFIX) as work:
-                        summary = apply_delta(self.layout.version_dir(model, frm), kept, work / "tree",
-                                              link_unchanged=True, progress=progress)
-                        self._register(cat, plan, work / "tree", final, f"delta:{kept.name}")
-                    self.audit_record("update", model, frm, to, "ok",
-                                {"delta": kept.name, "files": summary.files, "linked": summary.linked,
-                                 "bytes_written": summary.bytes_written, "bundle_id": bundle_id})
+                        if enc or src_enc:
+                            src_keys = self._enc(src_enc, keys, str(final))
+                            apply_chain_encrypted(
+                                self.layout.version_dir(model, frm), [ChainStep(kept, False, frm, to)],
+                                work / "tree", src_keys.keys if src_keys else None,
+                                src_encrypted=src_enc is not None,
+                                out_key=(enc.provider, enc.key_id) if enc else None,
+                                expect=plan.args["expected"])
+                            details["files"] = len(plan.args["expected"])
+                        else:
+                            summary = apply_delta(self.layout.version_dir(model, frm), kept, work / "tree",
+                                                  link_unchanged=True, progress=progress)
+                            details.update(files=summary.files, linked=summary.linked,
+                                           bytes_written=summary.bytes_written)
+                        self._register(cat, plan, work / "tree", final, f"delta:{kept.name}", enc)
+                    self.audit_record("update", model, frm, to, "ok", details)
             if activate and plan.changed:
                 self.activate(model, to)
             return plan
@@ -569,9 +616,12 @@ class Repository:
             self.audit_record(action, model, old, version, "ok", {"marked": {old: mark_old} if old else {}})
             return plan
 
-    def rollback(self, model: str, to: str | None = None, *, progress: Progress = _noop) -> Plan:
+    def rollback(self, model: str, to: str | None = None, *, progress: Progress = _noop,
+                 keys: ProviderRegistry | None = None) -> Plan:
         """Back to the previous good version (or ``to``): a symlink swap, after rebuilding the version
-        from the kept deltas if it was pruned. The version rolled back from is marked ``failed``."""
+        from the kept deltas if it was pruned (in the stored form recorded for it: encrypted under
+        its key ref or plaintext). The version rolled back from is marked ``failed``."""
+        from airlock.crypto.tree import apply_chain_encrypted
         from airlock.delta import ChainStep, apply_chain
 
         with self._mutating() as cat:
@@ -583,27 +633,40 @@ class Repository:
                     self._preflight(plan, self.layout.model_dir(model))
                     steps = [ChainStep(Path(p), rev, "", "") for p, rev in plan.args["rebuild"]]
                     row = cat.version(model, target)
-                    assert row is not None
+                    active = cat.version(model, str(plan.before["active"]), with_files=False)
+                    assert row is not None and active is not None
                     final = self.layout.version_dir(model, target)
+                    enc = self._enc(row.encryption, keys, str(final))
+                    src_enc = self._enc(active.encryption, keys, str(final))
+                    expected = {r: (f.size, f.sha256) for r, f in row.files.items()}
+                    src_dir = self.layout.version_dir(model, active.version)
                     with staging_dir(final, prefix=STAGING_PREFIX) as work:
-                        apply_chain(self.layout.version_dir(model, str(plan.before["active"])), steps,
-                                    work / "tree", link_unchanged=True, progress=progress)
-                        plan.args.update(expected={r: (f.size, f.sha256) for r, f in row.files.items()},
+                        if enc or src_enc:
+                            apply_chain_encrypted(src_dir, steps, work / "tree",
+                                                  src_enc.keys if src_enc else None,
+                                                  src_encrypted=src_enc is not None,
+                                                  out_key=(enc.provider, enc.key_id) if enc else None,
+                                                  expect=expected)
+                        else:
+                            apply_chain(src_dir, steps, work / "tree", link_unchanged=True, progress=progress)
+                        plan.args.update(expected=expected,
                                          description=row.description, dependencies=row.dependencies,
                                          bundle_id=row.bundle_id, manifest_sha256=row.manifest_sha256,
                                          sequence=row.sequence)
-                        self._verify_rebuilt(work / "tree", plan.args["expected"])
-                        self._register(cat, plan, work / "tree", final, "rebuilt:reverse-delta")
+                        self._verify_rebuilt(work / "tree", expected, enc)
+                        self._register(cat, plan, work / "tree", final, "rebuilt:reverse-delta", enc)
             self.activate(model, target, action="rollback", mark_old="failed")
             return plan
 
     @staticmethod
-    def _verify_rebuilt(tree: Path, expected: Expected) -> None:
+    def _verify_rebuilt(tree: Path, expected: Expected, enc: Encryption | None = None) -> None:
         """The rebuilt files must be exactly the ones recorded when the version was first installed."""
-        problem = tree_matches(tree, expected)
+        from airlock.repo.encryption import stored_sha256
+
+        problem = tree_matches(tree, expected, encrypted=enc is not None)
         if problem is None:
             for rel, (_size, sha) in expected.items():
-                if sha256_file(tree / rel) != sha:
+                if stored_sha256(tree / rel, enc.keys if enc else None) != sha:
                     problem = f"{rel} hash differs"
                     break
         if problem:
@@ -631,7 +694,9 @@ class Repository:
             return plan
 
     # ------------------------------------------------------------------------------------ bundles
-    def plan_from_bundle(self, staged: StagedBundle, *, activate: bool = True) -> list[Plan]:
+    def plan_from_bundle(self, staged: StagedBundle, *, activate: bool = True,
+                         encrypt: KeyRef | str | None = None,
+                         keys: ProviderRegistry | None = None) -> list[Plan]:
         """Check-mode view of ``install_from_bundle``: one plan per model entry; writes nothing."""
         installed = self.installed_sequence()
         m = staged.manifest
@@ -643,16 +708,19 @@ class Repository:
         for me in m.models:
             if me.kind == "full":
                 plans.append(self.plan_install(me.name, me.version, staged.path / me.path,
-                                               target_files=me.target_files, activate=activate))
+                                               target_files=me.target_files, activate=activate,
+                                               encrypt=encrypt, keys=keys))
             else:
                 plans.append(self.plan_update(me.name, staged.path / me.path, target_files=me.target_files,
-                                              activate=activate))
+                                              activate=activate, encrypt=encrypt, keys=keys))
         return plans
 
     def install_from_bundle(self, staged: StagedBundle, *, activate: bool = True,
-                            progress: Progress = _noop) -> list[Plan]:
+                            progress: Progress = _noop, encrypt: KeyRef | str | None = None,
+                            keys: ProviderRegistry | None = None) -> list[Plan]:
         """Install every model of a staged (verified) bundle: full versions and deltas, refusing a
-        sequence below the installed one unless the bundle is a signed rollback."""
+        sequence below the installed one unless the bundle is a signed rollback. ``encrypt``: store
+        the installed versions encrypted under this key ref (the manifest's hashes are plaintext)."""
         from airlock.bundle import MANIFEST_NAME, SIGNATURE_NAME
 
         m = staged.manifest
@@ -674,7 +742,7 @@ class Repository:
                 common: dict[str, Any] = {
                     "target_files": me.target_files, "activate": activate, "description": me.description,
                     "dependencies": dict(me.dependencies), "bundle_id": m.bundle_id, "manifest_sha256": msha,
-                    "sequence": m.sequence, "progress": progress}
+                    "sequence": m.sequence, "progress": progress, "encrypt": encrypt, "keys": keys}
                 if me.kind == "full":
                     plans.append(self.install_version(me.name, me.version, staged.path / me.path, **common))
                 else:
@@ -694,9 +762,11 @@ class Repository:
         raw = self.catalog().get_meta("sequence")
         return int(raw) if raw is not None else None
 
-    def verify(self, model: str, version: str | None = None) -> dict[str, Any]:
+    def verify(self, model: str, version: str | None = None, *,
+               keys: ProviderRegistry | None = None) -> dict[str, Any]:
         """Drift report (hashes vs catalog and signed manifest, modes, owner, extra/missing files,
-        the current link). Recorded in the audit log."""
+        the current link; plaintext hashes of encrypted versions, decrypted with ``keys``). Recorded
+        in the audit log."""
         self._require_catalog()
         with self._mutating(recover=False) as cat:
             rows = [cat.version(model, version)] if version else \
@@ -706,7 +776,11 @@ class Repository:
                                       "installed",
                                       path=str(self.layout.model_dir(model)), rule="version-missing")
             uid, gid = self._ids()
-            reports = [verify_version(self.layout, r, uid=uid, gid=gid) for r in rows if r is not None]
+            for r in rows:  # refused up front: without keys an encrypted version cannot be checked
+                if r is not None:
+                    self._enc(r.encryption, keys, str(self.layout.version_dir(model, r.version)))
+            reports = [verify_version(self.layout, r, uid=uid, gid=gid, keys=keys or self.keys)
+                       for r in rows if r is not None]
             active = cat.in_state(model, "active")
             link = current_link(self.layout, model, active.version if active else None)
             ok = all(r["ok"] for r in reports) and link["ok"]
@@ -753,6 +827,9 @@ class Repository:
                 rows = cat.versions(model)
                 models[model] = {**self._before(model), "current": self.link_target(model),
                                  "versions": {r.version: r.state for r in rows}}
+                encrypted = {r.version: r.encryption for r in rows if r.encryption}
+                if encrypted:  # version -> key ref of versions stored encrypted
+                    models[model]["encrypted"] = encrypted
         head = self.audit_head()
         return {"root": str(self.root), "repo": str(self.layout.repo), "sequence": self.installed_sequence(),
                 "models": models, "audit_head": {"seq": head.seq, "hash": head.hash} if head else None}

@@ -8,11 +8,14 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airlock.hashing import digest_file
 from airlock.repo.catalog import VersionRow
 from airlock.repo.layout import DIR_MODE, FILE_MODE, Layout
+
+if TYPE_CHECKING:
+    from airlock.crypto import ProviderRegistry
 
 WORKERS = 2  # both cores: hashlib releases the GIL while hashing
 
@@ -54,13 +57,18 @@ def _first_bad_block(path: Path, block_size: int, blocks: list[str]) -> int | No
 
 
 def verify_version(layout: Layout, row: VersionRow, *, uid: int | None = None,
-                   gid: int | None = None) -> dict[str, Any]:
-    """Drift report for one version; per file only the first problem found is reported."""
+                   gid: int | None = None, keys: ProviderRegistry | None = None) -> dict[str, Any]:
+    """Drift report for one version; per file only the first problem found is reported. An encrypted
+    version (``row.encryption``) is checked by its plaintext hashes, decrypting with ``keys``."""
+    from airlock.errors import AirlockError
+    from airlock.repo.encryption import stored_sha256, stored_size
+
     vdir = layout.version_dir(row.model, row.version)
     problems: list[dict[str, Any]] = []
+    enc = row.encryption is not None
     report: dict[str, Any] = {"model": row.model, "version": row.version, "state": row.state,
                               "path": str(vdir), "files": len(row.files), "bytes": 0, "problems": problems,
-                              "manifest": None}
+                              "manifest": None, "encrypted": enc, "key_ref": row.encryption}
     if not vdir.is_dir() or vdir.is_symlink():
         problems.append(_problem(".", "missing-version-dir", str(vdir), None))
         report["ok"] = False
@@ -92,16 +100,20 @@ def verify_version(layout: Layout, row: VersionRow, *, uid: int | None = None,
             return _problem(rel, "missing", want.sha256, None)
         if not stat.S_ISREG(st.st_mode):
             return _problem(rel, "not-a-regular-file")
-        if st.st_size != want.size:
-            return _problem(rel, "size", want.size, st.st_size)
-        got = digest_file(p).sha256
+        try:  # an encrypted file that fails to authenticate is drift, not a crash of the check
+            size = stored_size(p, enc)
+            if size != want.size:
+                return _problem(rel, "size", want.size, size)
+            got = stored_sha256(p, keys) if enc else digest_file(p).sha256
+        except AirlockError as exc:
+            return _problem(rel, "decrypt", row.encryption, str(exc))
         if got != want.sha256:
             prob = _problem(rel, "sha256", want.sha256, got)
-            if signed is not None and rel in signed[1]:
+            if signed is not None and rel in signed[1] and not enc:
                 bs, blocks = signed[1][rel]
                 prob["first_bad_offset"] = _first_bad_block(p, bs, blocks)
             return prob
-        if signed is not None and signed[0].get(rel, (want.size, want.sha256)) != (st.st_size, got):
+        if signed is not None and signed[0].get(rel, (want.size, want.sha256)) != (size, got):
             return _problem(rel, "signed-manifest", signed[0][rel][1], got)
         mode = stat.S_IMODE(st.st_mode)
         if mode != FILE_MODE:

@@ -1,0 +1,181 @@
+"""Encrypted model versions in the repository, with a real SoftHSM2 token holding the key-encryption
+key: install, verify (plaintext hashes), tamper detection, delta update, rollback after prune,
+wrong/missing provider, idempotent re-install, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from airlock.crypto import KeyProviderError, ProviderRegistry, is_encrypted, plaintext_sha256
+from airlock.crypto.tree import decrypt_tree
+from airlock.errors import RepositoryError
+from airlock.hashing import sha256_file, tree_files
+from airlock.repo import Repository
+from tests.crypto.conftest import SoftHsm, softhsm  # noqa: F401 - the fixture, reused
+from tests.repo.conftest import Versions, cli, hashes
+
+KEY = "hsm:models-kek"
+
+
+@dataclass
+class Hsm:
+    config: Path
+    keys: ProviderRegistry
+    env: dict[str, str]
+
+
+@pytest.fixture
+def hsm(tmp_path: Path, softhsm: SoftHsm) -> Hsm:  # noqa: F811 - pytest fixture injection
+    """A provider config naming one SoftHSM2 token (PIN in a 0600 file) with key ``models-kek``."""
+    config = tmp_path / "keys.yaml"
+    config.write_text(yaml.safe_dump({"providers": {"hsm": softhsm.provider_config()}}))
+    keys = ProviderRegistry.load(config)
+    keys.get("hsm").generate("models-kek")
+    return Hsm(config, keys, {"SOFTHSM2_CONF": str(softhsm.conf)})
+
+
+@pytest.fixture
+def erepo(tmp_path: Path, hsm: Hsm) -> Iterator[Repository]:
+    r = Repository(tmp_path / "root", lock_timeout=5, keys=hsm.keys)
+    yield r
+    r.close()
+
+
+def _plain_hashes(d: Path, keys: ProviderRegistry) -> dict[str, str]:
+    return {rel: plaintext_sha256(d / rel, keys)[1] for rel in tree_files(d)}
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every file under the model repository (names and content hashes) except the catalog and the
+    audit log (a refused operation is recorded there as failed)."""
+    repo = root / "model_repo"
+    return {p.relative_to(repo).as_posix(): sha256_file(p) for p in sorted(repo.rglob("*"))
+            if p.is_file() and "metadata" not in p.parts and p.name not in (".lock", "update_history.log")}
+
+
+def test_install_encrypted_verify_and_tamper(erepo: Repository, versions: Versions, hsm: Hsm,
+                                             tmp_path: Path) -> None:
+    src = versions.src["1.0.0"]
+    erepo.install_version("m", "1.0.0", src, encrypt=KEY)
+    vdir = erepo.layout.version_dir("m", "1.0.0")
+    # stored encrypted: every file carries the format magic and no plaintext header bytes leak
+    st_header = (src / "model.safetensors").read_bytes()[:200]
+    for rel in tree_files(src):
+        stored = (vdir / rel).read_bytes()
+        assert is_encrypted(vdir / rel)
+        assert st_header[8:72] not in stored and (src / rel).read_bytes()[:64] not in stored
+    # catalog keeps plaintext hashes and the key ref; plaintext decrypts to the source exactly
+    row = erepo.show("m", "1.0.0")
+    assert row["encrypted"] is True and row["key_ref"] == KEY
+    assert {r: f["sha256"] for r, f in row["files"].items()} == hashes(src)
+    assert _plain_hashes(vdir, hsm.keys) == hashes(src)
+    assert erepo.state()["models"]["m"]["encrypted"] == {"1.0.0": KEY}
+    # the crypto engineer's verifier agrees (real CLI, PIN only in the config's pin file)
+    proc = cli(tmp_path / "root", "keys", "verify", str(vdir), "--config", str(hsm.config), "--json",
+               env=hsm.env)
+    assert proc.returncode == 0, proc.stderr
+    assert {Path(f["path"]).name: f["sha256"] for f in json.loads(proc.stdout)["files"]} == \
+        {Path(r).name: h for r, h in hashes(src).items()}
+    report = erepo.verify("m")
+    assert report["ok"] and report["versions"][0]["encrypted"] and report["versions"][0]["key_ref"] == KEY
+    # tamper one byte of a stored chunk: verify reports that file (authentication fails)
+    target = vdir / "model.safetensors"
+    os.chmod(target, 0o644)
+    with open(target, "r+b") as f:
+        f.seek(target.stat().st_size // 2)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 1]))
+    os.chmod(target, 0o444)
+    report = erepo.verify("m")
+    assert not report["ok"]
+    prob = report["versions"][0]["problems"]
+    assert [p["path"] for p in prob] == ["model.safetensors"] and prob[0]["kind"] == "decrypt"
+    # verify without keys is refused with a clear error instead of reporting ciphertext hashes
+    bare = Repository(tmp_path / "root", lock_timeout=5)
+    with pytest.raises(RepositoryError, match="key provider config"):
+        bare.verify("m")
+    bare.close()
+
+
+def test_delta_update_rollback_after_prune_and_idempotent(erepo: Repository, versions: Versions,
+                                                          hsm: Hsm, tmp_path: Path) -> None:
+    erepo.install_version("m", "1.0.0", versions.src["1.0.0"], encrypt=KEY)
+    erepo.update_from_delta("m", versions.deltas[("1.0.0", "1.1.0")])  # same key ref as the source
+    erepo.update_from_delta("m", versions.deltas[("1.1.0", "1.2.0")])
+    for v in ("1.1.0", "1.2.0"):
+        vdir = erepo.layout.version_dir("m", v)
+        assert all(is_encrypted(vdir / r) for r in tree_files(vdir))
+        assert erepo.show("m", v)["key_ref"] == KEY
+        # byte-identical plaintext: decrypt the whole tree and compare with the real version
+        out = tmp_path / f"plain-{v}"
+        decrypt_tree(vdir, out, hsm.keys)
+        assert hashes(out) == hashes(versions.src[v])
+    assert erepo.verify("m")["ok"]
+    erepo.prune("m", keep=2)
+    assert not erepo.layout.version_dir("m", "1.0.0").exists()
+    # rollback to the pruned 1.0.0: rebuilt from the kept reverse deltas, encrypted again
+    plan = erepo.rollback("m", to="1.0.0")
+    assert plan.args["rebuild"]
+    v0 = erepo.layout.version_dir("m", "1.0.0")
+    assert all(is_encrypted(v0 / r) for r in tree_files(v0))
+    assert _plain_hashes(v0, hsm.keys) == hashes(versions.src["1.0.0"])
+    assert erepo.state()["models"]["m"]["active"] == "1.0.0" and erepo.verify("m")["ok"]
+    # idempotent re-install: same content, nothing written
+    before = _snapshot(tmp_path / "root")
+    again = erepo.install_version("m", "1.0.0", versions.src["1.0.0"], encrypt=KEY)
+    assert not again.changed and _snapshot(tmp_path / "root") == before
+
+
+def test_unchanged_files_linked_only_between_same_key(erepo: Repository, versions: Versions) -> None:
+    erepo.install_version("m", "1.0.0", versions.src["1.0.0"], encrypt=KEY)
+    plan = erepo.install_version("m", "1.1.0", versions.src["1.1.0"], encrypt=KEY)
+    linked = {f.relpath for f in plan.files if f.how == "link"}
+    assert linked == {"config.json", "tokenizer.json"}
+    v0, v1 = (erepo.layout.version_dir("m", v) for v in ("1.0.0", "1.1.0"))
+    assert (v0 / "config.json").stat().st_ino == (v1 / "config.json").stat().st_ino
+    # a plaintext version never links to encrypted files (nor the other way round)
+    plain = erepo.plan_install("m", "1.2.0", versions.src["1.2.0"])
+    assert all(f.how == "copy" for f in plain.files)
+    assert erepo.verify("m")["ok"]
+
+
+def test_wrong_or_missing_provider_changes_nothing(erepo: Repository, versions: Versions, hsm: Hsm,
+                                                   tmp_path: Path) -> None:
+    erepo.install_version("m", "1.0.0", versions.src["1.0.0"], encrypt=KEY)
+    before = _snapshot(tmp_path / "root")
+    with pytest.raises(KeyProviderError, match="no key provider named 'vault'"):
+        erepo.install_version("m", "1.1.0", versions.src["1.1.0"], encrypt="vault:x")
+    with pytest.raises(KeyProviderError):  # a key the token does not hold
+        erepo.install_version("m", "1.1.0", versions.src["1.1.0"], encrypt="hsm:no-such-key")
+    bare = Repository(tmp_path / "root", lock_timeout=5)
+    with pytest.raises(RepositoryError, match="no key provider config"):  # encrypted source, no keys
+        bare.update_from_delta("m", versions.deltas[("1.0.0", "1.1.0")])
+    bare.close()
+    assert _snapshot(tmp_path / "root") == before
+    assert [v["version"] for v in erepo.list_models()[0]["versions"]] == ["1.0.0"]
+
+
+def test_cli_encrypted_install_update_verify(versions: Versions, hsm: Hsm, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    env = {**hsm.env, "AIRLOCK_KEYS_CONFIG": str(hsm.config)}
+    proc = cli(root, "model", "install", "m", "1.0.0", str(versions.src["1.0.0"]), "--encrypt", KEY,
+               "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    proc = cli(root, "model", "update", "m", str(versions.deltas[("1.0.0", "1.1.0")]), "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    proc = cli(root, "model", "verify", "m", "--keys-config", str(hsm.config), env=hsm.env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"encrypted ({KEY})" in proc.stdout
+    # a provider the config lacks: clear error, exit code of KeyProviderError, nothing installed
+    proc = cli(root, "model", "install", "m", "1.2.0", str(versions.src["1.2.0"]), "--encrypt", "nope:k",
+               env=env)
+    assert proc.returncode != 0 and "nope" in proc.stderr + proc.stdout
+    assert not (root / "model_repo" / "models" / "m" / "1.2.0").exists()
