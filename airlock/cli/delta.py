@@ -134,7 +134,7 @@ def inspect_cmd(
         _say(f"source: {len(header.source_files)} files, {_mb(src_b)}, {len(header.source_tensors)} tensors")
         _say(f"target: {len(header.target_files)} files, {_mb(tgt_b)}, {len(header.target_tensors)} tensors")
         for name, rec in sorted(info["records"].items()):
-            _say(f"  {name:7s} {rec['count']:6d} records {_mb(rec['bytes']):>12s} "
+            _say(f"  {name:10s} {rec['count']:6d} records {_mb(rec['bytes']):>12s} "
                  f"(from {_mb(rec['raw_bytes'])})")
         _say(f"payload: {_mb(header.payload_bytes())}")
 
