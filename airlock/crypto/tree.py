@@ -157,17 +157,43 @@ def decrypt_tree(
     return _build(out_dir, body)
 
 
+WORKSPACE_PREFIX = "airlock-plain-"
+
+
 @contextmanager
 def plaintext_workspace(base: Path | None = None) -> Iterator[Path]:
     """A private (0700) scratch directory for plaintext, on tmpfs unless ``base`` is given; removed
-    on exit whatever happens."""
+    on exit whatever happens, and by ``sweep_workspaces`` after a kill -9 (its name carries the pid)."""
     parent = base or (TMPFS if TMPFS.is_dir() else None)
-    path = Path(tempfile.mkdtemp(prefix="airlock-plain-", dir=parent))
+    path = Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{os.getpid()}-", dir=parent))
     try:
         os.chmod(path, 0o700)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep_workspaces(base: Path | None = None) -> list[Path]:
+    """Remove plaintext workspaces left by processes that died (kill -9, power loss on a persistent
+    ``base``); a workspace of a live process is left alone. Returns what was removed."""
+    parent = base or TMPFS
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    for entry in parent.iterdir():
+        pid_text = entry.name[len(WORKSPACE_PREFIX):].split("-", 1)[0]
+        if not entry.name.startswith(WORKSPACE_PREFIX) or not pid_text.isdigit() or entry.is_symlink():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 def apply_delta_encrypted(

@@ -91,6 +91,10 @@ def recover(repo: Repository) -> list[str]:
             elif target is None and active is not None and (mdir / active.version).is_dir():
                 atomic_symlink(active.version, repo.layout.current(model))
                 actions.append(f"{model}: current link restored -> {active.version}")
+    from airlock.crypto.tree import sweep_workspaces
+
+    # plaintext of encrypted versions left on tmpfs by a killed update/rollback
+    actions.extend(f"removed plaintext workspace {p}" for p in sweep_workspaces())
     if actions:
         repo.audit_record("recover", None, None, None, "ok", {"actions": actions})
     return actions

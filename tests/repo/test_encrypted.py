@@ -179,3 +179,42 @@ def test_cli_encrypted_install_update_verify(versions: Versions, hsm: Hsm, tmp_p
                env=env)
     assert proc.returncode != 0 and "nope" in proc.stderr + proc.stdout
     assert not (root / "model_repo" / "models" / "m" / "1.2.0").exists()
+
+
+def _dead_workspaces() -> list[Path]:
+    from airlock.crypto.tree import TMPFS, WORKSPACE_PREFIX
+
+    out = []
+    for p in TMPFS.glob(f"{WORKSPACE_PREFIX}*"):
+        pid = p.name[len(WORKSPACE_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            out.append(p)
+    return out
+
+
+@pytest.mark.parametrize(("op", "fault"), [("install", "repo.install.mid-copy"),
+                                           ("install", "repo.install.before-rename"),
+                                           ("update", "crypto.tree.before-rename"),
+                                           ("update", "repo.update.before-rename")])
+def test_kill9_encrypted(op: str, fault: str, versions: Versions, hsm: Hsm, tmp_path: Path) -> None:
+    """kill -9 at a write boundary of an encrypted install/update: the serving version stays intact,
+    no plaintext workspace survives the next run, and the re-run completes."""
+    root = tmp_path / "root"
+    env = {**hsm.env, "AIRLOCK_KEYS_CONFIG": str(hsm.config)}
+    first = ["model", "install", "m", "1.0.0", str(versions.src["1.0.0"]), "--encrypt", KEY]
+    if op == "update":
+        assert cli(root, *first, env=env).returncode == 0
+        args = ["model", "update", "m", str(versions.deltas[("1.0.0", "1.1.0")])]
+    else:
+        args = first
+    proc = cli(root, *args, env=env, fault=fault)
+    assert proc.returncode == -9, proc.stderr
+    proc = cli(root, *args, env=env)  # recovers first, then does the work
+    assert proc.returncode == 0, proc.stderr
+    assert not _dead_workspaces()
+    r = Repository(root, lock_timeout=5, keys=hsm.keys)
+    want = "1.1.0" if op == "update" else "1.0.0"
+    assert r.state()["models"]["m"]["active"] == want
+    assert _plain_hashes(r.layout.version_dir("m", want), hsm.keys) == hashes(versions.src[want])
+    assert r.verify("m")["ok"]
+    r.close()
