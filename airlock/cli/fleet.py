@@ -18,7 +18,7 @@ from airlock.cli.common import JsonOpt, console, emit_json, handle_errors, out
 from airlock.errors import FleetError
 
 RESULT_STYLE = {"ok": "green", "changed": "yellow", "failed": "bold red", "failed (rolled back)": "bold red",
-                "unreachable": "bold red"}
+                "unreachable": "bold red", "not started": "dim"}
 
 
 def _extravars(bundle: Path | None, trust: list[str], keyring: Path | None, root: Path | None,

@@ -19,7 +19,7 @@ class HostSummary:
     host: str
     from_version: str | None = None
     to_version: str | None = None
-    result: str = "ok"  # ok | changed | failed | rolled back | unreachable
+    result: str = "ok"  # ok | changed | failed | failed (rolled back) | unreachable | not started
     duration: float = 0.0
     changed: int = 0
     failed_task: str | None = None

@@ -86,6 +86,20 @@ def prepare_private_data_dir(pdd: Path, extravars: dict[str, Any], envvars: dict
     return pdd
 
 
+def target_hosts(inventory: Path, pattern: str, limit: str | None) -> list[str]:
+    """The hosts a playbook run will target (so hosts a stopped rollout never reached get a row)."""
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+
+    try:
+        inv = InventoryManager(loader=DataLoader(), sources=[str(inventory)])
+        if limit:
+            inv.subset(limit)
+        return sorted(h.name for h in inv.get_hosts(pattern))
+    except Exception:  # the summary is best effort; the run itself reports real errors
+        return []
+
+
 def run_playbook(name: str, inventory: Path, extravars: dict[str, Any], *, limit: str | None = None,
                  check: bool = False, diff: bool = False,
                  on_event: Callable[[dict[str, Any]], None] | None = None,
@@ -125,6 +139,11 @@ def run_playbook(name: str, inventory: Path, extravars: dict[str, Any], *, limit
         inventory=str(inventory), limit=limit, cmdline=cmdline or None, event_handler=handler,
         rotate_artifacts=rotate_artifacts, quiet=True, verbosity=verbosity or None, timeout=timeout,
         envvars=env)
+    seen = {h.host for h in tracker.summary()}
+    pattern = str(extravars.get("airlock_hosts", "appliances"))
+    for host in target_hosts(inventory, pattern, limit):
+        if host not in seen:
+            tracker.hosts[host] = HostSummary(host, result="not started")
     return FleetResult(rc=int(r.rc if r.rc is not None else 1), status=str(r.status), hosts=tracker.summary(),
                        batches=[b.hosts for b in tracker.batches if b.hosts], stats=tracker.stats,
                        artifacts=Path(r.config.artifact_dir) if getattr(r, "config", None) else None,

@@ -122,7 +122,7 @@ def test_failed_apply_rolls_the_host_back_and_stops_the_rollout(env: Env) -> Non
         assert repo.verify(MODEL)["ok"]
     finally:
         repo.close()
-    assert "host3" not in r.stats
+    assert "host3" not in r.stats and r.host("host3").result == "not started"
     assert env.active("host3") == "1.0.0"
     assert not (env.root("host3") / "model_repo" / "update_packages" / "staged" / "bundle-delta").exists()
 
