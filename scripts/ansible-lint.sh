@@ -9,5 +9,5 @@ cd "$repo"
 export PATH="$venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible.cfg"
 targets=(roles/airlock_runtime roles/model_repo roles/model_update
          playbooks/install.yml playbooks/update.yml playbooks/rollback.yml playbooks/verify.yml
-         inventories molecule)
+         inventories molecule/default)
 exec ansible-lint --offline --profile production --nocolor "${targets[@]}" "$@"
