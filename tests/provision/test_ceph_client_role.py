@@ -100,14 +100,14 @@ def test_pinned_ceph_common_from_the_offline_repo_in_check_mode(tmp_path: Path, 
     require_root("apt lists for the stand-in repository")
     debs = tmp_path / "debs"
     debs.mkdir()
-    make_dummy_deb(debs, "ceph-common", "16.2.15+ds-0+deb12u2")
+    make_dummy_deb(debs, "ceph-common", "16.2.15+ds-0+deb12u3~airlock1")
     repo = tmp_path / "apt"
     build_apt_repo(sorted(debs.glob("*.deb")), repo, signer=keys["bundle"].fpr, gnupghome=keys["bundle"].home)
     conf = apt_config(tmp_path / "aptstate", f"deb [signed-by={repo / KEYRING_NAME}] file:{repo} ./")
     v = role_vars(
         tmp_path,
         ceph_client_install=True,
-        ceph_client_version="16.2.15+ds-0+deb12u2",
+        ceph_client_version="16.2.15+ds-0+deb12u3~airlock1",
         ceph_client_apt_environment={"APT_CONFIG": str(conf)},
     )
     res = run_role(tmp_path, "ceph_client", v, check=True, tags=["ceph_client_packages"])
