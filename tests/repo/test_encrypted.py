@@ -18,6 +18,7 @@ from airlock.crypto.tree import decrypt_tree
 from airlock.errors import RepositoryError
 from airlock.hashing import sha256_file, tree_files
 from airlock.repo import Repository
+from tests.bundle.conftest import Keys, keys  # noqa: F401 - session fixture: real gpg keys
 from tests.crypto.conftest import SoftHsm, softhsm  # noqa: F401 - the fixture, reused
 from tests.repo.conftest import Versions, cli, hashes
 
@@ -36,9 +37,9 @@ def hsm(tmp_path: Path, softhsm: SoftHsm) -> Hsm:  # noqa: F811 - pytest fixture
     """A provider config naming one SoftHSM2 token (PIN in a 0600 file) with key ``models-kek``."""
     config = tmp_path / "keys.yaml"
     config.write_text(yaml.safe_dump({"providers": {"hsm": softhsm.provider_config()}}))
-    keys = ProviderRegistry.load(config)
-    keys.get("hsm").generate("models-kek")
-    return Hsm(config, keys, {"SOFTHSM2_CONF": str(softhsm.conf)})
+    reg = ProviderRegistry.load(config)
+    reg.get("hsm").generate("models-kek")
+    return Hsm(config, reg, {"SOFTHSM2_CONF": str(softhsm.conf)})
 
 
 @pytest.fixture
@@ -48,8 +49,8 @@ def erepo(tmp_path: Path, hsm: Hsm) -> Iterator[Repository]:
     r.close()
 
 
-def _plain_hashes(d: Path, keys: ProviderRegistry) -> dict[str, str]:
-    return {rel: plaintext_sha256(d / rel, keys)[1] for rel in tree_files(d)}
+def _plain_hashes(d: Path, reg: ProviderRegistry) -> dict[str, str]:
+    return {rel: plaintext_sha256(d / rel, reg)[1] for rel in tree_files(d)}
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -161,6 +162,31 @@ def test_wrong_or_missing_provider_changes_nothing(erepo: Repository, versions: 
     bare.close()
     assert _snapshot(tmp_path / "root") == before
     assert [v["version"] for v in erepo.list_models()[0]["versions"]] == ["1.0.0"]
+
+
+def test_signed_bundles_installed_encrypted(erepo: Repository, versions: Versions, hsm: Hsm,
+                                            keys: Keys, tmp_path: Path) -> None:  # noqa: F811
+    """A full bundle then a delta bundle, stored encrypted: plaintext equals the signed versions and
+    verify checks it against the kept signed manifests' target hashes."""
+    from airlock.bundle import stage_bundle
+    from tests.repo.test_bundle_install import _bundle, _trust
+
+    full = _bundle(tmp_path, keys, "full", {"name": "m", "version": "1.0.0",
+                                            "path": str(versions.src["1.0.0"])}, 5)
+    delta = _bundle(tmp_path, keys, "delta", {"name": "m", "version": "1.1.0", "from_version": "1.0.0",
+                                              "delta": {"old": str(versions.src["1.0.0"]),
+                                                        "new": str(versions.src["1.1.0"])}}, 6)
+    staged = stage_bundle(full, tmp_path / "stage-full", _trust(keys))
+    assert [p.files[0].how for p in erepo.plan_from_bundle(staged, encrypt=KEY)] == ["encrypt"]
+    erepo.install_from_bundle(staged, encrypt=KEY)
+    staged2 = stage_bundle(delta, tmp_path / "stage-delta", _trust(keys), installed_sequence=5)
+    erepo.install_from_bundle(staged2)  # the encrypted source keeps its key ref
+    for v in ("1.0.0", "1.1.0"):
+        vdir = erepo.layout.version_dir("m", v)
+        assert all(is_encrypted(vdir / r) for r in tree_files(vdir))
+        assert _plain_hashes(vdir, hsm.keys) == hashes(versions.src[v])
+    report = erepo.verify("m")
+    assert report["ok"] and all(v["manifest"] and v["encrypted"] for v in report["versions"])
 
 
 def test_cli_encrypted_install_update_verify(versions: Versions, hsm: Hsm, tmp_path: Path) -> None:
