@@ -25,6 +25,7 @@ test: bootstrap
 lint: bootstrap
 	$(VENV)/bin/ruff check airlock tests benchmarks
 	$(VENV)/bin/mypy
+	bash scripts/ansible-lint.sh
 
 bench: bootstrap
 	$(PY) -m benchmarks.run $(BENCH_ARGS)

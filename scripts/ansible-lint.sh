@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ansible-lint (production profile) over the Ansible layer's roles, playbooks and inventories, offline
+# ansible-lint (production profile) over every role, playbook, inventory and molecule scenario, offline
 # (--offline: no galaxy installs; the collection airlock.appliance resolves through ansible.cfg's
 # collections_path). Usage: scripts/ansible-lint.sh [extra paths or ansible-lint args]
 set -euo pipefail
@@ -7,7 +7,5 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${AIRLOCK_VENV:-$repo/.venv}"
 cd "$repo"
 export PATH="$venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible.cfg"
-targets=(roles/airlock_runtime roles/model_repo roles/model_update
-         playbooks/install.yml playbooks/update.yml playbooks/rollback.yml playbooks/verify.yml
-         inventories molecule/default)
+targets=(roles playbooks inventories molecule)
 exec ansible-lint --offline --profile production --nocolor "${targets[@]}" "$@"
