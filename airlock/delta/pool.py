@@ -11,7 +11,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 WORKERS = 2
-WINDOW = 6
+WINDOW = 4
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = WORKERS,
