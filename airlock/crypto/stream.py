@@ -6,9 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import secrets
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,6 +35,7 @@ from airlock.crypto.format import (
 from airlock.crypto.providers import KeyProvider, ProviderRegistry
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_dir
+from airlock.parallel import ordered_map
 
 # Measured (benchmarks/crypto.py, docs/security.md): AES-GCM calls in `cryptography` get ~5x slower
 # when two threads share them, yet a second thread pays for file encryption (it overlaps reading the
@@ -61,22 +60,11 @@ def _read_exact(src: BinaryIO, n: int) -> bytes:
 
 def _ordered(jobs: Iterator[Callable[[], bytes]], workers: int) -> Iterator[bytes]:
     """Run jobs on a pool, yield results in submission order, keep at most 2*workers pending."""
-    if workers <= 1:
-        for job in jobs:
-            yield job()
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="airlock-aead") as pool:
-        pending: deque[Future[bytes]] = deque()
-        try:
-            for job in jobs:
-                pending.append(pool.submit(job))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for fut in pending:
-                fut.cancel()
+    return ordered_map(_call, jobs, workers, window=2 * workers)
+
+
+def _call(job: Callable[[], bytes]) -> bytes:
+    return job()
 
 
 def _source_size(src: BinaryIO) -> int:

@@ -16,11 +16,11 @@ from typing import Any
 from airlock.delta.container import RecordReader, verify_records
 from airlock.delta.header import DeltaHeader, FileRecipe, read_delta_header
 from airlock.delta.inventory import FileInfo, TensorEntry, hash_regions
-from airlock.delta.pool import ordered_map
 from airlock.errors import AirlockError, DeltaFormatError, DeltaSourceError, IntegrityError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_dir, fsync_tree, safe_relpath, staging_dir
 from airlock.hashing import CHUNK, BlockHasher, copy_hashing
+from airlock.parallel import ordered_map
 
 Progress = Callable[[int], None]
 STAGING_PREFIX = ".delta-staging-"

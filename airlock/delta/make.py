@@ -14,10 +14,10 @@ from airlock import __version__
 from airlock.delta import codec
 from airlock.delta.container import DeltaWriter
 from airlock.delta.inventory import Inventory, TensorEntry, is_safetensors, scan
-from airlock.delta.pool import ordered_map
 from airlock.errors import AirlockError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_dir
+from airlock.parallel import ordered_map
 
 DEFAULT_CHUNK = 4 * 1024 * 1024
 PREFIX_LIMIT = 64 * 1024 * 1024

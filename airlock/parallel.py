@@ -1,4 +1,5 @@
-"""Ordered, bounded parallel map: both cores work, memory stays at ``window`` chunks in flight."""
+"""Ordered, bounded parallel map: both cores work, memory stays at ``window`` chunks in flight.
+Shared by the delta codec and the encrypted-file stream (zstd, numpy and AES-GCM release the GIL)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = WORKERS
     if workers <= 1:
         yield from map(fn, items)
         return
-    with ThreadPoolExecutor(workers, thread_name_prefix="airlock-delta") as ex:
+    with ThreadPoolExecutor(workers, thread_name_prefix="airlock-worker") as ex:
         pending: deque[Future[R]] = deque()
         try:
             for item in items:
