@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
-BENCH_ARGS ?=
+BENCH_ARGS ?= --sample 32M
 
 .PHONY: help bootstrap demo test lint bench fixtures clean
 
@@ -28,7 +28,7 @@ lint: bootstrap
 	bash scripts/ansible-lint.sh
 
 bench: bootstrap
-	$(PY) -m benchmarks.run $(BENCH_ARGS)
+	nice -n 10 $(PY) -m benchmarks.run $(BENCH_ARGS)
 
 fixtures: bootstrap
 	$(PY) -m airlock.fixtures --all
