@@ -18,10 +18,16 @@ ROWS, COLS = 75 * 1024, 2048  # BF16: 300 MiB
 CHUNK_ROWS = 1024
 
 PROBE = r"""
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from airlock.delta import apply_delta, make_delta
-def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def peak():
+    # VmHWM is this process's own high-water mark; ru_maxrss would carry the forking parent's
+    # (a big pytest process) across exec.
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 root = Path(sys.argv[1])
 make_delta(root / "small-old", root / "small-new", root / "small.aldelta")
 apply_delta(root / "small-old", root / "small.aldelta", root / "small-out")
