@@ -162,6 +162,9 @@ class Catalog:
                                   f"({len(MIGRATIONS)})", path=str(self.path), rule="catalog-schema")
         for target in range(current, len(MIGRATIONS)):
             with self.transaction():
+                # under the write lock now: another process may have migrated since the read above
+                if self.schema_version() > target:
+                    continue
                 self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
                 for stmt in _statements(MIGRATIONS[target]):
                     self.db.execute(stmt)

@@ -80,3 +80,16 @@ def test_parallel_installs_of_two_models_both_land(tmp_path: Path, versions: Ver
     assert repo.verify("a")["ok"] and repo.verify("b")["ok"]
     assert repo.audit_verify().records == 6  # 2 x (install, activate, verify)
     repo.close()
+
+
+def test_processes_opening_a_fresh_catalog_at_once_all_migrate_it(tmp_path: Path) -> None:
+    """Migrations re-check the schema under the write lock: a second opener must not re-run one."""
+    code = ("import sys; from pathlib import Path; from airlock.repo.catalog import Catalog; "
+            "c = Catalog(Path(sys.argv[1])); print(c.schema_version()); c.close()")
+    for trial in range(3):
+        db = tmp_path / f"catalog-{trial}.db"
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(6)]
+        results = [p.communicate(timeout=60) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [err for _out, err in results]
+        assert len({out.strip() for out, _err in results}) == 1
