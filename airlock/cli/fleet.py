@@ -7,6 +7,7 @@ Progress per batch and per host comes from runner events; the final table has on
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,45 +136,31 @@ RunnerDirOpt = typer.Option(None, "--runner-dir", help="ansible-runner private d
                             "(default ~/.cache/airlock/runner/<command>).")
 
 
+COMMANDS = {
+    "install": "Install a full bundle on every host of the inventory (playbooks/install.yml).",
+    "update": "Rolling update from a delta bundle in serial batches (playbooks/update.yml).",
+    "rollback": "Roll models back to the previous good version (playbooks/rollback.yml).",
+    "verify": "Compliance check: drift of hashes, modes, versions, signatures; non-zero exit on drift.",
+}
+
+
+def _command(name: str, doc: str) -> Callable[..., None]:
+    """One fleet command: the same options for every playbook, run through ``_run``."""
+
+    def command(inventory: Path = InvOpt, bundle: Path = BundleOpt, trust: list[str] = TrustOpt,
+                keyring: Path = KeyringOpt, root: Path = RootOpt, limit: str = LimitOpt,
+                check: bool = CheckOpt, diff: bool = DiffOpt, extra: list[str] = ExtraOpt,
+                extra_file: Path = ExtraFileOpt, as_json: bool = JsonOpt,
+                runner_dir: Path = RunnerDirOpt) -> None:
+        _run(name, inventory, bundle, trust, keyring, root, limit, check, diff, extra, extra_file,
+             as_json, runner_dir)
+
+    command.__doc__ = doc
+    command.__name__ = f"{name}_cmd"
+    return command
+
+
 def register(app: typer.Typer) -> None:
     """Add the fleet commands to the root app."""
-
-    @app.command("install")
-    def install_cmd(inventory: Path = InvOpt, bundle: Path = BundleOpt, trust: list[str] = TrustOpt,
-                    keyring: Path = KeyringOpt, root: Path = RootOpt, limit: str = LimitOpt,
-                    check: bool = CheckOpt, diff: bool = DiffOpt, extra: list[str] = ExtraOpt,
-                    extra_file: Path = ExtraFileOpt, as_json: bool = JsonOpt,
-                    runner_dir: Path = RunnerDirOpt) -> None:
-        """Install a full bundle on every host of the inventory (playbooks/install.yml)."""
-        _run("install", inventory, bundle, trust, keyring, root, limit, check, diff, extra, extra_file,
-             as_json, runner_dir)
-
-    @app.command("update")
-    def update_cmd(inventory: Path = InvOpt, bundle: Path = BundleOpt, trust: list[str] = TrustOpt,
-                   keyring: Path = KeyringOpt, root: Path = RootOpt, limit: str = LimitOpt,
-                   check: bool = CheckOpt, diff: bool = DiffOpt, extra: list[str] = ExtraOpt,
-                   extra_file: Path = ExtraFileOpt, as_json: bool = JsonOpt,
-                   runner_dir: Path = RunnerDirOpt) -> None:
-        """Rolling update from a delta bundle in serial batches (playbooks/update.yml)."""
-        _run("update", inventory, bundle, trust, keyring, root, limit, check, diff, extra, extra_file,
-             as_json, runner_dir)
-
-    @app.command("rollback")
-    def rollback_cmd(inventory: Path = InvOpt, bundle: Path = BundleOpt, trust: list[str] = TrustOpt,
-                     keyring: Path = KeyringOpt, root: Path = RootOpt, limit: str = LimitOpt,
-                     check: bool = CheckOpt, diff: bool = DiffOpt, extra: list[str] = ExtraOpt,
-                     extra_file: Path = ExtraFileOpt, as_json: bool = JsonOpt,
-                     runner_dir: Path = RunnerDirOpt) -> None:
-        """Roll models back to the previous good version (playbooks/rollback.yml)."""
-        _run("rollback", inventory, bundle, trust, keyring, root, limit, check, diff, extra, extra_file,
-             as_json, runner_dir)
-
-    @app.command("verify")
-    def verify_cmd(inventory: Path = InvOpt, bundle: Path = BundleOpt, trust: list[str] = TrustOpt,
-                   keyring: Path = KeyringOpt, root: Path = RootOpt, limit: str = LimitOpt,
-                   check: bool = CheckOpt, diff: bool = DiffOpt, extra: list[str] = ExtraOpt,
-                   extra_file: Path = ExtraFileOpt, as_json: bool = JsonOpt,
-                   runner_dir: Path = RunnerDirOpt) -> None:
-        """Compliance check: drift of hashes, modes, versions, signatures; non-zero exit on drift."""
-        _run("verify", inventory, bundle, trust, keyring, root, limit, check, diff, extra, extra_file,
-             as_json, runner_dir)
+    for name, doc in COMMANDS.items():
+        app.command(name)(_command(name, doc))
