@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import multiprocessing
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from airlock import faults
 from airlock.delta.container import RecordReader, verify_records
 from airlock.delta.header import DeltaHeader, FileRecipe, read_delta_header
 from airlock.delta.inventory import FileInfo, TensorEntry, hash_regions
 from airlock.errors import AirlockError, DeltaFormatError, DeltaSourceError, IntegrityError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_dir, fsync_tree, safe_relpath, staging_dir
-from airlock.hashing import CHUNK, BlockHasher, copy_hashing
+from airlock.hashing import CHUNK, BlockHasher, copy_hashing, digest_file
 from airlock.parallel import ordered_map
 
 Progress = Callable[[int], None]
@@ -46,20 +50,23 @@ class ApplySummary:
 def verify_source(src_dir: Path, files: dict[str, FileInfo], tensors: list[TensorEntry],
                   progress: Progress | None = None) -> None:
     """Every recorded input file must exist with the recorded size and hash; on a mismatch name the
-    first tensor that differs."""
+    first tensor that differs. Files are hashed on both cores, each once; only a file that does not
+    match is read again, tensor by tensor, to name the culprit."""
     by_file: dict[str, list[TensorEntry]] = {}
     for t in tensors:
         by_file.setdefault(t.file, []).append(t)
-    for rel in sorted(files):
+
+    def check(rel: str) -> None:
         want = files[rel]
         path = src_dir / rel
         if path.is_symlink() or not path.is_file():
             raise DeltaSourceError(f"{path}: missing from the source (the delta needs it)", path=str(path),
                                    rule="delta-source-missing")
+        got = digest_file(path, progress=progress or _no_progress)
+        if got.sha256 == want.sha256 and got.size == want.size:
+            return
         ts = sorted(by_file.get(rel, []), key=lambda t: t.offset)
-        size, sha, digests = hash_regions(path, [(t.offset, t.offset + t.nbytes) for t in ts], progress)
-        if sha == want.sha256 and size == want.size:
-            continue
+        size, sha, digests = hash_regions(path, [(t.offset, t.offset + t.nbytes) for t in ts])
         for t, d in zip(ts, digests, strict=True):
             if d[:len(t.sha256)] != t.sha256:
                 raise DeltaSourceError(f"{path}: tensor {t.name!r} does not match the delta's source "
@@ -68,6 +75,14 @@ def verify_source(src_dir: Path, files: dict[str, FileInfo], tensors: list[Tenso
         raise DeltaSourceError(f"{path}: does not match the delta's source (size {size}, expected "
                                f"{want.size}; sha256 {sha[:16]}..., expected {want.sha256[:16]}...)",
                                path=str(path), rule="delta-source-file")
+
+    # largest first keeps both cores busy to the end; errors still surface in a fixed order
+    for _ in ordered_map(check, sorted(files, key=lambda r: (-files[r].size, r))):
+        pass
+
+
+def _no_progress(_n: int) -> None:
+    pass
 
 
 def _process_token(pid: int) -> str | None:
@@ -213,6 +228,78 @@ def _build_file(b: _Builder, recipe: FileRecipe, dest: Path, want: FileInfo, lin
     return digest.size, False
 
 
+FILE_WORKERS = 2
+"""Output files rebuilt at once, each in its own process: the entropy decoder holds the GIL, so
+threads alone cannot use both cores. A single-file model uses threads within the file."""
+
+
+@dataclass
+class _Job:
+    """What a forked worker needs; set in the parent before the pool starts (inherited, not pickled)."""
+
+    builder: _Builder
+    stage: Path
+    recipes: list[FileRecipe]
+    out_files: dict[str, FileInfo]
+    link: bool
+
+
+_JOB: _Job | None = None
+
+
+def _worker_init(parent: int) -> None:
+    """Runs first in each worker: die with the parent (a kill -9 of the command must not leave a
+    worker writing into a staging directory the next run removes)."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+    faults.worker_of(parent)
+
+
+def _worker_build(index: int) -> tuple[int, bool]:
+    job = _JOB
+    assert job is not None, "worker started without a job"
+    recipe = job.recipes[index]
+    rel = safe_relpath(recipe.path).as_posix()
+    return _build_file(job.builder, recipe, job.stage / rel, job.out_files[rel], job.link, None)
+
+
+def _build_all(job: _Job, progress: Progress | None) -> tuple[int, int]:
+    """Rebuild every output file of ``job``; returns (bytes written, files hard-linked)."""
+    global _JOB
+    sizes = [job.out_files[safe_relpath(r.path).as_posix()].size for r in job.recipes]
+    heavy = [i for i, r in enumerate(job.recipes) if not (job.link and r.pieces and r.pieces[0][0] == "file")]
+    results: dict[int, tuple[int, bool]] = {}
+    if len(heavy) > 1 and FILE_WORKERS > 1:
+        ctx = multiprocessing.get_context("fork")
+        _JOB = job
+        pool = ProcessPoolExecutor(FILE_WORKERS, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(os.getpid(),))
+        try:
+            futures = {i: pool.submit(_worker_build, i) for i in sorted(heavy, key=lambda i: -sizes[i])}
+            for i in heavy:  # in recipe order: the first failing file is the one reported
+                try:
+                    results[i] = futures[i].result()
+                except BrokenProcessPool as exc:
+                    raise AirlockError(f"a worker process died while rebuilding {job.recipes[i].path}",
+                                       path=job.recipes[i].path, rule="delta-worker") from exc
+                if progress:
+                    progress(sizes[i])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # nothing may write once we clean up
+            _JOB = None
+    for i, recipe in enumerate(job.recipes):
+        if i not in results:
+            rel = safe_relpath(recipe.path).as_posix()
+            results[i] = _build_file(job.builder, recipe, job.stage / rel, job.out_files[rel], job.link,
+                                     progress)
+    return sum(n for n, _ in results.values()), sum(linked for _, linked in results.values())
+
+
 def apply_delta(src_dir: Path, delta_path: Path, out_dir: Path, *, reverse: bool = False,
                 link_unchanged: bool = True, progress: Progress | None = None) -> ApplySummary:
     """Rebuild the target (or, with ``reverse``, the source) version of the delta into ``out_dir``."""
@@ -229,27 +316,23 @@ def apply_delta(src_dir: Path, delta_path: Path, out_dir: Path, *, reverse: bool
     if not src_dir.is_dir():
         raise DeltaSourceError(f"{src_dir}: source directory does not exist", path=str(src_dir),
                                rule="delta-source-missing")
+    for recipe in recipes:
+        if safe_relpath(recipe.path).as_posix() == OWNER_FILE:
+            raise DeltaFormatError(f"{delta_path}: reserved output name {OWNER_FILE}", rule="delta-format")
     verify_records(delta_path, header.records)
     verify_source(src_dir, in_files, in_tensors, progress)
     _cleanup_stale(out_dir)
     reader = RecordReader(delta_path, header.records)
     builder = _Builder(header, reader, src_dir, reverse)
-    written = linked = 0
     try:
         with staging_dir(out_dir, prefix=STAGING_PREFIX) as stage:
             (stage / OWNER_FILE).write_text(_process_token(os.getpid()) or str(os.getpid()))
-            for recipe in recipes:
-                rel = safe_relpath(recipe.path).as_posix()
-                if rel == OWNER_FILE:
-                    raise DeltaFormatError(f"{delta_path}: reserved output name {rel}", rule="delta-format")
-                try:
-                    n, was_linked = _build_file(builder, recipe, stage / rel, out_files[rel], link_unchanged,
-                                                progress)
-                except (KeyError, IndexError, TypeError, ValueError) as exc:
-                    raise DeltaFormatError(f"{delta_path}: malformed recipe for {rel} ({exc!r})",
-                                           path=str(delta_path), rule="delta-format") from exc
-                written += n
-                linked += was_linked
+            try:
+                job = _Job(builder, stage, recipes, out_files, link_unchanged)
+                written, linked = _build_all(job, progress)
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                raise DeltaFormatError(f"{delta_path}: malformed recipe ({exc!r})", path=str(delta_path),
+                                       rule="delta-format") from exc
             fsync_tree(stage)
             fault_point("delta.apply.before-rename")
             (stage / OWNER_FILE).unlink()

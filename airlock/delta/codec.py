@@ -199,16 +199,22 @@ def encode_diff(new: bytes, old: bytes, width: int, level: int = LEVEL, *, dtype
         # the old exponents as a change from the new ones (almost always 0), for NEW -> OLD
         rev_in = (ctx_old - ctx_new, reverse_context(n, dtype))
         rev_group = entropy.Grouping.of(rev_in[1])
-        rev_cost = entropy.plane_cost(rev_group.histograms(rev_in[0]), n.size)
+        rev_cost = entropy.best_cost(rev_group.histograms(rev_in[0]), rev_in[0])
     best: tuple[float, int, int, np.ndarray, list[np.ndarray], list[np.ndarray]] | None = None
     for plain, ctx_codec, ans_codec, d in ((ZDIFF, ZDIFF_CTX, ZDIFF_ANS, _zigzag(n - o, width)),
                                            (XOR, XOR_CTX, XOR_ANS, n ^ o)):
         planes = _plane_arrays(d, width)
         hists = [grouping.histograms(p) for p in planes]
-        options = [(sum(entropy.plane_cost(h, n.size) for h in hists) + rev_cost, ctx_codec, hists)]
+        runs = [entropy.Runs.of(p, h) for p, h in zip(planes, hists, strict=True)]
+
+        def size_of(hs: list[np.ndarray], runs: list[entropy.Runs | None] = runs) -> float:
+            return sum(min(entropy.plane_cost(h, n.size), r.cost if r else float("inf"))
+                       for h, r in zip(hs, runs, strict=True))
+
+        options = [(size_of(hists) + rev_cost, ctx_codec, hists)]
         if ctx_old is not None:
             flat = [h.sum(axis=0, keepdims=True) for h in hists]
-            options.append((sum(entropy.plane_cost(h, n.size) for h in flat), ans_codec, flat))
+            options.append((size_of(flat), ans_codec, flat))
         for cost, codec, hs in options:
             if best is None or cost < best[0]:
                 best = (cost, plain, codec, d, planes, hs)
@@ -253,8 +259,23 @@ def _frames(payload: bytes, sizes: list[int], raw_each: int, dict_data: bytes | 
     return out
 
 
+def _sparse_join(planes: list[entropy.SparsePlane], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, element values) of the non-zero elements of sparse byte planes."""
+    nonempty = [p for p in planes if p.pos.size]
+    if len(nonempty) > 1:
+        pos = np.unique(np.concatenate([p.pos for p in nonempty]))
+    else:
+        pos = nonempty[0].pos if nonempty else np.empty(0, dtype=np.int64)
+    values = np.zeros(pos.size, dtype=_UINT[width])
+    for k, p in enumerate(planes):
+        if p.pos.size:
+            at = np.searchsorted(pos, p.pos) if len(nonempty) > 1 else slice(None)
+            values[at] |= p.values.astype(_UINT[width]) << (8 * k)
+    return pos, values
+
+
 def _ctx_decode(payload: bytes, sections: list[int], width: int, b: np.ndarray, dtype: str,
-                reverse: bool) -> np.ndarray:
+                reverse: bool) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     nfwd = width + 1
     ctx = context(b, dtype)
     if ctx is None:
@@ -273,8 +294,12 @@ def _ctx_decode(payload: bytes, sections: list[int], width: int, b: np.ndarray, 
     elif len(sections) not in (nfwd, nfwd + 2):
         raise DeltaFormatError("context-coded record has the wrong number of sections", rule="delta-record")
     fwd_len = sum(sections[:nfwd])
-    planes = entropy.decode(payload[:fwd_len], sections[:nfwd], ctx, width)
-    return _join([p.tobytes() for p in planes], width, b.size)
+    planes = entropy.decode_planes(payload[:fwd_len], sections[:nfwd], ctx, width)
+    sparse = [p for p in planes if isinstance(p, entropy.SparsePlane)]
+    if len(sparse) == width:
+        return _sparse_join(sparse, width)
+    dense = [p.dense() if isinstance(p, entropy.SparsePlane) else p for p in planes]
+    return _join([p.tobytes() for p in dense], width, b.size)
 
 
 def decode(codec: int, width: int, raw_len: int, payload: bytes, planes: list[int],
@@ -305,7 +330,17 @@ def decode(codec: int, width: int, raw_len: int, payload: bytes, planes: list[in
         if base is None or len(base) != raw_len:
             raise DeltaFormatError("diff record needs a base of the same size", rule="delta-record")
         b = np.frombuffer(base, dtype=_UINT[width])
+    if isinstance(d, tuple):  # sparse change: copy the base, touch only the changed elements
+        pos, dv = d
+        out = bytearray(base)
+        view = np.frombuffer(out, dtype=_UINT[width])
+        view[pos] = _combine(codec, view[pos], dv, width, reverse)
+        return bytes(out)
+    return _combine(codec, b, d, width, reverse).tobytes()
+
+
+def _combine(codec: int, b: np.ndarray, d: np.ndarray, width: int, reverse: bool) -> np.ndarray:
     if codec == XOR:
-        return (b ^ d).tobytes()
+        return b ^ d
     s = _unzigzag(d, width)
-    return (b - s if reverse else b + s).tobytes()
+    return b - s if reverse else b + s

@@ -6,9 +6,16 @@ ulps, large ones by few. The decoder already knows the old weight, so its expone
 Each plane is coded with one static categorical model per context group (an exponent value with
 enough elements; the rare ones share a group), stored as quantized frequency tables.
 
+A plane that is mostly zero (a sparse update: fp8 codes moved by one step, weights moved by one ulp)
+is coded as *runs* instead: the gaps between its non-zero bytes and their values, so decoding costs
+two symbols per changed element rather than one per element, at the same size (a memoryless gap
+with an escape for long ones is the zero/non-zero sequence's own entropy).
+
 Stream layout (one per record): ``u32 len(tables)`` + zstd(tables) + per plane ``u32 len`` + ANS words.
-``tables`` = one mode byte per plane (0 raw, 1 coded) + for each coded plane and each group (in
-ascending context order, the shared rest group last) 256 little-endian u16 frequencies.
+``tables`` = one mode byte per plane (0 raw, 1 coded, 2 runs) + per plane, top plane first: coded:
+for each group (in ascending context order, the shared rest group last) 256 little-endian u16
+frequencies; runs: ``u32 non-zero count``, ``u32 gap symbol count``, 256 u16 gap frequencies, 256
+u16 value frequencies.
 """
 
 from __future__ import annotations
@@ -27,7 +34,14 @@ MIN_GROUP = 512
 FREQ_TOTAL = 1 << 15
 RAW_IF_ABOVE = 0.97
 """A plane is stored raw unless coding saves at least 3 %: raw planes cost nothing to decode."""
+RUNS_IF_BELOW = 1.02
+"""A plane is coded as runs when that is at most 2 % larger than coding every element: it decodes
+several times faster (symbols per changed element instead of per element)."""
+ESCAPE = 255
+"""Gap symbol meaning "255 more zeros, the gap goes on"; 0..254 end a gap."""
+RAW, CODED, RUNS = 0, 1, 2
 _U32 = struct.Struct("<I")
+_RUNS_HEAD = struct.Struct("<II")
 
 
 def groups(ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,13 +76,28 @@ class Grouping:
 
     gid: np.ndarray
     sizes: np.ndarray
-    order: np.ndarray
+    order: np.ndarray | None
+    """Element indices group by group; None when there is one group (element order)."""
     bounds: np.ndarray
 
     @classmethod
     def of(cls, ctx: np.ndarray) -> Grouping:
+        if ctx.size == 0 or not ctx.any() or (ctx == ctx[0]).all():  # one context: no sorting
+            return cls(np.zeros(ctx.size, dtype=np.uint8), np.array([ctx.size]), None,
+                       np.array([0, ctx.size]))
         gid, sizes = groups(ctx)
-        return cls(gid, sizes, np.argsort(gid, kind="stable"), np.concatenate([[0], np.cumsum(sizes)]))
+        order = np.argsort(gid, kind="stable") if sizes.size > 1 else None
+        return cls(gid, sizes, order, np.concatenate([[0], np.cumsum(sizes)]))
+
+    def sort(self, plane: np.ndarray) -> np.ndarray:
+        return plane if self.order is None else plane[self.order]
+
+    def unsort(self, sorted_syms: np.ndarray) -> np.ndarray:
+        if self.order is None:
+            return sorted_syms
+        plane = np.empty(sorted_syms.size, dtype=np.uint8)
+        plane[self.order] = sorted_syms
+        return plane
 
     def histograms(self, plane: np.ndarray) -> np.ndarray:
         """Symbol counts per group, shape (groups, 256), in one pass."""
@@ -90,6 +119,107 @@ def plane_cost(hists: np.ndarray, n: int) -> float:
     return coded if coded < RAW_IF_ABOVE * n else float(n)
 
 
+@dataclass
+class Runs:
+    """A plane as zero runs: ``gaps`` (symbols, ``ESCAPE`` chains for long gaps) and ``values``."""
+
+    gaps: np.ndarray
+    values: np.ndarray
+    cost: float
+
+    @classmethod
+    def of(cls, plane: np.ndarray, hist: np.ndarray | None = None) -> Runs | None:
+        """None when fewer than half the bytes are zero (runs cannot win there)."""
+        zeros = int(hist[:, 0].sum()) if hist is not None else int(plane.size - np.count_nonzero(plane))
+        if 2 * zeros < plane.size:
+            return None
+        nz = np.flatnonzero(plane)
+        gap = np.diff(nz, prepend=-1) - 1
+        escapes, last = np.divmod(gap, ESCAPE)
+        ends = np.cumsum(escapes + 1) - 1
+        gaps = np.full(int(ends[-1]) + 1 if nz.size else 0, ESCAPE, dtype=np.uint8)
+        gaps[ends] = last
+        values = plane[nz]
+        gh = np.bincount(gaps, minlength=256)[None]
+        vh = np.bincount(values, minlength=256)[None]
+        return cls(gaps, values, estimate(gh) + estimate(vh) + 136)
+
+
+def best_cost(hist: np.ndarray, plane: np.ndarray) -> float:
+    """``plane_cost`` with the runs coding as a further option."""
+    dense = plane_cost(hist, plane.size)
+    runs = Runs.of(plane, hist)
+    return min(dense, runs.cost) if runs is not None else dense
+
+
+def _encode_runs(runs: Runs) -> tuple[bytes, bytes]:
+    """(tables, ANS words): gaps decode first, then values."""
+    gq = _quantize(np.bincount(runs.gaps, minlength=256))
+    vq = _quantize(np.bincount(runs.values, minlength=256))
+    coder = constriction.stream.stack.AnsCoder()
+    if np.count_nonzero(vq) > 1:
+        coder.encode_reverse(runs.values.astype(np.int32), _model(vq))
+    if np.count_nonzero(gq) > 1:
+        coder.encode_reverse(runs.gaps.astype(np.int32), _model(gq))
+    head = _RUNS_HEAD.pack(runs.values.size, runs.gaps.size)
+    return head + gq.astype("<u2").tobytes() + vq.astype("<u2").tobytes(), coder.get_compressed().tobytes()
+
+
+def _symbols(coder: constriction.stream.stack.AnsCoder, freqs: np.ndarray, count: int) -> np.ndarray:
+    used = np.flatnonzero(freqs)
+    if count == 0:
+        return np.empty(0, dtype=np.uint8)
+    if used.size == 0:
+        raise DeltaFormatError("coded plane has an empty frequency table", rule="delta-record")
+    if used.size == 1:
+        return np.full(count, used[0], dtype=np.uint8)
+    try:
+        return np.asarray(coder.decode(_model(freqs), count)).astype(np.uint8)
+    except Exception as exc:  # constriction raises plain errors on exhausted/corrupt input
+        raise DeltaFormatError(f"coded plane does not decode ({exc})", rule="delta-record") from exc
+
+
+@dataclass
+class SparsePlane:
+    """A decoded plane that is zero except at ``pos`` (ascending), where it is ``values``."""
+
+    pos: np.ndarray
+    values: np.ndarray
+    n: int
+
+    def dense(self) -> np.ndarray:
+        plane = np.zeros(self.n, dtype=np.uint8)
+        plane[self.pos] = self.values
+        return plane
+
+
+def _decode_runs(meta: bytes, tpos: int, words: np.ndarray, n: int) -> tuple[SparsePlane, int]:
+    """(plane, position after its tables) for a runs-coded plane."""
+    if len(meta) < tpos + _RUNS_HEAD.size + 1024:
+        raise DeltaFormatError("runs tables are too short", rule="delta-record")
+    count, nsyms = _RUNS_HEAD.unpack_from(meta, tpos)
+    if count > n or not count <= nsyms <= count + n // ESCAPE + 1 or (count == 0) != (nsyms == 0):
+        raise DeltaFormatError("runs plane has impossible counts", rule="delta-record")
+    gq = np.frombuffer(meta, dtype="<u2", count=256, offset=tpos + _RUNS_HEAD.size)
+    vq = np.frombuffer(meta, dtype="<u2", count=256, offset=tpos + _RUNS_HEAD.size + 512)
+    coder = constriction.stream.stack.AnsCoder(words)
+    gaps = _symbols(coder, gq, nsyms).astype(np.int64)
+    values = _symbols(coder, vq, count)
+    if nsyms == count:  # no long gaps: one symbol per non-zero byte
+        if gaps.size and int(gaps.max()) >= ESCAPE:
+            raise DeltaFormatError("runs plane gaps do not match the non-zero count", rule="delta-record")
+        pos = np.cumsum(gaps + 1) - 1
+    else:
+        ends = np.flatnonzero(gaps != ESCAPE)
+        if ends.size != count or (count and ends[-1] != nsyms - 1):
+            raise DeltaFormatError("runs plane gaps do not match the non-zero count", rule="delta-record")
+        escapes = np.diff(ends, prepend=-1) - 1
+        pos = np.cumsum(escapes * ESCAPE + gaps[ends] + 1) - 1
+    if count and pos[-1] >= n:
+        raise DeltaFormatError("runs plane runs past the end of the chunk", rule="delta-record")
+    return SparsePlane(pos, values, n), tpos + _RUNS_HEAD.size + 1024
+
+
 def encode(planes: list[np.ndarray], ctx: np.ndarray, level: int = 19, *, grouping: Grouping | None = None,
            hists: list[np.ndarray] | None = None) -> tuple[bytes, list[int]]:
     """Code ``planes`` (uint8 arrays of equal length, least significant first) under context ``ctx``
@@ -104,10 +234,17 @@ def encode(planes: list[np.ndarray], ctx: np.ndarray, level: int = 19, *, groupi
     for k in range(len(planes) - 1, -1, -1):
         plane = planes[k]
         hist = hists[k] if hists is not None else g.histograms(plane)
-        if plane_cost(hist, n) >= n:  # clearly incompressible: skip the coder
+        dense = plane_cost(hist, n)
+        runs = Runs.of(plane, hist)
+        if runs is not None and runs.cost <= RUNS_IF_BELOW * dense and runs.cost < RAW_IF_ABOVE * n:
+            modes[k] = RUNS
+            table, sections[k] = _encode_runs(runs)
+            tables.append(table)
+            continue
+        if dense >= n:  # clearly incompressible: skip the coder
             sections[k] = plane.tobytes()
             continue
-        sorted_syms = plane[g.order].astype(np.int32)
+        sorted_syms = g.sort(plane).astype(np.int32)
         freqs = [_quantize(h) for h in hist]
         coder = constriction.stream.stack.AnsCoder()
         for i in range(len(sizes) - 1, -1, -1):
@@ -117,7 +254,7 @@ def encode(planes: list[np.ndarray], ctx: np.ndarray, level: int = 19, *, groupi
         if len(words) + 512 * len(sizes) >= RAW_IF_ABOVE * n:
             sections[k] = plane.tobytes()
         else:
-            modes[k] = 1
+            modes[k] = CODED
             tables.extend(f.astype("<u2").tobytes() for f in freqs)
             sections[k] = words
     from airlock.delta.codec import compressor
@@ -130,11 +267,18 @@ def encode(planes: list[np.ndarray], ctx: np.ndarray, level: int = 19, *, groupi
 
 def decode(payload: bytes, sections: list[int], ctx: np.ndarray, nplanes: int) -> list[np.ndarray]:
     """Inverse of ``encode`` given the same ``ctx``."""
+    planes = decode_planes(payload, sections, ctx, nplanes)
+    return [p.dense() if isinstance(p, SparsePlane) else p for p in planes]
+
+
+def decode_planes(payload: bytes, sections: list[int], ctx: np.ndarray,
+                  nplanes: int) -> list[np.ndarray | SparsePlane]:
+    """As ``decode``, but runs-coded and all-zero planes come back as ``SparsePlane`` (applying a
+    sparse change then touches only the changed elements)."""
     if len(sections) != nplanes + 1 or sum(sections) != len(payload):
         raise DeltaFormatError("context-coded record has the wrong number of sections", rule="delta-record")
     n = ctx.size
-    grouping = Grouping.of(ctx)
-    sizes, order = grouping.sizes, grouping.order
+    grouping: Grouping | None = None  # only coded planes need it (runs and raw ones do not)
     pos = 0
     views: list[bytes] = []
     for s in sections:
@@ -144,45 +288,48 @@ def decode(payload: bytes, sections: list[int], ctx: np.ndarray, nplanes: int) -
             raise DeltaFormatError("context-coded record section length mismatch", rule="delta-record")
         views.append(part[4:])
     try:
-        limit = nplanes * (1 + 512 * len(sizes))
+        most_groups = min(257, n // MIN_GROUP + 1)
+        limit = nplanes * (1 + max(512 * most_groups, _RUNS_HEAD.size + 1024))
         meta = zstandard.ZstdDecompressor().decompress(views[0], max_output_size=limit)
     except zstandard.ZstdError as exc:
         raise DeltaFormatError(f"context tables do not decompress ({exc})", rule="delta-record") from exc
     modes = meta[:nplanes]
-    if len(modes) != nplanes or any(m > 1 for m in modes):
+    if len(modes) != nplanes or any(m > RUNS for m in modes):
         raise DeltaFormatError("context tables have the wrong size", rule="delta-record")
     tpos = nplanes
-    out: list[np.ndarray | None] = [None] * nplanes
+    out: list[np.ndarray | SparsePlane | None] = [None] * nplanes
     for k in range(nplanes - 1, -1, -1):  # top plane first: lower planes' contexts depend on it
         data = views[k + 1]
-        if modes[k] == 0:
+        if modes[k] == RAW:
             if len(data) != n:
                 raise DeltaFormatError("raw plane has the wrong size", rule="delta-record")
             out[k] = np.frombuffer(data, dtype=np.uint8)
             continue
-        if len(meta) < tpos + 512 * len(sizes):
-            raise DeltaFormatError("context tables are too short", rule="delta-record")
         if len(data) % 4:
             raise DeltaFormatError("coded plane is not whole 32-bit words", rule="delta-record")
         words = np.frombuffer(data, dtype=np.uint32)
+        if modes[k] == RUNS:
+            out[k], tpos = _decode_runs(meta, tpos, words, n)
+            continue
+        if grouping is None:
+            grouping = Grouping.of(ctx)
+        sizes = grouping.sizes
+        if len(meta) < tpos + 512 * len(sizes):
+            raise DeltaFormatError("context tables are too short", rule="delta-record")
+        tables = np.frombuffer(meta, dtype="<u2", count=256 * len(sizes), offset=tpos).reshape(-1, 256)
+        if not tables[:, 1:].any():  # every group is constant zero
+            out[k] = SparsePlane(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint8), n)
+            tpos += 512 * len(sizes)
+            continue
         coder = constriction.stream.stack.AnsCoder(words)
         sorted_syms = np.empty(n, dtype=np.uint8)
         pos = 0
         for g, size in enumerate(sizes):
             freqs = np.frombuffer(meta, dtype="<u2", count=256, offset=tpos + 512 * g)
-            used = np.flatnonzero(freqs)
-            try:
-                if used.size == 1:
-                    sorted_syms[pos:pos + size] = used[0]
-                else:
-                    sorted_syms[pos:pos + size] = coder.decode(_model(freqs), int(size))
-            except Exception as exc:  # constriction raises plain errors on exhausted/corrupt input
-                raise DeltaFormatError(f"coded plane does not decode ({exc})", rule="delta-record") from exc
+            sorted_syms[pos:pos + size] = _symbols(coder, freqs, int(size))
             pos += int(size)
         tpos += 512 * len(sizes)
-        plane = np.empty(n, dtype=np.uint8)
-        plane[order] = sorted_syms
-        out[k] = plane
+        out[k] = grouping.unsort(sorted_syms)
     if tpos != len(meta):
         raise DeltaFormatError("context tables have the wrong size", rule="delta-record")
     return [p for p in out if p is not None]
