@@ -95,7 +95,7 @@ class Grouping:
     def unsort(self, sorted_syms: np.ndarray) -> np.ndarray:
         if self.order is None:
             return sorted_syms
-        plane = np.empty(sorted_syms.size, dtype=np.uint8)
+        plane = np.empty_like(sorted_syms)
         plane[self.order] = sorted_syms
         return plane
 
