@@ -166,6 +166,16 @@ def context(bits: np.ndarray, dtype: str) -> np.ndarray | None:
     return ((bits >> shift) & mask).astype(np.uint8)
 
 
+_EDGE_LUT: dict[str, np.ndarray] = {}
+
+
+def _edge(field: np.ndarray, shift: int) -> np.ndarray:
+    upper = float((1 << shift) - 1) - field.astype(np.float64)
+    dist = np.minimum(field.astype(np.float64), upper)
+    _, length = np.frexp(dist)
+    return (length.astype(np.uint8) * 2 + (upper < field)).astype(np.uint8)
+
+
 def edge_context(bits: np.ndarray, dtype: str) -> np.ndarray:
     """How close a float is to the edge of its binade: 2 * bit length of the distance (in units in
     the last place) to the nearer boundary, + 1 when that is the upper one. Only near a boundary can
@@ -174,23 +184,29 @@ def edge_context(bits: np.ndarray, dtype: str) -> np.ndarray:
     if dtype not in _EXPONENT or dtype == "F8_E8M0":
         return np.zeros(bits.size, dtype=np.uint8)
     shift, _ = _EXPONENT[dtype]
-    field = (bits & ((1 << shift) - 1)).astype(np.float64)
-    upper = float((1 << shift) - 1) - field
-    dist = np.minimum(field, upper)
-    _, length = np.frexp(dist)
-    return (length.astype(np.uint8) * 2 + (upper < field)).astype(np.uint8)
+    field = bits & ((1 << shift) - 1)
+    if shift > 12:
+        return _edge(field, shift)
+    lut = _EDGE_LUT.get(dtype)
+    if lut is None:  # small mantissas: a table over every mantissa value
+        lut = _EDGE_LUT[dtype] = _edge(np.arange(1 << shift), shift)
+    return lut[field]
+
+
+def _lower_median(exp: np.ndarray) -> int:
+    counts = np.cumsum(np.bincount(exp, minlength=256))
+    return int(np.searchsorted(counts, (exp.size + 1) // 2))
 
 
 def reverse_context(bits: np.ndarray, dtype: str) -> np.ndarray:
     """Context of the exponent change: the edge distance (``edge_context``) and where the new
-    exponent lies relative to the chunk's median exponent (small weights move across binades more
-    often): 8 buckets, from 6 binades below the median to 1 above."""
+    exponent lies relative to the chunk's lower median exponent (small weights move across binades
+    more often): 8 buckets, from 6 binades below the median to 1 above."""
     edge = edge_context(bits, dtype)
     exp = context(bits, dtype)
     if exp is None:
         return edge
-    med = int(np.median(exp))
-    bucket = np.clip(exp.astype(np.int16) - med + 6, 0, 7).astype(np.uint16)
+    bucket = np.clip(exp.astype(np.int16) - _lower_median(exp) + 6, 0, 7).astype(np.uint16)
     return edge.astype(np.uint16) * 8 + bucket
 
 
@@ -199,59 +215,91 @@ def _plane_arrays(d: np.ndarray, width: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(by[:, k]) for k in range(width)]
 
 
-def encode_diff(new: bytes, old: bytes, width: int, level: int = LEVEL, *, dtype: str = "",
-                reversible: bool = True) -> Encoded:
-    """Encode ``new`` against ``old``: XOR or zigzag difference, coded with the exponent context or
-    without (whichever the histograms say is smaller, counting the reverse section the exponent
-    context needs); small chunks also try plain zstd planes."""
-    n = np.frombuffer(new, dtype=_UINT[width])
-    o = np.frombuffer(old, dtype=_UINT[width])
+SAMPLE_BLOCKS = 8
+SAMPLE_BLOCK = 1 << 16
+"""The choice of transform and grouping is made on 8 evenly spread runs of 64 Ki elements of a
+larger chunk: the estimate is as good and the chunk is read once more, not five times."""
+
+
+def _sample(a: np.ndarray) -> np.ndarray:
+    if a.size <= SAMPLE_BLOCKS * SAMPLE_BLOCK * 2:
+        return a
+    step = a.size // SAMPLE_BLOCKS
+    return np.concatenate([a[i * step:i * step + SAMPLE_BLOCK] for i in range(SAMPLE_BLOCKS)])
+
+
+def _choose(n_all: np.ndarray, o_all: np.ndarray, width: int, dtype: str,
+            reversible: bool) -> tuple[int, bool]:
+    """(ZDIFF or XOR, group by the old exponent?) from the ideal code length of the byte planes (or
+    their runs) on a sample of the chunk; grouping pays for the reverse section it needs."""
+    n, o = _sample(n_all), _sample(o_all)
     ctx_old = context(o, dtype)
-    zeros = np.zeros(n.size, dtype=np.uint8)
-    grouping = entropy.Grouping.of(ctx_old if ctx_old is not None else zeros)
-    rev_cost = 0.0
-    rev_in: tuple[np.ndarray, np.ndarray] | None = None
-    if reversible and ctx_old is not None:
-        ctx_new = context(n, dtype)
-        assert ctx_new is not None
-        # the old exponents as a change from the new ones (almost always 0), for NEW -> OLD
-        rev_in = (ctx_old - ctx_new, reverse_context(n, dtype))
-        rev_group = entropy.Grouping.of(rev_in[1])
-        rev_cost = entropy.best_cost(rev_group.histograms(rev_in[0]), rev_in[0])
-    best: tuple[float, int, int, np.ndarray, list[np.ndarray], list[np.ndarray]] | None = None
-    for plain, ctx_codec, ans_codec, d in ((ZDIFF, ZDIFF_CTX, ZDIFF_ANS, _zigzag(n - o, width)),
-                                           (XOR, XOR_CTX, XOR_ANS, n ^ o)):
+    grouping = entropy.Grouping.of(ctx_old) if ctx_old is not None else None
+    grouped = grouping is not None and grouping.sizes.size > 1
+    flat_best: tuple[float, int] | None = None
+    ctx_best: tuple[float, int] | None = None
+    for plain, d in ((ZDIFF, _zigzag(n - o, width)), (XOR, n ^ o)):
         planes = _plane_arrays(d, width)
-        hists = [grouping.histograms(p) for p in planes]
-        runs = [entropy.Runs.of(p, h) for p, h in zip(planes, hists, strict=True)]
+        hists = [grouping.histograms(p) if grouping is not None and grouped
+                 else np.bincount(p, minlength=256)[None] for p in planes]
+        flat = [h.sum(axis=0, keepdims=True) for h in hists]
+        runs = [entropy.Runs.of(p, h) for p, h in zip(planes, flat, strict=True)]
 
         def size_of(hs: list[np.ndarray], runs: list[entropy.Runs | None] = runs) -> float:
             return sum(min(entropy.plane_cost(h, n.size), r.cost if r else float("inf"))
                        for h, r in zip(hs, runs, strict=True))
 
-        options = [(size_of(hists) + rev_cost, ctx_codec, hists)]
-        if ctx_old is not None:
-            flat = [h.sum(axis=0, keepdims=True) for h in hists]
-            options.append((size_of(flat), ans_codec, flat))
-        for cost, codec, hs in options:
-            if best is None or cost < best[0]:
-                best = (cost, plain, codec, d, planes, hs)
-    assert best is not None
-    _, plain, codec, d, planes, hists = best
+        cost = size_of(flat)
+        if flat_best is None or cost < flat_best[0]:
+            flat_best = (cost, plain)
+        if grouped:
+            cost = size_of(hists)
+            if ctx_best is None or cost < ctx_best[0]:
+                ctx_best = (cost, plain)
+    assert flat_best is not None
+    if ctx_best is None or ctx_best[0] >= flat_best[0] or ctx_old is None:
+        return flat_best[1], False
+    rev_cost = 0.0
+    if reversible:
+        ctx_new = context(n, dtype)
+        assert ctx_new is not None
+        change, rctx = ctx_old - ctx_new, reverse_context(n, dtype)
+        rev_cost = entropy.best_cost(entropy.Grouping.of(rctx).histograms(change), change)
+    if ctx_best[0] + rev_cost < flat_best[0]:
+        return ctx_best[1], True
+    return flat_best[1], False
+
+
+def encode_diff(new: bytes, old: bytes, width: int, level: int = LEVEL, *, dtype: str = "",
+                reversible: bool = True) -> Encoded:
+    """Encode ``new`` against ``old``: difference or XOR, grouped by the old exponent or not
+    (whichever the byte-plane histograms say is smaller, counting the reverse section the exponent
+    grouping needs), coded with pcodec; small chunks also try plain zstd planes."""
+    n = np.frombuffer(new, dtype=_UINT[width])
+    o = np.frombuffer(old, dtype=_UINT[width])
+    ctx_old = context(o, dtype)
+    plain, use_ctx = _choose(n, o, width, dtype, reversible)
+    rev_in: tuple[np.ndarray, np.ndarray] | None = None
+    if use_ctx and reversible:
+        ctx_new = context(n, dtype)
+        assert ctx_new is not None and ctx_old is not None
+        # the old exponents as a change from the new ones (almost always 0), for NEW -> OLD
+        rev_in = (ctx_old - ctx_new, reverse_context(n, dtype))
     values = (n - o).view(_INT[width]) if plain == ZDIFF else n ^ o
     parts: list[bytes] = []
-    if codec in (XOR_ANS, ZDIFF_ANS) or ctx_old is None:
-        codec = ZDIFF_PCO1 if plain == ZDIFF else XOR_PCO1
-        parts += _pco_encode(values, entropy.Grouping.of(zeros))
-    else:
+    if use_ctx and ctx_old is not None:
         codec = ZDIFF_PCO if plain == ZDIFF else XOR_PCO
         parts.append(b"\x01" if rev_in is not None else b"\x00")
         if rev_in is not None:  # first, so the decoder can recover the grouping before the groups
             rev, rev_sections = entropy.encode([rev_in[0]], rev_in[1], level)
             parts += _cut(rev, rev_sections)
-        parts += _pco_encode(values, grouping)
+        parts += _pco_encode(values, entropy.Grouping.of(ctx_old))
+    else:
+        codec = ZDIFF_PCO1 if plain == ZDIFF else XOR_PCO1
+        parts.append(standalone.simple_compress(np.ascontiguousarray(values), _PCO))
     enc = Encoded(codec, width, len(new), b"".join(parts), [len(p) for p in parts])
     if len(new) <= SMALL:
+        d = _zigzag(n - o, width) if plain == ZDIFF else n ^ o
         alt = _pack(plain, width, len(new), _split(d, width), level)
         if len(alt.payload) < len(enc.payload):
             return alt

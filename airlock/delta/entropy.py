@@ -76,18 +76,25 @@ class Grouping:
 
     gid: np.ndarray
     sizes: np.ndarray
-    order: np.ndarray | None
-    """Element indices group by group; None when there is one group (element order)."""
     bounds: np.ndarray
+    _order: np.ndarray | None = None
 
     @classmethod
     def of(cls, ctx: np.ndarray) -> Grouping:
         if ctx.size == 0 or not ctx.any() or (ctx == ctx[0]).all():  # one context: no sorting
-            return cls(np.zeros(ctx.size, dtype=np.uint8), np.array([ctx.size]), None,
-                       np.array([0, ctx.size]))
+            return cls(np.zeros(ctx.size, dtype=np.uint8), np.array([ctx.size]), np.array([0, ctx.size]))
         gid, sizes = groups(ctx)
-        order = np.argsort(gid, kind="stable") if sizes.size > 1 else None
-        return cls(gid, sizes, order, np.concatenate([[0], np.cumsum(sizes)]))
+        return cls(gid, sizes, np.concatenate([[0], np.cumsum(sizes)]))
+
+    @property
+    def order(self) -> np.ndarray | None:
+        """Element indices group by group; None when there is one group (element order). Sorted
+        on first use: estimating sizes needs only ``gid``."""
+        if self.sizes.size <= 1:
+            return None
+        if self._order is None:
+            self._order = np.argsort(self.gid, kind="stable")
+        return self._order
 
     def sort(self, plane: np.ndarray) -> np.ndarray:
         return plane if self.order is None else plane[self.order]

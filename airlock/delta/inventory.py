@@ -14,6 +14,7 @@ from typing import Any
 from airlock.errors import UnsafePathError
 from airlock.fsutil import safe_relpath
 from airlock.hashing import CHUNK, tree_files
+from airlock.parallel import ordered_map
 from airlock.safetensors_io import SafetensorsHeader, read_header
 
 Progress = Callable[[int], None]
@@ -122,21 +123,30 @@ def model_paths(root: Path) -> list[str]:
     return rels
 
 
+def _scan_file(root: Path, rel: str,
+               progress: Progress | None) -> tuple[FileInfo, SafetensorsHeader | None, list[TensorEntry]]:
+    path = root / rel
+    if not is_safetensors(rel):
+        size, sha, _ = hash_regions(path, [], progress)
+        return FileInfo(size, sha), None, []
+    header = read_header(path)
+    regions = [(header.data_start + t.start, header.data_start + t.end) for t in header.tensors]
+    size, sha, digests = hash_regions(path, regions, progress)
+    tensors = [TensorEntry(rel, t.name, t.dtype, t.shape, header.data_start + t.start, t.nbytes, d)
+               for t, d in zip(header.tensors, digests, strict=True)]
+    return FileInfo(size, sha), header, tensors
+
+
 def scan(root: Path, progress: Progress | None = None) -> Inventory:
+    """Hash every file of the model and each tensor (files on both cores: hashlib releases the GIL)."""
     inv = Inventory(root)
-    for rel in model_paths(root):
-        path = root / rel
-        if is_safetensors(rel):
-            header = read_header(path)
-            regions = [(header.data_start + t.start, header.data_start + t.end) for t in header.tensors]
-            size, sha, digests = hash_regions(path, regions, progress)
+    rels = model_paths(root)
+    for rel, (info, header, tensors) in zip(rels, ordered_map(lambda r: _scan_file(root, r, progress), rels),
+                                            strict=True):
+        if header is not None:
             inv.headers[rel] = header
-            for t, d in zip(header.tensors, digests, strict=True):
-                inv.tensors.append(TensorEntry(rel, t.name, t.dtype, t.shape, header.data_start + t.start,
-                                               t.nbytes, d))
-        else:
-            size, sha, _ = hash_regions(path, [], progress)
-        inv.files[rel] = FileInfo(size, sha)
+        inv.tensors.extend(tensors)
+        inv.files[rel] = info
     return inv
 
 
