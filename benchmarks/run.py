@@ -515,6 +515,7 @@ def render(rep: Report, other: Report | None) -> str:
             f"{ratio(al_make, speed(best.get('bsdiff'), 'make'))} | "
             f"{ratio(al_make, speed(best.get('xdelta3'), 'make'))} | "
             f"{ratio(al_apply, b.get('combined_MBps'))} |")
+    lines += targets(rep, other)
     vocab = rep.extra.get("synthetic-vocab")
     if vocab:
         share = vocab["airlock_bytes"] / vocab["new_rows_bytes"]
@@ -538,6 +539,83 @@ def render(rep: Report, other: Report | None) -> str:
         lines += ["Only one size measured so far; run again with another `--size` (e.g. 8G) to compare "
                   "peak RSS across model sizes (results of each size are kept in benchmarks/work)."]
     return "\n".join(lines) + "\n"
+
+
+FULL_SIZE_METHODS = ("xdelta3", "zstd-patch", "zstd")
+"""Baselines that can run on a whole 100 GB model (bsdiff needs ~9x the file in RAM); here they may
+still be measured on a sample, for time."""
+SIZE_TARGETS = {"real-fp32": 0.65, "real-bf16": 0.85}
+SPARSE_TARGET = 0.5
+TINY_CASES = ("synthetic-reshard", "synthetic-config")
+
+
+def targets(rep: Report, other: Report | None) -> list[str]:
+    """The issue's targets, each as measured in this run: (case, target, measured, met)."""
+    rows: list[tuple[str, str, str, bool | None]] = []
+
+    def add(case: str, what: str, value: float | None, limit: float, unit: str = "x",
+            below: bool = True) -> None:
+        if value is None:
+            rows.append((case, what, "not measured", None))
+            return
+        met = value <= limit if below else value >= limit
+        rows.append((case, what, f"{value:.3f}{unit}", met))
+
+    def speed(r: Result | None, which: str) -> float | None:
+        secs = None if r is None else (r.make_s if which == "make" else r.apply_s)
+        return None if r is None or not secs else r.new_bytes / secs / MB
+
+    bound = rep.bound.get("combined_MBps")
+    for case in dict.fromkeys(r.case for r in rep.results):
+        al = next((r for r in rep.results if r.case == case and r.method == "airlock"), None)
+        if al is None or al.pct is None or not al.roundtrip:
+            continue
+        best = best_baselines(rep.results, case)
+        top = min(best.values(), key=lambda r: r.pct or 0.0, default=None)
+        bsdiff = best.get("bsdiff")
+        if case in TINY_CASES:
+            add(case, "delta < 0.1% of the model", al.pct, 0.1, "%")
+        elif top is not None and top.pct:
+            add(case, f"smaller than every baseline (best: {METHOD_LABEL[top.method]}, {top.scope})",
+                al.pct / top.pct, 1.0)
+        if case in SIZE_TARGETS and top is not None and top.pct:
+            add(case, f"<= {SIZE_TARGETS[case]}x the smallest baseline", al.pct / top.pct, SIZE_TARGETS[case])
+        if case in ("synthetic-full", "synthetic-partial"):
+            fullsize = [best[m] for m in FULL_SIZE_METHODS if m in best and best[m].pct]
+            low = min(fullsize, key=lambda r: r.pct or 0.0, default=None)
+            add(case, f"<= {SPARSE_TARGET}x the smallest baseline that can run at full size"
+                + ("" if low is None else f" ({METHOD_LABEL[low.method]}, {low.scope})"),
+                None if low is None or not low.pct else al.pct / low.pct, SPARSE_TARGET)
+            add(case, "no larger than bsdiff" + ("" if bsdiff is None else f" ({bsdiff.scope})"),
+                None if bsdiff is None or not bsdiff.pct else al.pct / bsdiff.pct, 1.0)
+        if case == "synthetic-vocab":
+            vocab = rep.extra.get(case)
+            add(case, "within 5% of the new rows compressed alone",
+                None if not vocab else vocab["airlock_bytes"] / vocab["new_rows_bytes"], 1.05)
+        add(case, "make speed >= 10x bsdiff's", _ratio(speed(al, "make"), speed(bsdiff, "make")), 10.0,
+            below=False)
+        add(case, "make speed >= xdelta3's", _ratio(speed(al, "make"), speed(best.get("xdelta3"), "make")),
+            1.0, below=False)
+        add(case, "apply speed >= 0.5x the sha256 + zstd -d bound", _ratio(speed(al, "apply"), bound), 0.5,
+            below=False)
+        add(case, "peak RSS of make and apply < 512 MiB",
+            None if not al.make_rss or not al.apply_rss else max(al.make_rss, al.apply_rss) / MiB, 512.0,
+            " MiB")
+        o = None if other is None else next((r for r in other.results if r.case == case
+                                             and r.method == "airlock"), None)
+        if o is not None and o.make_rss and o.apply_rss and al.make_rss and al.apply_rss:
+            spread = max(max(a, b) / min(a, b) for a, b in ((al.make_rss, o.make_rss),
+                                                            (al.apply_rss, o.apply_rss)))
+            add(case, f"peak RSS at {rep.size} and {other.size if other else ''} within 20%", spread, 1.2)
+    out = ["", "## Targets of the issue, as measured here", "",
+           "| case | target | measured | met |", "|---|---|---|---|"]
+    for case, what, value, met in rows:
+        out.append(f"| {case} | {what} | {value} | {'—' if met is None else ('yes' if met else '**no**')} |")
+    return out
+
+
+def _ratio(a: float | None, c: float | None) -> float | None:
+    return None if a is None or not c else a / c
 
 
 # ---------------------------------------------------------------------------------------------- main
