@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
-BENCH_ARGS ?= --sample 32M
+BENCH_ARGS ?= --sample 32M --bsdiff-full-max 100M
 
 .PHONY: help bootstrap demo test lint bench fixtures clean
 
