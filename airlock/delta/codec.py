@@ -32,21 +32,13 @@ XOR = 2
 ZDIFF = 3
 PREFIX = 4
 """zstd with the same-path file of the other version as a raw-content prefix (non-tensor files)."""
-XOR_CTX = 5
-ZDIFF_CTX = 6
-"""As XOR / ZDIFF, but the planes are ANS-coded with the base element's exponent as context
-(``airlock.delta.entropy``); reversible records carry the old exponents coded under the new ones."""
-
-XOR_ANS = 7
-ZDIFF_ANS = 8
-"""As XOR_CTX / ZDIFF_CTX with one context for all elements (no reverse section needed): chosen
-when the exponent does not predict the change, e.g. fp8 codes moved by one step."""
-
 XOR_PCO = 9
 ZDIFF_PCO = 10
 """The element values themselves (``new ^ old`` unsigned, or ``new - old`` as a signed integer of the
 element width) grouped by the base element's exponent, one ``pcodec`` frame per group; reversible
-records of float tensors start with the old exponents coded under the new ones (as XOR_CTX).
+records of float tensors start with the old exponents coded under the new ones (``entropy``, under
+``reverse_context``). Codecs 5-8 (byte planes ANS-coded) belonged to an earlier encoder and are
+refused.
 ``pcodec`` bins numbers and tANS-codes the bins: as small as the byte-plane ANS coding or smaller
 (one number is one symbol, so no information is lost between planes), decoding at GB/s without
 holding the GIL."""
@@ -55,10 +47,9 @@ ZDIFF_PCO1 = 12
 """As XOR_PCO / ZDIFF_PCO with one group (no exponent context, no reverse section)."""
 
 CODEC_NAMES = {ZSTD: "zstd", PLANES: "planes", XOR: "xor", ZDIFF: "zdiff", PREFIX: "prefix",
-               XOR_CTX: "xor-ctx", ZDIFF_CTX: "zdiff-ctx", XOR_ANS: "xor-ans", ZDIFF_ANS: "zdiff-ans",
                XOR_PCO: "xor-pco", ZDIFF_PCO: "zdiff-pco", XOR_PCO1: "xor-pco1", ZDIFF_PCO1: "zdiff-pco1"}
 PCO_CODECS = frozenset({XOR_PCO, ZDIFF_PCO, XOR_PCO1, ZDIFF_PCO1})
-BASED = frozenset({XOR, ZDIFF, XOR_CTX, ZDIFF_CTX, XOR_ANS, ZDIFF_ANS}) | PCO_CODECS
+BASED = frozenset({XOR, ZDIFF}) | PCO_CODECS
 PCO_LEVEL = 8
 _PCO = ChunkConfig(compression_level=PCO_LEVEL, delta_spec=DeltaSpec.no_op(), mode_spec=ModeSpec.classic(),
                    enable_8_bit=True)
@@ -329,21 +320,6 @@ def _frames(payload: bytes, sizes: list[int], raw_each: int, dict_data: bytes | 
     return out
 
 
-def _sparse_join(planes: list[entropy.SparsePlane], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, element values) of the non-zero elements of sparse byte planes."""
-    nonempty = [p for p in planes if p.pos.size]
-    if len(nonempty) > 1:
-        pos = np.unique(np.concatenate([p.pos for p in nonempty]))
-    else:
-        pos = nonempty[0].pos if nonempty else np.empty(0, dtype=np.int64)
-    values = np.zeros(pos.size, dtype=_UINT[width])
-    for k, p in enumerate(planes):
-        if p.pos.size:
-            at = np.searchsorted(pos, p.pos) if len(nonempty) > 1 else slice(None)
-            values[at] |= p.values.astype(_UINT[width]) << (8 * k)
-    return pos, values
-
-
 def _cut(payload: bytes, sections: list[int]) -> list[bytes]:
     out, pos = [], 0
     for size in sections:
@@ -398,34 +374,6 @@ def _pco_decode(codec: int, payload: bytes, sections: list[int], width: int, b: 
     return grouping.unsort(ordered)
 
 
-def _ctx_decode(payload: bytes, sections: list[int], width: int, b: np.ndarray, dtype: str,
-                reverse: bool) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    nfwd = width + 1
-    ctx = context(b, dtype)
-    if ctx is None:
-        if len(sections) != nfwd:
-            raise DeltaFormatError("context-coded record has the wrong number of sections",
-                                   rule="delta-record")
-        ctx = np.zeros(b.size, dtype=np.uint8)
-    elif reverse:
-        # ``b`` is the new version: first recover the old exponents, coded under the new ones
-        if len(sections) != nfwd + 2:
-            raise DeltaFormatError("record lacks the reverse context (made with --no-reverse?)",
-                                   rule="delta-record")
-        skip = sum(sections[:nfwd])
-        change = entropy.decode(payload[skip:], sections[nfwd:], reverse_context(b, dtype), 1)[0]
-        ctx = ctx + change  # uint8 arithmetic wraps exactly like the encoder's subtraction
-    elif len(sections) not in (nfwd, nfwd + 2):
-        raise DeltaFormatError("context-coded record has the wrong number of sections", rule="delta-record")
-    fwd_len = sum(sections[:nfwd])
-    planes = entropy.decode_planes(payload[:fwd_len], sections[:nfwd], ctx, width)
-    sparse = [p for p in planes if isinstance(p, entropy.SparsePlane)]
-    if len(sparse) == width:
-        return _sparse_join(sparse, width)
-    dense = [p.dense() if isinstance(p, entropy.SparsePlane) else p for p in planes]
-    return _join([p.tobytes() for p in dense], width, b.size)
-
-
 def decode(codec: int, width: int, raw_len: int, payload: bytes, planes: list[int],
            base: bytes | None = None, *, reverse: bool = False, dtype: str = "") -> bytes:
     """Rebuild a chunk. ``base`` is the other version's bytes for diff records (same length) and the
@@ -446,33 +394,15 @@ def decode(codec: int, width: int, raw_len: int, payload: bytes, planes: list[in
         if codec in (XOR_PCO, XOR_PCO1):
             return (b ^ v).tobytes()
         return (b - v if reverse else b + v).tobytes()
-    if codec in (XOR_CTX, ZDIFF_CTX, XOR_ANS, ZDIFF_ANS):
-        if base is None or len(base) != raw_len:
-            raise DeltaFormatError("diff record needs a base of the same size", rule="delta-record")
-        b = np.frombuffer(base, dtype=_UINT[width])
-        d = _ctx_decode(payload, planes, width, b, dtype if codec in (XOR_CTX, ZDIFF_CTX) else "", reverse)
-        codec = XOR if codec in (XOR_CTX, XOR_ANS) else ZDIFF
-    else:
-        if codec not in (PLANES, XOR, ZDIFF) or len(planes) != width:
-            raise DeltaFormatError(f"record has unknown codec {codec} or wrong plane count",
-                                   rule="delta-record")
-        d = _join(_frames(payload, planes, n), width, n)
-        if codec == PLANES:
-            return d.tobytes()
-        if base is None or len(base) != raw_len:
-            raise DeltaFormatError("diff record needs a base of the same size", rule="delta-record")
-        b = np.frombuffer(base, dtype=_UINT[width])
-    if isinstance(d, tuple):  # sparse change: copy the base, touch only the changed elements
-        pos, dv = d
-        out = bytearray(base)
-        view = np.frombuffer(out, dtype=_UINT[width])
-        view[pos] = _combine(codec, view[pos], dv, width, reverse)
-        return bytes(out)
-    return _combine(codec, b, d, width, reverse).tobytes()
-
-
-def _combine(codec: int, b: np.ndarray, d: np.ndarray, width: int, reverse: bool) -> np.ndarray:
+    if codec not in (PLANES, XOR, ZDIFF) or len(planes) != width:
+        raise DeltaFormatError(f"record has unknown codec {codec} or wrong plane count", rule="delta-record")
+    d = _join(_frames(payload, planes, n), width, n)
+    if codec == PLANES:
+        return d.tobytes()
+    if base is None or len(base) != raw_len:
+        raise DeltaFormatError("diff record needs a base of the same size", rule="delta-record")
+    b = np.frombuffer(base, dtype=_UINT[width])
     if codec == XOR:
-        return b ^ d
+        return (b ^ d).tobytes()
     s = _unzigzag(d, width)
-    return b - s if reverse else b + s
+    return (b - s if reverse else b + s).tobytes()

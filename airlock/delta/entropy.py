@@ -186,21 +186,7 @@ def _symbols(coder: constriction.stream.stack.AnsCoder, freqs: np.ndarray, count
         raise DeltaFormatError(f"coded plane does not decode ({exc})", rule="delta-record") from exc
 
 
-@dataclass
-class SparsePlane:
-    """A decoded plane that is zero except at ``pos`` (ascending), where it is ``values``."""
-
-    pos: np.ndarray
-    values: np.ndarray
-    n: int
-
-    def dense(self) -> np.ndarray:
-        plane = np.zeros(self.n, dtype=np.uint8)
-        plane[self.pos] = self.values
-        return plane
-
-
-def _decode_runs(meta: bytes, tpos: int, words: np.ndarray, n: int) -> tuple[SparsePlane, int]:
+def _decode_runs(meta: bytes, tpos: int, words: np.ndarray, n: int) -> tuple[np.ndarray, int]:
     """(plane, position after its tables) for a runs-coded plane."""
     if len(meta) < tpos + _RUNS_HEAD.size + 1024:
         raise DeltaFormatError("runs tables are too short", rule="delta-record")
@@ -224,7 +210,9 @@ def _decode_runs(meta: bytes, tpos: int, words: np.ndarray, n: int) -> tuple[Spa
         pos = np.cumsum(escapes * ESCAPE + gaps[ends] + 1) - 1
     if count and pos[-1] >= n:
         raise DeltaFormatError("runs plane runs past the end of the chunk", rule="delta-record")
-    return SparsePlane(pos, values, n), tpos + _RUNS_HEAD.size + 1024
+    plane = np.zeros(n, dtype=np.uint8)
+    plane[pos] = values
+    return plane, tpos + _RUNS_HEAD.size + 1024
 
 
 def encode(planes: list[np.ndarray], ctx: np.ndarray, level: int = 19, *, grouping: Grouping | None = None,
@@ -274,14 +262,6 @@ def encode(planes: list[np.ndarray], ctx: np.ndarray, level: int = 19, *, groupi
 
 def decode(payload: bytes, sections: list[int], ctx: np.ndarray, nplanes: int) -> list[np.ndarray]:
     """Inverse of ``encode`` given the same ``ctx``."""
-    planes = decode_planes(payload, sections, ctx, nplanes)
-    return [p.dense() if isinstance(p, SparsePlane) else p for p in planes]
-
-
-def decode_planes(payload: bytes, sections: list[int], ctx: np.ndarray,
-                  nplanes: int) -> list[np.ndarray | SparsePlane]:
-    """As ``decode``, but runs-coded and all-zero planes come back as ``SparsePlane`` (applying a
-    sparse change then touches only the changed elements)."""
     if len(sections) != nplanes + 1 or sum(sections) != len(payload):
         raise DeltaFormatError("context-coded record has the wrong number of sections", rule="delta-record")
     n = ctx.size
@@ -304,7 +284,7 @@ def decode_planes(payload: bytes, sections: list[int], ctx: np.ndarray,
     if len(modes) != nplanes or any(m > RUNS for m in modes):
         raise DeltaFormatError("context tables have the wrong size", rule="delta-record")
     tpos = nplanes
-    out: list[np.ndarray | SparsePlane | None] = [None] * nplanes
+    out: list[np.ndarray | None] = [None] * nplanes
     for k in range(nplanes - 1, -1, -1):  # top plane first: lower planes' contexts depend on it
         data = views[k + 1]
         if modes[k] == RAW:
@@ -325,7 +305,7 @@ def decode_planes(payload: bytes, sections: list[int], ctx: np.ndarray,
             raise DeltaFormatError("context tables are too short", rule="delta-record")
         tables = np.frombuffer(meta, dtype="<u2", count=256 * len(sizes), offset=tpos).reshape(-1, 256)
         if not tables[:, 1:].any():  # every group is constant zero
-            out[k] = SparsePlane(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint8), n)
+            out[k] = np.zeros(n, dtype=np.uint8)
             tpos += 512 * len(sizes)
             continue
         coder = constriction.stream.stack.AnsCoder(words)

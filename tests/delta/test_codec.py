@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zstandard
 
 from airlock.delta import codec, entropy
 from airlock.errors import DeltaFormatError
@@ -91,9 +92,10 @@ def test_sparse_plane_is_coded_as_runs_and_round_trips() -> None:
     plane[-300:-1] = 0
     payload, sections = entropy.encode([plane], np.zeros(n, dtype=np.uint8), 3)
     assert len(payload) < n // 50
-    out = entropy.decode_planes(payload, sections, np.zeros(n, dtype=np.uint8), 1)[0]
-    assert isinstance(out, entropy.SparsePlane)
-    assert np.array_equal(out.dense(), plane)
+    meta = zstandard.ZstdDecompressor().decompress(payload[4:4 + int.from_bytes(payload[:4], "little")])
+    assert meta[0] == entropy.RUNS
+    out = entropy.decode(payload, sections, np.zeros(n, dtype=np.uint8), 1)[0]
+    assert np.array_equal(out, plane)
 
 
 def test_runs_with_impossible_counts_are_refused() -> None:
@@ -104,3 +106,10 @@ def test_runs_with_impossible_counts_are_refused() -> None:
     small = np.zeros(n // 100, dtype=np.uint8)  # the same record against a shorter chunk
     with pytest.raises(DeltaFormatError):
         entropy.decode(payload, sections, small, 1)
+
+
+@pytest.mark.parametrize("retired", [5, 6, 7, 8, 13])
+def test_retired_or_unknown_codecs_are_refused(retired: int) -> None:
+    old, new = _pair("BF16", 2, 1.0)
+    with pytest.raises(DeltaFormatError, match="unknown codec"):
+        codec.decode(retired, 2, len(new), b"\0" * 8, [4, 4], old, dtype="BF16")
