@@ -31,7 +31,7 @@ DTYPE_SIZES: dict[str, int] = {
 FLOAT_DTYPES = frozenset({"F8_E5M2", "F8_E4M3", "F8_E8M0", "F16", "BF16", "F32", "F64"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorInfo:
     """One tensor; ``start``/``end`` are offsets relative to the data section (as in the header)."""
 
@@ -86,6 +86,10 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+_DTYPE_NAMES = {k: k for k in DTYPE_SIZES}
+"""One string object per dtype name, shared by every tensor (a model has ~10^5 tensors)."""
+
+
 def parse_header(raw_json: bytes, data_size: int, path: str = "<memory>") -> tuple[
         list[TensorInfo], dict[str, str] | None]:
     """Validate a header JSON against a data section of ``data_size`` bytes."""
@@ -116,7 +120,7 @@ def parse_header(raw_json: bytes, data_size: int, path: str = "<memory>") -> tup
         if offsets[1] - offsets[0] != expected:
             raise _fail(path, f"tensor {name!r}: {dtype}{shape} needs {expected} bytes, offsets span "
                         f"{offsets[1] - offsets[0]}", "size")
-        tensors.append(TensorInfo(name, dtype, tuple(shape), offsets[0], offsets[1]))
+        tensors.append(TensorInfo(name, _DTYPE_NAMES[dtype], tuple(shape), offsets[0], offsets[1]))
     tensors.sort(key=lambda t: (t.start, t.end))
     pos = 0
     for t in tensors:

@@ -37,7 +37,7 @@ def record_digest(data: bytes) -> str:
 MAX_INDEX = 512 * 1024 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     offset: int
     length: int
@@ -54,6 +54,9 @@ class Record:
 
 def _bad(path: Path | str, message: str, rule: str = "delta-format") -> DeltaFormatError:
     return DeltaFormatError(f"{path}: {message}", path=str(path), rule=rule)
+
+
+INDEX_LEVEL = 9
 
 
 class DeltaWriter:
@@ -78,7 +81,11 @@ class DeltaWriter:
 
     def finish(self, index: dict[str, Any]) -> int:
         index = {**index, "records": [r.as_list() for r in self.records]}
-        blob = zstandard.ZstdCompressor(level=19).compress(json.dumps(index, separators=(",", ":")).encode())
+        raw = json.dumps(index, separators=(",", ":")).encode()
+        # level 9: an index of mostly hex digests gains little from level 19, whose context for a
+        # multi-MB input would be the largest allocation of the whole make (~90 MiB at 8 GB)
+        blob = zstandard.ZstdCompressor(level=INDEX_LEVEL).compress(raw)
+        del raw
         self._fh.write(blob)
         self._fh.write(TRAILER.pack(self._pos, len(blob), hashlib.sha256(blob).digest(), TRAILER_MAGIC))
         self._fh.flush()

@@ -25,7 +25,7 @@ from airlock.fsutil import safe_relpath
 PIECE_ARITY = {"file": 2, "rec": 2, "copy": 4, "diff": 4, "prefix": 3}
 
 
-@dataclass
+@dataclass(slots=True)
 class FileRecipe:
     path: str
     pieces: list[list[Any]]
@@ -114,6 +114,7 @@ def parse_header(index: dict[str, Any], records: list[Record], path: Path | None
         if index.get("format") != "airlock-delta":
             raise ValueError("index does not describe an airlock delta")
         rev = index["reverse"]
+        names: dict[str, str] = {}
         return DeltaHeader(
             format_version=int(index["format_version"]),
             from_version=str(index["from_version"]), to_version=str(index["to_version"]),
@@ -121,8 +122,8 @@ def parse_header(index: dict[str, Any], records: list[Record], path: Path | None
             reversible=bool(index["reversible"]) and rev is not None,
             chunk_bytes=int(index["chunk_bytes"]), created_by=str(index.get("created_by", "")),
             source_files=_files(index["source_files"]), target_files=_files(index["target_files"]),
-            source_tensors=[TensorEntry.from_list(t) for t in index["source_tensors"]],
-            target_tensors=[TensorEntry.from_list(t) for t in index["target_tensors"]],
+            source_tensors=[TensorEntry.from_list(t, names) for t in index["source_tensors"]],
+            target_tensors=[TensorEntry.from_list(t, names) for t in index["target_tensors"]],
             forward=_recipes(index["forward"], len(records)),
             reverse=None if rev is None else _recipes(rev, len(records)),
             records=records, path=path,

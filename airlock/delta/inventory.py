@@ -21,13 +21,13 @@ Progress = Callable[[int], None]
 TENSOR_DIGEST_HEX = 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileInfo:
     size: int
     sha256: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorEntry:
     """A tensor of one model version; ``offset`` is absolute within ``file``."""
 
@@ -46,9 +46,13 @@ class TensorEntry:
                 self.sha256[:TENSOR_DIGEST_HEX]]
 
     @classmethod
-    def from_list(cls, v: list[Any]) -> TensorEntry:
-        return cls(str(v[0]), str(v[1]), str(v[2]), tuple(int(d) for d in v[3]), int(v[4]), int(v[5]),
-                   str(v[6]))
+    def from_list(cls, v: list[Any], names: dict[str, str] | None = None) -> TensorEntry:
+        """``names`` shares one string object per file name and dtype across the entries (a parsed
+        index otherwise holds a copy per tensor, and a model has ~10^5 tensors)."""
+        file, dtype = str(v[0]), str(v[2])
+        if names is not None:
+            file, dtype = names.setdefault(file, file), names.setdefault(dtype, dtype)
+        return cls(file, str(v[1]), dtype, tuple(int(d) for d in v[3]), int(v[4]), int(v[5]), str(v[6]))
 
 
 @dataclass
