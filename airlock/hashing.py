@@ -16,7 +16,8 @@ Progress = Callable[[int], None]
 """Called with the number of bytes just processed."""
 
 
-def _noop(_: int) -> None:
+def no_progress(_: int) -> None:
+    """The progress callback that reports nowhere."""
     return None
 
 
@@ -75,7 +76,8 @@ def iter_chunks(fh: BinaryIO, length: int | None = None, chunk: int = CHUNK) -> 
         yield data
 
 
-def digest_file(path: str | os.PathLike[str], block_size: int = 0, progress: Progress = _noop) -> FileDigest:
+def digest_file(path: str | os.PathLike[str], block_size: int = 0,
+                progress: Progress = no_progress) -> FileDigest:
     hasher = BlockHasher(block_size)
     with open(path, "rb") as fh:
         for data in iter_chunks(fh):
@@ -84,7 +86,7 @@ def digest_file(path: str | os.PathLike[str], block_size: int = 0, progress: Pro
     return hasher.finish()
 
 
-def sha256_file(path: str | os.PathLike[str], progress: Progress = _noop) -> str:
+def sha256_file(path: str | os.PathLike[str], progress: Progress = no_progress) -> str:
     return digest_file(path, 0, progress).sha256
 
 
@@ -93,7 +95,7 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def copy_hashing(src: BinaryIO, dst: BinaryIO, length: int | None = None, block_size: int = 0,
-                 progress: Progress = _noop) -> FileDigest:
+                 progress: Progress = no_progress) -> FileDigest:
     """Copy while hashing what was written: the digest is of the bytes that reached ``dst``."""
     hasher = BlockHasher(block_size)
     for data in iter_chunks(src, length):

@@ -27,17 +27,13 @@ from airlock.bundle.spec import BundleSpec, ModelSpec, load_spec
 from airlock.errors import DeltaFormatError, ManifestError, UnsafePathError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_tree, safe_relpath, staging_dir
-from airlock.hashing import CHUNK, BlockHasher, tree_files
+from airlock.hashing import CHUNK, BlockHasher, no_progress, tree_files
 
 Progress = Callable[[int], None]
 
 
-def _noop(_: int) -> None:
-    return None
-
-
 def write_payload(src: Path, root: Path, rel: str, *, block_size: int, split_size: int,
-                  progress: Progress = _noop) -> FileEntry:
+                  progress: Progress = no_progress) -> FileEntry:
     """Copy ``src`` to ``root/rel`` (or ``rel.partNNN`` pieces of at most ``split_size`` bytes) while
     hashing: whole file, fixed-size blocks, and each part."""
     safe_relpath(rel)
@@ -166,7 +162,7 @@ def build_bundle(spec_path: Path, out_dir: Path, *, signer: str, gnupghome: Path
         raise ManifestError(f"{out_dir}: output directory already exists", path=str(out_dir), rule="output")
     remove_stale(out_dir, ".building-")
     with staging_dir(out_dir, prefix=".building-") as tmp:
-        builder = _Builder(spec, tmp, progress or _noop)
+        builder = _Builder(spec, tmp, progress or no_progress)
         for ms in spec.models:
             builder.add_model(ms)
         for extra in spec.files:

@@ -34,13 +34,9 @@ from airlock.bundle.verify import (
 from airlock.errors import IntegrityError, ManifestError, SignatureError, UnsafePathError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_tree, safe_relpath, staging_dir
-from airlock.hashing import CHUNK
+from airlock.hashing import CHUNK, no_progress
 
 Progress = Callable[[int], None]
-
-
-def _noop(_: int) -> None:
-    return None
 
 
 @dataclass
@@ -70,7 +66,7 @@ def pack_bundle(bundle_dir: Path, out_file: Path, trust: Trust | None = None,
     """Pack a bundle dir into ``out_file``. With ``trust`` the manifest signature is checked first;
     payloads are always read through the manifest (no symlinks, exact sizes), extras are left out."""
     root = Path(bundle_dir)
-    tick = progress or _noop
+    tick = progress or no_progress
     if trust is not None:
         signed = load_signed_manifest(root, trust)
         manifest, data, sig = signed.manifest, signed.data, signed.signature
@@ -177,7 +173,8 @@ def _read_archive(tar_path: Path, trust: Trust, compatible: str | None, installe
                   progress: Progress | None, dest_root: Path | None) -> tuple[SignedManifest, int, int]:
     try:
         with open(tar_path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
-            return _stream_members(tar, trust, compatible, installed_sequence, progress or _noop, dest_root)
+            return _stream_members(tar, trust, compatible, installed_sequence, progress or no_progress,
+                                   dest_root)
     except (tarfile.TarError, EOFError) as exc:
         raise ManifestError(f"{tar_path}: not a readable bundle archive ({exc})", path=str(tar_path),
                             rule="pack-format") from exc

@@ -30,15 +30,11 @@ from airlock.bundle.verify import BlockChecker, check_policy, check_signed, chec
 from airlock.errors import IntegrityError, ManifestError, SignatureError, UnsafePathError
 from airlock.faults import fault_point
 from airlock.fsutil import atomic_write_bytes, fsync_dir
-from airlock.hashing import iter_chunks
+from airlock.hashing import iter_chunks, no_progress
 
 Progress = Callable[[int], None]
 PARTIAL_SUFFIX = ".airlock-partial"
 _INCOMING = ".incoming-"
-
-
-def _noop(_: int) -> None:
-    return None
 
 
 @dataclass
@@ -216,7 +212,7 @@ def stage_bundle(bundle_dir: Path, staging_dir: Path, trust: Trust, *, compatibl
     _clean(stage, manifest)
     check_sizes(root, manifest)  # same refusals as verify (extra or missing bytes) before any copy
     counters = StageCounters()
-    tick = progress or _noop
+    tick = progress or no_progress
     for rel, entry in manifest.files.items():
         _copy_one(root, stage, rel, entry, counters, tick)
     fsync_dir(stage)

@@ -30,13 +30,9 @@ from airlock.errors import (
     ManifestError,
     SignatureError,
 )
-from airlock.hashing import CHUNK
+from airlock.hashing import CHUNK, no_progress
 
 Progress = Callable[[int], None]
-
-
-def _noop(_: int) -> None:
-    return None
 
 
 @dataclass
@@ -212,7 +208,7 @@ class BlockChecker:
         return digest
 
 
-def check_stream(fh: BinaryIO, rel: str, entry: FileEntry, progress: Progress = _noop) -> str:
+def check_stream(fh: BinaryIO, rel: str, entry: FileEntry, progress: Progress = no_progress) -> str:
     checker = BlockChecker(rel, entry)
     while True:
         data = fh.read(CHUNK)
@@ -271,7 +267,7 @@ def verify_bundle(bundle_dir: Path, trust: Trust, *, compatible: str | None = No
     check_policy(m, compatible=compatible, installed_sequence=installed_sequence)
     check_sizes(root, m)
     report = VerifyReport(manifest=m, signer=signed.signer, extra_files=extra_files(root, m))
-    tick = progress or _noop
+    tick = progress or no_progress
     for rel, entry in m.files.items():
         with open_payload(root, rel, entry.size, [p.size for p in entry.parts]) as fh:
             check_stream(fh, rel, entry, tick)

@@ -23,7 +23,7 @@ from airlock.delta.inventory import FileInfo, TensorEntry, hash_regions
 from airlock.errors import AirlockError, DeltaFormatError, DeltaSourceError, IntegrityError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_dir, fsync_tree, safe_relpath, staging_dir
-from airlock.hashing import CHUNK, BlockHasher, copy_hashing, digest_file
+from airlock.hashing import CHUNK, BlockHasher, copy_hashing, digest_file, no_progress
 from airlock.parallel import ordered_map
 
 Progress = Callable[[int], None]
@@ -62,7 +62,7 @@ def verify_source(src_dir: Path, files: dict[str, FileInfo], tensors: list[Tenso
         if path.is_symlink() or not path.is_file():
             raise DeltaSourceError(f"{path}: missing from the source (the delta needs it)", path=str(path),
                                    rule="delta-source-missing")
-        got = digest_file(path, progress=progress or _no_progress)
+        got = digest_file(path, progress=progress or no_progress)
         if got.sha256 == want.sha256 and got.size == want.size:
             return
         ts = sorted(by_file.get(rel, []), key=lambda t: t.offset)
@@ -79,10 +79,6 @@ def verify_source(src_dir: Path, files: dict[str, FileInfo], tensors: list[Tenso
     # largest first keeps both cores busy to the end; errors still surface in a fixed order
     for _ in ordered_map(check, sorted(files, key=lambda r: (-files[r].size, r))):
         pass
-
-
-def _no_progress(_n: int) -> None:
-    pass
 
 
 def _process_token(pid: int) -> str | None:
@@ -205,7 +201,7 @@ def _build_file(b: _Builder, recipe: FileRecipe, dest: Path, want: FileInfo, lin
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                     raise
         with open(src, "rb") as fi, open(dest, "wb") as fo:
-            digest = copy_hashing(fi, fo, progress=progress or (lambda _n: None))
+            digest = copy_hashing(fi, fo, progress=progress or no_progress)
             fo.flush()
             os.fsync(fo.fileno())
     else:

@@ -32,7 +32,7 @@ import gnupg
 from airlock.errors import IntegrityError, ManifestError, SignatureError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_tree, safe_relpath, staging_dir
-from airlock.hashing import CHUNK
+from airlock.hashing import CHUNK, no_progress
 
 KEYRING_NAME = "airlock-archive-keyring.gpg"
 INDEX_NAMES = ("Packages", "Packages.gz", "Packages.xz")
@@ -173,7 +173,7 @@ def build_apt_repo(debs: list[Path], out_dir: Path, *, signer: str, gnupghome: P
     if date is None:
         epoch = os.environ.get("SOURCE_DATE_EPOCH")
         date = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
-    tick = progress or (lambda _n: None)
+    tick = progress or no_progress
 
     remove_stale(out_dir, ".aptrepo-")
     with staging_dir(out_dir, prefix=".aptrepo-") as tmp:

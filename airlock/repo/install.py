@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from airlock.errors import DiskSpaceError, IntegrityError, UnsafePathError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_tree, safe_relpath
-from airlock.hashing import copy_hashing, digest_file
+from airlock.hashing import copy_hashing, digest_file, no_progress
 from airlock.repo.layout import DIR_MODE, FILE_MODE
 from airlock.repo.plan import FileAction
 
@@ -24,11 +24,7 @@ Progress = Callable[[int], None]
 Expected = dict[str, tuple[int, str]]
 
 
-def _noop(_: int) -> None:
-    return None
-
-
-def scan_source(src_dir: Path, progress: Progress = _noop) -> Expected:
+def scan_source(src_dir: Path, progress: Progress = no_progress) -> Expected:
     """Hash a plain source directory (no manifest): only regular files; symlinks and special files
     are refused, so nothing outside ``src_dir`` can be pulled in."""
     if not src_dir.is_dir():
@@ -81,7 +77,7 @@ def enospc(exc: OSError, where: Path, needed: int, free: int) -> DiskSpaceError:
 
 
 def build_tree(tree: Path, src_dir: Path, actions: list[FileAction], link_root: Path,
-               progress: Progress = _noop, encryption: Encryption | None = None) -> BuildStats:
+               progress: Progress = no_progress, encryption: Encryption | None = None) -> BuildStats:
     """Create ``tree`` holding every planned file: hard links from ``link_root/<source>`` or copies
     from ``src_dir`` hashed while copying and checked against the plan. With ``encryption`` copies
     are encrypted while the plaintext is hashed, and link sources (stored encrypted under the same

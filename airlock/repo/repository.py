@@ -41,7 +41,7 @@ from airlock.fsutil import (
     rmtree_writable,
     staging_dir,
 )
-from airlock.hashing import copy_hashing, sha256_file
+from airlock.hashing import copy_hashing, no_progress, sha256_file
 from airlock.repo import audit
 from airlock.repo.catalog import Catalog, VersionRow
 from airlock.repo.encryption import Encryption, resolve
@@ -75,10 +75,6 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int], None]
 SKIP_PREFLIGHT_ENV = "AIRLOCK_TEST_SKIP_PREFLIGHT"  # tests only: reach a real ENOSPC mid-write
-
-
-def _noop(_: int) -> None:
-    return None
 
 
 class Repository:
@@ -245,7 +241,7 @@ class Repository:
                      target_files: dict[str, dict[str, Any]] | None = None, activate: bool = True,
                      description: str = "", dependencies: dict[str, str] | None = None,
                      bundle_id: str | None = None, manifest_sha256: str | None = None,
-                     sequence: int | None = None, progress: Progress = _noop,
+                     sequence: int | None = None, progress: Progress = no_progress,
                      encrypt: KeyRef | str | None = None, keys: ProviderRegistry | None = None) -> Plan:
         """What installing ``src_dir`` as ``model`` ``version`` would do (stored encrypted under
         ``encrypt``, a ``provider:key_id`` reference, when given). Writes nothing."""
@@ -437,7 +433,7 @@ class Repository:
                                  f"{plan.bytes_needed} bytes ({plan.bytes_linked} more hard-linked), only "
                                  f"{free} bytes are free", path=str(where), rule="disk-space-preflight")
 
-    def execute(self, plan: Plan, progress: Progress = _noop) -> Plan:
+    def execute(self, plan: Plan, progress: Progress = no_progress) -> Plan:
         """Carry out a plan. Under the lock it is re-planned first, so a stale plan cannot do harm."""
         a = plan.args
         if plan.action == "install":
@@ -488,7 +484,7 @@ class Repository:
                         target_files: dict[str, dict[str, Any]] | None = None, activate: bool = True,
                         description: str = "", dependencies: dict[str, str] | None = None,
                         bundle_id: str | None = None, manifest_sha256: str | None = None,
-                        sequence: int | None = None, progress: Progress = _noop,
+                        sequence: int | None = None, progress: Progress = no_progress,
                         encrypt: KeyRef | str | None = None, keys: ProviderRegistry | None = None) -> Plan:
         """Install a full version from a directory (hashes from ``target_files`` when given, e.g. the
         signed manifest's; else hashed from the source). ``encrypt`` (``provider:key_id``): store
@@ -549,7 +545,7 @@ class Repository:
                           target_files: dict[str, dict[str, Any]] | None = None, activate: bool = True,
                           description: str = "", dependencies: dict[str, str] | None = None,
                           bundle_id: str | None = None, manifest_sha256: str | None = None,
-                          sequence: int | None = None, progress: Progress = _noop,
+                          sequence: int | None = None, progress: Progress = no_progress,
                           encrypt: KeyRef | str | None = None, keys: ProviderRegistry | None = None) -> Plan:
         """Build the delta's target version from the installed source version; unchanged files are
         hard links to the source's; the delta is kept for rollback. An encrypted source (or
@@ -616,7 +612,7 @@ class Repository:
             self.audit_record(action, model, old, version, "ok", {"marked": {old: mark_old} if old else {}})
             return plan
 
-    def rollback(self, model: str, to: str | None = None, *, progress: Progress = _noop,
+    def rollback(self, model: str, to: str | None = None, *, progress: Progress = no_progress,
                  keys: ProviderRegistry | None = None) -> Plan:
         """Back to the previous good version (or ``to``): a symlink swap, after rebuilding the version
         from the kept deltas if it was pruned (in the stored form recorded for it: encrypted under
@@ -716,7 +712,7 @@ class Repository:
         return plans
 
     def install_from_bundle(self, staged: StagedBundle, *, activate: bool = True,
-                            progress: Progress = _noop, encrypt: KeyRef | str | None = None,
+                            progress: Progress = no_progress, encrypt: KeyRef | str | None = None,
                             keys: ProviderRegistry | None = None) -> list[Plan]:
         """Install every model of a staged (verified) bundle: full versions and deltas, refusing a
         sequence below the installed one unless the bundle is a signed rollback. ``encrypt``: store
