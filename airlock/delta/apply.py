@@ -225,8 +225,9 @@ def _build_file(b: _Builder, recipe: FileRecipe, dest: Path, want: FileInfo, lin
 
 
 FILE_WORKERS = 2
-"""Output files rebuilt at once, each in its own process: the entropy decoder holds the GIL, so
-threads alone cannot use both cores. A single-file model uses threads within the file."""
+"""Output files rebuilt at once, each in its own process: the Python-level work around the GIL-free
+calls (decoding, hashing, writing) keeps threads from filling both cores. A single-file model uses
+threads within the file."""
 
 
 @dataclass
@@ -238,6 +239,11 @@ class _Job:
     recipes: list[FileRecipe]
     out_files: dict[str, FileInfo]
     link: bool
+
+    def build(self, index: int, progress: Progress | None) -> tuple[int, bool]:
+        recipe = self.recipes[index]
+        rel = safe_relpath(recipe.path).as_posix()
+        return _build_file(self.builder, recipe, self.stage / rel, self.out_files[rel], self.link, progress)
 
 
 _JOB: _Job | None = None
@@ -257,11 +263,8 @@ def _worker_init(parent: int) -> None:
 
 
 def _worker_build(index: int) -> tuple[int, bool]:
-    job = _JOB
-    assert job is not None, "worker started without a job"
-    recipe = job.recipes[index]
-    rel = safe_relpath(recipe.path).as_posix()
-    return _build_file(job.builder, recipe, job.stage / rel, job.out_files[rel], job.link, None)
+    assert _JOB is not None, "worker started without a job"
+    return _JOB.build(index, None)
 
 
 def _build_all(job: _Job, progress: Progress | None) -> tuple[int, int]:
@@ -288,11 +291,9 @@ def _build_all(job: _Job, progress: Progress | None) -> tuple[int, int]:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # nothing may write once we clean up
             _JOB = None
-    for i, recipe in enumerate(job.recipes):
+    for i in range(len(job.recipes)):
         if i not in results:
-            rel = safe_relpath(recipe.path).as_posix()
-            results[i] = _build_file(job.builder, recipe, job.stage / rel, job.out_files[rel], job.link,
-                                     progress)
+            results[i] = job.build(i, progress)
     return sum(n for n, _ in results.values()), sum(linked for _, linked in results.values())
 
 

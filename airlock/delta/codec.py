@@ -354,7 +354,8 @@ def _pco_decode(codec: int, payload: bytes, sections: list[int], width: int, b: 
                 raise DeltaFormatError("record lacks the reverse context (made with --no-reverse?)",
                                        rule="delta-record")
             # ``b`` is the new version: first recover the old exponents, coded under the new ones
-            change = entropy.decode(b"".join(parts[1:3]), sections[1:3], reverse_context(b, dtype), 1)[0]
+            rev = payload[sections[0]:sum(sections[:3])]
+            change = entropy.decode(rev, sections[1:3], reverse_context(b, dtype), 1)[0]
             ctx = ctx + change  # uint8 arithmetic wraps exactly like the encoder's subtraction
     grouping = entropy.Grouping.of(ctx)
     groups = len(grouping.sizes)

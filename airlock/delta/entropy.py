@@ -215,20 +215,19 @@ def _decode_runs(meta: bytes, tpos: int, words: np.ndarray, n: int) -> tuple[np.
     return plane, tpos + _RUNS_HEAD.size + 1024
 
 
-def encode(planes: list[np.ndarray], ctx: np.ndarray, level: int = 19, *, grouping: Grouping | None = None,
-           hists: list[np.ndarray] | None = None) -> tuple[bytes, list[int]]:
+def encode(planes: list[np.ndarray], ctx: np.ndarray, level: int = 19) -> tuple[bytes, list[int]]:
     """Code ``planes`` (uint8 arrays of equal length, least significant first) under context ``ctx``
     (small non-negative ints). Returns the stream and its section lengths (tables, then one per
-    plane). ``grouping`` / ``hists`` may be passed when already computed for ``ctx`` / ``planes``."""
+    plane)."""
     n = ctx.size
-    g = grouping or Grouping.of(ctx)
+    g = Grouping.of(ctx)
     sizes, bounds = g.sizes, g.bounds
     modes = bytearray(len(planes))
     tables: list[bytes] = []  # top plane first, as the decoder reads them
     sections: list[bytes] = [b""] * len(planes)
     for k in range(len(planes) - 1, -1, -1):
         plane = planes[k]
-        hist = hists[k] if hists is not None else g.histograms(plane)
+        hist = g.histograms(plane)
         dense = plane_cost(hist, n)
         runs = Runs.of(plane, hist)
         if runs is not None and runs.cost <= RUNS_IF_BELOW * dense and runs.cost < RAW_IF_ABOVE * n:
