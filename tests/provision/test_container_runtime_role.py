@@ -88,15 +88,21 @@ def image_ids(args: list[str]) -> list[str]:
     return [ln.removeprefix("sha256:") for ln in out.split()]
 
 
-def test_load_once_verified_by_digest(tmp_path: Path, podman: list[str]) -> None:
+def pinned_image(tmp_path: Path, pinned_id: str | None = None) -> tuple[str, dict[str, Any]]:
+    """A fresh image tarball and its role entry, pinned by the tarball's sha256 and by ``pinned_id``
+    (default: the image's real id). Returns (real image id, entry)."""
     tarball = tmp_path / "image.tar"
     image_id = docker_archive(tarball)
-    image = {
+    return image_id, {
         "name": NAME,
         "tarball": str(tarball),
         "sha256": hashlib.sha256(tarball.read_bytes()).hexdigest(),
-        "id": f"sha256:{image_id}",
+        "id": f"sha256:{pinned_id or image_id}",
     }
+
+
+def test_load_once_verified_by_digest(tmp_path: Path, podman: list[str]) -> None:
+    image_id, image = pinned_image(tmp_path)
     dry = run_role(tmp_path, "container_runtime", role_vars(podman, image), check=True)
     assert dry.rc == 0, dry.output
     assert image_ids(podman) == []
@@ -124,14 +130,7 @@ def test_tampered_tarball_is_not_loaded(tmp_path: Path, podman: list[str]) -> No
 
 
 def test_wrong_image_id_is_removed_and_fails(tmp_path: Path, podman: list[str]) -> None:
-    tarball = tmp_path / "image.tar"
-    image_id = docker_archive(tarball)
-    image = {
-        "name": NAME,
-        "tarball": str(tarball),
-        "sha256": hashlib.sha256(tarball.read_bytes()).hexdigest(),
-        "id": "sha256:" + "ab" * 32,
-    }
+    image_id, image = pinned_image(tmp_path, "ab" * 32)
     res = run_role(tmp_path, "container_runtime", role_vars(podman, image))
     assert res.rc != 0 and f"as image {image_id}, not the pinned {'ab' * 32}: removed it" in res.output
     assert image_ids(podman) == []
