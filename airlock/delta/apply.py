@@ -19,11 +19,13 @@ from typing import Any
 from airlock import faults
 from airlock.delta.container import RecordReader, verify_records
 from airlock.delta.header import DeltaHeader, FileRecipe, read_delta_header
-from airlock.delta.inventory import FileInfo, TensorEntry, hash_regions
+from airlock.delta.inventory import FileInfo, hash_regions
+from airlock.delta.tables import TensorEntry, TensorTable
 from airlock.errors import AirlockError, DeltaFormatError, DeltaSourceError, IntegrityError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_dir, fsync_tree, safe_relpath, staging_dir
 from airlock.hashing import CHUNK, BlockHasher, copy_hashing, digest_file, no_progress
+from airlock.heap import bound_heap
 from airlock.parallel import ordered_map
 
 Progress = Callable[[int], None]
@@ -47,14 +49,11 @@ class ApplySummary:
                 "linked": self.linked, "reverse": self.reverse}
 
 
-def verify_source(src_dir: Path, files: dict[str, FileInfo], tensors: list[TensorEntry],
+def verify_source(src_dir: Path, files: dict[str, FileInfo], tensors: TensorTable,
                   progress: Progress | None = None) -> None:
     """Every recorded input file must exist with the recorded size and hash; on a mismatch name the
     first tensor that differs. Files are hashed on both cores, each once; only a file that does not
     match is read again, tensor by tensor, to name the culprit."""
-    by_file: dict[str, list[TensorEntry]] = {}
-    for t in tensors:
-        by_file.setdefault(t.file, []).append(t)
 
     def check(rel: str) -> None:
         want = files[rel]
@@ -65,12 +64,13 @@ def verify_source(src_dir: Path, files: dict[str, FileInfo], tensors: list[Tenso
         got = digest_file(path, progress=progress or no_progress)
         if got.sha256 == want.sha256 and got.size == want.size:
             return
-        ts = sorted(by_file.get(rel, []), key=lambda t: t.offset)
+        ts = sorted((t for t in tensors if t.file == rel), key=lambda t: t.offset)
         size, sha, digests = hash_regions(path, [(t.offset, t.offset + t.nbytes) for t in ts])
         for t, d in zip(ts, digests, strict=True):
-            if d[:len(t.sha256)] != t.sha256:
+            got_hex = d.hex()[:len(t.sha256)]
+            if got_hex != t.sha256:
                 raise DeltaSourceError(f"{path}: tensor {t.name!r} does not match the delta's source "
-                                       f"(sha256 {d[:16]}..., expected {t.sha256[:16]}...)", path=str(path),
+                                       f"(sha256 {got_hex}..., expected {t.sha256}...)", path=str(path),
                                        rule="delta-source-tensor")
         raise DeltaSourceError(f"{path}: does not match the delta's source (size {size}, expected "
                                f"{want.size}; sha256 {sha[:16]}..., expected {want.sha256[:16]}...)",
@@ -271,7 +271,7 @@ def _build_all(job: _Job, progress: Progress | None) -> tuple[int, int]:
     """Rebuild every output file of ``job``; returns (bytes written, files hard-linked)."""
     global _JOB
     sizes = [job.out_files[safe_relpath(r.path).as_posix()].size for r in job.recipes]
-    heavy = [i for i, r in enumerate(job.recipes) if not (job.link and r.pieces and r.pieces[0][0] == "file")]
+    heavy = [i for i, r in enumerate(job.recipes) if not (job.link and r.whole_file())]
     results: dict[int, tuple[int, bool]] = {}
     if len(heavy) > 1 and FILE_WORKERS > 1:
         ctx = multiprocessing.get_context("fork")
@@ -300,6 +300,7 @@ def _build_all(job: _Job, progress: Progress | None) -> tuple[int, int]:
 def apply_delta(src_dir: Path, delta_path: Path, out_dir: Path, *, reverse: bool = False,
                 link_unchanged: bool = True, progress: Progress | None = None) -> ApplySummary:
     """Rebuild the target (or, with ``reverse``, the source) version of the delta into ``out_dir``."""
+    bound_heap()
     src_dir, delta_path, out_dir = Path(src_dir), Path(delta_path), Path(out_dir)
     header = read_delta_header(delta_path)
     recipes = header.recipes(reverse)

@@ -1,4 +1,4 @@
-"""The ``.aldelta`` container: preamble, records, zstd-compressed JSON index, trailer.
+"""The ``.aldelta`` container: preamble, records, zstd-compressed index (JSON + columns), trailer.
 
 Every byte is covered by a check: the preamble by its exact magic/version/flags, each record by its
 sha256 in the index, the index by the sha256 in the trailer, the trailer by its magic and by the
@@ -16,15 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zstandard
 
 from airlock.delta import codec
+from airlock.delta.tables import Record, RecordTable, pack_columns, unpack_columns
 from airlock.errors import DeltaFormatError
 from airlock.faults import fault_point
 
 MAGIC = b"ALDELTA\x00"
 TRAILER_MAGIC = b"ALDEND\x00\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PREAMBLE = struct.Struct("<8sII")  # magic, format version, flags
 TRAILER = struct.Struct("<QQ32s8s")  # index offset, index length, sha256(index), magic
 DIGEST_HEX = 16
@@ -34,22 +36,9 @@ container (the signed bundle manifest authenticates the file, the outputs are ch
 
 def record_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:DIGEST_HEX]
+
+
 MAX_INDEX = 512 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    offset: int
-    length: int
-    sha256: str
-    codec: int
-    width: int
-    raw_len: int
-    planes: tuple[int, ...]
-
-    def as_list(self) -> list[Any]:
-        return [self.offset, self.length, self.sha256, self.codec, self.width, self.raw_len,
-                list(self.planes)]
 
 
 def _bad(path: Path | str, message: str, rule: str = "delta-format") -> DeltaFormatError:
@@ -57,6 +46,7 @@ def _bad(path: Path | str, message: str, rule: str = "delta-format") -> DeltaFor
 
 
 INDEX_LEVEL = 9
+INDEX_PREFIX = struct.Struct("<Q")  # length of the JSON part of the decompressed index
 
 
 class DeltaWriter:
@@ -67,25 +57,28 @@ class DeltaWriter:
         self._fh = open(path, "wb")  # noqa: SIM115 - closed in finish/abort
         self._fh.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0))
         self._pos = PREAMBLE.size
-        self.records: list[Record] = []
+        self.records = RecordTable()
 
     def add(self, enc: codec.Encoded) -> int:
         self._fh.write(enc.payload)
-        rec = Record(self._pos, len(enc.payload), record_digest(enc.payload), enc.codec,
-                     enc.width, enc.raw_len, tuple(enc.planes))
+        digest = hashlib.sha256(enc.payload).digest()
+        rid = self.records.append(self._pos, len(enc.payload), digest, enc.codec, enc.width, enc.raw_len,
+                                  enc.planes)
         self._pos += len(enc.payload)
-        self.records.append(rec)
         if len(self.records) == 2:
             fault_point("delta.make.mid-write")
-        return len(self.records) - 1
+        return rid
 
-    def finish(self, index: dict[str, Any]) -> int:
-        index = {**index, "records": [r.as_list() for r in self.records]}
-        raw = json.dumps(index, separators=(",", ":")).encode()
-        # level 9: an index of mostly hex digests gains little from level 19, whose context for a
-        # multi-MB input would be the largest allocation of the whole make (~90 MiB at 8 GB)
-        blob = zstandard.ZstdCompressor(level=INDEX_LEVEL).compress(raw)
-        del raw
+    def finish(self, index: dict[str, Any], columns: dict[str, Any]) -> int:
+        """Write the index: ``index`` (JSON) and ``columns`` (name -> numpy array), with the records."""
+        layout, data = pack_columns({**columns, **self.records.columns()})
+        raw = json.dumps({**index, "columns": layout}, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # columns start 8-byte aligned
+        # level 9: an index is mostly names and digests, and gains little from level 19, whose context
+        # for a multi-MB input would be the largest allocation of the whole make
+        cctx = zstandard.ZstdCompressor(level=INDEX_LEVEL)
+        blob = cctx.compress(INDEX_PREFIX.pack(len(raw)) + raw + data)
+        del raw, data
         self._fh.write(blob)
         self._fh.write(TRAILER.pack(self._pos, len(blob), hashlib.sha256(blob).digest(), TRAILER_MAGIC))
         self._fh.flush()
@@ -99,8 +92,17 @@ class DeltaWriter:
             self.path.unlink()
 
 
-def read_index(path: Path) -> tuple[dict[str, Any], list[Record]]:
-    """Validate preamble, trailer and index of a delta file; return the index and its records."""
+@dataclass
+class Index:
+    """A decoded index: the JSON part, its columns (read-only views) and the record table."""
+
+    meta: dict[str, Any]
+    columns: dict[str, np.ndarray]
+    records: RecordTable
+
+
+def read_index(path: Path) -> Index:
+    """Validate preamble, trailer and index of a delta file."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
@@ -109,8 +111,9 @@ def read_index(path: Path) -> tuple[dict[str, Any], list[Record]]:
                 raise _bad(path, "not an Airlock delta (bad magic)", "delta-foreign")
             _, version, flags = PREAMBLE.unpack(pre)
             if version != FORMAT_VERSION:
-                raise _bad(path, f"unsupported delta format version {version} (this Airlock reads "
-                           f"{FORMAT_VERSION})", "delta-version")
+                older = " (made by an older Airlock: make it again)" if version < FORMAT_VERSION else ""
+                raise _bad(path, f"unsupported delta format version {version}; this Airlock reads "
+                           f"{FORMAT_VERSION}{older}", "delta-version")
             if flags != 0:
                 raise _bad(path, f"unknown flags {flags:#x} in the preamble")
             if size < PREAMBLE.size + TRAILER.size:
@@ -128,22 +131,24 @@ def read_index(path: Path) -> tuple[dict[str, Any], list[Record]]:
     if hashlib.sha256(blob).digest() != digest:
         raise _bad(path, "index checksum mismatch (corrupt index or trailer)", "delta-checksum")
     try:
-        index = json.loads(zstandard.ZstdDecompressor().decompress(blob, max_output_size=MAX_INDEX))
-        records = [Record(int(r[0]), int(r[1]), str(r[2]), int(r[3]), int(r[4]), int(r[5]),
-                          tuple(int(p) for p in r[6])) for r in index.pop("records")]
+        raw = zstandard.ZstdDecompressor().decompress(blob, max_output_size=MAX_INDEX)
+        del blob
+        if len(raw) < INDEX_PREFIX.size:
+            raise ValueError("index too short")
+        (n,) = INDEX_PREFIX.unpack_from(raw)
+        meta = json.loads(raw[INDEX_PREFIX.size:INDEX_PREFIX.size + n])
+        if not isinstance(meta, dict) or INDEX_PREFIX.size + n > len(raw):
+            raise ValueError("index JSON is not an object")
+        columns = unpack_columns(meta.pop("columns"), memoryview(raw)[INDEX_PREFIX.size + n:])
+        records = RecordTable.load(columns, PREAMBLE.size, off)
+    except DeltaFormatError as exc:
+        raise _bad(path, str(exc)) from exc
     except (zstandard.ZstdError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise _bad(path, f"index is malformed ({exc})") from exc
-    pos = PREAMBLE.size
-    for i, rec in enumerate(records):
-        if rec.offset != pos or rec.length < 0 or sum(rec.planes) != rec.length or rec.raw_len < 0:
-            raise _bad(path, f"record {i} extent is inconsistent with the index")
-        pos += rec.length
-    if pos != off:
-        raise _bad(path, "records do not end where the index starts")
-    return index, records
+    return Index(meta, columns, records)
 
 
-def verify_records(path: Path, records: list[Record]) -> None:
+def verify_records(path: Path, records: RecordTable) -> None:
     """Check every record's sha256 in one sequential pass (also those this direction will not use)."""
     try:
         with open(path, "rb") as fh:
@@ -162,7 +167,7 @@ def verify_records(path: Path, records: list[Record]) -> None:
 class RecordReader:
     """Thread-safe access to records by id (``os.pread``), each checked against its sha256."""
 
-    def __init__(self, path: Path, records: list[Record]) -> None:
+    def __init__(self, path: Path, records: RecordTable) -> None:
         self.path = path
         self.records = records
         self._fd = os.open(path, os.O_RDONLY)

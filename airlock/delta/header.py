@@ -1,7 +1,7 @@
 """The decoded delta index (``DeltaHeader``): versions, both file/tensor inventories, both recipes.
 
-Recipe pieces (JSON lists), interpreted against the *input* side of the chosen direction (source
-for forward, target for reverse):
+Recipe pieces (rows of the ``pieces`` columns, handed out as lists), interpreted against the *input*
+side of the chosen direction (source for forward, target for reverse):
 
 * ``["file", rel]``            the whole input file ``rel`` (identical content; hard-link candidate)
 * ``["rec", rid]``             the decoded bytes of record ``rid`` (zstd or byte planes, no base)
@@ -17,18 +17,46 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airlock.delta.container import Record, read_index
-from airlock.delta.inventory import FileInfo, TensorEntry
+import numpy as np
+
+from airlock.delta.container import read_index
+from airlock.delta.inventory import FileInfo
+from airlock.delta.tables import PieceTable, RecordTable, TensorTable
 from airlock.errors import DeltaFormatError, UnsafePathError
 from airlock.fsutil import safe_relpath
 
-PIECE_ARITY = {"file": 2, "rec": 2, "copy": 4, "diff": 4, "prefix": 3}
+INDEX_FORMAT_VERSION = 2
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, eq=False)
 class FileRecipe:
+    """One output file's recipe: its pieces are materialised on access (one file at a time)."""
+
     path: str
-    pieces: list[list[Any]]
+    table: PieceTable
+    span: tuple[int, int]
+    in_files: tuple[str, ...]
+    """Input files of the direction, sorted: ``file`` and ``prefix`` pieces index into them."""
+
+    @property
+    def pieces(self) -> list[list[Any]]:
+        out: list[list[Any]] = []
+        for kind, a, b, c in self.table.rows(*self.span):
+            if kind in ("file", "prefix"):
+                if not 0 <= a < len(self.in_files):
+                    raise DeltaFormatError(f"recipe for {self.path} references unknown input file #{a}",
+                                           rule="delta-format")
+                out.append(["file", self.in_files[a]] if kind == "file" else ["prefix", self.in_files[a], b])
+            elif kind == "rec":
+                out.append(["rec", a])
+            else:
+                out.append([kind, a, b, c])
+        return out
+
+    def whole_file(self) -> bool:
+        """The output is an identical input file (a hard-link candidate)."""
+        lo, hi = self.span
+        return hi - lo == 1 and self.table.rows(lo, hi)[0][0] == "file"
 
 
 @dataclass
@@ -43,11 +71,11 @@ class DeltaHeader:
     created_by: str
     source_files: dict[str, FileInfo]
     target_files: dict[str, FileInfo]
-    source_tensors: list[TensorEntry]
-    target_tensors: list[TensorEntry]
+    source_tensors: TensorTable
+    target_tensors: TensorTable
     forward: list[FileRecipe]
     reverse: list[FileRecipe] | None
-    records: list[Record]
+    records: RecordTable
     path: Path | None = None
 
     def recipes(self, reverse: bool) -> list[FileRecipe]:
@@ -59,24 +87,25 @@ class DeltaHeader:
             return self.reverse
         return self.forward
 
-    def sides(self, reverse: bool) -> tuple[dict[str, FileInfo], list[TensorEntry], dict[str, FileInfo]]:
+    def sides(self, reverse: bool) -> tuple[dict[str, FileInfo], TensorTable, dict[str, FileInfo]]:
         """(input files, input tensors, output files) for the direction."""
         if reverse:
             return self.target_files, self.target_tensors, self.source_files
         return self.source_files, self.source_tensors, self.target_files
 
     def payload_bytes(self) -> int:
-        return sum(r.length for r in self.records)
+        return int(self.records.column("length").sum())
 
     def summary(self) -> dict[str, Any]:
-        by_codec: dict[str, list[int]] = {}
         from airlock.delta.codec import CODEC_NAMES
 
-        for r in self.records:
-            c = by_codec.setdefault(CODEC_NAMES.get(r.codec, str(r.codec)), [0, 0, 0])
-            c[0] += 1
-            c[1] += r.length
-            c[2] += r.raw_len
+        codecs = self.records.column("codec")
+        by_codec: dict[str, dict[str, int]] = {}
+        for code in np.unique(codecs).tolist():
+            sel = codecs == code
+            by_codec[CODEC_NAMES.get(code, str(code))] = {
+                "count": int(sel.sum()), "bytes": int(self.records.column("length")[sel].sum()),
+                "raw_bytes": int(self.records.column("raw_len")[sel].sum())}
         return {
             "format_version": self.format_version, "from_version": self.from_version,
             "to_version": self.to_version, "source_id": self.source_id, "target_id": self.target_id,
@@ -84,8 +113,7 @@ class DeltaHeader:
             "source_files": {k: {"size": v.size, "sha256": v.sha256} for k, v in self.source_files.items()},
             "target_files": {k: {"size": v.size, "sha256": v.sha256} for k, v in self.target_files.items()},
             "source_tensors": len(self.source_tensors), "target_tensors": len(self.target_tensors),
-            "records": {k: {"count": v[0], "bytes": v[1], "raw_bytes": v[2]} for k, v in by_codec.items()},
-            "payload_bytes": self.payload_bytes(),
+            "records": by_codec, "payload_bytes": self.payload_bytes(),
         }
 
 
@@ -97,37 +125,46 @@ def _files(obj: Any) -> dict[str, FileInfo]:
     return out
 
 
-def _recipes(obj: Any, n_records: int) -> list[FileRecipe]:
-    out = []
-    for r in obj:
-        safe_relpath(r["path"])
-        pieces = [list(p) for p in r["pieces"]]
-        for p in pieces:
-            if PIECE_ARITY.get(p[0]) != len(p):
-                raise ValueError(f"bad piece {p!r} in {r['path']}")
-        out.append(FileRecipe(str(r["path"]), pieces))
+def _paths(obj: Any) -> list[str]:
+    out = [str(p) for p in obj]
+    for p in out:
+        safe_relpath(p)
     return out
 
 
-def parse_header(index: dict[str, Any], records: list[Record], path: Path | None = None) -> DeltaHeader:
+def _recipes(paths: list[str], table: PieceTable, base: int,
+             in_files: dict[str, FileInfo]) -> list[FileRecipe]:
+    names = tuple(sorted(in_files))
+    return [FileRecipe(p, table, table.recipe_span(base + i), names) for i, p in enumerate(paths)]
+
+
+def parse_header(meta: dict[str, Any], columns: dict[str, np.ndarray], records: RecordTable,
+                 path: Path | None = None) -> DeltaHeader:
     try:
-        if index.get("format") != "airlock-delta":
+        if meta.get("format") != "airlock-delta":
             raise ValueError("index does not describe an airlock delta")
-        rev = index["reverse"]
-        names: dict[str, str] = {}
+        if meta.get("format_version") != INDEX_FORMAT_VERSION:
+            raise ValueError(f"index format_version {meta.get('format_version')!r}, "
+                             f"expected {INDEX_FORMAT_VERSION}")
+        fwd = _paths(meta["forward"])
+        rev = None if meta["reverse"] is None else _paths(meta["reverse"])
+        pieces = PieceTable.load(columns, len(fwd) + len(rev or []))
+        source_files, target_files = _files(meta["source_files"]), _files(meta["target_files"])
         return DeltaHeader(
-            format_version=int(index["format_version"]),
-            from_version=str(index["from_version"]), to_version=str(index["to_version"]),
-            source_id=str(index["source_id"]), target_id=str(index["target_id"]),
-            reversible=bool(index["reversible"]) and rev is not None,
-            chunk_bytes=int(index["chunk_bytes"]), created_by=str(index.get("created_by", "")),
-            source_files=_files(index["source_files"]), target_files=_files(index["target_files"]),
-            source_tensors=[TensorEntry.from_list(t, names) for t in index["source_tensors"]],
-            target_tensors=[TensorEntry.from_list(t, names) for t in index["target_tensors"]],
-            forward=_recipes(index["forward"], len(records)),
-            reverse=None if rev is None else _recipes(rev, len(records)),
+            format_version=int(meta["format_version"]),
+            from_version=str(meta["from_version"]), to_version=str(meta["to_version"]),
+            source_id=str(meta["source_id"]), target_id=str(meta["target_id"]),
+            reversible=bool(meta["reversible"]) and rev is not None,
+            chunk_bytes=int(meta["chunk_bytes"]), created_by=str(meta.get("created_by", "")),
+            source_files=source_files, target_files=target_files,
+            source_tensors=TensorTable.load(meta["source_tensors"], columns, "source_tensors"),
+            target_tensors=TensorTable.load(meta["target_tensors"], columns, "target_tensors"),
+            forward=_recipes(fwd, pieces, 0, source_files),
+            reverse=None if rev is None else _recipes(rev, pieces, len(fwd), target_files),
             records=records, path=path,
         )
+    except DeltaFormatError as exc:
+        raise DeltaFormatError(f"{path}: {exc}", path=str(path), rule=exc.rule) from exc
     except UnsafePathError as exc:
         raise DeltaFormatError(f"{path}: unsafe path in delta index: {exc}", path=str(path),
                                rule="delta-format") from exc
@@ -138,5 +175,5 @@ def parse_header(index: dict[str, Any], records: list[Record], path: Path | None
 
 def read_delta_header(delta_path: Path) -> DeltaHeader:
     """Validate the container and decode its index (records are not read)."""
-    index, records = read_index(Path(delta_path))
-    return parse_header(index, records, Path(delta_path))
+    index = read_index(Path(delta_path))
+    return parse_header(index.meta, index.columns, index.records, Path(delta_path))

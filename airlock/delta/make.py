@@ -10,13 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from airlock import __version__
 from airlock.delta import codec
 from airlock.delta.container import DeltaWriter
-from airlock.delta.inventory import Inventory, TensorEntry, is_safetensors, scan
+from airlock.delta.header import INDEX_FORMAT_VERSION
+from airlock.delta.inventory import Inventory, is_safetensors, scan
+from airlock.delta.tables import PieceTable, TensorEntry
 from airlock.errors import AirlockError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_dir
+from airlock.heap import bound_heap
 from airlock.parallel import ordered_map
 
 DEFAULT_CHUNK = 4 * 1024 * 1024
@@ -49,6 +54,8 @@ class DeltaSummary:
 
 # A work item: (recipe number, piece template, job). Jobs run on the pool and return an
 # ``Encoded`` record, or None for a diff chunk that turned out identical (becomes a copy piece).
+# Templates without a job mark structure: ``end`` (of a recipe), ``pair-start``/``pair-end`` (the
+# diffed prefix of a target tensor) and ``pair`` (in reverse: that prefix, on the target tensor).
 Job = tuple[Any, ...]
 Item = tuple[int, tuple[Any, ...], Job | None]
 
@@ -92,8 +99,9 @@ class _Planner:
     def __init__(self, old: Inventory, new: Inventory, chunk: int, level: int, reversible: bool) -> None:
         self.old, self.new, self.chunk, self.level, self.reversible = old, new, chunk, level, reversible
         self.stats = {"unchanged": 0, "diff": 0, "grown": 0, "new": 0, "removed": 0}
-        self.pairs: dict[int, int] = {}  # source tensor id -> target tensor id (diffed prefix)
-        self.fwd_pair_pieces: dict[int, list[list[Any]]] = {}  # target tid -> its prefix pieces
+        self.pairs = np.full(len(old.tensors), -1, np.int64)  # source tensor id -> target id (diffed prefix)
+        # target tensor id -> rows [lo, hi) of its diffed prefix in the forward pieces, reused in reverse
+        self.pair_rows = np.zeros((len(new.tensors), 2), np.int64)
 
     # -- jobs (run on the pool) ------------------------------------------------------------
     def run(self, files: _Files, job: Job) -> codec.Encoded | None:
@@ -118,54 +126,48 @@ class _Planner:
 
     # -- planning ---------------------------------------------------------------------------
     def items(self, out: Inventory, inp: Inventory, recipe_base: int, forward: bool) -> Iterator[Item]:
-        """Work items for the recipes that build ``out`` from ``inp``."""
-        in_file_by_sha: dict[str, str] = {}
-        for rel, f in sorted(inp.files.items()):
-            in_file_by_sha.setdefault(f.sha256, rel)
-        in_by_sha: dict[str, int] = {}
-        in_by_name: dict[str, list[int]] = {}
-        for i, t in enumerate(inp.tensors):
-            in_by_sha.setdefault(t.sha256, i)
-            in_by_name.setdefault(t.name, []).append(i)
-        out_ids = {(t.file, t.name): i for i, t in enumerate(out.tensors)}
+        """Work items for the recipes that build ``out`` from ``inp``; each recipe ends with an
+        ``("end",)`` item."""
+        in_names = sorted(inp.files)
+        in_file_by_sha: dict[str, int] = {}
+        for k, rel in enumerate(in_names):
+            in_file_by_sha.setdefault(inp.files[rel].sha256, k)
+        lookup = _Lookup(inp)
         for n, rel in enumerate(sorted(out.files)):
             r = recipe_base + n
             info = out.files[rel]
             if info.sha256 in in_file_by_sha:
                 yield r, ("file", in_file_by_sha[info.sha256]), None
-                continue
-            path = out.root / rel
-            if not is_safetensors(rel):
+            elif not is_safetensors(rel):
+                path = out.root / rel
                 other = inp.files.get(rel)
                 if other is not None and max(info.size, other.size) <= PREFIX_LIMIT:
-                    yield r, ("prefix", rel), ("prefix", path, info.size, inp.root / rel, other.size)
+                    yield r, ("prefix", in_names.index(rel)), ("prefix", path, info.size, inp.root / rel,
+                                                              other.size)
                 else:
                     for off, ln in _chunks(0, info.size, self.chunk):
                         yield r, ("rec",), ("zraw", path, off, ln)
-                continue
-            header = out.headers[rel]
-            yield r, ("rec",), ("hdr", header.raw)
-            for ti in header.tensors:
-                oid = out_ids[(rel, ti.name)]
-                yield from self._tensor_items(r, oid, out, inp, in_by_sha, in_by_name, forward)
+            else:
+                yield r, ("rec",), ("hdr", out.headers[rel])
+                for oid in range(*out.spans[rel]):
+                    yield from self._tensor_items(r, oid, out, inp, lookup, forward)
+            yield r, ("end",), None
 
-    def _tensor_items(self, r: int, oid: int, out: Inventory, inp: Inventory, in_by_sha: dict[str, int],
-                      in_by_name: dict[str, list[int]], forward: bool) -> Iterator[Item]:
+    def _tensor_items(self, r: int, oid: int, out: Inventory, inp: Inventory, lookup: _Lookup,
+                      forward: bool) -> Iterator[Item]:
         t = out.tensors[oid]
         if t.nbytes == 0:
             return
         width = _itemsize(t.dtype)
-        if t.sha256 in in_by_sha:
-            iid = in_by_sha[t.sha256]
-            same = [i for i in in_by_name.get(t.name, []) if inp.tensors[i].sha256 == t.sha256]
-            iid = same[0] if same else iid
+        iid = lookup.identical(t.name, out.tensors.digest[oid])
+        if iid is not None:
             if forward:
                 self.stats["unchanged"] += 1
             yield r, ("copy", iid, 0, t.nbytes), None
             return
         opath = out.root / t.file
         if forward:
-            cands = [i for i in in_by_name.get(t.name, []) if _compatible(inp.tensors[i], t)]
+            cands = [i for i in lookup.named(t.name) if _compatible(inp.tensors[i], t)]
             cands.sort(key=lambda i: inp.tensors[i].file != t.file)
             if cands:
                 iid = cands[0]
@@ -174,18 +176,20 @@ class _Planner:
                 self.pairs[iid] = oid
                 self.stats["diff" if s.nbytes == t.nbytes else "grown"] += 1
                 ipath = inp.root / s.file
+                yield r, ("pair-start", oid), None
                 for off, ln in _chunks(0, common, self.chunk):
-                    yield r, ("diff", iid, off, ln, oid), ("diff", opath, t.offset + off, ipath,
-                                                            s.offset + off, ln, width, t.dtype)
+                    yield r, ("diff", iid, off, ln), ("diff", opath, t.offset + off, ipath,
+                                                      s.offset + off, ln, width, t.dtype)
+                yield r, ("pair-end", oid), None
                 for off, ln in _chunks(common, t.nbytes - common, self.chunk):
                     yield r, ("rec",), ("planes", opath, t.offset + off, ln, width)
                 return
             self.stats["new"] += 1
         else:
-            pair = self.pairs.get(oid)  # here ``out`` is the source side: oid is a source tensor id
-            if pair is not None:
+            pair = int(self.pairs[oid])  # here ``out`` is the source side: oid is a source tensor id
+            if pair >= 0:
                 common = min(t.nbytes, inp.tensors[pair].nbytes)
-                yield r, ("pair", pair), None  # expanded once the forward pieces are known
+                yield r, ("pair", pair), None  # the forward pieces of the pair, on the target's tensor
                 for off, ln in _chunks(common, t.nbytes - common, self.chunk):
                     yield r, ("rec",), ("planes", opath, t.offset + off, ln, width)
                 return
@@ -194,36 +198,65 @@ class _Planner:
             yield r, ("rec",), ("planes", opath, t.offset + off, ln, width)
 
 
+class _Lookup:
+    """Input tensors by name and by content, compact: one int per tensor for the content key (the
+    first 8 digest bytes, confirmed against the full digest) and the names only where they repeat."""
+
+    def __init__(self, inp: Inventory) -> None:
+        self.table = inp.tensors
+        self.by_key: dict[int, int] = {}
+        for i, k in enumerate(self.table.digest_key()):
+            self.by_key.setdefault(k, i)
+        self.by_name: dict[str, int] = {}
+        self.more: dict[str, list[int]] = {}
+        for i, name in enumerate(self.table.name_list()):
+            if self.by_name.setdefault(name, i) != i:
+                self.more.setdefault(name, [self.by_name[name]]).append(i)
+
+    def named(self, name: str) -> list[int]:
+        if name in self.more:
+            return self.more[name]
+        i = self.by_name.get(name)
+        return [] if i is None else [i]
+
+    def identical(self, name: str, digest: np.ndarray) -> int | None:
+        """An input tensor with this content, preferring one of the same name."""
+        for i in self.named(name):
+            if np.array_equal(self.table.digest[i], digest):
+                return i
+        k = self.by_key.get(int(np.ascontiguousarray(digest[:8]).view("<u8")[0]))
+        if k is not None and np.array_equal(self.table.digest[k], digest):
+            return k
+        return None
+
+
 def _itemsize(dtype: str) -> int:
     from airlock.safetensors_io import DTYPE_SIZES
 
     return DTYPE_SIZES[dtype]
 
 
-def _piece(tmpl: tuple[Any, ...], enc: codec.Encoded | None, writer: DeltaWriter) -> list[Any]:
+def _add_piece(pieces: PieceTable, tmpl: tuple[Any, ...], enc: codec.Encoded | None,
+               writer: DeltaWriter) -> None:
     kind = tmpl[0]
-    if kind in ("file", "copy"):
-        return list(tmpl)
-    if kind == "diff":
-        _, iid, off, ln, _oid = tmpl
+    if kind == "file":
+        pieces.append("file", tmpl[1])
+    elif kind == "copy":
+        pieces.append("copy", tmpl[1], tmpl[2], tmpl[3])
+    elif kind == "diff":
+        _, iid, off, ln = tmpl
         if enc is None:
-            return ["copy", iid, off, ln]
-        return ["diff", iid, off, writer.add(enc)]
-    assert enc is not None
-    if kind == "rec":
-        return ["rec", writer.add(enc)]
-    if kind == "prefix":
-        return ["prefix", tmpl[1], writer.add(enc)]
-    raise AssertionError(kind)
-
-
-def _append(pieces: list[list[Any]], piece: list[Any]) -> None:
-    """Merge a copy piece into a preceding contiguous copy of the same tensor."""
-    if piece[0] == "copy" and pieces and pieces[-1][0] == "copy" and pieces[-1][1] == piece[1] \
-            and pieces[-1][2] + pieces[-1][3] == piece[2]:
-        pieces[-1] = ["copy", piece[1], pieces[-1][2], pieces[-1][3] + piece[3]]
+            pieces.append("copy", iid, off, ln)
+        else:
+            pieces.append("diff", iid, off, writer.add(enc))
+    elif kind == "rec":
+        assert enc is not None
+        pieces.append("rec", writer.add(enc))
+    elif kind == "prefix":
+        assert enc is not None
+        pieces.append("prefix", tmpl[1], writer.add(enc))
     else:
-        pieces.append(piece)
+        raise AssertionError(kind)
 
 
 def _cleanup_stale(out_path: Path) -> None:
@@ -242,6 +275,7 @@ def make_delta(old_dir: Path, new_dir: Path, out_path: Path, *, from_version: st
                to_version: str | None = None, reverse: bool = True, progress: Progress | None = None,
                chunk_bytes: int = DEFAULT_CHUNK, level: int = codec.LEVEL, workers: int = 2) -> DeltaSummary:
     """Write a delta that turns ``old_dir`` into ``new_dir`` (and back, with ``reverse``)."""
+    bound_heap()
     old_dir, new_dir, out_path = Path(old_dir), Path(new_dir), Path(out_path)
     if chunk_bytes % 8 or not 8 <= chunk_bytes <= codec.MAX_RAW:
         raise ValueError("chunk_bytes must be a multiple of 8 and at most 64 MiB")
@@ -250,7 +284,7 @@ def make_delta(old_dir: Path, new_dir: Path, out_path: Path, *, from_version: st
     planner = _Planner(old, new, chunk_bytes, level, reverse)
     fwd_names = sorted(new.files)
     rev_names = sorted(old.files) if reverse else []
-    recipes: list[list[list[Any]]] = [[] for _ in fwd_names + rev_names]
+    pieces = PieceTable()
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _cleanup_stale(out_path)
@@ -266,32 +300,37 @@ def make_delta(old_dir: Path, new_dir: Path, out_path: Path, *, from_version: st
         def work(item: Item) -> tuple[Item, codec.Encoded | None]:
             return item, (planner.run(files, item[2]) if item[2] is not None else None)
 
-        for (r, tmpl, job), enc in ordered_map(work, items(), workers):
-            if tmpl[0] == "pair":
-                for p in planner.fwd_pair_pieces.get(tmpl[1], []):
-                    _append(recipes[r], [p[0], tmpl[1], *p[2:]])
-                continue
-            piece = _piece(tmpl, enc, writer)
-            if tmpl[0] == "diff":
-                planner.fwd_pair_pieces.setdefault(tmpl[4], []).append(piece)
-            _append(recipes[r], piece)
+        for (_r, tmpl, job), enc in ordered_map(work, items(), workers):
+            kind = tmpl[0]
+            if kind == "end":
+                pieces.end_recipe()
+            elif kind == "pair-start":  # the diffed prefix of a target tensor: rows kept for reverse
+                pieces.barrier = len(pieces)
+                planner.pair_rows[tmpl[1], 0] = len(pieces)
+            elif kind == "pair-end":
+                planner.pair_rows[tmpl[1], 1] = pieces.barrier = len(pieces)
+            elif kind == "pair":
+                lo, hi = planner.pair_rows[tmpl[1]].tolist()
+                for k, _iid, off, x in pieces.rows(lo, hi):
+                    pieces.append(k, tmpl[1], off, x)
+            else:
+                _add_piece(pieces, tmpl, enc, writer)
             if progress and job is not None and job[0] != "hdr":
                 progress(job[3] if job[0] in ("zraw", "planes") else job[5] if job[0] == "diff" else job[2])
         frm, to = from_version or old.content_id(), to_version or new.content_id()
+        src_tensors, tgt_tensors = old.tensors.truncated(), new.tensors.truncated()
         index: dict[str, Any] = {
-            "format": "airlock-delta", "format_version": 1, "created_by": f"airlock {__version__}",
-            "from_version": frm, "to_version": to,
+            "format": "airlock-delta", "format_version": INDEX_FORMAT_VERSION,
+            "created_by": f"airlock {__version__}", "from_version": frm, "to_version": to,
             "source_id": old.content_id(), "target_id": new.content_id(), "reversible": reverse,
             "chunk_bytes": chunk_bytes,
             "source_files": {k: {"size": v.size, "sha256": v.sha256} for k, v in old.files.items()},
             "target_files": {k: {"size": v.size, "sha256": v.sha256} for k, v in new.files.items()},
-            "source_tensors": [t.as_list() for t in old.tensors],
-            "target_tensors": [t.as_list() for t in new.tensors],
-            "forward": [{"path": rel, "pieces": recipes[i]} for i, rel in enumerate(fwd_names)],
-            "reverse": [{"path": rel, "pieces": recipes[len(fwd_names) + i]}
-                        for i, rel in enumerate(rev_names)] if reverse else None,
+            "source_tensors": src_tensors.meta(), "target_tensors": tgt_tensors.meta(),
+            "forward": fwd_names, "reverse": rev_names if reverse else None,
         }
-        size = writer.finish(index)
+        size = writer.finish(index, {**src_tensors.columns("source_tensors"),
+                                     **tgt_tensors.columns("target_tensors"), **pieces.columns()})
         fault_point("delta.make.before-rename")
         os.replace(tmp, out_path)
         fsync_dir(out_path.parent)
