@@ -25,7 +25,6 @@ from airlock.errors import AirlockError, DeltaFormatError, DeltaSourceError, Int
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_dir, fsync_tree, safe_relpath, staging_dir
 from airlock.hashing import CHUNK, BlockHasher, copy_hashing, digest_file, no_progress
-from airlock.heap import bound_heap
 from airlock.parallel import ordered_map
 
 Progress = Callable[[int], None]
@@ -67,10 +66,10 @@ def verify_source(src_dir: Path, files: dict[str, FileInfo], tensors: TensorTabl
         ts = sorted((t for t in tensors if t.file == rel), key=lambda t: t.offset)
         size, sha, digests = hash_regions(path, [(t.offset, t.offset + t.nbytes) for t in ts])
         for t, d in zip(ts, digests, strict=True):
-            got_hex = d.hex()[:len(t.sha256)]
-            if got_hex != t.sha256:
+            got_hex = d.hex()[:len(t.digest)]
+            if got_hex != t.digest:
                 raise DeltaSourceError(f"{path}: tensor {t.name!r} does not match the delta's source "
-                                       f"(sha256 {got_hex}..., expected {t.sha256}...)", path=str(path),
+                                       f"(digest {got_hex}..., expected {t.digest}...)", path=str(path),
                                        rule="delta-source-tensor")
         raise DeltaSourceError(f"{path}: does not match the delta's source (size {size}, expected "
                                f"{want.size}; sha256 {sha[:16]}..., expected {want.sha256[:16]}...)",
@@ -300,7 +299,6 @@ def _build_all(job: _Job, progress: Progress | None) -> tuple[int, int]:
 def apply_delta(src_dir: Path, delta_path: Path, out_dir: Path, *, reverse: bool = False,
                 link_unchanged: bool = True, progress: Progress | None = None) -> ApplySummary:
     """Rebuild the target (or, with ``reverse``, the source) version of the delta into ``out_dir``."""
-    bound_heap()
     src_dir, delta_path, out_dir = Path(src_dir), Path(delta_path), Path(out_dir)
     header = read_delta_header(delta_path)
     recipes = header.recipes(reverse)

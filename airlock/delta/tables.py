@@ -87,8 +87,9 @@ def _span(ends: np.ndarray, i: int) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class TensorEntry:
-    """A tensor of one model version; ``offset`` is absolute within ``file``; ``sha256`` is hex
-    (full in a scanned inventory, the first ``INDEX_DIGEST`` bytes in a delta index)."""
+    """A tensor of one model version; ``offset`` is absolute within ``file``; ``digest`` is the hex
+    XXH3-128 of its bytes (whole in a scanned inventory, the first ``INDEX_DIGEST`` bytes in a
+    delta index)."""
 
     file: str
     name: str
@@ -96,7 +97,7 @@ class TensorEntry:
     shape: tuple[int, ...]
     offset: int
     nbytes: int
-    sha256: str
+    digest: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +113,9 @@ class TensorRow:
 
 
 INDEX_DIGEST = 8
-"""Tensor digests in the index are the first 8 bytes of the sha256: they name the first differing
-tensor of a source whose full-file sha256 already failed (the file hashes are the check)."""
+"""Tensor digests in the index are the first 8 bytes: they name the first differing tensor of a
+source whose full-file sha256 already failed (the file hashes are the check)."""
+SCAN_DIGEST = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,7 +167,7 @@ class TensorTable:
                            np.ascontiguousarray(self.digest[:, :size]))
 
     @classmethod
-    def from_rows(cls, file: str, rows: Sequence[TensorRow], digest_size: int = 32) -> TensorTable:
+    def from_rows(cls, file: str, rows: Sequence[TensorRow], digest_size: int = SCAN_DIGEST) -> TensorTable:
         """The tensors of one file."""
         dtypes = tuple(sorted({r.dtype for r in rows}))
         dmap = {d: k for k, d in enumerate(dtypes)}
@@ -180,7 +182,7 @@ class TensorTable:
                    np.fromiter((r.nbytes for r in rows), np.uint64, len(rows)), digest.copy())
 
     @classmethod
-    def concat(cls, tables: Sequence[TensorTable], digest_size: int = 32) -> TensorTable:
+    def concat(cls, tables: Sequence[TensorTable], digest_size: int = SCAN_DIGEST) -> TensorTable:
         if not tables:
             return cls.from_rows("", [], digest_size)._replace_files(())
         files: list[str] = []
