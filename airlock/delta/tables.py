@@ -25,8 +25,9 @@ def _bad(message: str) -> DeltaFormatError:
     return DeltaFormatError(f"delta index is malformed ({message})", rule="delta-format")
 
 
-def pack_columns(columns: dict[str, np.ndarray]) -> tuple[dict[str, list[Any]], bytes]:
-    """Lay out named arrays back to back (8-byte aligned); returns (layout for the JSON, bytes)."""
+def pack_columns(columns: dict[str, np.ndarray]) -> tuple[dict[str, list[Any]], list[bytes]]:
+    """Lay out named arrays back to back (8-byte aligned); returns (layout for the JSON, the parts
+    to write one after the other)."""
     layout: dict[str, list[Any]] = {}
     parts: list[bytes] = []
     pos = 0
@@ -37,7 +38,7 @@ def pack_columns(columns: dict[str, np.ndarray]) -> tuple[dict[str, list[Any]], 
         layout[name] = [code, list(arr.shape), pos]
         parts += [data, b"\0" * (-len(data) % ALIGN)]
         pos += len(data) + (-len(data) % ALIGN)
-    return layout, b"".join(parts)
+    return layout, parts
 
 
 def unpack_columns(layout: Any, data: bytes | memoryview) -> dict[str, np.ndarray]:
