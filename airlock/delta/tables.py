@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -163,9 +163,7 @@ class TensorTable:
         return np.ascontiguousarray(self.digest[:, :8]).view("<u8").ravel().tolist()
 
     def truncated(self, size: int = INDEX_DIGEST) -> TensorTable:
-        return TensorTable(self.files, self.dtypes, self.file, self.dtype, self.name_end, self.names,
-                           self.dim_end, self.dims, self.offset, self.nbytes,
-                           np.ascontiguousarray(self.digest[:, :size]))
+        return replace(self, digest=np.ascontiguousarray(self.digest[:, :size]))
 
     @classmethod
     def from_rows(cls, file: str, rows: Sequence[TensorRow], digest_size: int = SCAN_DIGEST) -> TensorTable:
@@ -185,7 +183,7 @@ class TensorTable:
     @classmethod
     def concat(cls, tables: Sequence[TensorTable], digest_size: int = SCAN_DIGEST) -> TensorTable:
         if not tables:
-            return cls.from_rows("", [], digest_size)._replace_files(())
+            return replace(cls.from_rows("", [], digest_size), files=())
         files: list[str] = []
         dtypes = tuple(sorted({d for t in tables for d in t.dtypes}))
         dmap = {d: k for k, d in enumerate(dtypes)}
@@ -207,10 +205,6 @@ class TensorTable:
                    np.concatenate([t.dims for t in tables]),
                    np.concatenate([t.offset for t in tables]), np.concatenate([t.nbytes for t in tables]),
                    np.concatenate([t.digest for t in tables]).reshape(-1, digest_size))
-
-    def _replace_files(self, files: tuple[str, ...]) -> TensorTable:
-        return TensorTable(files, self.dtypes, self.file, self.dtype, self.name_end, self.names,
-                           self.dim_end, self.dims, self.offset, self.nbytes, self.digest)
 
     # -- index form ------------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
