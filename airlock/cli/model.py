@@ -34,15 +34,11 @@ def _repo(root: Path, lock_timeout: float | None = None, owner: str | None = Non
           torch: bool = False, keys_config: Path | None = None, need_keys: bool = False) -> Any:
     """The repository; key providers are loaded when a config is named, when encryption is asked
     for, or when the default config exists (encrypted versions need it for update/verify/rollback)."""
-    from airlock.crypto import ProviderRegistry
-    from airlock.crypto.providers import default_config_path
+    from airlock.crypto.providers import load_registry
     from airlock.repo import Repository
 
-    keys = None
-    if keys_config is not None or need_keys or default_config_path().exists():
-        keys = ProviderRegistry.load(keys_config)
     return Repository(root, owner=owner, group=group, lock_timeout=lock_timeout, check_torch=torch,
-                      keys=keys)
+                      keys=load_registry(keys_config, required=need_keys))
 
 
 def _planned(repo: Any, action: str, model: str, check: bool, make: Callable[[], Any]) -> Any:

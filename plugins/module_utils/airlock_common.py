@@ -25,8 +25,8 @@ except ImportError:
 
 from ansible.module_utils.basic import missing_required_lib
 
-__all__ = ["AIRLOCK_IMPORT_ERROR", "HAS_AIRLOCK", "AirlockError", "fail_airlock", "make_trust",
-           "open_repository", "repo_argument_spec", "require_airlock", "trust_argument_spec"]
+__all__ = ["AIRLOCK_IMPORT_ERROR", "HAS_AIRLOCK", "AirlockError", "fail_airlock", "keys_argument_spec",
+           "make_trust", "open_repository", "repo_argument_spec", "require_airlock", "trust_argument_spec"]
 
 FAULT_ENV = "AIRLOCK_FAULT"
 
@@ -48,6 +48,11 @@ def repo_argument_spec():
     )
 
 
+def keys_argument_spec():
+    """Options of the modules that read or write encrypted model versions."""
+    return dict(keys_config=dict(type="path"))
+
+
 def trust_argument_spec():
     return dict(
         trust=dict(type="list", elements="str", required=True),
@@ -57,8 +62,17 @@ def trust_argument_spec():
 
 
 def open_repository(module):
+    """The repository, with the key providers of O(keys_config) (or the default config when it
+    exists) for encrypted versions."""
+    from airlock.crypto.providers import load_registry
+
     p = module.params
-    return Repository(p["root"], owner=p.get("owner"), group=p.get("group"), lock_timeout=p["lock_timeout"])
+    try:
+        keys = load_registry(p.get("keys_config"), required=bool(p.get("encrypt")))
+    except AirlockError as exc:
+        fail_airlock(module, exc)
+    return Repository(p["root"], owner=p.get("owner"), group=p.get("group"), lock_timeout=p["lock_timeout"],
+                      keys=keys)
 
 
 def make_trust(module):

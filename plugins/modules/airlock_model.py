@@ -71,6 +71,18 @@ options:
   group:
     description: Group of new version files (applied when the module runs as root).
     type: str
+  keys_config:
+    description:
+      - Key provider config for versions stored encrypted at rest (docs/security.md). Default
+        C(/etc/airlock/keys.yaml) (or C($AIRLOCK_KEYS_CONFIG)) when that file exists. PINs and
+        tokens live in files it names, never in this option.
+    type: path
+  encrypt:
+    description:
+      - Store the installed versions encrypted at rest under this key, C(PROVIDER:KEY_ID) (for
+        example C(hsm:models-kek)); the manifest's hashes stay the plaintext hashes. Needs the
+        providers of O(keys_config).
+    type: str
   lock_timeout:
     description: Seconds to wait for the repository lock.
     type: float
@@ -145,17 +157,18 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.airlock.appliance.plugins.module_utils.airlock_common import (
     AirlockError,
     open_repository,
+    keys_argument_spec,
     repo_argument_spec,
     require_airlock,
 )
 
 
-def _plans_for_bundle(repo, manifest, root, activate):
+def _plans_for_bundle(repo, manifest, root, activate, encrypt):
     plans = []
     for me in manifest.models:
         common = dict(target_files=me.target_files, activate=activate, description=me.description,
                       dependencies=dict(me.dependencies), bundle_id=manifest.bundle_id,
-                      sequence=manifest.sequence)
+                      sequence=manifest.sequence, encrypt=encrypt)
         if me.kind == "full":
             plans.append(repo.plan_install(me.name, me.version, root / me.path, **common))
         else:
@@ -182,11 +195,11 @@ def _bundle(module, repo):
     report = verify_bundle(root, trust, compatible=p["compatible"],
                            installed_sequence=repo.installed_sequence())
     activate = p["state"] == "active"
-    plans = _plans_for_bundle(repo, report.manifest, root, activate)
+    plans = _plans_for_bundle(repo, report.manifest, root, activate, p["encrypt"])
     if module.check_mode or not any(pl.changed for pl in plans):
         return plans
     staged = StagedBundle(root, report.manifest, report.signer, StageCounters())
-    return repo.install_from_bundle(staged, activate=activate)
+    return repo.install_from_bundle(staged, activate=activate, encrypt=p["encrypt"])
 
 
 def _single(module, repo):
@@ -221,7 +234,7 @@ def run_module():
         state=dict(type="str", default="active", choices=["present", "active", "rolled_back", "pruned"]),
         bundle=dict(type="path"), trust=dict(type="list", elements="str"), keyring=dict(type="path"),
         gnupghome=dict(type="path"), compatible=dict(type="str"), keep=dict(type="int", default=2),
-        **repo_argument_spec())
+        encrypt=dict(type="str"), **dict(repo_argument_spec(), **keys_argument_spec()))
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
                            required_if=[("state", "present", ("bundle",)), ("state", "pruned", ("name",)),
                                         ("state", "rolled_back", ("name",))])

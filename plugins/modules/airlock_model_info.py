@@ -58,6 +58,12 @@ options:
   group:
     description: Expected group of version files (checked when the module runs as root).
     type: str
+  keys_config:
+    description:
+      - Key provider config for versions stored encrypted at rest (docs/security.md). Default
+        C(/etc/airlock/keys.yaml) (or C($AIRLOCK_KEYS_CONFIG)) when that file exists. PINs and
+        tokens live in files it names, never in this option.
+    type: path
   lock_timeout:
     description: Seconds to wait for the repository lock.
     type: float
@@ -118,6 +124,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.airlock.appliance.plugins.module_utils.airlock_common import (
     AirlockError,
     open_repository,
+    keys_argument_spec,
     repo_argument_spec,
     require_airlock,
 )
@@ -183,7 +190,7 @@ def run_module():
                 loadable=dict(type="bool", default=False), expected=dict(type="dict", default={}),
                 trust=dict(type="list", elements="str"), keyring=dict(type="path"),
                 gnupghome=dict(type="path"),
-                **repo_argument_spec())
+                **dict(repo_argument_spec(), **keys_argument_spec()))
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     require_airlock(module)
     p = module.params

@@ -6,8 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
+from airlock.crypto import ProviderRegistry, is_encrypted
 from tests.ansible.modules import run_module
+from tests.crypto.conftest import SoftHsm, softhsm  # noqa: F401 - the fixture, reused
 from tests.fleet.bundles import Bundles, make_bundles
 from tests.fleet.test_fleet_ssh import snapshot
 
@@ -98,3 +101,31 @@ def test_missing_engine_names_the_library(tmp_path: Path) -> None:
         pytest.fail("/usr/bin/python3 is needed to run a module without the engine")
     r = run_module("airlock_model_info", {"root": str(tmp_path)}, python=system)
     assert r["failed"] and "airlock" in r["msg"] and "Failed to import" in r["msg"]
+
+
+def test_model_encrypted_at_rest_install_update_verify(bundles: Bundles, tmp_path: Path,
+                                                       softhsm: SoftHsm) -> None:  # noqa: F811
+    """O(encrypt) stores versions encrypted under a real SoftHSM2 key, O(keys_config) lets the
+    modules read them back: install, delta update and drift check; without keys a clear failure."""
+    config = tmp_path / "keys.yaml"
+    config.write_text(yaml.safe_dump({"providers": {"hsm": softhsm.provider_config()}}))
+    ProviderRegistry.load(config).get("hsm").generate("models-kek")
+    env = {"SOFTHSM2_CONF": str(softhsm.conf), "AIRLOCK_KEYS_CONFIG": str(tmp_path / "no-default.yaml")}
+    root = tmp_path / "root"
+    keys = {"keys_config": str(config), "encrypt": "hsm:models-kek"}
+    for bundle in (bundles.full, bundles.delta):
+        args = {"root": str(root), "bundle": str(bundle), "state": "active", **trust(bundles), **keys}
+        done = run_module("airlock_model", args, env=env)
+        assert not done["failed"] and done["changed"], done
+        assert not run_module("airlock_model", args, env=env)["changed"]
+    weights = root / "model_repo" / "tiny" / "1.1.0" / "model.safetensors"
+    assert (root / "model_repo" / "tiny" / "current").resolve().name == "1.1.0"
+    assert is_encrypted(weights)
+    info = run_module("airlock_model_info", {"root": str(root), "verify": True, "keys_config": str(config),
+                                             **trust(bundles)}, env=env)
+    assert not info["failed"] and info["drift"] == [], info
+    blind = run_module("airlock_model_info", {"root": str(root), "verify": True}, env=env)
+    assert blind["failed"] and "keys" in blind["msg"], blind
+    missing = run_module("airlock_model_info",
+                         {"root": str(root), "keys_config": str(tmp_path / "none.yaml")}, env=env)
+    assert missing["failed"] and "key provider config" in missing["msg"], missing

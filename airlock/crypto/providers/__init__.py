@@ -26,7 +26,8 @@ from airlock.crypto.providers.keyfile import KeyFileProvider
 from airlock.crypto.providers.pkcs11 import Pkcs11Provider
 from airlock.crypto.providers.vault import VaultTransitProvider
 
-__all__ = ["KeyProvider", "KeyRef", "ProviderRegistry", "ProviderStatus", "default_config_path"]
+__all__ = ["KeyProvider", "KeyRef", "ProviderRegistry", "ProviderStatus", "default_config_path",
+           "load_registry"]
 
 KINDS: dict[str, Any] = {  # type name -> provider class taking (name, config)
     "pkcs11": Pkcs11Provider,
@@ -37,6 +38,15 @@ KINDS: dict[str, Any] = {  # type name -> provider class taking (name, config)
 
 def default_config_path() -> Path:
     return Path(os.environ.get("AIRLOCK_KEYS_CONFIG", "/etc/airlock/keys.yaml"))
+
+
+def load_registry(path: Path | str | None = None, *, required: bool = False) -> ProviderRegistry | None:
+    """The key providers a repository needs for encrypted versions: from ``path`` when named, else
+    from the default config when it exists or when keys are ``required`` (encrypting); otherwise
+    None. Shared by the CLI and the Ansible modules."""
+    if path is not None or required or default_config_path().exists():
+        return ProviderRegistry.load(Path(path) if path is not None else None)
+    return None
 
 
 @dataclass(frozen=True)
