@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from airlock.delta.container import read_index
-from airlock.delta.inventory import FileInfo
+from airlock.delta.inventory import TENSOR_DIGEST, FileInfo
 from airlock.delta.tables import PieceTable, RecordTable, TensorTable
 from airlock.errors import DeltaFormatError, UnsafePathError
 from airlock.fsutil import safe_relpath
@@ -146,6 +146,8 @@ def parse_header(meta: dict[str, Any], columns: dict[str, np.ndarray], records: 
         if meta.get("format_version") != INDEX_FORMAT_VERSION:
             raise ValueError(f"index format_version {meta.get('format_version')!r}, "
                              f"expected {INDEX_FORMAT_VERSION}")
+        if meta.get("tensor_digest") != TENSOR_DIGEST:
+            raise ValueError(f"tensor digest {meta.get('tensor_digest')!r}, expected {TENSOR_DIGEST!r}")
         fwd = _paths(meta["forward"])
         rev = None if meta["reverse"] is None else _paths(meta["reverse"])
         pieces = PieceTable.load(columns, len(fwd) + len(rev or []))

@@ -56,8 +56,8 @@ def content_id(files: dict[str, FileInfo]) -> str:
 
 def hash_regions(path: Path, regions: list[tuple[int, int]],
                  progress: Progress | None = None) -> tuple[int, str, list[bytes]]:
-    """Stream ``path`` once: (size, hex sha256 of the file, ``tensor_digest`` of each
-    ``[start, end)`` region). ``regions`` must be sorted and non-overlapping."""
+    """Stream ``path`` once: (size, hex sha256 of the file, raw XXH3-128 of each ``[start, end)``
+    region). ``regions`` must be sorted and non-overlapping."""
     whole = hashlib.sha256()
     digests: list[bytes] = []
     ri = 0

@@ -16,7 +16,7 @@ from airlock import __version__
 from airlock.delta import codec
 from airlock.delta.container import DeltaWriter
 from airlock.delta.header import INDEX_FORMAT_VERSION
-from airlock.delta.inventory import Inventory, is_safetensors, scan
+from airlock.delta.inventory import TENSOR_DIGEST, Inventory, is_safetensors, scan
 from airlock.delta.tables import PieceTable, TensorEntry
 from airlock.errors import AirlockError
 from airlock.faults import fault_point
@@ -326,7 +326,7 @@ def make_delta(old_dir: Path, new_dir: Path, out_path: Path, *, from_version: st
             "format": "airlock-delta", "format_version": INDEX_FORMAT_VERSION,
             "created_by": f"airlock {__version__}", "from_version": frm, "to_version": to,
             "source_id": old.content_id(), "target_id": new.content_id(), "reversible": reverse,
-            "chunk_bytes": chunk_bytes,
+            "chunk_bytes": chunk_bytes, "tensor_digest": TENSOR_DIGEST,
             "source_files": {k: {"size": v.size, "sha256": v.sha256} for k, v in old.files.items()},
             "target_files": {k: {"size": v.size, "sha256": v.sha256} for k, v in new.files.items()},
             "source_tensors": src_tensors.meta(), "target_tensors": tgt_tensors.meta(),

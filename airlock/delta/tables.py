@@ -350,7 +350,6 @@ def _plane_sums(planes: np.ndarray, ends: np.ndarray) -> np.ndarray:
 
 
 PIECE_KINDS = ("file", "rec", "copy", "diff", "prefix")
-PIECE_ARITY = {"file": 2, "rec": 2, "copy": 4, "diff": 4, "prefix": 3}
 KIND_CODE = {k: i for i, k in enumerate(PIECE_KINDS)}
 
 
