@@ -4,23 +4,28 @@ idempotent, check mode. The health gate itself runs in test_fleet_gate.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import jinja2
 import pytest
 import yaml
 
+from airlock.repo import Repository
 from airlock.serving.client import TritonClient
 from airlock.serving.server import free_port
-from tests.serving.conftest import add_model
+from airlock.serving.triton_repo import TritonModel
+from tests.serving.conftest import Pair, add_model
 from tests.support import require_tool
 
 ROLES = Path(__file__).resolve().parents[2] / "roles"
+PLAYBOOKS = ROLES.parent / "playbooks"
 
 
 def _render(role: str, template: str, **extra: object) -> str:
@@ -91,40 +96,26 @@ def _run(playbook: Path, extra: dict, check: bool = False) -> subprocess.Complet
                           timeout=600, check=False)
 
 
-def test_roles_start_triton_and_load_models_idempotently(tmp_path: Path, airlock_root: Path) -> None:
-    add_model(airlock_root, "role_m", current="1.0.0")
+@contextlib.contextmanager
+def _triton_by_roles(tmp_path: Path, root: Path, names: list[str]) -> Iterator[dict[str, object]]:
+    """The vars for roles/triton_server (wheel method, supervised process on free ports) and
+    roles/triton_models over the Airlock ``root``; the server the roles start is stopped at the end."""
     http, grpc, metrics = free_port(), free_port(), free_port()
     venv_bin = Path(sys.executable).parent
-    extra = {
+    extra: dict[str, object] = {
         "ansible_python_interpreter": sys.executable,
         "triton_server_supervisor": "process", "triton_server_install_wheels": False,
         "triton_server_install_apt": False, "triton_server_python": sys.executable,
         "triton_server_http_port": http, "triton_server_grpc_port": grpc,
         "triton_server_metrics_port": metrics, "triton_server_model_repository": str(tmp_path / "triton"),
         "triton_server_workdir": str(tmp_path / "srv"),
-        "triton_models_airlock": str(venv_bin / "airlock"), "triton_models_root": str(airlock_root),
-        "triton_models_names": ["role_m"],
+        "triton_models_airlock": str(venv_bin / "airlock"), "triton_models_root": str(root),
+        "triton_models_names": names,
     }
-    setup = _playbook(tmp_path, [{"hosts": "all", "gather_facts": False,
-                                  "roles": ["triton_server", "triton_models"]}])
     pidfile = tmp_path / "srv" / "tritonserver.pid"
     _ansible()
     try:
-        first = _run(setup, extra)
-        assert first.returncode == 0, first.stdout[-3000:]
-        client = TritonClient(f"http://127.0.0.1:{http}")
-        assert client.loaded_versions("role_m") == {"1": "READY"}
-        again = _run(setup, extra)  # idempotent: server running, repository unchanged
-        assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-3000:]
-        add_model(airlock_root, "role_m", current="1.1.0")
-        check = _run(setup, extra, check=True)  # check mode reports the pending version, writes nothing
-        assert check.returncode == 0 and "changed=1" in check.stdout, check.stdout[-3000:]
-        assert not (tmp_path / "triton" / "role_m" / "2").exists()
-        sync = _playbook(tmp_path, [{"hosts": "all", "gather_facts": False, "tasks": [
-            {"ansible.builtin.include_role": {"name": "triton_models", "tasks_from": "sync"}}]}])
-        synced = _run(sync, extra)  # Triton follows `current` (here forward; after a rollback, back)
-        assert synced.returncode == 0 and "changed=2" in synced.stdout, synced.stdout[-3000:]
-        assert client.loaded_versions("role_m") == {"2": "READY"}
+        yield extra
     finally:
         started = pidfile.is_file()
         if started:
@@ -143,6 +134,63 @@ def test_roles_start_triton_and_load_models_idempotently(tmp_path: Path, airlock
                 else:
                     os.killpg(pid, signal.SIGKILL)
         assert started, "the role must record the server's pid"
+
+
+def _client(extra: dict[str, object]) -> TritonClient:
+    return TritonClient(f"http://127.0.0.1:{extra['triton_server_http_port']}")
+
+
+def test_roles_start_triton_and_load_models_idempotently(tmp_path: Path, airlock_root: Path) -> None:
+    add_model(airlock_root, "role_m", current="1.0.0")
+    setup = _playbook(tmp_path, [{"hosts": "all", "gather_facts": False,
+                                  "roles": ["triton_server", "triton_models"]}])
+    with _triton_by_roles(tmp_path, airlock_root, ["role_m"]) as extra:
+        first = _run(setup, extra)
+        assert first.returncode == 0, first.stdout[-3000:]
+        client = _client(extra)
+        assert client.loaded_versions("role_m") == {"1": "READY"}
+        again = _run(setup, extra)  # idempotent: server running, repository unchanged
+        assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-3000:]
+        add_model(airlock_root, "role_m", current="1.1.0")
+        check = _run(setup, extra, check=True)  # check mode reports the pending version, writes nothing
+        assert check.returncode == 0 and "changed=1" in check.stdout, check.stdout[-3000:]
+        assert not (tmp_path / "triton" / "role_m" / "2").exists()
+        sync = _playbook(tmp_path, [{"hosts": "all", "gather_facts": False, "tasks": [
+            {"ansible.builtin.include_role": {"name": "triton_models", "tasks_from": "sync"}}]}])
+        synced = _run(sync, extra)  # Triton follows `current` (here forward; after a rollback, back)
+        assert synced.returncode == 0 and "changed=2" in synced.stdout, synced.stdout[-3000:]
+        assert client.loaded_versions("role_m") == {"2": "READY"}
+
+
+def test_rollback_playbook_makes_triton_serve_the_version_rolled_back_to(tmp_path: Path,
+                                                                        minilm_pair: Pair) -> None:
+    """playbooks/rollback.yml with airlock_rollback_serve: the repository goes back to 1.0.0 and the
+    real tritonserver the roles started serves it (it served 1.1.0 before)."""
+    root = tmp_path / "airlock"
+    repo = Repository(root, lock_timeout=30)
+    try:
+        for version, src in (("1.0.0", minilm_pair.old), ("1.1.0", minilm_pair.new)):
+            repo.execute(repo.plan_install("rb_m", version, src))
+    finally:
+        repo.close()
+    setup = _playbook(tmp_path, [{"hosts": "all", "gather_facts": False,
+                                  "roles": ["triton_server", "triton_models"]}])
+    with _triton_by_roles(tmp_path, root, ["rb_m"]) as extra:
+        first = _run(setup, extra)
+        assert first.returncode == 0, first.stdout[-3000:]
+        client = _client(extra)
+        entry = TritonModel(tmp_path / "triton" / "rb_m")
+
+        def served() -> list[str]:
+            return [entry.versions()[int(n)].airlock_version
+                    for n, state in client.loaded_versions("rb_m").items() if state == "READY"]
+
+        assert served() == ["1.1.0"]  # the active version
+        back = {**extra, "airlock_hosts": "all", "airlock_root": str(root), "airlock_rollback_serve": True}
+        rollback = _run(PLAYBOOKS / "rollback.yml", back)
+        assert rollback.returncode == 0, rollback.stdout[-3000:]
+        assert (root / "model_repo" / "rb_m" / "current").resolve().name == "1.0.0"
+        assert served() == ["1.0.0"]
 
 
 @pytest.mark.parametrize("role", ["triton_server", "triton_models"])
