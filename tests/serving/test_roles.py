@@ -10,7 +10,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -86,20 +88,33 @@ def _ansible() -> str:
 
 
 def _run(playbook: Path, extra: dict, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``playbook`` on localhost with ``extra`` vars (written to a temp file: the playbook may be
+    one of the project's own, whose directory must stay untouched)."""
     ansible = _ansible()
-    (playbook.parent / "extra.json").write_text(json.dumps(extra))
-    cmd = [ansible, "-i", "localhost,", "-c", "local", str(playbook),
-           "-e", f"@{playbook.parent / 'extra.json'}"]
     env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROLES), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_STDOUT_CALLBACK": "default"}
-    return subprocess.run(cmd + (["--check"] if check else []), capture_output=True, text=True, env=env,
-                          timeout=600, check=False)
+    with tempfile.TemporaryDirectory(prefix="airlock-extra-") as tmp:
+        vars_file = Path(tmp) / "extra.json"
+        vars_file.write_text(json.dumps(extra))
+        cmd = [ansible, "-i", "localhost,", "-c", "local", str(playbook), "-e", f"@{vars_file}"]
+        return subprocess.run(cmd + (["--check"] if check else []), capture_output=True, text=True, env=env,
+                              timeout=600, check=False)
+
+
+@dataclass
+class RoleTriton:
+    extra: dict[str, object]
+    """The vars of both roles (and the interpreter) for ``_run``."""
+    setup: Path
+    """The playbook that applied roles/triton_server and roles/triton_models."""
+    client: TritonClient
 
 
 @contextlib.contextmanager
-def _triton_by_roles(tmp_path: Path, root: Path, names: list[str]) -> Iterator[dict[str, object]]:
-    """The vars for roles/triton_server (wheel method, supervised process on free ports) and
-    roles/triton_models over the Airlock ``root``; the server the roles start is stopped at the end."""
+def _triton_by_roles(tmp_path: Path, root: Path, names: list[str]) -> Iterator[RoleTriton]:
+    """Apply roles/triton_server (wheel method, supervised process on free ports) and
+    roles/triton_models over the Airlock ``root`` (asserting success); the server the roles start is
+    stopped at the end."""
     http, grpc, metrics = free_port(), free_port(), free_port()
     venv_bin = Path(sys.executable).parent
     extra: dict[str, object] = {
@@ -113,9 +128,13 @@ def _triton_by_roles(tmp_path: Path, root: Path, names: list[str]) -> Iterator[d
         "triton_models_names": names,
     }
     pidfile = tmp_path / "srv" / "tritonserver.pid"
+    setup = _playbook(tmp_path, [{"hosts": "all", "gather_facts": False,
+                                  "roles": ["triton_server", "triton_models"]}])
     _ansible()
     try:
-        yield extra
+        first = _run(setup, extra)
+        assert first.returncode == 0, first.stdout[-3000:]
+        yield RoleTriton(extra, setup, TritonClient(f"http://127.0.0.1:{http}"))
     finally:
         started = pidfile.is_file()
         if started:
@@ -136,18 +155,10 @@ def _triton_by_roles(tmp_path: Path, root: Path, names: list[str]) -> Iterator[d
         assert started, "the role must record the server's pid"
 
 
-def _client(extra: dict[str, object]) -> TritonClient:
-    return TritonClient(f"http://127.0.0.1:{extra['triton_server_http_port']}")
-
-
 def test_roles_start_triton_and_load_models_idempotently(tmp_path: Path, airlock_root: Path) -> None:
     add_model(airlock_root, "role_m", current="1.0.0")
-    setup = _playbook(tmp_path, [{"hosts": "all", "gather_facts": False,
-                                  "roles": ["triton_server", "triton_models"]}])
-    with _triton_by_roles(tmp_path, airlock_root, ["role_m"]) as extra:
-        first = _run(setup, extra)
-        assert first.returncode == 0, first.stdout[-3000:]
-        client = _client(extra)
+    with _triton_by_roles(tmp_path, airlock_root, ["role_m"]) as triton:
+        extra, setup, client = triton.extra, triton.setup, triton.client
         assert client.loaded_versions("role_m") == {"1": "READY"}
         again = _run(setup, extra)  # idempotent: server running, repository unchanged
         assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-3000:]
@@ -173,20 +184,16 @@ def test_rollback_playbook_makes_triton_serve_the_version_rolled_back_to(tmp_pat
             repo.execute(repo.plan_install("rb_m", version, src))
     finally:
         repo.close()
-    setup = _playbook(tmp_path, [{"hosts": "all", "gather_facts": False,
-                                  "roles": ["triton_server", "triton_models"]}])
-    with _triton_by_roles(tmp_path, root, ["rb_m"]) as extra:
-        first = _run(setup, extra)
-        assert first.returncode == 0, first.stdout[-3000:]
-        client = _client(extra)
+    with _triton_by_roles(tmp_path, root, ["rb_m"]) as triton:
         entry = TritonModel(tmp_path / "triton" / "rb_m")
 
         def served() -> list[str]:
             return [entry.versions()[int(n)].airlock_version
-                    for n, state in client.loaded_versions("rb_m").items() if state == "READY"]
+                    for n, state in triton.client.loaded_versions("rb_m").items() if state == "READY"]
 
         assert served() == ["1.1.0"]  # the active version
-        back = {**extra, "airlock_hosts": "all", "airlock_root": str(root), "airlock_rollback_serve": True}
+        back = {**triton.extra, "airlock_hosts": "all", "airlock_root": str(root),
+                "airlock_rollback_serve": True}
         rollback = _run(PLAYBOOKS / "rollback.yml", back)
         assert rollback.returncode == 0, rollback.stdout[-3000:]
         assert (root / "model_repo" / "rb_m" / "current").resolve().name == "1.0.0"
