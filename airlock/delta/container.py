@@ -20,7 +20,7 @@ import numpy as np
 import zstandard
 
 from airlock.delta import codec
-from airlock.delta.tables import Record, RecordTable, pack_columns, unpack_columns
+from airlock.delta.tables import RECORD_DIGEST, Record, RecordTable, pack_columns, unpack_columns
 from airlock.errors import DeltaFormatError
 from airlock.faults import fault_point
 
@@ -29,7 +29,7 @@ TRAILER_MAGIC = b"ALDEND\x00\x00"
 FORMAT_VERSION = 2
 PREAMBLE = struct.Struct("<8sII")  # magic, format version, flags
 TRAILER = struct.Struct("<QQ32s8s")  # index offset, index length, sha256(index), magic
-DIGEST_HEX = 16
+DIGEST_HEX = 2 * RECORD_DIGEST
 """Records are checked with the first 64 bits of their sha256: corruption detection for the
 container (the signed bundle manifest authenticates the file, the outputs are checked in full)."""
 
@@ -138,8 +138,10 @@ def read_index(path: Path) -> Index:
         if len(raw) < INDEX_PREFIX.size:
             raise ValueError("index too short")
         (n,) = INDEX_PREFIX.unpack_from(raw)
+        if INDEX_PREFIX.size + n > len(raw):
+            raise ValueError("index JSON runs past the end of the index")
         meta = json.loads(raw[INDEX_PREFIX.size:INDEX_PREFIX.size + n])
-        if not isinstance(meta, dict) or INDEX_PREFIX.size + n > len(raw):
+        if not isinstance(meta, dict):
             raise ValueError("index JSON is not an object")
         columns = unpack_columns(meta.pop("columns"), memoryview(raw)[INDEX_PREFIX.size + n:])
         records = RecordTable.load(columns, PREAMBLE.size, off)

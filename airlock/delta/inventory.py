@@ -12,7 +12,7 @@ from pathlib import Path
 
 import xxhash
 
-from airlock.delta.tables import TensorRow, TensorTable
+from airlock.delta.tables import TensorTable
 from airlock.errors import UnsafePathError
 from airlock.fsutil import safe_relpath
 from airlock.hashing import iter_views, tree_files
@@ -113,9 +113,8 @@ def _scan_file(root: Path, rel: str,
     header = read_header(path)
     regions = [(header.data_start + t.start, header.data_start + t.end) for t in header.tensors]
     size, sha, digests = hash_regions(path, regions, progress)
-    rows = [TensorRow(t.name, t.dtype, t.shape, header.data_start + t.start, t.nbytes, d)
-            for t, d in zip(header.tensors, digests, strict=True)]
-    return FileInfo(size, sha), header.raw, TensorTable.from_rows(rel, rows)
+    table = TensorTable.of_file(rel, header.tensors, header.data_start, digests)
+    return FileInfo(size, sha), header.raw, table
 
 
 def scan(root: Path, progress: Progress | None = None) -> Inventory:

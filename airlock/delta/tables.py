@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from airlock.errors import DeltaFormatError
+from airlock.safetensors_io import DTYPE_SIZES, TensorInfo
 
 COLUMN_TYPES: dict[str, np.dtype[Any]] = {k: np.dtype(f"<{k}") for k in ("u1", "u4", "u8", "i8")}
 ALIGN = 8
@@ -101,18 +102,6 @@ class TensorEntry:
     digest: str
 
 
-@dataclass(frozen=True, slots=True)
-class TensorRow:
-    """One tensor as ``TensorTable.from_rows`` takes it (``digest`` raw)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    offset: int
-    nbytes: int
-    digest: bytes
-
-
 INDEX_DIGEST = 8
 """Tensor digests in the index are the first 8 bytes: they name the first differing tensor of a
 source whose full-file sha256 already failed (the file hashes are the check)."""
@@ -166,24 +155,27 @@ class TensorTable:
         return replace(self, digest=np.ascontiguousarray(self.digest[:, :size]))
 
     @classmethod
-    def from_rows(cls, file: str, rows: Sequence[TensorRow], digest_size: int = SCAN_DIGEST) -> TensorTable:
-        """The tensors of one file."""
-        dtypes = tuple(sorted({r.dtype for r in rows}))
+    def of_file(cls, file: str, tensors: Sequence[TensorInfo], data_start: int, digests: Sequence[bytes],
+                digest_size: int = SCAN_DIGEST) -> TensorTable:
+        """The tensors of one safetensors file (its parsed header entries, in data order), with the
+        raw digest of each."""
+        n = len(tensors)
+        dtypes = tuple(sorted({t.dtype for t in tensors}))
         dmap = {d: k for k, d in enumerate(dtypes)}
-        names = [r.name.encode("utf-8") for r in rows]
-        digest = np.frombuffer(b"".join(r.digest for r in rows), np.uint8).reshape(len(rows), digest_size)
-        return cls((file,), dtypes, np.zeros(len(rows), np.uint32),
-                   np.fromiter((dmap[r.dtype] for r in rows), np.uint8, len(rows)),
-                   _ends(len(n) for n in names), np.frombuffer(b"".join(names), np.uint8).copy(),
-                   _ends(len(r.shape) for r in rows),
-                   np.fromiter((d for r in rows for d in r.shape), np.uint64),
-                   np.fromiter((r.offset for r in rows), np.uint64, len(rows)),
-                   np.fromiter((r.nbytes for r in rows), np.uint64, len(rows)), digest.copy())
+        names = [t.name.encode("utf-8") for t in tensors]
+        digest = np.frombuffer(b"".join(digests), np.uint8).reshape(n, digest_size)
+        return cls((file,), dtypes, np.zeros(n, np.uint32),
+                   np.fromiter((dmap[t.dtype] for t in tensors), np.uint8, n),
+                   _ends(len(name) for name in names), np.frombuffer(b"".join(names), np.uint8).copy(),
+                   _ends(len(t.shape) for t in tensors),
+                   np.fromiter((d for t in tensors for d in t.shape), np.uint64),
+                   np.fromiter((data_start + t.start for t in tensors), np.uint64, n),
+                   np.fromiter((t.nbytes for t in tensors), np.uint64, n), digest.copy())
 
     @classmethod
     def concat(cls, tables: Sequence[TensorTable], digest_size: int = SCAN_DIGEST) -> TensorTable:
         if not tables:
-            return replace(cls.from_rows("", [], digest_size), files=())
+            return replace(cls.of_file("", [], 0, [], digest_size), files=())
         files: list[str] = []
         dtypes = tuple(sorted({d for t in tables for d in t.dtypes}))
         dmap = {d: k for k, d in enumerate(dtypes)}
@@ -218,8 +210,6 @@ class TensorTable:
 
     @classmethod
     def load(cls, meta: Any, cols: dict[str, np.ndarray], prefix: str) -> TensorTable:
-        from airlock.safetensors_io import DTYPE_SIZES
-
         n = int(meta["count"])
         files = tuple(str(f) for f in meta["files"])
         dtypes = tuple(str(d) for d in meta["dtypes"])
@@ -246,7 +236,7 @@ class TensorTable:
 class Record:
     offset: int
     length: int
-    sha256: str  # first 16 hex digits
+    sha256: str  # hex of the first RECORD_DIGEST bytes
     codec: int
     width: int
     raw_len: int
@@ -293,13 +283,7 @@ class RecordTable:
         if not -len(self) <= i < len(self):
             raise IndexError(i)
         i %= len(self)
-        if self._cols is None:
-            r = self._rows
-            lo = r["plane_end"][i - 1] if i else 0
-            digest = self._digests[i * RECORD_DIGEST:(i + 1) * RECORD_DIGEST].hex()
-            return Record(r["offset"][i], r["length"][i], digest, r["codec"][i], r["width"][i],
-                          r["raw_len"][i], tuple(r["planes"][lo:r["plane_end"][i]]))
-        c = self._cols
+        c = self._frozen()
         lo, hi = _span(c["plane_end"], i)
         return Record(int(c["offset"][i]), int(c["length"][i]), c["digest"][i].tobytes().hex(),
                       int(c["codec"][i]), int(c["width"][i]), int(c["raw_len"][i]),

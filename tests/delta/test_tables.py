@@ -17,24 +17,25 @@ from airlock.delta.container import INDEX_PREFIX, TRAILER, TRAILER_MAGIC
 from airlock.delta.tables import (
     PieceTable,
     RecordTable,
-    TensorRow,
     TensorTable,
     pack_columns,
     unpack_columns,
 )
 from airlock.errors import DeltaFormatError
+from airlock.safetensors_io import TensorInfo
 from tests.delta.helpers import nudge, rand_tensor, write_model
 
 
-def _rows(prefix: str, n: int, base: int = 8) -> list[TensorRow]:
-    return [TensorRow(f"{prefix}.{i}.wëight", "BF16" if i % 2 else "F8_E4M3", (i + 1, 3) if i % 3 else (),
-                      base + 16 * i, 16, bytes([i]) * 16) for i in range(n)]
+def _file(name: str, prefix: str, n: int, base: int = 8) -> TensorTable:
+    infos = [TensorInfo(f"{prefix}.{i}.wëight", "BF16" if i % 2 else "F8_E4M3", (i + 1, 3) if i % 3 else (),
+                        16 * i, 16 * i + 16) for i in range(n)]
+    return TensorTable.of_file(name, infos, base, [bytes([i]) * 16 for i in range(n)])
 
 
 def test_tensor_table_round_trips_through_columns() -> None:
-    a = TensorTable.from_rows("a.safetensors", _rows("a", 5))
-    b = TensorTable.from_rows("b.safetensors", _rows("b", 3, base=100))
-    empty = TensorTable.from_rows("c.safetensors", [])
+    a = _file("a.safetensors", "a", 5)
+    b = _file("b.safetensors", "b", 3, base=100)
+    empty = _file("c.safetensors", "c", 0)
     table = TensorTable.concat([a, empty, b]).truncated()
     layout, parts = pack_columns(table.columns("t"))
     cols = unpack_columns(layout, b"".join(parts))
