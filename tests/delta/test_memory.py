@@ -17,7 +17,7 @@ from airlock.safetensors_io import write_safetensors
 ROWS, COLS = 75 * 1024, 2048  # BF16: 300 MiB
 CHUNK_ROWS = 1024
 
-PROBE = r"""
+PROBE_HEAD = r"""
 import json, sys
 from pathlib import Path
 from airlock.delta import apply_delta, make_delta
@@ -29,6 +29,9 @@ def peak():
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmHWM in /proc/self/status")
 root = Path(sys.argv[1])
+"""
+
+PROBE = PROBE_HEAD + r"""
 make_delta(root / "small-old", root / "small-new", root / "small.aldelta")
 apply_delta(root / "small-old", root / "small.aldelta", root / "small-out")
 apply_delta(root / "small-new", root / "small.aldelta", root / "small-back", reverse=True)
@@ -38,6 +41,15 @@ after_make = peak()
 apply_delta(root / "old", root / "big.aldelta", root / "out")
 print(json.dumps({"base": base, "make": after_make, "apply": peak()}))
 """
+
+
+def _probe(script: str, root: Path) -> dict[str, int]:
+    """Run a probe in a fresh interpreter (its own high-water mark); its JSON line of peaks."""
+    r = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True,
+                       check=False, timeout=600)
+    assert r.returncode == 0, r.stderr
+    peaks: dict[str, int] = json.loads(r.stdout)
+    return peaks
 
 
 def _rows(seed: int, nudged: bool, rows: int) -> Iterator[bytes]:
@@ -62,10 +74,7 @@ def test_peak_rss_does_not_grow_with_model_size(tmp_path: Path) -> None:
     _model(tmp_path / "small-new", 2 * CHUNK_ROWS, True)
     _model(tmp_path / "old", ROWS, False)
     _model(tmp_path / "new", ROWS, True)
-    r = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path)], capture_output=True, text=True,
-                       check=False, timeout=600)
-    assert r.returncode == 0, r.stderr
-    rss = json.loads(r.stdout)
+    rss = _probe(PROBE, tmp_path)
     assert (tmp_path / "out" / "model.safetensors").stat().st_size > 300 * 1024 * 1024
     mib = 1024 * 1024
     assert rss["make"] - rss["base"] < 150 * mib, rss
@@ -73,16 +82,7 @@ def test_peak_rss_does_not_grow_with_model_size(tmp_path: Path) -> None:
     assert rss["apply"] < 512 * mib, rss
 
 
-TENSORS_PROBE = r"""
-import json, sys
-from pathlib import Path
-from airlock.delta import apply_delta, make_delta
-def peak():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-root = Path(sys.argv[1])
+TENSORS_PROBE = PROBE_HEAD + r"""
 out = {}
 for name in ("few", "many"):
     make_delta(root / name / "old", root / name / "new", root / f"{name}.aldelta")
@@ -115,10 +115,7 @@ def test_peak_rss_does_not_grow_with_tensor_count(tmp_path: Path) -> None:
     checkpoint."""
     _many_tensors(tmp_path / "few", 1_000)
     _many_tensors(tmp_path / "many", 17_000)
-    r = subprocess.run([sys.executable, "-c", TENSORS_PROBE, str(tmp_path)], capture_output=True, text=True,
-                       check=False, timeout=600)
-    assert r.returncode == 0, r.stderr
-    rss = json.loads(r.stdout)
+    rss = _probe(TENSORS_PROBE, tmp_path)
     assert (tmp_path / "many" / "out").is_dir()
     growth = rss["many"] - rss["few"]
     # measured here: ~1.7 KB a tensor, everything included (index building and compression, the
