@@ -23,6 +23,19 @@ CONTENT_ENV = "AIRLOCK_ANSIBLE_DIR"
 RUNNER_DIR_ENV = "AIRLOCK_RUNNER_DIR"
 
 
+def collections_paths(content: Path) -> list[str]:
+    """Where Ansible must look for ``airlock.appliance``: a checkout carries ``.collections/`` (one symlink
+    back to itself); a collection installed from the built tarball sits at
+    ``<dir>/ansible_collections/airlock/appliance``, so ``<dir>`` is the collections path. Without this the
+    installed collection's own ``ansible.cfg`` (``collections_path = .collections``) resolves nothing."""
+    paths = []
+    if content.parent.parent.name == "ansible_collections":
+        paths.append(str(content.parents[2]))
+    if (content / ".collections").is_dir():
+        paths.append(str(content / ".collections"))
+    return paths
+
+
 def content_dir() -> Path:
     """Where playbooks/, roles/, plugins/ and ansible.cfg are: $AIRLOCK_ANSIBLE_DIR, else this checkout."""
     env = os.environ.get(CONTENT_ENV)
@@ -120,6 +133,8 @@ def run_playbook(name: str, inventory: Path, extravars: dict[str, Any], *, limit
     env = {"ANSIBLE_CONFIG": str(content / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_FORCE_COLOR": "0", "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
            "PYTHONPATH": os.pathsep.join(p for p in (str(content), os.environ.get("PYTHONPATH", "")) if p),
+           **({"ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(cp)}
+              if (cp := collections_paths(content)) else {}),
            **(envvars or {})}
     cmdline = " ".join(x for x in ("--check" if check else "", "--diff" if diff else "") if x)
     prepare_private_data_dir(pdd, extravars, env, cmdline)

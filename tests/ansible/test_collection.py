@@ -1,0 +1,68 @@
+"""The collection as shipped: `ansible-galaxy collection build` packs no development state, the tarball
+installs offline, and the `airlock` CLI runs its playbooks from that installed copy (no
+ANSIBLE_COLLECTIONS_PATH set by hand)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+GALAXY = REPO / ".venv" / "bin" / "ansible-galaxy"
+FORBIDDEN = (".hypothesis", ".ci", ".git", ".venv", ".cache", ".collections", ".pytest_cache",
+             ".mypy_cache", ".ruff_cache", "tests", "benchmarks", "demo-out")
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("ANSIBLE_") and k not in ("AIRLOCK_ANSIBLE_DIR", "AIRLOCK_FAULT")}
+    return env
+
+
+@pytest.fixture(scope="module")
+def tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("galaxy-build")
+    r = subprocess.run([str(GALAXY), "collection", "build", "--output-path", str(out), str(REPO)],
+                       capture_output=True, text=True, timeout=300, cwd=out, env=_clean_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    (tb,) = out.glob("airlock-appliance-*.tar.gz")
+    return tb
+
+
+def test_tarball_packs_no_development_state(tarball: Path) -> None:
+    with tarfile.open(tarball) as tf:
+        names = tf.getnames()
+    tops = {n.split("/", 1)[0] for n in names}
+    assert not tops & set(FORBIDDEN), sorted(tops & set(FORBIDDEN))
+    assert not [n for n in names if n.endswith(".egg-info") or "/__pycache__" in n or n.endswith(".pyc")]
+    for required in ("LICENSE", "CHANGELOG.md", "README.md", "MANIFEST.json", "playbooks", "roles",
+                     "plugins"):
+        assert required in tops, required
+    assert "Apache License" in (REPO / "LICENSE").read_text()
+
+
+def test_cli_runs_against_the_installed_collection(tarball: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "collections"
+    env = _clean_env()
+    r = subprocess.run([str(GALAXY), "collection", "install", "--offline", "-p", str(dest), str(tarball)],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    installed = dest / "ansible_collections" / "airlock" / "appliance"
+    assert (installed / "playbooks" / "verify.yml").is_file()
+    assert not (installed / ".collections").exists()  # resolution must not rely on the checkout's symlink
+    env["AIRLOCK_ANSIBLE_DIR"] = str(installed)
+    r = subprocess.run([str(REPO / ".venv" / "bin" / "airlock"), "verify", "-i",
+                        str(installed / "inventories" / "local"), "--limit", "local-a", "--json",
+                        "--runner-dir", str(tmp_path / "runner"),
+                        "-e", f"airlock_fleet_dir={tmp_path / 'fleet'}"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    out = r.stdout + r.stderr
+    assert "couldn't resolve module" not in out
+    assert r.returncode == 0, out[-4000:]
+    report = json.loads(r.stdout)
+    assert [h["result"] for h in report["hosts"]] == ["ok"]
