@@ -33,6 +33,7 @@ from airlock.crypto.format import (
     parse_header,
 )
 from airlock.crypto.providers import KeyProvider, ProviderRegistry
+from airlock.crypto.workspace import FILE_TMP_TAG
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_dir
 from airlock.parallel import ordered_map
@@ -231,7 +232,7 @@ def _encrypt_from(
 
 
 def _atomic(dst: Path, body: Callable[[BinaryIO], EncryptedHeader]) -> EncryptedHeader:
-    tmp = dst.with_name(f".{dst.name}.airlock-tmp-{secrets.token_hex(4)}")
+    tmp = dst.with_name(f".{dst.name}{FILE_TMP_TAG}{os.getpid()}-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as out:

@@ -3,8 +3,8 @@
 The delta engine reads its source by path, so ``apply_delta_encrypted`` decrypts the source into a
 private plaintext workspace (tmpfs by default: plaintext never reaches a persistent disk), applies
 the delta there, encrypts the result into a staging directory beside the output and renames it in.
-The workspace needs room for the source and the target in plaintext: on hosts whose RAM cannot hold
-that, pass ``workspace=`` a directory on a LUKS volume (see docs/security.md, trade-offs).
+The workspace needs room for the source and the target in plaintext and must be a RAM filesystem
+(tmpfs/ramfs, checked by statfs magic; ``airlock.crypto.workspace``): there is no disk fallback.
 """
 
 from __future__ import annotations
@@ -22,7 +22,21 @@ from typing import Any, BinaryIO, cast
 from airlock.crypto.errors import EncryptedFormatError
 from airlock.crypto.providers import KeyProvider
 from airlock.crypto.reader import is_encrypted
-from airlock.crypto.stream import DEFAULT_WORKERS, ENCRYPT_WORKERS, KeySource, decrypt_stream, encrypt_stream
+from airlock.crypto.stream import (
+    DEFAULT_WORKERS,
+    ENCRYPT_WORKERS,
+    KeySource,
+    decrypt_file,
+    decrypt_stream,
+    encrypt_stream,
+)
+from airlock.crypto.workspace import (
+    STAGE_PREFIX,
+    WORKSPACE_PREFIX,
+    require_ram_fs,
+    sweep_dead,
+    warn_unencrypted_swap,
+)
 from airlock.errors import IntegrityError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_dir, staging_dir
@@ -79,7 +93,7 @@ def _build(out_dir: Path, body: Callable[[Path], dict[str, PlainFile]]) -> dict[
         raise EncryptedFormatError(
             "output directory already exists; refusing to overwrite", path=str(out_dir)
         )
-    with staging_dir(out_dir, prefix=".crypto-staging-") as stage:
+    with staging_dir(out_dir, prefix=f"{STAGE_PREFIX}{os.getpid()}-") as stage:
         os.chmod(stage, 0o700)
         result = body(stage)
         fault_point("crypto.tree.before-rename")
@@ -157,14 +171,13 @@ def decrypt_tree(
     return _build(out_dir, body)
 
 
-WORKSPACE_PREFIX = "airlock-plain-"
-
-
 @contextmanager
 def plaintext_workspace(base: Path | None = None) -> Iterator[Path]:
-    """A private (0700) scratch directory for plaintext, on tmpfs unless ``base`` is given; removed
-    on exit whatever happens, and by ``sweep_workspaces`` after a kill -9 (its name carries the pid)."""
-    parent = base or (TMPFS if TMPFS.is_dir() else None)
+    """A private (0700) scratch directory for plaintext on a checked RAM filesystem (``/dev/shm`` or
+    ``base``; see ``airlock.crypto.workspace``); removed on exit whatever happens, and by
+    ``sweep_workspaces`` after a kill -9 (its name carries the pid). No disk fallback."""
+    parent = require_ram_fs(base or TMPFS)
+    warn_unencrypted_swap()
     path = Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{os.getpid()}-", dir=parent))
     try:
         os.chmod(path, 0o700)
@@ -174,26 +187,46 @@ def plaintext_workspace(base: Path | None = None) -> Iterator[Path]:
 
 
 def sweep_workspaces(base: Path | None = None) -> list[Path]:
-    """Remove plaintext workspaces left by processes that died (kill -9, power loss on a persistent
-    ``base``); a workspace of a live process is left alone. Returns what was removed."""
-    parent = base or TMPFS
-    removed: list[Path] = []
-    if not parent.is_dir():
-        return removed
-    for entry in parent.iterdir():
-        pid_text = entry.name[len(WORKSPACE_PREFIX):].split("-", 1)[0]
-        if not entry.name.startswith(WORKSPACE_PREFIX) or not pid_text.isdigit() or entry.is_symlink():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # alive, another user's
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
-    return removed
+    """Remove plaintext workspaces and temporary names (``TEMP_PREFIXES``) left in ``base`` (default
+    ``/dev/shm``) by processes that died (kill -9, power loss on a persistent ``base``); those of a
+    live process are left alone. Returns what was removed."""
+    return sweep_dead(base or TMPFS)
+
+
+def _decrypt_delta(path: Path, keys: KeySource | None, ws: Path) -> Path:
+    """``path`` itself when it is a plaintext delta, else its plaintext decrypted into ``ws``."""
+    if not is_encrypted(path):
+        return path
+    if keys is None:
+        raise EncryptedFormatError("kept delta is stored encrypted; key providers are needed to read it",
+                                   path=str(path))
+    ddir = ws / "deltas"
+    ddir.mkdir(mode=0o700, exist_ok=True)
+    out = ddir / path.name
+    if not out.exists():
+        decrypt_file(path, out, keys)
+    return out
+
+
+@contextmanager
+def delta_view(delta_dir: Path, keys: KeySource | None) -> Iterator[Path]:
+    """A directory where every delta of ``delta_dir`` reads as plaintext (same names): ``delta_dir``
+    itself when none is encrypted, else a tmpfs workspace holding the encrypted ones decrypted and
+    symlinks to the others. For searching a chain (``airlock.delta.find_chain_steps``)."""
+    entries = sorted(p for p in delta_dir.iterdir() if p.is_file() and not p.name.startswith(".")) \
+        if delta_dir.is_dir() else []
+    if not any(is_encrypted(p) for p in entries):
+        yield delta_dir
+        return
+    with plaintext_workspace() as ws:
+        view = ws / "deltas"
+        view.mkdir(mode=0o700)
+        for p in entries:
+            if is_encrypted(p):
+                _decrypt_delta(p, keys, ws)
+            else:
+                (view / p.name).symlink_to(p)
+        yield view
 
 
 def apply_delta_encrypted(
@@ -234,20 +267,36 @@ def apply_chain_encrypted(
     workspace: Path | None = None,
 ) -> dict[str, PlainFile] | None:
     """Apply delta chain ``steps`` (``airlock.delta.ChainStep``) to ``src_dir`` where the source, the
-    output or both are stored encrypted: an encrypted source is decrypted into a private plaintext
-    workspace first; with ``out_key`` the result is encrypted under it (checked against ``expect``),
-    otherwise it is written in plaintext to ``out_dir``. Returns the plaintext hashes when encrypting."""
-    from airlock.delta import apply_chain
+    output, a delta or several are stored encrypted: encrypted sources and deltas are decrypted into
+    a private tmpfs workspace, the chain is applied there; with ``out_key`` the result is encrypted
+    under it (checked against ``expect``), otherwise copied in plaintext to ``out_dir``. ``keys``
+    opens the encrypted inputs. Returns the plaintext hashes when encrypting."""
+    from airlock.delta import ChainStep, apply_chain
 
     with plaintext_workspace(workspace) as ws:
+        # kept deltas of encrypted versions are stored encrypted: their plaintext lives here only
+        steps = [ChainStep(_decrypt_delta(Path(s.path), keys, ws), s.reverse, s.from_version, s.to_version)
+                 for s in steps]
         src = src_dir
         if src_encrypted:
             if keys is None:
                 raise EncryptedFormatError("encrypted delta source needs key providers", path=str(src_dir))
             decrypt_tree(src_dir, ws / "src", keys)
             src = ws / "src"
-        if out_key is None:
-            apply_chain(src, steps, out_dir, link_unchanged=not src_encrypted)
-            return None
+        # intermediate versions of a chain are plaintext too: they are built in the workspace
         apply_chain(src, steps, ws / "out", link_unchanged=False)
+        if out_key is None:
+            _copy_tree(ws / "out", out_dir)
+            return None
         return encrypt_tree(ws / "out", out_dir, out_key[0], out_key[1], expect=expect)
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """A plaintext result (the target version is stored in plaintext) copied out of the workspace."""
+    def body(stage: Path) -> dict[str, PlainFile]:
+        for rel, p in _files(src):
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            shutil.copyfile(p, stage / rel)
+        return {}
+
+    _build(dst, body)

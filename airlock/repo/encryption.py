@@ -59,3 +59,46 @@ def stored_sha256(path: Path, keys: ProviderRegistry | None) -> str:
     if keys is not None and is_encrypted(path):
         return plaintext_sha256(path, keys)[1]
     return sha256_file(path)
+
+
+def keep_encrypted(src: Path, tmp: Path, enc: Encryption, name: str) -> str:
+    """Store a copy of ``src`` (a delta kept for rollback) encrypted under ``enc`` at new file ``tmp``;
+    returns the sha256 of the plaintext, hashed while encrypting."""
+    from airlock.crypto.tree import encrypt_hashing
+
+    del name  # identity binding arrives with format version 2
+    return encrypt_hashing(src, tmp, enc.provider, enc.key_id).sha256
+
+
+def kept_matches(kept: Path, sha256: str, enc: Encryption | None) -> bool:
+    """True when the kept file already holds plaintext ``sha256`` in the stored form ``enc`` asks for
+    (encrypted under a key the registry opens, or plaintext)."""
+    from airlock.crypto.errors import EncryptedFormatError, KeyProviderError
+    from airlock.hashing import sha256_file
+
+    if enc is None:
+        return not is_encrypted(kept) and sha256_file(kept) == sha256
+    if not is_encrypted(kept):
+        return False
+    try:
+        return plaintext_sha256(kept, enc.keys)[1] == sha256
+    except (EncryptedFormatError, KeyProviderError):
+        return False
+
+
+def check_usable(enc: Encryption | None) -> None:
+    """Before anything is staged or written: the KEK wraps a fresh random key and unwraps it back
+    (a missing token, sealed Vault or unusable key fails here with the key-provider exit code)."""
+    import secrets
+
+    from airlock.crypto.errors import KeyProviderError
+
+    if enc is None:
+        return
+    probe = bytearray(secrets.token_bytes(32))
+    try:
+        back = bytearray(enc.provider.unwrap(enc.key_id, enc.provider.wrap(enc.key_id, bytes(probe))))
+        if back != probe:
+            raise KeyProviderError(f"{enc.ref}: the key-encryption key does not round-trip a data key")
+    finally:
+        probe[:] = bytes(len(probe))

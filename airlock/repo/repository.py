@@ -154,9 +154,10 @@ class Repository:
     def _recording_failure(self, action: str, model: str, frm: str | None, to: str | None) -> Iterator[None]:
         try:
             yield
-        except (AirlockError, OSError) as exc:
-            with contextlib.suppress(Exception):
-                self.audit_record(action, model, frm, to, "failed",
+        except (AirlockError, OSError, KeyboardInterrupt) as exc:
+            result = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            with contextlib.suppress(Exception, KeyboardInterrupt):
+                self.audit_record(action, model, frm, to, result,
                             {"error": type(exc).__name__, "message": str(exc)})
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise DiskSpaceError(f"{self.layout.repo}: no space left on device during {action} "
@@ -164,12 +165,14 @@ class Repository:
                                      rule="disk-space-enospc") from exc
             raise
 
-    def record_failure(self, action: str, model: str, exc: BaseException) -> None:
-        """Record an operation refused before it started (e.g. a plan the CLI could not make)."""
+    def record_failure(self, action: str, model: str | None, exc: BaseException) -> None:
+        """Record an operation refused before it started (e.g. a plan the CLI could not make), or
+        one stopped on its way (``interrupted`` for Ctrl-C)."""
         if not self.layout.catalog.exists():
             return  # no repository: nothing to protect, nowhere to record
+        result = "interrupted" if getattr(exc, "rule", None) == "interrupted" else "failed"
         with self._mutating(recover=False):
-            self.audit_record(action, model, None, None, "failed",
+            self.audit_record(action, model, None, None, result,
                         {"error": type(exc).__name__, "message": str(exc)})
 
     def audit_head(self) -> audit.AuditHead | None:
@@ -334,7 +337,7 @@ class Repository:
                 files.append(FileAction(rel, size, sha, "delta+encrypt" if enc else "delta"))
                 need += disk_bytes(size, block)
         kept = self._kept_delta_path(model, h.from_version, h.to_version)
-        if not (kept.exists() and kept.stat().st_size == delta_path.stat().st_size):
+        if not kept.exists():
             need += disk_bytes(delta_path.stat().st_size, block)
         after = {"active": h.to_version, "previous": before["active"]} if activate else dict(before)
         return Plan("update", model, h.to_version, True, before, after, files, need, linked,
@@ -379,13 +382,18 @@ class Repository:
         plan = Plan("rollback", model, to, before["active"] != to, before, after, args=args)
         if self._present(row):
             return plan
-        from airlock.delta import find_chain_steps, read_delta_header
+        from airlock.delta import ChainStep, find_chain_steps, read_delta_header
 
         if before["active"] is None:
             raise RepositoryError(f"{model} {to} was pruned and no version is active to rebuild it from",
                                   rule="rollback-no-source")
-        steps = find_chain_steps(self.layout.model_packages(model), str(before["active"]), to)
-        last = read_delta_header(steps[-1].path)
+        from airlock.crypto.tree import delta_view
+
+        pk = self.layout.model_packages(model)
+        with delta_view(pk, self.keys) as view:  # encrypted kept deltas: read in a tmpfs workspace
+            steps = [ChainStep(pk / s.path.name, s.reverse, s.from_version, s.to_version)
+                     for s in find_chain_steps(view, str(before["active"]), to)]
+            last = read_delta_header(view / steps[-1].path.name)
         out = last.source_files if steps[-1].reverse else last.target_files
         block = self._fs_block(model)
         active_sha = {f.sha256 for f in (cat.version(model, str(before["active"])) or row).files.values()}
@@ -520,19 +528,27 @@ class Repository:
     def _kept_delta_path(self, model: str, frm: str, to: str) -> Path:
         return self.layout.model_packages(model) / f"{model}-{frm}-{to}.aldelta"
 
-    def _keep_delta(self, model: str, delta_path: Path, frm: str, to: str) -> Path:
-        """Copy the delta into ``update_packages/<model>/`` (atomically) so rollback can reverse it."""
+    def _keep_delta(self, model: str, delta_path: Path, frm: str, to: str,
+                    enc: Encryption | None = None) -> Path:
+        """Copy the delta into ``update_packages/<model>/`` (atomically) so rollback can reverse it;
+        for an encrypted version (``enc``) the kept copy is stored encrypted under the same key: it
+        holds the version's tensors (docs/security.md)."""
+        from airlock.repo.encryption import keep_encrypted, kept_matches
+
         kept = self._kept_delta_path(model, frm, to)
         kept.parent.mkdir(parents=True, exist_ok=True)
         want = sha256_file(delta_path)
-        if kept.exists() and sha256_file(kept) == want:
+        if kept.exists() and kept_matches(kept, want, enc):
             return kept
         tmp = kept.parent / f".keep-{uuid.uuid4().hex}"
-        with open(delta_path, "rb") as fi, open(tmp, "wb") as fo:
-            digest = copy_hashing(fi, fo)
-            fo.flush()
-            os.fsync(fo.fileno())
-        if digest.sha256 != want:
+        if enc is not None:
+            got = keep_encrypted(delta_path, tmp, enc, f"{model}-{frm}-{to}.aldelta")
+        else:
+            with open(delta_path, "rb") as fi, open(tmp, "wb") as fo:
+                got = copy_hashing(fi, fo).sha256
+                fo.flush()
+                os.fsync(fo.fileno())
+        if got != want:
             tmp.unlink()
             raise IntegrityError(f"{delta_path}: changed while it was being kept", path=str(delta_path),
                                  rule="delta-changed")
@@ -565,18 +581,18 @@ class Repository:
                 if plan.files:
                     final = self.layout.version_dir(model, to)
                     self._preflight(plan, final.parent)
-                    kept = self._keep_delta(model, Path(delta_path), frm, to)
-                    fault_point("repo.update.after-keep-delta")
                     src_enc = plan.args.get("source_encryption")
                     enc = self._enc(plan.args.get("encrypt"), keys, str(final))
+                    src_keys = self._enc(src_enc, keys, str(final))
+                    kept = self._keep_delta(model, Path(delta_path), frm, to, enc or src_keys)
+                    fault_point("repo.update.after-keep-delta")
                     details: dict[str, Any] = {"delta": kept.name, "bundle_id": bundle_id,
                                                "encryption": str(enc) if enc else None}
                     with staging_dir(final, prefix=STAGING_PREFIX) as work:
                         if enc or src_enc:
-                            src_keys = self._enc(src_enc, keys, str(final))
                             apply_chain_encrypted(
                                 self.layout.version_dir(model, frm), [ChainStep(kept, False, frm, to)],
-                                work / "tree", src_keys.keys if src_keys else None,
+                                work / "tree", keys or self.keys,
                                 src_encrypted=src_enc is not None,
                                 out_key=(enc.provider, enc.key_id) if enc else None,
                                 expect=plan.args["expected"])
@@ -617,6 +633,7 @@ class Repository:
         """Back to the previous good version (or ``to``): a symlink swap, after rebuilding the version
         from the kept deltas if it was pruned (in the stored form recorded for it: encrypted under
         its key ref or plaintext). The version rolled back from is marked ``failed``."""
+        from airlock.crypto import is_encrypted
         from airlock.crypto.tree import apply_chain_encrypted
         from airlock.delta import ChainStep, apply_chain
 
@@ -636,10 +653,10 @@ class Repository:
                     src_enc = self._enc(active.encryption, keys, str(final))
                     expected = {r: (f.size, f.sha256) for r, f in row.files.items()}
                     src_dir = self.layout.version_dir(model, active.version)
+                    sealed = any(is_encrypted(s.path) for s in steps)  # kept deltas of encrypted versions
                     with staging_dir(final, prefix=STAGING_PREFIX) as work:
-                        if enc or src_enc:
-                            apply_chain_encrypted(src_dir, steps, work / "tree",
-                                                  src_enc.keys if src_enc else None,
+                        if enc or src_enc or sealed:
+                            apply_chain_encrypted(src_dir, steps, work / "tree", keys or self.keys,
                                                   src_encrypted=src_enc is not None,
                                                   out_key=(enc.provider, enc.key_id) if enc else None,
                                                   expect=expected)

@@ -244,3 +244,82 @@ def test_kill9_encrypted(op: str, fault: str, versions: Versions, hsm: Hsm, tmp_
     assert _plain_hashes(r.layout.version_dir("m", want), hsm.keys) == hashes(versions.src[want])
     assert r.verify("m")["ok"]
     r.close()
+
+
+def _plaintext_markers(versions: Versions) -> dict[str, bytes]:
+    """Byte strings that only plaintext derived from the model versions contains: the safetensors
+    header JSON, raw tensor bytes (the start of every tensor of every version), the delta magic."""
+    import struct
+
+    from airlock.delta.container import MAGIC as DELTA_MAGIC
+    from airlock.safetensors_io import read_header
+
+    out = {"delta-magic": DELTA_MAGIC}
+    for v, src in versions.src.items():
+        st = src / "model.safetensors"
+        raw = st.read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        out[f"{v}-header-json"] = raw[8:8 + 48]
+        for t in read_header(st).tensors:
+            start = 8 + n + t.start
+            out[f"{v}-{t.name}"] = raw[start:start + 32]
+    return out
+
+
+def _plaintext_under(root: Path, markers: dict[str, bytes]) -> list[str]:
+    """Every (file, marker) pair where a file anywhere under ``root`` holds a marker."""
+    found = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            data = p.read_bytes()
+            found += [f"{p.relative_to(root)}: {name}" for name, m in markers.items() if m in data]
+    return found
+
+
+def test_no_plaintext_under_root(versions: Versions, hsm: Hsm, keys: Keys,  # noqa: F811
+                                 tmp_path: Path) -> None:
+    """Issue 21 item 1: after an encrypted install, a delta update, a rollback rebuilt from the kept
+    deltas and failed encrypted bundle installs, no file under the root holds plaintext: kept deltas
+    are stored encrypted (same key as their version) and a failed install-bundle --encrypt leaves
+    nothing staged."""
+    from tests.repo.test_bundle_install import _bundle
+
+    root = tmp_path / "root"
+    env = {**hsm.env, "AIRLOCK_KEYS_CONFIG": str(hsm.config)}
+    ring = str(keys.keyring("signer"))
+    full = _bundle(tmp_path, keys, "full", {"name": "m", "version": "1.0.0",
+                                            "path": str(versions.src["1.0.0"])}, 5)
+    delta = _bundle(tmp_path, keys, "delta", {"name": "m", "version": "1.1.0", "from_version": "1.0.0",
+                                              "delta": {"old": str(versions.src["1.0.0"]),
+                                                        "new": str(versions.src["1.1.0"])}}, 6)
+    later = _bundle(tmp_path, keys, "later", {"name": "m", "version": "1.2.0",
+                                              "path": str(versions.src["1.2.0"])}, 7)
+    bundle = ["--trust", keys.fpr["signer"], "--keyring", ring]
+    assert cli(root, "model", "install-bundle", str(full), *bundle, "--encrypt", KEY, env=env).returncode == 0
+    assert cli(root, "model", "install-bundle", str(delta), *bundle, env=env).returncode == 0
+    step = str(versions.deltas[("1.1.0", "1.2.0")])
+    assert cli(root, "model", "update", "m", step, env=env).returncode == 0
+    kept = sorted((root / "model_repo" / "update_packages" / "m").iterdir())
+    assert [p.name for p in kept] == ["m-1.0.0-1.1.0.aldelta", "m-1.1.0-1.2.0.aldelta"]
+    assert all(is_encrypted(p) and oct(p.stat().st_mode & 0o777) == "0o444" for p in kept)
+    # the kept deltas still serve rollback: 1.0.0 pruned, rebuilt through both encrypted deltas
+    assert cli(root, "model", "prune", "m", "--keep", "2", env=env).returncode == 0
+    proc = cli(root, "model", "rollback", "m", "--to", "1.0.0", env=env)
+    assert proc.returncode == 0, proc.stderr
+    r = Repository(root, lock_timeout=5, keys=hsm.keys)
+    assert _plain_hashes(r.layout.version_dir("m", "1.0.0"), hsm.keys) == hashes(versions.src["1.0.0"])
+    assert r.verify("m")["ok"]
+    r.close()
+    # a KEK that is not there: refused before staging (key-provider exit code), nothing staged
+    proc = cli(root, "model", "install-bundle", str(later), *bundle, "--encrypt", "hsm:no-such-kek", env=env)
+    assert proc.returncode == 34, proc.stdout + proc.stderr
+    staged = root / "model_repo" / "update_packages" / "staged"
+    assert not staged.exists() or not any(staged.iterdir())
+    # a failure after staging (a version already installed with other content): stage removed
+    clash = _bundle(tmp_path, keys, "clash", {"name": "m", "version": "1.1.0",
+                                              "path": str(versions.src["1.2.0"])}, 8)
+    proc = cli(root, "model", "install-bundle", str(clash), *bundle, "--encrypt", KEY, env=env)
+    assert proc.returncode == 30, proc.stdout + proc.stderr
+    assert not staged.exists() or not any(staged.iterdir())
+    assert _plaintext_under(root, _plaintext_markers(versions)) == []
+    assert not _dead_workspaces()
