@@ -1,12 +1,16 @@
 """Fault injection for crash-safety tests: ``AIRLOCK_FAULT=<point>[,<point>...]`` kills the process
-with SIGKILL when execution reaches a named write boundary. Inert unless the variable is set."""
+with SIGKILL when execution reaches a named write boundary; ``AIRLOCK_PAUSE=<point>:<file>`` makes
+it create ``<file>`` the first time it gets there and wait (at most a minute) until the test has
+removed it, so the test can pull a stick or press Ctrl-C exactly there. Inert unless set."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 _parent: int | None = None
+_paused: set[str] = set()
 
 
 def worker_of(parent: int) -> None:
@@ -23,3 +27,12 @@ def fault_point(name: str) -> None:
         if _parent is not None:
             os.kill(_parent, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
+    pause = os.environ.get("AIRLOCK_PAUSE")
+    if pause and pause.split(":", 1)[0] == name and name not in _paused:
+        _paused.add(name)
+        flag = pause.split(":", 1)[1]
+        with open(flag, "w") as fh:
+            fh.write(str(os.getpid()))
+        deadline = time.monotonic() + 60
+        while os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.05)

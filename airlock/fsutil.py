@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -18,6 +19,21 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+CHMOD_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM})
+
+
+def chmod_where_supported(path: str | os.PathLike[str], mode: int) -> bool:
+    """``chmod`` on file systems that hold modes; False where the file system refuses it (FAT32 and
+    exFAT, e.g. a USB stick through fusefat or vfat: ENOSYS, EOPNOTSUPP or EPERM). Other errors raise."""
+    try:
+        os.chmod(path, mode)
+    except OSError as exc:
+        if exc.errno in CHMOD_UNSUPPORTED:
+            return False
+        raise
+    return True
 
 
 def fsync_tree(root: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from airlock.bundle.signing import sign_bytes
 from airlock.bundle.spec import BundleSpec, ModelSpec, load_spec
 from airlock.errors import DeltaFormatError, ManifestError, UnsafePathError
 from airlock.faults import fault_point
-from airlock.fsutil import fsync_tree, safe_relpath, staging_dir
+from airlock.fsutil import chmod_where_supported, fsync_dir, fsync_tree, safe_relpath, staging_dir
 from airlock.hashing import CHUNK, BlockHasher, no_progress, tree_files
 
 Progress = Callable[[int], None]
@@ -177,8 +178,40 @@ def build_bundle(spec_path: Path, out_dir: Path, *, signer: str, gnupghome: Path
         signature = sign_bytes(data, signer, gnupghome=gnupghome, passphrase_file=passphrase_file)
         (tmp / MANIFEST_NAME).write_bytes(data)
         (tmp / SIGNATURE_NAME).write_bytes(signature)
-        os.chmod(tmp, 0o755)
+        chmod_where_supported(tmp, 0o755)  # FAT32 sticks hold no modes: skipped there
         fsync_tree(tmp)
         fault_point("bundle-build-before-rename")
-        os.rename(tmp, out_dir)
+        if dir_rename_keeps_children(out_dir.parent):
+            os.rename(tmp, out_dir)
+        else:
+            move_files_into(tmp, out_dir, last=MANIFEST_NAME)
     return manifest
+
+
+def dir_rename_keeps_children(parent: Path) -> bool:
+    """Whether renaming a directory keeps what is in it on this file system. fusefat (FAT32 through
+    FUSE, a USB stick mounted without the vfat kernel module) loses a directory's children when the
+    directory is renamed; there the bundle is moved in file by file instead (``move_files_into``)."""
+    probe = Path(tempfile.mkdtemp(prefix=".airlock-probe-", dir=parent))
+    try:
+        (probe / "a").mkdir()
+        (probe / "a" / "f").write_bytes(b"")
+        os.rename(probe / "a", probe / "b")
+        return os.listdir(probe / "b") == ["f"]  # a lookup by name may still succeed there
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+def move_files_into(tmp: Path, out_dir: Path, *, last: str) -> None:
+    """Rename every file of ``tmp`` into a new ``out_dir`` (directories made, files renamed; no byte
+    copied), ``last`` at the end: a bundle cut short here has no MANIFEST.json and never verifies."""
+    out_dir.mkdir()
+    for dirpath, dirs, files in os.walk(tmp):
+        rel = Path(dirpath).relative_to(tmp)
+        for d in dirs:
+            (out_dir / rel / d).mkdir()
+        for f in files:
+            if rel != Path(".") or f != last:
+                os.rename(Path(dirpath) / f, out_dir / rel / f)
+    os.rename(tmp / last, out_dir / last)
+    fsync_dir(out_dir)

@@ -51,8 +51,8 @@ def open_beneath(root: Path, rel: str) -> int:
                 raise UnsafePathError(f"{rel}: component {comp!r} is {_describe(st.st_mode)}", path=rel,
                                       rule="path-type")
             nfd = os.open(comp, _DIR_FLAGS, dir_fd=dfd)
-            os.close(dfd)
-            dfd = nfd
+            dfd, old = nfd, dfd  # one statement: Ctrl-C cannot leave dfd naming a closed descriptor
+            os.close(old)
         try:
             st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError as exc:

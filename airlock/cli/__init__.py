@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+
 import typer
 
 from airlock import __version__
-from airlock.cli import audit, bundle, delta, fleet, keys, model, preflight, serve
+from airlock.cli import audit, bundle, common, delta, fleet, keys, model, preflight, serve
+from airlock.errors import from_exception
 
 app = typer.Typer(
     name="airlock",
@@ -38,5 +42,19 @@ def _root(
     """Airlock installs and updates air-gapped LLM inference appliances."""
 
 
+def _sigterm(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM is handled like Ctrl-C: one line, exit 130, audited
+
+
 def main() -> None:
-    app()
+    """Run the CLI. Usage errors exit 2 (typer); every other failure is one line (valid JSON with
+    --json) with its documented exit code, never a traceback (airlock.cli.common.handle_errors);
+    this is the last guard for whatever escapes a command's own handler."""
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        app()
+    except (Exception, KeyboardInterrupt) as exc:
+        try:
+            common.fail(from_exception(exc), "--json" in sys.argv[1:])
+        except typer.Exit as done:
+            sys.exit(done.exit_code)

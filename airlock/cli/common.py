@@ -20,8 +20,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from airlock.errors import AirlockError
+from airlock.errors import AirlockError, from_exception
 
+# usage errors (exit 2) belong to typer/click, whichever click it bundles
+_CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 console = Console(stderr=True)
 out = Console()
 
@@ -44,11 +46,27 @@ def fail(exc: AirlockError, as_json: bool = False) -> NoReturn:
 
 
 @contextlib.contextmanager
-def handle_errors(as_json: bool = False) -> Iterator[None]:
+def handle_errors(as_json: bool = False, *, on_error: Callable[[AirlockError], None] | None = None
+                  ) -> Iterator[None]:
+    """Every failure as one line (or one JSON document) with its documented exit code: Airlock
+    errors as they are, OS errors through ``from_os_error`` (stick pulled, no space, permission,
+    unsupported on this file system), Ctrl-C as ``interrupted`` (130), anything else as an internal
+    error: never a traceback. ``on_error`` (e.g. an audit record) runs first, and may not fail."""
     try:
         yield
-    except AirlockError as exc:
-        fail(exc, as_json)
+    except (typer.Exit, typer.Abort, _CLICK_ERROR):
+        raise
+    except (Exception, KeyboardInterrupt) as exc:
+        err = from_exception(exc)
+        if on_error is not None:
+            with contextlib.suppress(Exception, KeyboardInterrupt):
+                on_error(err)
+        fail(err, as_json)
+
+
+def check_banner() -> None:
+    """The visible marker of every --check run (stderr, so --json stays one document)."""
+    console.print("[bold yellow]CHECK MODE: nothing written[/]", highlight=False)
 
 
 @contextlib.contextmanager

@@ -117,36 +117,30 @@ def update_cmd(
 
 @app.command("install-bundle")
 def install_bundle_cmd(
-    bundle: Path = typer.Argument(..., help="Bundle directory (e.g. on the USB stick)."),
-    trust: list[str] = typer.Option(..., "--trust", "-t", help="Pinned signer fingerprint; repeatable."),
+    bundle: Path = typer.Argument(..., help="Bundle directory (e.g. on the USB stick) or packed .tar."),
+    trust: list[str] = typer.Option(..., "--trust", "-t", help="Pinned signer: the full 40-hex fingerprint "
+                                    "of the primary key; repeatable."),
     keyring: Path = typer.Option(None, "--keyring", help="Public keyring file with the trusted keys."),
     gnupghome: Path = typer.Option(None, "--gnupghome", help="GnuPG home holding the keys."),
     compatible: str = typer.Option(None, "--compatible", help="This appliance's profile."),
     no_activate: bool = typer.Option(False, "--no-activate", help="Install without switching current."),
-    encrypt: str = EncryptOpt, keys_config: Path = KeysOpt,
+    stage_dir: Path = typer.Option(None, "--stage-dir", help="Stage the bundle here (e.g. another disk) "
+                                   "instead of ROOT/update_packages/staged/."),
+    encrypt: str = EncryptOpt, keys_config: Path = KeysOpt, check: bool = CheckOpt,
     root: Path = RootOpt, lock_timeout: float = LockOpt, owner: str = OwnerOpt, group: str = GroupOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Stage a signed bundle into update_packages/ (verified while copying), then install its models."""
-    from airlock.bundle import Trust, stage_bundle
-    from airlock.fsutil import rmtree_writable
+    """Check space, stage a signed bundle (verified while copying; an interrupted stage resumes),
+    then install its models. Staged copies of failed installs are removed, unless the failure can
+    resume (interrupted, stick pulled)."""
+    from airlock.cli.install_bundle import install_bundle
 
-    with handle_errors(as_json):
-        repo = _repo(root, lock_timeout, owner, group, keys_config=keys_config, need_keys=encrypt is not None)
-        t = Trust(fingerprints=trust, gnupghome=gnupghome, keyring=keyring)
-        stage = repo.layout.packages / "staged" / bundle.resolve().name
-        staged = stage_bundle(bundle, stage, t, compatible=compatible,
-                              installed_sequence=repo.installed_sequence())
-        plans = repo.install_from_bundle(staged, activate=not no_activate, encrypt=encrypt)
-        # installed: the staged copy is no longer needed (manifest, signature and deltas were kept);
-        # after a failure it stays, so the next stage resumes instead of copying again
-        rmtree_writable(stage)
-        if as_json:
-            emit_json({"ok": True, "bundle_id": staged.manifest.bundle_id,
-                       "plans": [p.as_dict() for p in plans]})
-        else:
-            for p in plans:
-                _report(p, False, False)
+    install_bundle(bundle, trust=trust, keyring=keyring, gnupghome=gnupghome, compatible=compatible,
+                   activate=not no_activate, stage_dir=stage_dir, encrypt=encrypt, keys_config=keys_config,
+                   check=check, repo_factory=lambda: _repo(root, lock_timeout, owner, group,
+                                                           keys_config=keys_config,
+                                                           need_keys=encrypt is not None),
+                   as_json=as_json)
 
 
 @app.command("activate")
