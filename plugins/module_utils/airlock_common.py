@@ -83,7 +83,13 @@ def make_trust(module):
 
 
 def fail_airlock(module, exc, **extra):
-    """An engine error as a module failure: the one-line message plus its rule and path."""
+    """An engine error as a module failure: the one-line message plus its rule, path and exit code.
+    OS errors go through the engine's one mapping (``airlock.errors.from_exception``: stick pulled,
+    no space, permission, unsupported on this file system), so a module says what the CLI says."""
+    if HAS_AIRLOCK and not hasattr(exc, "as_dict"):
+        from airlock.errors import from_exception
+
+        exc = from_exception(exc)
     info = exc.as_dict() if hasattr(exc, "as_dict") else {"message": str(exc)}
     module.fail_json(msg=str(exc), airlock_error=info, **extra)
 

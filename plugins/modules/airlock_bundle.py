@@ -142,6 +142,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.airlock.appliance.plugins.module_utils.airlock_common import (
     AirlockError,
+    fail_airlock,
     make_trust,
     open_repository,
     repo_argument_spec,
@@ -206,7 +207,7 @@ def run_module():
     except AirlockError as exc:
         module.fail_json(msg=str(exc), airlock_error=exc.as_dict())
     except OSError as exc:
-        module.fail_json(msg="%s: %s" % (src, exc))
+        fail_airlock(module, exc)
     finally:
         repo.close()
 

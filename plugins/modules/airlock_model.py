@@ -156,6 +156,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.airlock.appliance.plugins.module_utils.airlock_common import (
     AirlockError,
+    fail_airlock,
     open_repository,
     keys_argument_spec,
     repo_argument_spec,
@@ -245,7 +246,7 @@ def run_module():
     except AirlockError as exc:
         module.fail_json(msg=str(exc), airlock_error=exc.as_dict())
     except OSError as exc:
-        module.fail_json(msg=str(exc))
+        fail_airlock(module, exc)
     finally:
         repo.close()
     changed = any(pl.changed for pl in plans)
