@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from airlock import names
 from airlock.errors import ManifestError, UnsafePathError
 from airlock.fsutil import safe_relpath
 
@@ -22,8 +25,15 @@ RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 1024 * 1024
 KINDS = ("full", "delta")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_PART_SUFFIX = re.compile(r"\.part\d{3}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_PART_SUFFIX = re.compile(r"\.part\d{3}\Z|\.airlock-partial\Z")
+# Bounds on everything the schema carries (docs/bundle-format.md, "Limits")
+MAX_DEPTH = 32  # nesting of JSON arrays/objects (golden data included)
+MAX_INT_DIGITS = 19  # any JSON integer fits a signed 64-bit integer
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+MAX_STRING = 65536  # characters in any string (descriptions, golden inputs)
+MAX_SHORT = 128  # created, builder_version, dependency keys and values
+MAX_BLOCK_SIZE = 1 << 40  # blocks are hashed while streaming; this only bounds the arithmetic
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,97 @@ def _bad_constant(name: str) -> Any:
                         rule="manifest-schema")
 
 
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ManifestError(f"{MANIFEST_NAME}: integer of {len(text)} digits (at most {MAX_INT_DIGITS})",
+                            path=MANIFEST_NAME, rule="manifest-schema")
+    value = int(text)
+    if not INT_MIN <= value <= INT_MAX:
+        raise ManifestError(f"{MANIFEST_NAME}: integer {text} outside the signed 64-bit range",
+                            path=MANIFEST_NAME, rule="manifest-schema")
+    return value
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ManifestError(f"{MANIFEST_NAME}: non-finite number {text[:40]} not allowed",
+                            path=MANIFEST_NAME, rule="manifest-schema")
+    return value
+
+
+_STRING_OR_BRACKET = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def check_depth(data: bytes, limit: int = MAX_DEPTH) -> None:
+    """Refuse JSON nested deeper than ``limit`` before parsing it (the json module recurses once per
+    level: 100k levels would be a RecursionError). Strings are skipped; brackets are counted."""
+    depth = 0
+    for m in _STRING_OR_BRACKET.finditer(data):
+        c = m.group()
+        if c in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                raise ManifestError(f"{MANIFEST_NAME}: nested deeper than {limit} levels", path=MANIFEST_NAME,
+                                    rule="manifest-schema")
+        elif c in (b"]", b"}"):
+            depth -= 1
+
+
+def load_json(data: bytes, limit: int = MAX_DEPTH, *, check_strings: bool = True) -> Any:
+    """Bounded JSON: UTF-8 only, nesting at most ``limit``, integers in 64 bits, finite numbers, no
+    duplicate keys, every string valid Unicode without NUL and at most ``MAX_STRING`` characters."""
+    try:
+        text = data.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{MANIFEST_NAME}: not valid UTF-8 ({exc.reason})", path=MANIFEST_NAME,
+                            rule="manifest-parse") from exc
+    check_depth(data, limit)
+    try:
+        raw = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_bad_constant,
+                         parse_int=_parse_int, parse_float=_parse_float)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{MANIFEST_NAME}: invalid JSON ({exc.msg} at line {exc.lineno})",
+                            path=MANIFEST_NAME, rule="manifest-parse") from exc
+    except RecursionError as exc:  # not reached after check_depth; kept as a backstop
+        raise ManifestError(f"{MANIFEST_NAME}: nested too deeply", path=MANIFEST_NAME,
+                            rule="manifest-schema") from exc
+    if check_strings:
+        check_strings_in(raw)
+    return raw
+
+
+def check_strings_in(raw: Any) -> None:
+    for s in _strings(raw):
+        _check_string(s)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string (keys included) in a parsed JSON value; iterative, whatever the depth."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, dict):
+            yield from v.keys()
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+
+
+def _check_string(s: str) -> None:
+    if len(s) > MAX_STRING:
+        raise _fail(f"a string of {len(s)} characters (at most {MAX_STRING})")
+    if "\x00" in s:
+        raise _fail(f"NUL character in string {s[:60]!r}")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _fail(f"string {s[:60]!r} is not valid Unicode (lone surrogate {exc.object[exc.start]!r})"
+                    ) from exc
+
+
 def _fail(msg: str) -> ManifestError:
     return ManifestError(f"{MANIFEST_NAME}: {msg}", path=MANIFEST_NAME, rule="manifest-schema")
 
@@ -167,7 +268,7 @@ def _is(value: Any, typ: type | tuple[type, ...]) -> bool:
 
 
 def _hex(value: str, where: str) -> str:
-    if not _HEX64.match(value):
+    if not _HEX64.fullmatch(value):
         raise _fail(f"{where}: not a lowercase sha256 hex digest")
     return value
 
@@ -207,11 +308,11 @@ def _model_entry(i: int, raw: Any) -> ModelEntry:
            "golden": (dict, type(None))})
     tf = raw["target_files"]
     for rel, info in tf.items():
-        safe_relpath(rel)
         if not isinstance(info, dict):
             raise _fail(f"{where}.target_files[{rel!r}] is not an object")
         _take(info, f"{where}.target_files[{rel!r}]", {"size": int, "sha256": str})
         _hex(info["sha256"], rel)
+        _nonneg(info["size"], rel)
     deps = raw.get("dependencies", {})
     if not all(isinstance(v, str) for v in deps.values()):
         raise _fail(f"{where}.dependencies: values must be strings")
@@ -221,21 +322,17 @@ def _model_entry(i: int, raw: Any) -> ModelEntry:
 
 
 def parse_manifest(data: bytes) -> Manifest:
-    """Parse signed manifest bytes with a size limit and a strict schema."""
+    """Parse signed manifest bytes with a size limit, bounded JSON and a strict schema."""
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{MANIFEST_NAME}: {len(data)} bytes exceeds the {MAX_MANIFEST_BYTES} byte limit",
                             path=MANIFEST_NAME, rule="manifest-size")
-    try:
-        text = data.decode("utf-8", errors="strict")
-        raw = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_bad_constant)
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{MANIFEST_NAME}: not valid UTF-8 ({exc.reason})", path=MANIFEST_NAME,
-                            rule="manifest-parse") from exc
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{MANIFEST_NAME}: invalid JSON ({exc.msg} at line {exc.lineno})",
-                            path=MANIFEST_NAME, rule="manifest-parse") from exc
+    raw = load_json(data, check_strings=False)
     if not isinstance(raw, dict):
         raise _fail("top level is not an object")
+    if isinstance(raw.get("files"), dict):
+        for rel in raw["files"]:
+            check_payload_name(rel)  # first, so that a bad name is an unsafe path (exit 12)
+    check_strings_in(raw)
     _take(raw, "manifest", {"format_version": int, "bundle_id": str, "kind": str, "compatible": str,
                             "sequence": int, "created": str, "builder_version": str, "rollback": bool,
                             "files": dict, "models": list})
@@ -251,25 +348,82 @@ def parse_manifest(data: bytes) -> Manifest:
     return m
 
 
+# ------------------------------------------------------------------------------------- names
+
+
+def check_payload_name(rel: str) -> None:
+    """A payload or target file name: a safe relative path (no traversal, absolute, NUL, backslash),
+    no control, format (bidi, zero-width) or separator character, each component at most
+    ``NAME_MAX`` bytes with Airlock's longest suffix added, the whole name at most
+    ``MAX_RELPATH_BYTES``. Refusals are UnsafePathError (exit 12)."""
+    safe_relpath(rel)
+    bad = names.bad_char(rel)
+    if bad is not None:
+        raise UnsafePathError(f"{rel!r}: character {bad} (control, bidi or invisible) in a file name",
+                              path=rel, rule="path-chars")
+    encoded = rel.encode("utf-8")
+    if len(encoded) > names.MAX_RELPATH_BYTES:
+        raise UnsafePathError(f"{rel[:80]!r}...: name of {len(encoded)} bytes (at most "
+                              f"{names.MAX_RELPATH_BYTES})", path=rel, rule="path-length")
+    for comp in rel.split("/"):
+        n = len(comp.encode("utf-8")) + names.LONGEST_SUFFIX
+        if n > names.NAME_MAX:
+            raise UnsafePathError(f"{comp[:80]!r}...: path component of {n - names.LONGEST_SUFFIX} bytes "
+                                  f"(at most {names.NAME_MAX - names.LONGEST_SUFFIX})", path=rel,
+                                  rule="path-length")
+
+
+def _check_collisions(physical: Iterable[str], where: str) -> None:
+    """No two names (files or directories, reserved names included) may fold to the same key."""
+    every = set(RESERVED_NAMES)
+    for name in physical:
+        every.add(name)
+        every.update(str(p) for p in safe_relpath(name).parents if str(p) != ".")
+    clash = names.first_collision(sorted(every))
+    if clash:
+        a, b = clash
+        raise UnsafePathError(f"{where}: {a!r} and {b!r} are the same name on a case-insensitive or "
+                              "normalising file system", path=b, rule="path-collision")
+
+
+def _check_word(value: str, what: str, ok: bool) -> None:
+    if not ok:
+        raise ManifestError(f"{MANIFEST_NAME}: {what} {value[:80]!r} is not allowed (see "
+                            "docs/bundle-format.md, names)", path=MANIFEST_NAME, rule="manifest-name")
+
+
+def _short(value: str, what: str) -> None:
+    if len(value) > MAX_SHORT or names.bad_char(value) is not None:
+        raise _fail(f"{what} {value[:80]!r}: at most {MAX_SHORT} printable characters")
+
+
 def validate(m: Manifest) -> None:
     """Semantic checks shared by the writer and the parser."""
     if m.kind not in KINDS:
         raise _fail(f"kind {m.kind!r} is not one of {KINDS}")
-    if m.sequence < 0:
-        raise _fail("sequence is negative")
-    if not m.bundle_id or not m.compatible:
-        raise _fail("bundle_id and compatible must be non-empty")
+    if not 0 <= m.sequence <= INT_MAX:
+        raise _fail(f"sequence {m.sequence} outside 0..2**63-1")
+    _check_word(m.bundle_id, "bundle_id", names.is_bundle_id(m.bundle_id))
+    _check_word(m.compatible, "compatible", names.is_profile(m.compatible))
+    _short(m.builder_version, "builder_version")
+    _short(m.created, "created")
+    try:
+        datetime.fromisoformat(m.created.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise _fail(f"created {m.created[:80]!r} is not an ISO 8601 time") from exc
     physical: set[str] = set()
     for rel, e in m.files.items():
-        safe_relpath(rel)
+        check_payload_name(rel)
         if rel in RESERVED_NAMES:
             raise UnsafePathError(f"{rel}: reserved name used as payload", path=rel, rule="path-reserved")
         if _PART_SUFFIX.search(rel):
             raise UnsafePathError(f"{rel}: payload name ends like a part name", path=rel,
                                   rule="path-reserved")
-        if e.block_size <= 0:
-            raise _fail(f"files[{rel!r}]: block_size must be positive")
-        if len(e.blocks) != math.ceil(e.size / e.block_size):
+        if not 0 < e.block_size <= MAX_BLOCK_SIZE:
+            raise _fail(f"files[{rel!r}]: block_size must be 1..{MAX_BLOCK_SIZE}")
+        if not 0 <= e.size <= INT_MAX:
+            raise _fail(f"files[{rel!r}]: size outside 0..2**63-1")
+        if len(e.blocks) != -(-e.size // e.block_size):
             raise _fail(f"files[{rel!r}]: {len(e.blocks)} block hashes for {e.size} bytes")
         if e.parts:
             if len(e.parts) < 2 or len(e.parts) > 1000:
@@ -289,10 +443,23 @@ def validate(m: Manifest) -> None:
     if len(physical) != sum(len(e.parts) or 1 for e in m.files.values()):
         raise UnsafePathError("MANIFEST.json: two payload names map to the same file", path=MANIFEST_NAME,
                               rule="path-duplicate")
+    _check_collisions(physical, MANIFEST_NAME)
+    if sum(e.size for e in m.files.values()) > INT_MAX:
+        raise _fail("total payload size outside 0..2**63-1")
     for me in m.models:
+        _check_word(me.name, "model name", names.is_model_name(me.name))
+        _check_word(me.version, "model version", names.is_version(me.version))
+        if me.from_version is not None:
+            _check_word(me.from_version, "from_version", names.is_version(me.from_version))
         if me.kind not in KINDS:
             raise _fail(f"model {me.name}: kind {me.kind!r} is not one of {KINDS}")
-        safe_relpath(me.path)
+        check_payload_name(me.path)
+        for rel in me.target_files:
+            check_payload_name(rel)
+        _check_collisions(me.target_files, f"model {me.name}")
+        for key, value in me.dependencies.items():
+            _short(key, "dependency")
+            _short(value, "dependency value")
         if me.kind == "delta":
             if me.from_version is None:
                 raise _fail(f"model {me.name}: a delta needs from_version")

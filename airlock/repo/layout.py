@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from airlock import names
 from airlock.errors import RepositoryError
 
 DEFAULT_ROOT = Path("/srv/airlock")
@@ -14,14 +14,14 @@ TRASH_PREFIX = ".trash-"
 CURRENT = "current"
 FILE_MODE = 0o444
 DIR_MODE = 0o700
+# modes of the repository's own paths (roles/model_repo sets the same); verify reports drift from them
+ROOT_MODE = 0o755  # <root>, <root>/model_repo, update_packages/, <model>/
+METADATA_MODE = 0o700
+CATALOG_MODE = 0o600
+KEPT_MODE = 0o444  # kept signed manifests and their signatures
 
-_SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
-)
-_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-RESERVED_MODELS = frozenset({"update_packages", "metadata", CURRENT})
+_SEMVER = names.SEMVER
+RESERVED_MODELS = names.RESERVED_MODELS
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class SemVer:
 
     @classmethod
     def parse(cls, text: str) -> SemVer:
-        m = _SEMVER.match(text) if isinstance(text, str) else None
+        m = _SEMVER.fullmatch(text) if names.is_version(text) else None
         if not m:
             raise RepositoryError(f"{text!r}: not a SemVer version (MAJOR.MINOR.PATCH[-pre][+build])",
                                   rule="semver")
@@ -56,7 +56,7 @@ def version_key(text: str) -> tuple[int, int, int, int, tuple[tuple[int, int | s
 
 
 def check_model_name(name: str) -> str:
-    if not isinstance(name, str) or not _MODEL.match(name) or name in RESERVED_MODELS or name.startswith("."):
+    if not names.is_model_name(name):
         raise RepositoryError(f"{name!r}: invalid model name (letters, digits, '.', '_', '-'; not reserved)",
                               rule="model-name")
     return name
@@ -105,4 +105,19 @@ class Layout:
         return self.packages / check_model_name(model)
 
     def bundle_record(self, bundle_id: str) -> Path:
+        if not names.is_bundle_id(bundle_id):  # defence in depth: the manifest parser refused it already
+            raise RepositoryError(f"{bundle_id!r}: invalid bundle id", rule="bundle-id")
         return self.packages / "bundles" / bundle_id
+
+    @property
+    def bundle_records(self) -> Path:
+        return self.packages / "bundles"
+
+    def create_dirs(self) -> None:
+        """Create the repository directories that do not exist yet, with their modes whatever the
+        umask (existing ones are left alone: verify reports their drift)."""
+        for path, mode in ((self.root, ROOT_MODE), (self.repo, ROOT_MODE), (self.packages, ROOT_MODE),
+                           (self.metadata, METADATA_MODE)):
+            if not path.exists():
+                path.mkdir(parents=True, exist_ok=True, mode=mode)
+                path.chmod(mode)

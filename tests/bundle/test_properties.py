@@ -7,7 +7,7 @@ import io
 import itertools
 import math
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,10 +16,14 @@ from airlock.bundle import FileEntry, Manifest, ModelEntry, PartEntry, canonical
 from airlock.bundle.build import write_payload
 from airlock.bundle.safeio import PartsReader, open_payload
 from airlock.bundle.verify import check_stream
+from airlock.names import first_collision
 
 HEX = st.text("0123456789abcdef", min_size=64, max_size=64)
-SEGMENT = st.text(st.characters(codec="utf-8", exclude_characters="/\\\x00", exclude_categories=("Cs",)),
+SEGMENT = st.text(st.characters(codec="utf-8", exclude_characters="/\\\x00",
+                                exclude_categories=("Cc", "Cf", "Cs", "Co", "Zl", "Zp")),
                   min_size=1, max_size=12).filter(lambda s: s not in (".", ".."))
+WORD = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True).filter(
+    lambda s: s not in ("current", "metadata", "update_packages"))
 
 
 @st.composite
@@ -45,10 +49,13 @@ def manifests(draw: st.DrawFn) -> Manifest:
     names = draw(st.lists(st.lists(SEGMENT, min_size=1, max_size=3).map("/".join), max_size=6, unique=True))
     names = [n for n in names if not any(o != n and o.startswith(n + "/") for o in names)]
     names = [n for n in names if not n.startswith("MANIFEST.json") and ".part" not in n]
+    if first_collision(sorted({p for n in [*names, "MANIFEST.json", "MANIFEST.json.asc"]
+                               for p in [n, *(str(q) for q in PurePosixPath(n).parents if str(q) != ".")]})):
+        names = names[:1]  # names that fold together (case, NFC/NFD) are refused; see test_hostile
     files = {n: draw(file_entries()) for n in names}
     models = []
     if names and draw(st.booleans()):
-        models.append(ModelEntry(name=draw(SEGMENT), version="1.1.0", kind="delta", path=names[0],
+        models.append(ModelEntry(name=draw(WORD), version="1.1.0", kind="delta", path=names[0],
                                  from_version="1.0.0", target_files={"model.safetensors": {
                                      "size": draw(st.integers(0, 1 << 40)), "sha256": draw(HEX)}},
                                  description=draw(st.text(max_size=20)),
@@ -57,7 +64,7 @@ def manifests(draw: st.DrawFn) -> Manifest:
                                      {"input": st.text(max_size=10),
                                       "expected": st.lists(st.integers(-5, 5), max_size=3),
                                       "tolerance": st.integers(0, 3)}))))
-    return Manifest(bundle_id=draw(SEGMENT), kind="delta" if models else "full", compatible=draw(SEGMENT),
+    return Manifest(bundle_id=draw(WORD), kind="delta" if models else "full", compatible=draw(WORD),
                     sequence=draw(st.integers(0, 1 << 62)), created="2026-11-29T00:00:00Z",
                     builder_version="0.1.0", files=files, models=models, rollback=draw(st.booleans()))
 
