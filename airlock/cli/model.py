@@ -12,6 +12,7 @@ import typer
 
 from airlock.cli.common import JsonOpt, emit_json, handle_errors, out, progress_bytes
 from airlock.errors import AirlockError, IntegrityError
+from airlock.textsafe import visible
 
 app = typer.Typer(no_args_is_help=True, help="The model repository on an appliance.")
 
@@ -53,14 +54,14 @@ def _planned(repo: Any, action: str, model: str, check: bool, make: Callable[[],
 
 
 def _say(message: str) -> None:
-    out.print(message, highlight=False, soft_wrap=True, markup=False)
+    out.print(visible(message, lines=True), highlight=False, soft_wrap=True, markup=False)
 
 
 def _report(plan: Any, as_json: bool, check: bool) -> None:
     if as_json:
         emit_json({"ok": True, "check_mode": check, **plan.as_dict()})
     else:
-        out.print(plan.diff, highlight=False, soft_wrap=True, markup=False, end="")
+        out.print(visible(plan.diff, lines=True), highlight=False, soft_wrap=True, markup=False, end="")
 
 
 def _total(plan: Any) -> int:
@@ -233,30 +234,65 @@ def history_cmd(model: str = typer.Argument(None), limit: int = typer.Option(50,
                  f"{r['to_version'] or ''} {r['result']}")
 
 
+VerifyTrustOpt = typer.Option([], "--trust", "-t", help="Pinned signer fingerprint: the kept signed "
+                              "manifests' signatures are checked again; repeatable.")
+KeyringOpt = typer.Option(None, "--keyring", help="Public keyring file with the trusted keys.")
+GnupgOpt = typer.Option(None, "--gnupghome", help="GnuPG home holding the keys.")
+
+
 @app.command("verify")
-def verify_cmd(model: str = typer.Argument(...), version: str = typer.Argument(None), root: Path = RootOpt,
+def verify_cmd(model: str = typer.Argument(None, help="Model (default: the whole repository: every model, "
+                                           "repository modes, sequence, audit chain, history)."),
+               version: str = typer.Argument(None), root: Path = RootOpt,
+               trust: list[str] = VerifyTrustOpt, keyring: Path = KeyringOpt, gnupghome: Path = GnupgOpt,
                lock_timeout: float = LockOpt, owner: str = OwnerOpt, group: str = GroupOpt,
                keys_config: Path = KeysOpt, as_json: bool = JsonOpt) -> None:
-    """Re-hash (two workers) against the catalog and the signed manifest (plaintext hashes of
-    encrypted versions, decrypted with --keys-config); modes, owner, extra and missing files, the
-    current link. Exit 13 on drift."""
+    """Read-only compliance check (writes nothing, not even an audit record): every file re-hashed
+    (two workers) against the kept signed manifests and the catalog, provenance, modes, owner, extra,
+    missing and stray files, the current link; without MODEL also repository modes, sequence, audit
+    chain and history. Without --trust the signatures are NOT checked (said loudly). Exit 13 on drift."""
+    from airlock.bundle import Trust
+
     with handle_errors(as_json):
-        report = _repo(root, lock_timeout, owner, group, keys_config=keys_config).verify(model, version)
+        t = Trust(fingerprints=trust, gnupghome=gnupghome, keyring=keyring) if trust else None
+        repo = _repo(root, lock_timeout, owner, group, keys_config=keys_config)
+        if model is None:
+            report = repo.compliance(trust=t)
+            per_model = list(report["models"].values())
+        else:
+            report = repo.verify(model, version, trust=t)
+            per_model = [report]
+        if not report["signatures_checked"]:
+            report.setdefault("warnings", []).insert(
+                0, "signatures NOT checked: no --trust given, the kept manifests were used as found")
         if as_json:
             emit_json(report)
         else:
-            for v in report["versions"]:
-                status = "ok" if v["ok"] else "DRIFT"
-                enc = f", encrypted ({v['key_ref']})" if v.get("encrypted") else ""
-                _say(f"{model} {v['version']} ({v['state']}): {status}, {v['files']} files{enc}")
-                for p in v["problems"]:
-                    _say(f"  {p['path']}: {p['kind']} (expected {p['expected']}, found {p['actual']})")
-            link = report["current"]
-            _say(f"current -> {link['target']} ({'ok' if link['ok'] else 'expected ' + str(link['expected'])}"
-                 ")")
-        if not report["ok"] and as_json:
-            raise typer.Exit(IntegrityError.exit_code)  # the report above is the JSON answer
+            _verify_human(per_model, report)
         if not report["ok"]:
-            first = next((p for v in report["versions"] for p in v["problems"]), None)
-            where = f"{first['path']}: {first['kind']}" if first else "current link"
-            raise IntegrityError(f"{model}: drift found ({where})", path=str(root), rule="verify-drift")
+            if as_json:
+                raise typer.Exit(IntegrityError.exit_code)  # the report above is the JSON answer
+            first = report["drift"][0]
+            raise IntegrityError(f"{model or root}: drift found ({len(report['drift'])} item(s), first: "
+                                 f"{first['path']}: {first['rule']})", path=str(root), rule="verify-drift")
+
+
+def _verify_human(per_model: list[dict[str, Any]], report: dict[str, Any]) -> None:
+    from airlock.cli.common import console
+
+    for w in dict.fromkeys(report.get("warnings", [])):
+        console.print(f"WARNING: {w}", style="bold yellow", highlight=False, soft_wrap=True, markup=False)
+    for rep in per_model:
+        for v in rep["versions"]:
+            status = "ok" if v["ok"] else "DRIFT"
+            enc = f", encrypted ({v['key_ref']})" if v.get("encrypted") else ""
+            signed = f", signed manifest {v['manifest']}" if v.get("manifest") else ", no signed manifest"
+            _say(f"{v['model']} {v['version']} ({v['state']}): {status}, {v['files']} files{enc}{signed}")
+        link = rep["current"]
+        _say(f"{rep['model']}: current -> {link['target']} "
+             f"({'ok' if link['ok'] else 'expected ' + str(link['expected'])})")
+    for d in report["drift"]:
+        who = " ".join(x for x in (d["model"], d["version"]) if x)
+        _say(f"DRIFT {d['rule']}: {d['path']}" + (f" [{who}]" if who else "")
+             + ("" if d["expected"] is None and d["found"] is None
+                else f" (expected {d['expected']}, found {d['found']})"))

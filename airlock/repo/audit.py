@@ -1,6 +1,8 @@
 """Append-only, hash-chained audit log: one JSON object per line, each carrying ``prev``, the sha256
 of the previous line's bytes (``GENESIS`` for the first). Editing, deleting or reordering a record
-breaks the chain; the catalog keeps the head (seq, hash) so a truncated tail is detected too."""
+breaks the chain. The head (seq, hash) is kept outside the log twice: in the catalog and, for a fleet,
+on the control node (``anchor``, playbooks/verify.yml), so a truncated or replaced log is detected
+even when the catalog was edited too. Reading the log never writes to it."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from airlock.faults import fault_point
 from airlock.fsutil import fsync_dir
 
 GENESIS = "0" * 64
+AUDIT_MODE = 0o640  # the log's mode (verify reports drift from it)
 
 
 def line_hash(line: bytes) -> str:
@@ -40,6 +43,15 @@ class AuditHead:
     seq: int
     hash: str
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "hash": self.hash}
+
+
+@dataclass
+class AuditProblem:
+    rule: str  # audit-chain | audit-head (the catalog's head) | audit-anchor (the control node's)
+    message: str
+
 
 @dataclass
 class AuditReport:
@@ -47,11 +59,16 @@ class AuditReport:
     ok: bool
     records: int
     head: AuditHead
-    problems: list[str] = field(default_factory=list)
+    findings: list[AuditProblem] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        return [f.message for f in self.findings]
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "ok": self.ok, "records": self.records,
-                "head": {"seq": self.head.seq, "hash": self.head.hash}, "problems": self.problems}
+                "head": {"seq": self.head.seq, "hash": self.head.hash}, "problems": self.problems,
+                "rules": [f.rule for f in self.findings]}
 
 
 def _iter_lines(path: Path) -> Iterator[bytes]:
@@ -65,40 +82,66 @@ def _iter_lines(path: Path) -> Iterator[bytes]:
                 yield line
 
 
-def scan(path: Path, expected_head: AuditHead | None = None) -> AuditReport:
-    """Walk the chain; every problem is reported (the first one is the tampering point)."""
-    problems: list[str] = []
+def scan(path: Path, expected_head: AuditHead | None = None, anchor: AuditHead | None = None
+         ) -> AuditReport:
+    """Walk the chain; every problem is reported (the first one is the tampering point).
+    ``expected_head``: the head the catalog recorded; ``anchor``: the head the control node saw on
+    its last run. The log must still hold each of them, byte for byte."""
+    problems: list[AuditProblem] = []
+    heads = {src: h for src, h in (("catalog", expected_head), ("control node", anchor)) if h is not None}
+    at_head: dict[str, str] = {}
     prev, seq = GENESIS, 0
-    at_head: str | None = None
     for i, raw in enumerate(_iter_lines(path), start=1):
         try:
             rec = json.loads(raw)
             if not isinstance(rec, dict):
                 raise ValueError("not an object")
         except ValueError as exc:
-            problems.append(f"line {i}: not a JSON record ({exc})")
+            problems.append(AuditProblem("audit-chain", f"line {i}: not a JSON record ({exc})"))
             prev, seq = line_hash(raw), seq + 1
             continue
         if rec.get("prev") != prev:
-            problems.append(f"line {i} (seq {rec.get('seq')}): prev hash does not match line {i - 1} "
-                            "(a record was edited, deleted or reordered)")
+            problems.append(AuditProblem("audit-chain", f"line {i} (seq {rec.get('seq')}): prev hash does "
+                                         f"not match line {i - 1} (a record was edited, deleted or "
+                                         "reordered)"))
         if rec.get("seq") != seq + 1:
-            problems.append(f"line {i}: seq {rec.get('seq')}, expected {seq + 1}")
+            problems.append(AuditProblem("audit-chain",
+                                         f"line {i}: seq {rec.get('seq')}, expected {seq + 1}"))
         prev, seq = line_hash(raw), seq + 1
-        if expected_head is not None and seq == expected_head.seq:
-            at_head = prev
-    head = AuditHead(seq, prev)
-    if expected_head is not None:
-        if expected_head.seq > seq:
-            problems.append(f"log ends at seq {seq} but the catalog recorded seq {expected_head.seq}: "
-                            "records were removed from the end")
-        elif expected_head.seq and at_head != expected_head.hash:
-            problems.append(f"record seq {expected_head.seq} differs from the head the catalog recorded")
-    return AuditReport(str(path), not problems, seq, head, problems)
+        for src, h in heads.items():
+            if seq == h.seq:
+                at_head[src] = prev
+    for src, h in heads.items():
+        rule = "audit-head" if src == "catalog" else "audit-anchor"
+        if h.seq > seq:
+            problems.append(AuditProblem(rule, f"log ends at seq {seq} but the {src} recorded seq {h.seq}: "
+                                         "records were removed from the end (or the log was replaced)"))
+        elif h.seq and at_head.get(src) != h.hash:
+            problems.append(AuditProblem(rule, f"record seq {h.seq} differs from the head the {src} recorded "
+                                         "(the log was rewritten or replaced)"))
+    return AuditReport(str(path), not problems, seq, AuditHead(seq, prev), problems)
 
 
-def verify(path: Path, expected_head: AuditHead | None = None) -> AuditReport:
-    report = scan(path, expected_head)
+def parse_head(raw: Any) -> AuditHead | None:
+    """``{"seq": N, "hash": H}`` or ``"N:H"`` (as the catalog keeps it) -> AuditHead; None when empty."""
+    if not raw:
+        return None
+    try:
+        if isinstance(raw, str):
+            seq, h = raw.split(":", 1)
+        else:
+            seq, h = raw["seq"], raw["hash"]
+        head = AuditHead(int(seq), str(h))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AuditError(f"{raw!r}: not an audit head (seq and sha256)", rule="audit-head") from exc
+    if head.seq < 0 or len(head.hash) != 64:
+        raise AuditError(f"{raw!r}: not an audit head (seq and sha256)", rule="audit-head")
+    return head
+
+
+def verify(path: Path, expected_head: AuditHead | None = None, anchor: AuditHead | None = None
+           ) -> AuditReport:
+    report = scan(path, expected_head, anchor)
     if not report.ok:
         raise AuditError(f"{path}: audit chain broken: {report.problems[0]}", path=str(path),
                          rule="audit-chain")
@@ -137,8 +180,10 @@ def append(path: Path, action: str, *, model: str | None = None, from_version: s
     }
     line = json.dumps(rec, sort_keys=True, separators=(",", ":"), default=str).encode()
     new = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, AUDIT_MODE)
     try:
+        if new:
+            os.fchmod(fd, AUDIT_MODE)  # whatever the umask
         os.write(fd, line + b"\n")
         os.fsync(fd)
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 from airlock.errors import RepositoryError
 from airlock.faults import fault_point
+from airlock.repo.layout import CATALOG_MODE
 
 STATES = ("staged", "active", "previous", "failed", "pruned")
 
@@ -131,6 +133,9 @@ class Catalog:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():  # 0600 whatever the umask (SQLite's journal inherits it)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, CATALOG_MODE))
+                os.chmod(path, CATALOG_MODE)
             self.db = sqlite3.connect(path, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=DELETE")  # readers write nothing (plans, check mode)
             self.db.execute("PRAGMA synchronous=FULL")
@@ -238,6 +243,13 @@ class Catalog:
         q += " ORDER BY id DESC LIMIT ?"
         rows = self.db.execute(q, (*args, limit)).fetchall()
         return [{**dict(r), "details": json.loads(r["details"])} for r in reversed(rows)]
+
+    def history_keys(self) -> list[tuple[str, str | None, str | None, str | None, str]]:
+        """(action, model, from, to, result) of every history row, oldest first: what verify matches
+        against the audit log's records to find deleted rows."""
+        rows = self.db.execute(
+            "SELECT action, model, from_version, to_version, result FROM history ORDER BY id")
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     # ------------------------------------------------------------------------------- writes (in a tx)
     def add_version(self, model: str, version: str, path: str, files: dict[str, tuple[int, str]], *,

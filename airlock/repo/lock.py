@@ -22,17 +22,27 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def repo_lock(path: Path, timeout: float | None = None, poll: float = 0.05) -> Iterator[None]:
+def repo_lock(path: Path, timeout: float | None = None, poll: float = 0.05, *,
+              shared: bool = False) -> Iterator[None]:
     """Hold the lock for the duration of the block; wait up to ``timeout`` seconds, then raise
-    LockBusyError naming the holder. The kernel drops a flock when its process dies (kill -9 safe)."""
+    LockBusyError naming the holder. The kernel drops a flock when its process dies (kill -9 safe).
+    ``shared``: a reader's lock (verify): opened read-only, nothing created or written; readers
+    share it and keep writers out. No lock file yet: no writer ever ran, nothing to wait for."""
     wait = DEFAULT_TIMEOUT if timeout is None else timeout
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    if shared:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            yield
+            return
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + wait
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -40,12 +50,14 @@ def repo_lock(path: Path, timeout: float | None = None, poll: float = 0.05) -> I
                         f"{path}: another operation holds the repository lock ({_holder(path)}); "
                         f"gave up after {wait:g}s", path=str(path)) from None
                 time.sleep(poll)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)
+            if not shared:
+                os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

@@ -67,10 +67,10 @@ from airlock.repo.loadable import check_loadable
 from airlock.repo.lock import repo_lock
 from airlock.repo.plan import FileAction, Plan
 from airlock.repo.recover import PRESENT
-from airlock.repo.verify import current_link, verify_version
+from airlock.repo.verify import check_model, check_repository
 
 if TYPE_CHECKING:
-    from airlock.bundle import StagedBundle
+    from airlock.bundle import StagedBundle, Trust
     from airlock.crypto import KeyRef, ProviderRegistry
 
 Progress = Callable[[int], None]
@@ -128,8 +128,7 @@ class Repository:
             finally:
                 self._depth -= 1
             return
-        self.layout.repo.mkdir(parents=True, exist_ok=True)
-        self.layout.packages.mkdir(parents=True, exist_ok=True)
+        self.layout.create_dirs()
         with repo_lock(self.layout.lock, self.lock_timeout):
             self._depth = 1
             try:
@@ -177,10 +176,7 @@ class Repository:
 
     def audit_head(self) -> audit.AuditHead | None:
         raw = self.catalog().get_meta("audit_head") if self.layout.catalog.exists() else None
-        if not raw:
-            return None
-        seq, h = raw.split(":", 1)
-        return audit.AuditHead(int(seq), h)
+        return audit.parse_head(raw)
 
     def link_target(self, model: str) -> str | None:
         link = self.layout.current(model)
@@ -542,7 +538,7 @@ class Repository:
             return kept
         tmp = kept.parent / f".keep-{uuid.uuid4().hex}"
         if enc is not None:
-            got = keep_encrypted(delta_path, tmp, enc, f"{model}-{frm}-{to}.aldelta")
+            got = keep_encrypted(delta_path, tmp, enc, model, kept.name)
         else:
             with open(delta_path, "rb") as fi, open(tmp, "wb") as fo:
                 got = copy_hashing(fi, fo).sha256
@@ -595,7 +591,8 @@ class Repository:
                                 work / "tree", keys or self.keys,
                                 src_encrypted=src_enc is not None,
                                 out_key=(enc.provider, enc.key_id) if enc else None,
-                                expect=plan.args["expected"])
+                                expect=plan.args["expected"], model=model,
+                                src_expect=self._catalog_files(cat, model, frm))
                             details["files"] = len(plan.args["expected"])
                         else:
                             summary = apply_delta(self.layout.version_dir(model, frm), kept, work / "tree",
@@ -659,7 +656,8 @@ class Repository:
                             apply_chain_encrypted(src_dir, steps, work / "tree", keys or self.keys,
                                                   src_encrypted=src_enc is not None,
                                                   out_key=(enc.provider, enc.key_id) if enc else None,
-                                                  expect=expected)
+                                                  expect=expected, model=model,
+                                                  src_expect=self._catalog_files(cat, model, active.version))
                         else:
                             apply_chain(src_dir, steps, work / "tree", link_unchanged=True, progress=progress)
                         plan.args.update(expected=expected,
@@ -670,6 +668,12 @@ class Repository:
                         self._register(cat, plan, work / "tree", final, "rebuilt:reverse-delta", enc)
             self.activate(model, target, action="rollback", mark_old="failed")
             return plan
+
+    @staticmethod
+    def _catalog_files(cat: Catalog, model: str, version: str) -> Expected | None:
+        """The catalog's plaintext (size, sha256) per file of a version: what decrypted plaintext must be."""
+        row = cat.version(model, version)
+        return {r: (f.size, f.sha256) for r, f in row.files.items()} if row is not None else None
 
     @staticmethod
     def _verify_rebuilt(tree: Path, expected: Expected, enc: Encryption | None = None) -> None:
@@ -750,6 +754,8 @@ class Repository:
             sig = staged.path / SIGNATURE_NAME
             if sig.exists():
                 atomic_write_bytes(record / SIGNATURE_NAME, sig.read_bytes(), 0o444)
+            with cat.transaction():  # with the kept manifest, which is the anti-downgrade floor anyway
+                cat.set_meta("sequence", str(max(m.sequence, installed or 0)))
             plans: list[Plan] = []
             for me in m.models:
                 common: dict[str, Any] = {
@@ -764,45 +770,75 @@ class Repository:
                         raise IntegrityError(f"{me.path}: delta leads to {p.version}, manifest says "
                                              f"{me.version}", path=me.path, rule="delta-version")
                     plans.append(p)
-            with cat.transaction():
-                cat.set_meta("sequence", str(max(m.sequence, installed or 0)))
             return plans
 
     # ------------------------------------------------------------------------------------ queries
     def installed_sequence(self) -> int | None:
-        if not self.layout.catalog.exists():
-            return None
-        raw = self.catalog().get_meta("sequence")
-        return int(raw) if raw is not None else None
+        """The anti-downgrade floor: the highest sequence of the signed manifests kept on this host,
+        or the catalog's if higher. A lowered catalog value never lowers it (the catalog is an index,
+        not an anchor); verify reports the disagreement as drift (rule ``sequence``)."""
+        from airlock.repo.verify import highest_signed_sequence
 
-    def verify(self, model: str, version: str | None = None, *,
-               keys: ProviderRegistry | None = None) -> dict[str, Any]:
-        """Drift report (hashes vs catalog and signed manifest, modes, owner, extra/missing files,
-        the current link; plaintext hashes of encrypted versions, decrypted with ``keys``). Recorded
-        in the audit log."""
-        self._require_catalog()
-        with self._mutating(recover=False) as cat:
-            rows = [cat.version(model, version)] if version else \
-                [r for r in cat.versions(model, with_files=True) if r.state in PRESENT]
-            if not rows or rows[0] is None:
-                raise RepositoryError(f"{self.layout.model_dir(model)}: {model} {version or ''} is not "
-                                      "installed",
-                                      path=str(self.layout.model_dir(model)), rule="version-missing")
+        raw = self.catalog().get_meta("sequence") if self.layout.catalog.exists() else None
+        known = [int(raw)] if raw is not None else []
+        signed = highest_signed_sequence(self.layout)
+        return max([*known, signed]) if signed is not None else (known[0] if known else None)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Catalog]:
+        """Verify's view: the catalog opened read-only (no migration, no journal), the reader's shared
+        lock (writers wait, nothing is created or written), no recovery: drift is reported as found."""
+        if not self.layout.catalog.exists():
+            raise RepositoryError(f"{self.layout.repo}: no model repository here (nothing installed yet)",
+                                  path=str(self.layout.repo), rule="repository-missing")
+        with repo_lock(self.layout.lock, self.lock_timeout, shared=True):
+            cat = Catalog(self.layout.catalog, readonly=True)
+            try:
+                yield cat
+            finally:
+                cat.close()
+
+    def verify(self, model: str, version: str | None = None, *, keys: ProviderRegistry | None = None,
+               trust: Trust | None = None) -> dict[str, Any]:
+        """Drift report of one model (``airlock.repo.verify.check_model``): hashes against the kept
+        signed manifests and the catalog, provenance, modes, owner, extra/missing files, stray
+        entries, the current link (plaintext hashes of encrypted versions, decrypted with ``keys``).
+        Writes nothing; ``trust`` re-checks the kept manifests' signatures."""
+        from airlock.repo.verify import signed_index
+
+        with self._reading() as cat:
+            self._require_keys(cat, model, version, keys)
             uid, gid = self._ids()
-            for r in rows:  # refused up front: without keys an encrypted version cannot be checked
-                if r is not None:
-                    self._enc(r.encryption, keys, str(self.layout.version_dir(model, r.version)))
-            reports = [verify_version(self.layout, r, uid=uid, gid=gid, keys=keys or self.keys)
-                       for r in rows if r is not None]
-            active = cat.in_state(model, "active")
-            link = current_link(self.layout, model, active.version if active else None)
-            ok = all(r["ok"] for r in reports) and link["ok"]
-            out = {"model": model, "ok": ok, "versions": reports, "current": link}
-            first = next((p for r in reports for p in r["problems"]), None)
-            self.audit_record("verify", model, None, version, "ok" if ok else "drift",
-                        {"versions": [r["version"] for r in reports], "first_problem": first,
-                         "problems": sum(len(r["problems"]) for r in reports)})
+            index = signed_index(self.layout, trust)
+            out = check_model(self.layout, cat, model, version, uid=uid, gid=gid, keys=keys or self.keys,
+                              index=index)
+            out["drift"][:0] = [d.as_dict() for d in index.drift]
+            out["ok"] = not out["drift"]
+            out["signatures_checked"] = index.signatures_checked
             return out
+
+    def compliance(self, models: list[str] | None = None, *, trust: Trust | None = None,
+                   anchor: audit.AuditHead | None = None, expected: dict[str, str | None] | None = None,
+                   loadable: bool = False, keys: ProviderRegistry | None = None) -> dict[str, Any]:
+        """The whole repository's compliance report (``airlock.repo.verify.check_repository``):
+        every model, repository modes, stray entries, the sequence, the kept manifests' signatures
+        (with ``trust``), the audit chain against the catalog's head and the control node's
+        ``anchor``, deleted history rows. Writes nothing."""
+        with self._reading() as cat:
+            for model in models or cat.models():
+                if model in cat.models():
+                    self._require_keys(cat, model, None, keys)
+            uid, gid = self._ids()
+            return check_repository(self.layout, cat, models=models, trust=trust, anchor=anchor,
+                                    expected=expected, loadable=loadable, uid=uid, gid=gid,
+                                    keys=keys or self.keys)
+
+    def _require_keys(self, cat: Catalog, model: str, version: str | None,
+                      keys: ProviderRegistry | None) -> None:
+        """Refused up front: without keys an encrypted version cannot be checked."""
+        for r in cat.versions(model):
+            if r.state in PRESENT and (version is None or r.version == version):
+                self._enc(r.encryption, keys, str(self.layout.version_dir(model, r.version)))
 
     def list_models(self) -> list[dict[str, Any]]:
         if not self.layout.catalog.exists():
@@ -847,7 +883,12 @@ class Repository:
         return {"root": str(self.root), "repo": str(self.layout.repo), "sequence": self.installed_sequence(),
                 "models": models, "audit_head": {"seq": head.seq, "hash": head.hash} if head else None}
 
-    def audit_verify(self) -> audit.AuditReport:
-        return audit.verify(self.layout.audit_log, self.audit_head())
+    def audit_verify(self, anchor: audit.AuditHead | None = None) -> audit.AuditReport:
+        """The chain, against the catalog's head and the control node's ``anchor``; writes nothing."""
+        head = None
+        if self.layout.catalog.exists():
+            with self._reading() as cat:
+                head = audit.parse_head(cat.get_meta("audit_head"))
+        return audit.verify(self.layout.audit_log, head, anchor)
 
 

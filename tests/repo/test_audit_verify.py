@@ -92,10 +92,12 @@ def test_tampered_model_file_detected_by_verify(busy: Repository) -> None:
     assert by_version["1.1.0"] == {"model.safetensors": "sha256", "extra.bin": "extra-file",
                                    "tokenizer.json": "mode"}
     assert by_version["1.0.0"] == {"tokenizer.json": "mode"}
+    records = _lines(busy)
     r = cli(busy.root, "model", "verify", "m", "1.1.0", "--json")
     assert r.returncode == 13
     assert json.loads(r.stdout)["ok"] is False
-    assert busy.history("m")[-1]["result"] == "drift"
+    # verify writes nothing: no audit record, no history row (the report is the answer)
+    assert _lines(busy) == records and busy.history("m")[-1]["action"] == "rollback"
 
 
 def test_missing_file_and_broken_link(busy: Repository) -> None:

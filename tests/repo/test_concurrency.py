@@ -78,7 +78,7 @@ def test_parallel_installs_of_two_models_both_land(tmp_path: Path, versions: Ver
     repo = Repository(root)
     assert set(repo.state()["models"]) == {"a", "b"}
     assert repo.verify("a")["ok"] and repo.verify("b")["ok"]
-    assert repo.audit_verify().records == 6  # 2 x (install, activate, verify)
+    assert repo.audit_verify().records == 4  # 2 x (install, activate); verify writes nothing
     repo.close()
 
 
