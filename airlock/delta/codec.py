@@ -1,22 +1,22 @@
-"""Chunk codec: bit-pattern transforms against a base, byte planes, zstd.
+"""Chunk codec: how one record's bytes are coded against the same range of the base tensor.
 
-A record holds one chunk of at most a few MiB. For a changed tensor the chunk is transformed
-against the same byte range of the base tensor, either
+A record holds one chunk of at most a few MiB. What the encoder writes today:
 
-* ``XOR``: ``new ^ old`` on unsigned integers of the element width (self-inverse), or
-* ``ZDIFF``: ``zigzag(new - old)`` with wrap-around; a weight nudged by a few units in the last place
-  becomes a small number where XOR would flip many bits. Inverse: ``old + unzigzag(d)`` forward,
-  ``new - unzigzag(d)`` in reverse.
+* changed tensor chunks: the element values ``new ^ old`` (``xor-pco``) or ``new - old`` with
+  wrap-around (``zdiff-pco``; a weight nudged by a few ulps becomes a small number where XOR flips many
+  bits), grouped by the *base* element's exponent and coded with ``pcodec`` (binned tANS, GB/s decoding
+  without the GIL), one frame per group; reversible records of float tensors carry the old exponents
+  ANS-coded under the new ones (``entropy``). ``xor-pco1`` / ``zdiff-pco1`` are the one-group forms;
+* chunks up to ``SMALL`` also try the byte-plane codecs (``xor``, ``zdiff``, ``planes``: byte ``k`` of
+  every element as one zstd frame), where pcodec's tables would cost more than they save;
+* plain data (new tensors, removed tensors kept for the reverse direction) uses ``planes``; other bytes
+  use ``zstd``, and non-tensor files ``prefix`` (zstd with the other version's file as raw prefix).
 
-The result is split into byte planes (byte ``k`` of every element; sign/exponent bytes are highly
-compressible, low mantissa bytes are near-random) and each plane is an independent zstd frame.
-The smallest candidate wins per chunk. Plain data (new tensors, removed tensors kept for the
-reverse direction) uses the planes without a base (``PLANES``); other bytes use ``ZSTD``.
+The smallest candidate wins per chunk. docs/delta-format.md has the byte layout of each codec.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +24,7 @@ import zstandard
 from pcodec import ChunkConfig, DeltaSpec, ModeSpec, standalone
 
 from airlock.delta import entropy
+from airlock.delta.zstdio import compressor, decompressor
 from airlock.errors import DeltaFormatError
 
 ZSTD = 0
@@ -62,28 +63,6 @@ MAX_RAW = 64 * 1024 * 1024
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
-_local = threading.local()
-
-
-def compressor(level: int, size: int) -> zstandard.ZstdCompressor:
-    """A per-thread compressor whose window and tables are sized for ``size`` bytes of input (a
-    level-19 context sized for large inputs costs milliseconds to reset, per call)."""
-    bucket = max(1 << 10, 1 << (max(size, 1) - 1).bit_length())
-    cache: dict[tuple[int, int], zstandard.ZstdCompressor] = _local.__dict__.setdefault("c", {})
-    key = (level, bucket)
-    if key not in cache:
-        params = zstandard.ZstdCompressionParameters.from_level(level, source_size=bucket,
-                                                                write_content_size=True)
-        cache[key] = zstandard.ZstdCompressor(compression_params=params)
-    return cache[key]
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    d: zstandard.ZstdDecompressor | None = getattr(_local, "d", None)
-    if d is None:
-        d = _local.d = zstandard.ZstdDecompressor()
-    return d
-
 
 @dataclass
 class Encoded:
@@ -300,7 +279,7 @@ def encode_diff(new: bytes, old: bytes, width: int, level: int = LEVEL, *, dtype
 def _frames(payload: bytes, sizes: list[int], raw_each: int, dict_data: bytes | None = None) -> list[bytes]:
     out: list[bytes] = []
     pos = 0
-    dec = _decompressor()
+    dec = decompressor()
     if dict_data is not None:
         pdict = zstandard.ZstdCompressionDict(dict_data, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
         dec = zstandard.ZstdDecompressor(dict_data=pdict)

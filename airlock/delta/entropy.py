@@ -1,5 +1,10 @@
 """Context-modelled entropy coding of byte planes (ANS via ``constriction``).
 
+What uses it today: the reverse section of the pcodec records (codecs 9 and 10 in docs/delta-format.md):
+the old exponent bytes, coded with the new exponents as context, so a delta also takes the new version
+back to the old one. The forward direction is coded with pcodec (``codec``); the byte-plane ANS record
+codecs (5-8) of an earlier encoder are retired and refused.
+
 A fine-tune moves a weight by an amount that is roughly the same in absolute terms across a tensor,
 so in units in the last place the move depends on the weight's exponent: small weights move by many
 ulps, large ones by few. The decoder already knows the old weight, so its exponent is a free context.
@@ -27,6 +32,7 @@ import constriction
 import numpy as np
 import zstandard
 
+from airlock.delta.zstdio import compressor, decompressor
 from airlock.errors import DeltaFormatError
 
 MIN_GROUP = 512
@@ -251,8 +257,6 @@ def encode(planes: list[np.ndarray], ctx: np.ndarray, level: int = 19) -> tuple[
             modes[k] = CODED
             tables.extend(f.astype("<u2").tobytes() for f in freqs)
             sections[k] = words
-    from airlock.delta.codec import compressor
-
     raw_tables = bytes(modes) + b"".join(tables)
     blob = compressor(level, len(raw_tables)).compress(raw_tables)
     parts = [_U32.pack(len(blob)) + blob] + [_U32.pack(len(s)) + s for s in sections]
@@ -276,7 +280,7 @@ def decode(payload: bytes, sections: list[int], ctx: np.ndarray, nplanes: int) -
     try:
         most_groups = min(257, n // MIN_GROUP + 1)
         limit = nplanes * (1 + max(512 * most_groups, _RUNS_HEAD.size + 1024))
-        meta = zstandard.ZstdDecompressor().decompress(views[0], max_output_size=limit)
+        meta = decompressor().decompress(views[0], max_output_size=limit)
     except zstandard.ZstdError as exc:
         raise DeltaFormatError(f"context tables do not decompress ({exc})", rule="delta-record") from exc
     modes = meta[:nplanes]
