@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from airlock.cli.common import JsonOpt, console, emit_json, handle_errors, out, progress_bytes
+from airlock.textsafe import safe
 
 if TYPE_CHECKING:
     from airlock.bundle.signing import Trust
@@ -86,8 +87,8 @@ def build(
         emit_json({"ok": True, "path": str(output), "bundle_id": m.bundle_id, "kind": m.kind,
                    "sequence": m.sequence, "files": len(m.files), "bytes": m.total_bytes})
     else:
-        out.print(f"built {output}: {m.bundle_id} ({m.kind}, sequence {m.sequence}), {len(m.files)} files, "
-                  f"{m.total_bytes} bytes, signed by {signer}", highlight=False)
+        out.print(f"built {safe(output)}: {safe(m.bundle_id)} ({m.kind}, sequence {m.sequence}), "
+                  f"{len(m.files)} files, {m.total_bytes} bytes, signed by {safe(signer)}", highlight=False)
 
 
 @app.command()
@@ -122,11 +123,11 @@ def verify(
         emit_json(report.as_dict())
         return
     m = report.manifest
-    out.print(f"[green]OK[/] {bundle}: {m.bundle_id} ({m.kind}, sequence {m.sequence}) signed by "
+    out.print(f"[green]OK[/] {safe(bundle)}: {safe(m.bundle_id)} ({m.kind}, sequence {m.sequence}) signed by "
               f"{report.signer.primary_fingerprint}; {report.files_checked} files, "
               f"{report.bytes_checked} bytes verified", highlight=False)
     for extra in report.extra_files:
-        out.print(f"[yellow]extra[/] {extra} (not in the manifest; ignored, not read)", highlight=False)
+        out.print(f"[yellow]extra[/] {safe(extra)} (not in the manifest; ignored, not read)", highlight=False)
 
 
 @app.command()
@@ -154,8 +155,8 @@ def stage(
         emit_json(staged.as_dict())
         return
     c = staged.counters
-    out.print(f"[green]staged[/] {staged.manifest.bundle_id} into {to}: {c.bytes_copied} bytes copied, "
-              f"{c.bytes_reused} reused ({c.blocks_copied} blocks copied, {c.blocks_reused} reused)",
+    out.print(f"[green]staged[/] {safe(staged.manifest.bundle_id)} into {safe(to)}: {c.bytes_copied} bytes "
+              f"copied, {c.bytes_reused} reused ({c.blocks_copied} blocks copied, {c.blocks_reused} reused)",
               highlight=False)
 
 
@@ -180,7 +181,7 @@ def pack(
     if as_json:
         emit_json({"ok": True, "path": str(output), "bundle_id": m.bundle_id, "files": len(m.files)})
     else:
-        out.print(f"packed {m.bundle_id} into {output}")
+        out.print(f"packed {safe(m.bundle_id)} into {safe(output)}", highlight=False)
 
 
 @app.command()
@@ -207,8 +208,8 @@ def unpack(
     if as_json:
         emit_json(report.as_dict())
     else:
-        out.print(f"[green]unpacked[/] {report.manifest.bundle_id} into {output}: {report.members} members, "
-                  f"{report.bytes} bytes", highlight=False)
+        out.print(f"[green]unpacked[/] {safe(report.manifest.bundle_id)} into {safe(output)}: "
+                  f"{report.members} members, {report.bytes} bytes", highlight=False)
 
 
 @app.command()
@@ -230,12 +231,14 @@ def inspect(
         emit_json({"signer": signed.signer.primary_fingerprint, "manifest": to_dict(m)})
         return
     rollback = " (signed rollback)" if m.rollback else ""
-    out.print(f"{m.bundle_id}: kind {m.kind}, compatible {m.compatible}, sequence {m.sequence}{rollback}, "
-              f"created {m.created}, airlock {m.builder_version}", highlight=False)
+    out.print(f"{safe(m.bundle_id)}: kind {safe(m.kind)}, compatible {safe(m.compatible)}, "
+              f"sequence {m.sequence}{rollback}, created {safe(m.created)}, "
+              f"airlock {safe(m.builder_version)}", highlight=False)
     out.print(f"signed by {signed.signer.primary_fingerprint}", highlight=False)
     for me in m.models:
-        src = f" from {me.from_version}" if me.from_version else ""
-        out.print(f"  model {me.name} {me.version} ({me.kind}{src}): {me.path}", highlight=False)
+        src = f" from {safe(me.from_version)}" if me.from_version else ""
+        out.print(f"  model {safe(me.name)} {safe(me.version)} ({safe(me.kind)}{src}): {safe(me.path)}",
+                  highlight=False)
     for rel, e in m.files.items():
         parts = f" in {len(e.parts)} parts" if e.parts else ""
-        out.print(f"  {e.size:>14}  {e.sha256[:16]}  {rel}{parts}", highlight=False)
+        out.print(f"  {e.size:>14}  {e.sha256[:16]}  {safe(rel)}{parts}", highlight=False)

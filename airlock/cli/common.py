@@ -10,7 +10,6 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -21,11 +20,13 @@ from rich.progress import (
 )
 
 from airlock.errors import AirlockError, from_exception
+from airlock.textsafe import safe
 
 # usage errors (exit 2) belong to typer/click, whichever click it bundles
 _CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-console = Console(stderr=True)
-out = Console()
+# emoji off: ":name:" in an untrusted string must print as written (markup is escaped by safe())
+console = Console(stderr=True, emoji=False)
+out = Console(emoji=False)
 
 JsonOpt = typer.Option(False, "--json", help="Print a machine-readable JSON report on stdout.")
 
@@ -40,7 +41,7 @@ def fail(exc: AirlockError, as_json: bool = False) -> NoReturn:
         emit_json({"ok": False, **exc.as_dict()})
     else:
         where = f"{exc.path}: " if exc.path and not str(exc).startswith(exc.path) else ""
-        console.print("[bold red]error[/] " + escape(f"[{exc.rule}] {where}{exc}"), highlight=False,
+        console.print("[bold red]error[/] " + safe(f"[{exc.rule}] {where}{exc}"), highlight=False,
                       markup=True, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 

@@ -8,12 +8,13 @@ import typer
 
 from airlock.cli.common import JsonOpt, emit_json, handle_errors, out, progress_bytes
 from airlock.errors import AirlockError
+from airlock.textsafe import visible
 
 app = typer.Typer(no_args_is_help=True, help="Make, apply and inspect tensor-aware model deltas.")
 
 
 def _say(message: str) -> None:
-    out.print(message, highlight=False, soft_wrap=True, markup=False)
+    out.print(visible(message, lines=True), highlight=False, soft_wrap=True, markup=False)
 
 
 def _mb(n: int) -> str:

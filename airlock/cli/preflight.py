@@ -8,6 +8,7 @@ import typer
 
 from airlock.cli.common import JsonOpt, emit_json, handle_errors, out
 from airlock.errors import CompatibilityError
+from airlock.textsafe import safe
 
 repo_app = typer.Typer(help="Offline package repositories: signed apt repository, wheelhouse.",
                        no_args_is_help=True)
@@ -16,8 +17,11 @@ _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
 
 def preflight(
-    bundle: Path | None = typer.Option(None, "--bundle",
-                                       help="Size disk/GPU needs from this bundle's manifest."),
+    bundle: Path | None = typer.Option(None, "--bundle", help="Size disk/GPU needs from this bundle's "
+                                       "signed manifest (needs --trust, as `bundle verify`)."),
+    trust: list[str] = typer.Option([], "--trust", "-t", help="Pinned signer fingerprint; repeatable."),
+    keyring: Path | None = typer.Option(None, "--keyring", help="Public keyring file with the trusted keys."),
+    gnupghome: Path | None = typer.Option(None, "--gnupghome", help="GnuPG home holding the keys."),
     root: str = typer.Option("/var/lib/airlock", "--root", help="Model repository root (the hot tier)."),
     tier: list[str] = typer.Option([], "--tier", help="Extra tier NAME=PATH to report (repeatable)."),
     min_ram_gib: float = typer.Option(4.0, "--min-ram-gib"),
@@ -26,14 +30,19 @@ def preflight(
     as_json: bool = JsonOpt,
 ) -> None:
     """Check this host against what the bundle needs; exit 14 on a failure not allowed."""
+    from airlock.bundle.signing import Trust
     from airlock.provision.preflight import Requirements, run_preflight
     from airlock.provision.requirements import requirements_from_bundle
 
+    if bundle is not None and not trust:
+        raise typer.BadParameter("--bundle needs --trust FPR (and --keyring or --gnupghome): only a "
+                                 "signature-verified manifest is read", param_hint="--trust")
     with handle_errors(as_json):
         tiers = dict(t.split("=", 1) for t in tier if "=" in t)
         base = Requirements(min_ram_bytes=int(min_ram_gib * (1 << 30)), gpu_required=gpu_required,
                             tiers={"hot": (root, 0)})
-        req = requirements_from_bundle(bundle, root=root, tiers=tiers, base=base) if bundle else base
+        req = (requirements_from_bundle(bundle, Trust(trust, gnupghome=gnupghome, keyring=keyring), root=root,
+                                        tiers=tiers, base=base) if bundle else base)
         if not bundle:
             for name, where in tiers.items():
                 req.tiers.setdefault(name, (where, 0))
@@ -49,7 +58,8 @@ def preflight(
             for c in report.checks:
                 style = _STYLE[c.status]
                 note = " (allowed)" if c.allowed else ""
-                out.print(f"[{style}]{c.status.upper():4}[/] {c.name:12} {c.message}{note}", highlight=False)
+                out.print(f"[{style}]{c.status.upper():4}[/] {safe(c.name):12} {safe(c.message)}{note}",
+                          highlight=False)
         if failure:
             raise failure
 

@@ -7,28 +7,28 @@ Models declare host needs in their spec ``dependencies`` (signed into the manife
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from airlock.bundle.manifest import MANIFEST_NAME
 from airlock.errors import ManifestError
 from airlock.provision.preflight import Requirements, version_tuple
+
+if TYPE_CHECKING:
+    from airlock.bundle.signing import Trust
 
 DEFAULT_ROOT = "/var/lib/airlock"
 
 
-def requirements_from_bundle(bundle_dir: Path, *, root: str = DEFAULT_ROOT,
+def requirements_from_bundle(bundle_dir: Path, trust: Trust, *, root: str = DEFAULT_ROOT,
                              tiers: dict[str, str] | None = None,
                              base: Requirements | None = None) -> Requirements:
     """Size the hot tier (``root``: the staged copy plus the installed model versions) and collect the
-    models' GPU/driver needs. The manifest is only read here for sizing; ``stage`` verifies it."""
-    from airlock.bundle import MANIFEST_NAME
-    from airlock.bundle.manifest import parse_manifest
+    models' GPU/driver needs. The manifest is read as ``verify`` reads it: through the safe reader (no
+    symlink, no FIFO, size-limited), its signature checked against ``trust`` before it is parsed."""
+    from airlock.bundle.verify import load_signed_manifest
 
+    m = load_signed_manifest(Path(bundle_dir), trust).manifest
     path = Path(bundle_dir) / MANIFEST_NAME
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot read the bundle manifest ({exc.strerror})", path=str(path),
-                            rule="manifest") from exc
-    m = parse_manifest(data)
     req = base or Requirements()
     installed = sum(int(f.get("size", 0)) for model in m.models for f in model.target_files.values())
     needed = m.total_bytes + installed

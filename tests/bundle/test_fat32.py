@@ -42,7 +42,7 @@ def test_fat32_journey_read_only_at_site(keys: Keys, versions: Versions, tmp_pat
         for b in ("dsv3-1.0.0", "dsv3-1.1.0"):
             r = airlock("bundle", "verify", str(usb / b), *trust)
             assert r.returncode == 0, r.stderr
-        r = airlock("preflight", "--bundle", str(usb / "dsv3-1.0.0"), "--root", str(root), "--json",
+        r = airlock("preflight", "--bundle", str(usb / "dsv3-1.0.0"), *trust, "--root", str(root), "--json",
                     "--allow-fail", "gpu")
         assert r.returncode in (0, 14), r.stderr
         assert json.loads(r.stdout)["checks"]

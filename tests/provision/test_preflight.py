@@ -20,6 +20,10 @@ from airlock.bundle.manifest import FileEntry, Manifest, ModelEntry, canonical_b
 from airlock.cli.preflight import register
 from airlock.provision import preflight as pf
 from airlock.provision.requirements import requirements_from_bundle
+from tests.bundle import conftest as bundle_conftest
+from tests.bundle.conftest import Keys
+
+keys = bundle_conftest.keys  # real gpg keys (session fixture): a bundle manifest is read only when signed
 
 PREFLIGHT_PY = Path(pf.__file__)
 H100 = "0, NVIDIA H100 80GB HBM3, 81559, 550.54.15\n1, NVIDIA H100 80GB HBM3, 81559, 550.54.15\n"
@@ -128,7 +132,7 @@ def test_resource_failures_are_named(tmp_path: Path) -> None:
     assert "before the bundle was built" in checks["time"].message
 
 
-def _bundle(tmp_path: Path) -> Path:
+def _bundle(tmp_path: Path, keys: Keys) -> Path:
     created = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     m = Manifest(
         bundle_id="b1",
@@ -138,16 +142,16 @@ def _bundle(tmp_path: Path) -> Path:
         created=created,
         builder_version="test",
         files={
-            "models/m/1.0/w.safetensors": FileEntry(
+            "models/m/1.0.0/w.safetensors": FileEntry(
                 size=1000, sha256="0" * 64, block_size=1 << 26, blocks=["0" * 64]
             )
         },
         models=[
             ModelEntry(
                 name="m",
-                version="1.0",
+                version="1.0.0",
                 kind="full",
-                path="models/m/1.0",
+                path="models/m/1.0.0",
                 target_files={"w.safetensors": {"size": 1000, "sha256": "0" * 64}},
                 dependencies={"nvidia-driver": ">=550.54", "gpu-memory-mib": "20000", "gpu": "required"},
             )
@@ -155,12 +159,19 @@ def _bundle(tmp_path: Path) -> Path:
     )
     d = tmp_path / "bundle"
     d.mkdir()
-    (d / "MANIFEST.json").write_bytes(canonical_bytes(m))
+    data = canonical_bytes(m)
+    (d / "MANIFEST.json").write_bytes(data)
+    (d / "MANIFEST.json.asc").write_bytes(keys.sign(data, "signer"))
     return d
 
 
-def test_requirements_from_bundle_manifest(tmp_path: Path) -> None:
-    req = requirements_from_bundle(_bundle(tmp_path), root="/srv/airlock", tiers={"warm": "/mnt/cephfs"})
+def _trust_args(keys: Keys) -> list[str]:
+    return ["--trust", keys.fpr["signer"], "--keyring", str(keys.keyring("signer"))]
+
+
+def test_requirements_from_bundle_manifest(tmp_path: Path, keys: Keys) -> None:
+    req = requirements_from_bundle(_bundle(tmp_path, keys), keys.trust(["signer"], "signer"),
+                                   root="/srv/airlock", tiers={"warm": "/mnt/cephfs"})
     assert req.tiers == {"hot": ("/srv/airlock", 2000), "warm": ("/mnt/cephfs", 0)}
     assert (req.min_driver_version, req.min_gpu_memory_mib, req.gpu_required) == ("550.54", 20000, True)
     assert req.not_before and req.not_before.endswith("Z")
@@ -172,11 +183,12 @@ def _cli() -> typer.Typer:
     return app
 
 
-def test_cli_report_exit_codes_and_override(tmp_path: Path, fake_smi: Path) -> None:
+def test_cli_report_exit_codes_and_override(tmp_path: Path, fake_smi: Path, keys: Keys) -> None:
     runner = CliRunner()
     write_smi(fake_smi, H100.replace("550.54.15", "535.86.10"))  # driver older than the bundle needs
-    bundle = _bundle(tmp_path)
-    args = ["preflight", "--bundle", str(bundle), "--root", str(tmp_path), "--min-ram-gib", "0"]
+    bundle = _bundle(tmp_path, keys)
+    args = ["preflight", "--bundle", str(bundle), *_trust_args(keys), "--root", str(tmp_path),
+            "--min-ram-gib", "0"]
     res = runner.invoke(_cli(), [*args, "--json"])
     assert res.exit_code == 14, res.output
     report = json.loads(res.stdout)
