@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from airlock.cli.common import JsonOpt, console, emit_json, handle_errors, out
+from airlock.cli.common import JsonOpt, check_banner, console, emit_json, handle_errors, out
 from airlock.errors import FleetError
 
 RESULT_STYLE = {"ok": "green", "changed": "yellow", "failed": "bold red", "failed (rolled back)": "bold red",
@@ -84,7 +85,8 @@ class _Progress:
 
 
 def _table(result: Any) -> Table:
-    table = Table(title="Fleet summary")
+    title = "Fleet summary (CHECK MODE: planned, nothing changed)" if result.check else "Fleet summary"
+    table = Table(title=title)
     for col in ("host", "from", "to", "result", "duration"):
         table.add_column(col)
     for h in result.hosts:
@@ -94,28 +96,102 @@ def _table(result: Any) -> Table:
     return table
 
 
-def _run(name: str, inventory: Path, bundle: Path | None, trust: list[str], keyring: Path | None,
-         root: Path | None, limit: str | None, check: bool, diff: bool, extra: list[str],
-         extra_file: Path | None, as_json: bool, runner_dir: Path | None) -> None:
-    from airlock.fleet import run_playbook
-
-    with handle_errors(as_json):
-        if name in ("install", "update") and bundle is None:
-            raise FleetError(f"airlock {name} needs --bundle DIR", rule="bundle")
-        if bundle is not None and not bundle.is_dir():
-            raise FleetError(f"{bundle}: no such bundle directory", path=str(bundle), rule="bundle")
-        ev = _extravars(bundle, trust, keyring, root, extra, extra_file)
-        result = run_playbook(name, inventory, ev, limit=limit, check=check, diff=diff or check,
-                              on_event=_Progress(as_json), private_data_dir=runner_dir)
-    if as_json:
-        emit_json(result.as_dict())
-    else:
-        out.print(_table(result))
+def _report(result: Any) -> None:
+    """The human report: the table, each host's plan (check mode) and failure, Ansible's own error."""
+    out.print(_table(result))
+    if result.check:
         for h in result.hosts:
-            if h.message:
-                out.print(f"{escape(h.host)}: {escape(h.failed_task or '')}: {escape(h.message)}",
-                          highlight=False)
-        out.print(f"batches: {result.batches}; status {result.status}, rc {result.rc}", highlight=False)
+            plan = "".join(h.plan).rstrip()
+            out.print(f"[bold]plan for {escape(h.host)}[/]: " + ("no change" if not plan else ""),
+                      highlight=False)
+            for line in plan.splitlines():
+                out.print("  " + escape(line), highlight=False)
+    for h in result.hosts:
+        if h.message and h.result != "not started":
+            out.print(f"{escape(h.host)}: {escape(h.failed_task or '')}: {escape(h.message)}",
+                      highlight=False)
+    _drift_report(result.hosts)
+    if result.error:
+        waiting = ", ".join(escape(h.host) for h in result.hosts if h.result == "not started")
+        out.print(f"[bold red]Ansible failed before these hosts started:[/] {waiting}", highlight=False)
+        out.print(escape(result.error), highlight=False)
+    out.print(f"batches: {result.batches}; status {result.status}, rc {result.rc}", highlight=False)
+    if result.check:
+        check_banner()
+
+
+def _drift_report(hosts: list[Any]) -> None:
+    """Warnings (signatures not checked) loudly, then the drift grouped by host, every item whole."""
+    from airlock.repo.verify import drift_text
+
+    for w in sorted({w for h in hosts for w in h.warnings}):
+        console.print(f"[bold yellow]WARNING:[/] {escape(w)}", highlight=False)
+    for h in hosts:
+        if h.drift:
+            out.print(f"[bold red]drift on {escape(h.host)}[/] ({len(h.drift)} item(s)):", highlight=False)
+            for d in h.drift:
+                out.print("  " + escape(drift_text({**d, "host": None})), highlight=False, soft_wrap=True)
+
+
+@dataclass(frozen=True)
+class FleetArgs:
+    """Everything a fleet command was given (one place for the eight commands' options)."""
+
+    inventory: Path
+    bundle: Path | None = None
+    trust: list[str] = field(default_factory=list)
+    keyring: Path | None = None
+    root: Path | None = None
+    limit: str | None = None
+    check: bool = False
+    diff: bool = False
+    extra: list[str] = field(default_factory=list)
+    extra_file: Path | None = None
+    as_json: bool = False
+    runner_dir: Path | None = None
+    tags: list[str] = field(default_factory=list)
+    skip_tags: list[str] = field(default_factory=list)
+    vault_password_file: Path | None = None
+    ask_vault_pass: bool = False
+    to: str | None = None
+    canary_pause: int = 0
+
+
+def _split(values: list[str]) -> list[str]:
+    return [t.strip() for v in values for t in v.split(",") if t.strip()]
+
+
+def _run(name: str, a: FleetArgs) -> None:
+    from airlock.fleet import Vault, run_playbook
+
+    with handle_errors(a.as_json):
+        if name in ("install", "update") and a.bundle is None:
+            raise FleetError(f"airlock {name} needs --bundle DIR", rule="bundle")
+        if a.bundle is not None and not a.bundle.is_dir():
+            raise FleetError(f"{a.bundle}: no such bundle directory", path=str(a.bundle), rule="bundle")
+        if a.to is not None and name != "rollback":
+            raise FleetError(f"--to is for airlock rollback, not airlock {name}", rule="usage")
+        if a.canary_pause and name != "update":
+            raise FleetError(f"--canary-pause is for airlock update, not airlock {name}", rule="usage")
+        if a.vault_password_file is not None and a.ask_vault_pass:
+            raise FleetError("give --vault-password-file or --ask-vault-pass, not both", rule="vault")
+        ev = _extravars(a.bundle, a.trust, a.keyring, a.root, a.extra, a.extra_file)
+        if a.to is not None:
+            ev["airlock_rollback_to"] = a.to
+        if a.canary_pause:
+            ev["airlock_update_canary_pause_seconds"] = a.canary_pause
+        password = typer.prompt("Vault password", hide_input=True, err=True) if a.ask_vault_pass else None
+        vault = Vault(a.vault_password_file, password)
+        if a.check and not a.as_json:
+            check_banner()
+        result = run_playbook(name, a.inventory, ev, limit=a.limit, check=a.check, diff=a.diff or a.check,
+                              on_event=_Progress(a.as_json), private_data_dir=a.runner_dir,
+                              tags=_split(a.tags), skip_tags=_split(a.skip_tags), vault=vault)
+    if a.as_json:
+        emit_json({**result.as_dict(), "drift": [d for h in result.hosts for d in h.drift],
+                   "warnings": sorted({w for h in result.hosts for w in h.warnings})})
+    else:
+        _report(result)
     if result.rc != 0:
         raise typer.Exit(FleetError.exit_code)
 
@@ -134,6 +210,18 @@ ExtraOpt = typer.Option([], "--extra", "-e", help="Extra variable KEY=VALUE (JSO
 ExtraFileOpt = typer.Option(None, "--extra-file", help="JSON file of extra variables (for secrets).")
 RunnerDirOpt = typer.Option(None, "--runner-dir", help="ansible-runner private data dir "
                             "(default ~/.cache/airlock/runner/<command>).")
+TagsOpt = typer.Option([], "--tags", help="Only run tasks and roles with these tags (comma list; "
+                       "repeatable).")
+SkipTagsOpt = typer.Option([], "--skip-tags", help="Skip tasks and roles with these tags (comma list; "
+                           "repeatable).")
+VaultFileOpt = typer.Option(None, "--vault-password-file", help="File holding the password of vaulted "
+                            "inventory variables.")
+AskVaultOpt = typer.Option(False, "--ask-vault-pass", help="Ask for the vault password (given to Ansible's "
+                           "prompt, never written to disk).")
+ToOpt = typer.Option(None, "--to", help="rollback: the version to roll back to (default: the previous good "
+                     "version; a host already there is unchanged).")
+CanaryPauseOpt = typer.Option(0, "--canary-pause", min=0, help="update: seconds to wait after the canary "
+                              "batch before the next batch (Ctrl-C then A aborts).")
 
 
 COMMANDS = {
@@ -151,9 +239,13 @@ def _command(name: str, doc: str) -> Callable[..., None]:
                 keyring: Path = KeyringOpt, root: Path = RootOpt, limit: str = LimitOpt,
                 check: bool = CheckOpt, diff: bool = DiffOpt, extra: list[str] = ExtraOpt,
                 extra_file: Path = ExtraFileOpt, as_json: bool = JsonOpt,
-                runner_dir: Path = RunnerDirOpt) -> None:
-        _run(name, inventory, bundle, trust, keyring, root, limit, check, diff, extra, extra_file,
-             as_json, runner_dir)
+                runner_dir: Path = RunnerDirOpt, tags: list[str] = TagsOpt,
+                skip_tags: list[str] = SkipTagsOpt,
+                vault_password_file: Path = VaultFileOpt, ask_vault_pass: bool = AskVaultOpt,
+                to: str = ToOpt, canary_pause: int = CanaryPauseOpt) -> None:
+        _run(name, FleetArgs(inventory, bundle, trust, keyring, root, limit, check, diff, extra, extra_file,
+                             as_json, runner_dir, tags, skip_tags, vault_password_file, ask_vault_pass, to,
+                             canary_pause))
 
     command.__doc__ = doc
     command.__name__ = f"{name}_cmd"

@@ -66,10 +66,15 @@ class Drift:
         return {"host": host, **d} if host is not None else d
 
     def text(self) -> str:
-        who = " ".join(x for x in (self.model, self.version) if x)
-        tail = "" if self.expected is None and self.found is None else \
-            f" (expected {self.expected}, found {self.found})"
-        return f"{who + ': ' if who else ''}{self.path}: {self.rule}{tail}"
+        return drift_text(self.as_dict())
+
+
+def drift_text(d: dict[str, Any]) -> str:
+    """One drift item (``Drift.as_dict``) as one untruncated line."""
+    who = " ".join(str(x) for x in (d.get("host"), d.get("model"), d.get("version")) if x)
+    tail = "" if d.get("expected") is None and d.get("found") is None else \
+        f" (expected {d.get('expected')}, found {d.get('found')})"
+    return f"{who + ': ' if who else ''}{d.get('path')}: {d.get('rule')}{tail}"
 
 
 # ---------------------------------------------------------------------------------- signed anchors
@@ -439,7 +444,11 @@ def check_repository(layout: Layout, cat: Catalog, *, models: list[str] | None =
         active = cat.in_state(model, "active")
         if loadable and active is not None and layout.version_dir(model, active.version).is_dir():
             try:
-                lr = check_loadable(layout.version_dir(model, active.version))
+                enc_files = {r: (f.size, f.sha256) for r, f in (cat.version(model, active.version) or
+                                                                 active).files.items()}
+                lr = check_loadable(layout.version_dir(model, active.version),
+                                    keys=keys if active.encryption else None, model=model,
+                                    expected=enc_files if active.encryption else None)
                 rep["loadable"] = {"tensors": lr.tensors, "files": lr.files, "checks": lr.checks}
             except AirlockError as exc:
                 drift.append(Drift("not-loadable", str(layout.version_dir(model, active.version)), model,

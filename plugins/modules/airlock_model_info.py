@@ -13,11 +13,15 @@ version_added: "0.1.0"
 description:
   - Returns the repository state (models, active and previous versions, every version's state, the
     installed bundle sequence and the audit log head) as RV(airlock_repo).
-  - With O(verify=true), checks every present version of the selected models against the catalog
-    and the kept signed manifest (hashes, sizes, modes, owner, missing and extra files, the
-    C(current) link) and the audit log's hash chain, and with O(loadable=true) also that the active
-    version's safetensors load. Drift is reported, never repaired; each check appends a
-    C(verify) record to the audit log (the compliance trail), nothing else is written.
+  - With O(verify=true), the read-only compliance check (C(airlock.repo.verify)): every present
+    version of the selected models against the kept signed manifests and the catalog (hashes,
+    sizes, modes, owner, missing, extra and stray files, provenance, the C(current) link), the
+    mode of every repository path, the anti-downgrade sequence, the kept manifests' signatures
+    (with O(trust); without it the result says loudly that they were NOT checked), the audit log's
+    hash chain against the catalog's head and O(audit_anchor), deleted history rows, and with
+    O(loadable=true) that the active versions' safetensors load.
+  - Drift is reported, never repaired, and nothing is written on the target, not even an audit
+    record (the catalog is opened read-only): the control node keeps the result and the audit head.
 options:
   root:
     description: Root of the model repository on the target.
@@ -46,6 +50,12 @@ options:
         in the repository (one per installed bundle) is checked again against them.
     type: list
     elements: str
+  audit_anchor:
+    description:
+      - The audit head (C({seq, hash})) the control node recorded on its last run. The log must
+        still hold that record, byte for byte; a truncated or replaced log is drift (rule
+        C(audit-anchor)) even when the catalog's head was edited too.
+    type: dict
   keyring:
     description: Public keyring file holding the trusted keys.
     type: path
@@ -110,11 +120,37 @@ verify:
   type: dict
   sample: {"minilm": {"ok": true, "versions": [], "current": {"ok": true}}}
 drift:
-  description: One line per problem found (empty when everything matches).
+  description: One line per drift item, untruncated (empty when everything matches).
   returned: when verify is true
   type: list
   elements: str
-  sample: ["minilm 1.1.0: model.safetensors: sha256 differs from the catalog"]
+  sample: ["minilm 1.1.0: /srv/airlock/model_repo/minilm/1.1.0/model.bin: sha256 (expected 3f, found 9a)"]
+drift_items:
+  description:
+    - The drift as data, one dict per item (C(model), C(version), C(path), C(rule), C(expected),
+      C(found)); the rules are listed in docs/repository.md.
+  returned: when verify is true
+  type: list
+  elements: dict
+  sample: [{"model": "minilm", "version": "1.1.0", "path": "/srv/airlock/model_repo/minilm/9.9.9",
+            "rule": "stray-version", "expected": "not in the catalog", "found": "directory"}]
+signatures_checked:
+  description: Whether the kept manifests' signatures were checked again (only with O(trust)).
+  returned: when verify is true
+  type: bool
+verify_warnings:
+  description: What the check could not vouch for (signatures not checked, unsigned versions).
+  returned: when verify is true
+  type: list
+  elements: str
+audit_head:
+  description: The audit log head seen (C({seq, hash})), for the control node to keep as the next anchor.
+  returned: when verify is true
+  type: dict
+audit_ok:
+  description: Whether the audit chain, the catalog's head and O(audit_anchor) all agree.
+  returned: when verify is true
+  type: bool
 """
 
 from pathlib import Path
@@ -130,85 +166,54 @@ from ansible_collections.airlock.appliance.plugins.module_utils.airlock_common i
 )
 
 
-def _problem_text(problem):
-    if isinstance(problem, dict) and "kind" in problem:
-        text = "%s: %s" % (problem.get("path") or ".", problem["kind"])
-        if problem.get("expected") is not None or problem.get("actual") is not None:
-            text += " (expected %s, found %s)" % (problem.get("expected"), problem.get("actual"))
-        return text
-    if isinstance(problem, dict):
-        return ", ".join("%s=%s" % (k, problem[k]) for k in sorted(problem))
-    return str(problem)
+def _check(repo, p):
+    from airlock.bundle import Trust
+    from airlock.repo.audit import parse_head
+    from airlock.repo.verify import drift_text
 
-
-def _signatures(repo, p):
-    """Re-verify every kept signed manifest against the pinned signers."""
-    from airlock.bundle import Trust, load_signed_manifest
-
-    drift = []
-    records = repo.layout.packages / "bundles"
-    trust = Trust(fingerprints=p["trust"], gnupghome=p["gnupghome"], keyring=p["keyring"])
-    for rec in sorted(records.iterdir()) if records.is_dir() else []:
-        try:
-            load_signed_manifest(rec, trust)
-        except AirlockError as exc:
-            drift.append("bundle %s: signature: %s" % (rec.name, exc))
-    return drift
-
-
-def _check(repo, state, models, loadable, expected):
-    from airlock.repo import check_loadable
-
-    reports, drift = {}, []
-    for model, want in sorted(expected.items()):
-        have = state["models"].get(model, {}).get("active")
-        if want is not None and have != str(want):
-            drift.append("%s: active version is %s, expected %s" % (model, have, want))
-    for model in models or sorted(state["models"]):
-        report = repo.verify(model)
-        reports[model] = report
-        for v in report["versions"]:
-            drift.extend("%s %s: %s" % (model, v.get("version"), _problem_text(pr)) for pr in v["problems"])
-        if not report["current"].get("ok", False):
-            drift.append("%s: current link: %s" % (model, _problem_text(report["current"])))
-        active = state["models"].get(model, {}).get("active")
-        if loadable and active:
-            try:
-                lr = check_loadable(repo.layout.version_dir(model, active))
-                report["loadable"] = dict(tensors=lr.tensors, files=lr.files, checks=lr.checks)
-            except AirlockError as exc:
-                drift.append("%s %s: not loadable: %s" % (model, active, exc))
-    audit = repo.audit_verify()
-    drift.extend("audit log: %s" % pr for pr in audit.problems)
-    if not audit.ok and not audit.problems:
-        drift.append("audit log: hash chain broken")
-    return reports, drift
+    trust = None
+    if p["trust"]:
+        trust = Trust(fingerprints=p["trust"], gnupghome=p["gnupghome"], keyring=p["keyring"])
+    report = repo.compliance(p["models"] or None, trust=trust, anchor=parse_head(p["audit_anchor"]),
+                             expected=p["expected"], loadable=p["loadable"])
+    return dict(verify=report["models"], drift=[drift_text(d) for d in report["drift"]],
+                drift_items=report["drift"], signatures_checked=report["signatures_checked"],
+                verify_warnings=report["warnings"], audit_head=report["audit_head"],
+                audit_ok=report["audit_ok"], sequence=report["sequence"])
 
 
 def run_module():
     spec = dict(models=dict(type="list", elements="str", default=[]), verify=dict(type="bool", default=False),
                 loadable=dict(type="bool", default=False), expected=dict(type="dict", default={}),
                 trust=dict(type="list", elements="str"), keyring=dict(type="path"),
-                gnupghome=dict(type="path"),
+                gnupghome=dict(type="path"), audit_anchor=dict(type="dict"),
                 **dict(repo_argument_spec(), **keys_argument_spec()))
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     require_airlock(module)
     p = module.params
+    from airlock.repo.verify import drift_text
+
     if not Path(p["root"], "model_repo").is_dir():
         # nothing installed yet (or check mode before the layout exists): an empty state, no writes
         if p["verify"] and p["models"]:
             module.fail_json(msg="%s: no model repository here to verify" % p["root"])
+        items = []
+        if p["verify"] and (p["audit_anchor"] or {}).get("seq"):  # it had a log: the repository is gone
+            items.append(dict(model=None, version=None, path=p["root"], rule="audit-anchor",
+                              expected=p["audit_anchor"], found="no model repository"))
         module.exit_json(changed=False, airlock_repo=dict(root=p["root"], models={}, sequence=None,
                                                           audit_head=None, exists=False),
-                         verify={}, drift=[])
+                         verify={}, drift=[drift_text(d) for d in items],
+                         drift_items=items, signatures_checked=bool(p["trust"]), verify_warnings=[],
+                         audit_head=None, audit_ok=not items)
     repo = open_repository(module)
     try:
         state = dict(repo.state(), exists=True)
         result = dict(changed=False, airlock_repo=state)
         if p["verify"]:
-            result["verify"], result["drift"] = _check(repo, state, p["models"], p["loadable"], p["expected"])
-            if p["trust"]:
-                result["drift"].extend(_signatures(repo, p))
+            result.update(_check(repo, p))
+            for warning in result["verify_warnings"]:
+                module.warn(warning)
             if result["drift"] and module._diff:
                 result["diff"] = dict(before="no drift\n", after="".join(d + "\n" for d in result["drift"]),
                                       before_header="expected", after_header="found on %s" % p["root"])
