@@ -1,0 +1,200 @@
+"""Verify writes nothing on a host: a tree hash of each host's root (content, modes, owners, symlink
+targets; the catalog file and update_history.log included) is identical before and after
+``verify.yml --check``, ``airlock verify`` (fleet CLI, with and without --check), ``airlock model
+verify`` and ``airlock audit verify``, on a clean host and on one with drift. The fleet runs through
+a local-connection inventory (one root per host) with real signed bundles installed; the control
+node's audit-head anchor and the structured drift output are tested on it too."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from airlock.hashing import sha256_file
+from airlock.repo import Repository
+from airlock.repo.audit import line_hash
+from tests.fleet.bundles import MODEL, Bundles, make_bundles
+from tests.repo.test_anchors import install_host
+
+REPO = Path(__file__).resolve().parents[2]
+HOSTS = ("h1", "h2")
+
+
+def tree_state(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Every path under ``root`` (itself included): type, content hash or link target, mode, owner."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for p in [Path(dirpath), *(Path(dirpath) / n for n in [*dirs, *files])]:
+            rel = p.relative_to(root).as_posix()
+            if rel in out:
+                continue
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                what: tuple[Any, ...] = ("link", os.readlink(p))
+            elif stat.S_ISREG(st.st_mode):
+                what = ("file", sha256_file(p), st.st_size)
+            else:
+                what = ("dir",)
+            out[rel] = (*what, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    return out
+
+
+@dataclass
+class Fleet:
+    base: Path
+    inventory: Path
+    state: Path
+    bundles: Bundles
+
+    def root(self, host: str) -> Path:
+        return self.base / host
+
+    def trees(self) -> dict[str, dict[str, tuple[Any, ...]]]:
+        return {h: tree_state(self.root(h)) for h in HOSTS}
+
+    def trust_args(self) -> list[str]:
+        return ["--trust", self.bundles.fingerprint, "--keyring", str(self.bundles.keyring)]
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+           "ANSIBLE_NOCOLOR": "1"}
+    env.pop("AIRLOCK_FAULT", None)
+    return env
+
+
+def airlock(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(REPO / ".venv/bin/airlock"), *args], env=_env(), capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+
+
+def playbook(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(REPO / ".venv/bin/ansible-playbook"), "-i", str(fleet.inventory),
+                           str(REPO / "playbooks" / "verify.yml"), *args], env=_env(), capture_output=True,
+                          text=True, timeout=600, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
+    return make_bundles(tmp_path_factory.mktemp("bundles"))
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, bundles: Bundles) -> Iterator[Fleet]:
+    for h in HOSTS:
+        install_host(tmp_path / h, bundles, tmp_path).close()
+    inv = tmp_path / "inventory.yml"
+    inv.write_text(yaml.safe_dump({"all": {"children": {"appliances": {
+        "hosts": {h: {"airlock_root": str(tmp_path / h)} for h in HOSTS},
+        "vars": {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                 "airlock_state_dir": str(tmp_path / "control")}}}}}))
+    yield Fleet(tmp_path, inv, tmp_path / "control", bundles)
+
+
+def _drift_on_h1(fleet: Fleet) -> None:
+    vdir = fleet.root("h1") / "model_repo" / MODEL / "1.1.0"
+    os.chmod(vdir / "config.json", 0o644)
+    (vdir.parent / "9.9.9").mkdir(mode=0o700)
+
+
+def test_verify_changes_no_byte(fleet: Fleet) -> None:
+    _drift_on_h1(fleet)
+    before = fleet.trees()
+    assert any(k.endswith("update_history.log") for k in before["h1"])
+    assert any(k.endswith("model_catalog.db") for k in before["h1"])
+    runs = {
+        "verify.yml --check": playbook(fleet, "--check", "--diff"),
+        "verify.yml": playbook(fleet, "-e", json.dumps({"airlock_trust": [fleet.bundles.fingerprint],
+                                                         "airlock_keyring": str(fleet.bundles.keyring)})),
+        "airlock verify --check": airlock("verify", "-i", str(fleet.inventory), "--check", "--json",
+                                          "--runner-dir", str(fleet.base / "runner"), *fleet.trust_args()),
+        "airlock verify": airlock("verify", "-i", str(fleet.inventory), "--runner-dir",
+                                  str(fleet.base / "runner")),
+    }
+    for h in HOSTS:
+        runs[f"airlock model verify ({h})"] = airlock("model", "verify", "--root", str(fleet.root(h)))
+        runs[f"airlock model verify {MODEL} ({h})"] = airlock("model", "verify", MODEL, "--root",
+                                                               str(fleet.root(h)), *fleet.trust_args())
+        runs[f"airlock audit verify ({h})"] = airlock("audit", "verify", "--root", str(fleet.root(h)))
+    # each run saw the drift on h1 (so the drift path ran too) and none on h2
+    for name, r in runs.items():
+        if name.startswith("airlock audit"):
+            assert r.returncode == 0, (name, r.stderr)
+        elif "(h2)" in name:
+            assert r.returncode == 0, (name, r.stdout, r.stderr)
+        else:
+            assert r.returncode != 0, (name, r.stdout, r.stderr)
+    assert fleet.trees() == before
+
+
+def test_fleet_drift_is_data_whole_and_grouped_by_host(fleet: Fleet) -> None:
+    mdir = fleet.root("h1") / "model_repo" / MODEL
+    for i in range(20):
+        (mdir / f"stray-{i:02d}-{'y' * 30}.bin").write_bytes(b"y")
+    f = mdir / "1.1.0" / "tokenizer.json"
+    os.chmod(f, 0o644)
+    f.write_bytes(f.read_bytes().replace(b"t1", b"x1", 1))
+    os.chmod(f, 0o444)
+    repo = Repository(fleet.root("h1"))
+    want = repo.compliance()["drift"]
+    repo.close()
+    assert len(want) == 22  # 20 stray files, the tokenizer in 1.1.0 and in 1.0.0 (one hard-linked inode)
+    r = airlock("verify", "-i", str(fleet.inventory), "--json", "--runner-dir", str(fleet.base / "runner"),
+                *fleet.trust_args())
+    assert r.returncode == 40
+    report = json.loads(r.stdout)
+    assert report["drift"] == [{"host": "h1", **d} for d in want]  # every item, none cut
+    assert {d["rule"] for d in report["drift"]} == {"stray-file", "sha256"}
+    assert report["warnings"] == []  # trust given: signatures checked
+    hosts = {h["host"]: h for h in report["hosts"]}
+    assert hosts["h1"]["result"] == "failed" and hosts["h2"]["result"] == "ok" and hosts["h2"]["drift"] == []
+    # the human view: a block per host with every item whole; without trust a loud warning
+    r = airlock("verify", "-i", str(fleet.inventory), "--runner-dir", str(fleet.base / "runner"))
+    assert r.returncode == 40
+    assert "drift on h1 (22 item(s)):" in r.stdout and "drift on h2" not in r.stdout
+    for d in want:
+        assert d["path"] in r.stdout
+    assert "WARNING:" in r.stderr and "signatures NOT checked" in r.stderr
+
+
+def _head(fleet: Fleet, host: str) -> dict[str, Any]:
+    heads = json.loads((fleet.state / f"{host}.audit-head.json").read_text())
+    return dict(heads[str(fleet.root(host))])
+
+
+def test_control_node_anchor_catches_a_truncated_log_with_an_edited_catalog(fleet: Fleet) -> None:
+    r = playbook(fleet, "--check")
+    assert r.returncode == 0, r.stdout
+    anchor = _head(fleet, "h2")
+    log = fleet.root("h2") / "model_repo" / "update_history.log"
+    assert anchor["seq"] == len(log.read_bytes().splitlines())
+    # the forger drops the last record and makes the catalog agree (head and history row)
+    lines = log.read_bytes().splitlines()[:-1]
+    os.chmod(log, 0o644)
+    log.write_bytes(b"".join(ln + b"\n" for ln in lines))
+    os.chmod(log, 0o640)
+    db = sqlite3.connect(fleet.root("h2") / "model_repo" / "metadata" / "model_catalog.db")
+    db.execute("UPDATE meta SET value=? WHERE key='audit_head'", (f"{len(lines)}:{line_hash(lines[-1])}",))
+    db.execute("DELETE FROM history WHERE id=(SELECT max(id) FROM history)")
+    db.commit()
+    db.close()
+    r = airlock("model", "verify", "--root", str(fleet.root("h2")))
+    assert r.returncode == 0  # on the host alone, nothing shows any more...
+    r = airlock("verify", "-i", str(fleet.inventory), "--check", "--json", "--runner-dir",
+                str(fleet.base / "runner"))
+    assert r.returncode == 40
+    drift = json.loads(r.stdout)["drift"]
+    assert [(d["host"], d["rule"]) for d in drift] == [("h2", "audit-anchor")]  # ...the control node knows
+    assert _head(fleet, "h2") == anchor  # not advanced past a broken log: reported again next run
+    r = playbook(fleet, "--check")
+    assert r.returncode != 0 and "audit-anchor" in r.stdout
