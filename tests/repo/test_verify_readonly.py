@@ -74,8 +74,8 @@ def _env() -> dict[str, str]:
 
 
 def airlock(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(REPO / ".venv/bin/airlock"), *args], env=_env(), capture_output=True, text=True,
-                          timeout=600, cwd=REPO)
+    return subprocess.run([str(REPO / ".venv/bin/airlock"), *args], env=_env(), capture_output=True,
+                          text=True, timeout=600, cwd=REPO)
 
 
 def playbook(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
