@@ -17,23 +17,26 @@ RootOpt = typer.Option(Path("/srv/airlock"), "--root", envvar="AIRLOCK_ROOT",
 @app.command("verify")
 def verify_cmd(root: Path = RootOpt,
                log: Path = typer.Option(None, "--log", help="Check this log file instead (no catalog head)."),
+               anchor: str = typer.Option(None, "--anchor", metavar="SEQ:SHA256",
+                                          help="A head recorded elsewhere (e.g. the control node's): the log "
+                                          "must still hold that record."),
                as_json: bool = JsonOpt) -> None:
-    """Check the chain: an edited, deleted or reordered record (or a cut tail) fails with exit 33."""
+    """Check the chain against the catalog's head (and --anchor): an edited, deleted or reordered
+    record, a cut tail or a replaced log fails with exit 33. Read-only."""
     from airlock.repo import Repository
     from airlock.repo import audit as audit_log
 
     with handle_errors(as_json):
+        head = audit_log.parse_head(anchor) if anchor else None
         if log is not None:
-            report = audit_log.verify(log)
+            report = audit_log.verify(log, anchor=head)
         else:
-            repo = Repository(root)
-            head = repo.audit_head() if repo.layout.catalog.exists() else None
-            report = audit_log.verify(repo.layout.audit_log, head)
+            report = Repository(root).audit_verify(head)
         if as_json:
             emit_json(report.as_dict())
         else:
             out.print(f"{report.path}: chain intact, {report.records} records, head "
-                      f"{report.head.hash[:16]}...", highlight=False, soft_wrap=True, markup=False)
+                      f"{report.head.seq}:{report.head.hash}", highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command("show")

@@ -74,12 +74,18 @@ def test_model_check_diff_install_idempotent(bundles: Bundles, tmp_path: Path) -
     assert done["changed"] and (root / "model_repo" / "tiny" / "current").resolve().name == "1.0.0"
     again = run_module("airlock_model", args)
     assert not again["changed"]
+    settled = snapshot(root)
     info = run_module("airlock_model_info", {"root": str(root), "verify": True, "loadable": True,
                                              "expected": {"tiny": "1.0.0"}, **trust(bundles)})
     assert info["airlock_repo"]["models"]["tiny"]["active"] == "1.0.0" and info["drift"] == []
     wrong = run_module("airlock_model_info", {"root": str(root), "verify": True,
                                               "expected": {"tiny": "9.9.9"}})
-    assert wrong["drift"] == ["tiny: active version is 1.0.0, expected 9.9.9"]
+    assert [(d["rule"], d["expected"], d["found"]) for d in wrong["drift_items"]] == \
+        [("expected-version", "9.9.9", "1.0.0")]
+    assert wrong["drift"] == [f"tiny 1.0.0: {root}/model_repo/tiny/current: expected-version "
+                              "(expected 9.9.9, found 1.0.0)"]
+    assert not wrong["signatures_checked"] and "signatures NOT checked" in wrong["verify_warnings"][0]
+    assert snapshot(root) == settled  # the two checks above wrote nothing
 
 
 def test_model_argument_errors_are_clear(tmp_path: Path) -> None:

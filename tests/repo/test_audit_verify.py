@@ -110,3 +110,21 @@ def test_missing_file_and_broken_link(busy: Repository) -> None:
     Path(busy.layout.current("m")).unlink()
     os.symlink("1.1.0", busy.layout.current("m"))
     assert busy.verify("m")["current"]["ok"] is False
+
+
+def test_anchor_outside_the_log_and_the_catalog(busy: Repository) -> None:
+    """A forger who drops the last record and fixes the catalog's head too is caught by a head kept
+    elsewhere (``--anchor``, the control node's copy)."""
+    r = cli(busy.root, "audit", "verify", "--json")
+    head = json.loads(r.stdout)["head"]
+    lines = _lines(busy)[:-1]
+    _write(busy, lines)
+    from airlock.repo.audit import line_hash
+
+    with busy.catalog().transaction():
+        busy.catalog().set_meta("audit_head", f"{len(lines)}:{line_hash(lines[-1])}")
+    assert cli(busy.root, "audit", "verify").returncode == 0
+    r = cli(busy.root, "audit", "verify", "--anchor", f"{head['seq']}:{head['hash']}", "--json")
+    assert r.returncode == 33 and "control node recorded" in r.stdout + r.stderr
+    r = cli(busy.root, "audit", "verify", "--anchor", "nonsense")
+    assert r.returncode == 33 and "not an audit head" in r.stderr
