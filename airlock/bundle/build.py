@@ -3,11 +3,12 @@ FAT32-sized parts), write the canonical manifest once, sign it, rename the bundl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from airlock.bundle.manifest import (
 )
 from airlock.bundle.safeio import remove_stale
 from airlock.bundle.signing import sign_bytes
-from airlock.bundle.spec import BundleSpec, ModelSpec, load_spec
+from airlock.bundle.spec import BundleSpec, ModelSpec, check_model_dir, load_spec
 from airlock.errors import DeltaFormatError, ManifestError, UnsafePathError
 from airlock.faults import fault_point
 from airlock.fsutil import chmod_where_supported, fsync_dir, fsync_tree, safe_relpath, staging_dir
@@ -159,10 +160,18 @@ def build_bundle(spec_path: Path, out_dir: Path, *, signer: str, gnupghome: Path
     """Build ``out_dir`` (must not exist) from the spec; returns the signed manifest."""
     spec = load_spec(Path(spec_path), split_size=split_size, block_size=block_size)
     out_dir = Path(out_dir)
-    if os.path.lexists(out_dir):
+    if os.path.lexists(out_dir) and not _unfinished(out_dir):
         raise ManifestError(f"{out_dir}: output directory already exists", path=str(out_dir), rule="output")
     remove_stale(out_dir, ".building-")
-    with staging_dir(out_dir, prefix=".building-") as tmp:
+    # cheap checks before gigabytes are copied: every model loadable, the signer usable
+    for ms in spec.models:
+        if not ms.is_delta:
+            check_model_dir(ms, spec.source)
+    sign_bytes(b"airlock: signer check before the build", signer, gnupghome=gnupghome,
+               passphrase_file=passphrase_file)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    in_place = not dir_rename_keeps_children(out_dir.parent)
+    with (_in_place(out_dir) if in_place else staging_dir(out_dir, prefix=".building-")) as tmp:
         builder = _Builder(spec, tmp, progress or no_progress)
         for ms in spec.models:
             builder.add_model(ms)
@@ -176,22 +185,28 @@ def build_bundle(spec_path: Path, out_dir: Path, *, signer: str, gnupghome: Path
         )
         data = canonical_bytes(manifest)
         signature = sign_bytes(data, signer, gnupghome=gnupghome, passphrase_file=passphrase_file)
-        (tmp / MANIFEST_NAME).write_bytes(data)
         (tmp / SIGNATURE_NAME).write_bytes(signature)
+        (tmp / MANIFEST_NAME).write_bytes(data)  # last: without it nothing verifies
         chmod_where_supported(tmp, 0o755)  # FAT32 sticks hold no modes: skipped there
         fsync_tree(tmp)
         fault_point("bundle-build-before-rename")
-        if dir_rename_keeps_children(out_dir.parent):
+        if not in_place:
             os.rename(tmp, out_dir)
-        else:
-            move_files_into(tmp, out_dir, last=MANIFEST_NAME)
     return manifest
 
 
+_UNFINISHED = ".airlock-building"
+
+
+def _unfinished(out_dir: Path) -> bool:
+    """An in-place build cut short (kill -9, stick pulled): it carries the marker; a re-run replaces it."""
+    return out_dir.is_dir() and not out_dir.is_symlink() and (out_dir / _UNFINISHED).exists()
+
+
 def dir_rename_keeps_children(parent: Path) -> bool:
-    """Whether renaming a directory keeps what is in it on this file system. fusefat (FAT32 through
-    FUSE, a USB stick mounted without the vfat kernel module) loses a directory's children when the
-    directory is renamed; there the bundle is moved in file by file instead (``move_files_into``)."""
+    """Whether renaming a directory keeps what is in it on this file system (probed before anything
+    is copied). fusefat (FAT32 through FUSE, a stick mounted without the vfat kernel module) loses a
+    directory's children when the directory is renamed; there the bundle is built in place."""
     probe = Path(tempfile.mkdtemp(prefix=".airlock-probe-", dir=parent))
     try:
         (probe / "a").mkdir()
@@ -202,16 +217,19 @@ def dir_rename_keeps_children(parent: Path) -> bool:
         shutil.rmtree(probe, ignore_errors=True)
 
 
-def move_files_into(tmp: Path, out_dir: Path, *, last: str) -> None:
-    """Rename every file of ``tmp`` into a new ``out_dir`` (directories made, files renamed; no byte
-    copied), ``last`` at the end: a bundle cut short here has no MANIFEST.json and never verifies."""
+@contextlib.contextmanager
+def _in_place(out_dir: Path) -> Iterator[Path]:
+    """Build straight into ``out_dir`` (where a directory cannot be renamed into place): marked
+    unfinished until the end, MANIFEST.json written last, removed on any error."""
+    if _unfinished(out_dir):
+        shutil.rmtree(out_dir)
     out_dir.mkdir()
-    for dirpath, dirs, files in os.walk(tmp):
-        rel = Path(dirpath).relative_to(tmp)
-        for d in dirs:
-            (out_dir / rel / d).mkdir()
-        for f in files:
-            if rel != Path(".") or f != last:
-                os.rename(Path(dirpath) / f, out_dir / rel / f)
-    os.rename(tmp / last, out_dir / last)
+    marker = out_dir / _UNFINISHED
+    marker.write_bytes(b"")
+    try:
+        yield out_dir
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    marker.unlink()
     fsync_dir(out_dir)

@@ -155,6 +155,16 @@ def _model(base: Path, spec: Path, raw: Any, i: int) -> ModelSpec:
             raise _err(spec, f"models[{i}] ({m.name}): {m.delta_file} is not a file")
     if raw.get("from_version") is not None:
         m.from_version = str(raw["from_version"])
+    from airlock.errors import RepositoryError
+    from airlock.repo.layout import SemVer
+
+    for key, value in (("version", m.version), ("from_version", m.from_version)):
+        try:
+            if value is not None:
+                SemVer.parse(value)  # the appliance's own rule, checked before anything is copied
+        except RepositoryError as exc:
+            raise _err(spec, f"models[{i}] ({m.name}): {key} {value!r} is not a SemVer version "
+                       "(MAJOR.MINOR.PATCH, e.g. 1.0.0); the appliance would refuse it") from exc
     if m.golden is not None:
         g = m.golden
         if not isinstance(g, dict) or not {"input", "expected"} <= set(g):
@@ -206,3 +216,31 @@ def load_spec(path: Path, *, split_size: int | None = None, block_size: int | No
             raise _err(path, f"files[{i}]: {src} is not a file")
         spec.files.append(ExtraFile(src, str(safe_relpath(str(f["dest"])))))
     return spec
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".plan", ".h5", ".msgpack",
+                   ".ckpt")
+TOKENIZER_NAMES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def check_model_dir(ms: ModelSpec, spec: Path) -> None:
+    """What the appliance needs to load a full model, checked before a byte is copied: config.json
+    (valid JSON), at least one weights file, and a tokenizer when the config names a vocabulary."""
+    import json
+
+    assert ms.path is not None
+    where = f"model {ms.name} {ms.version} ({ms.path})"
+    try:
+        config = json.loads((ms.path / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise _err(spec, f"{where}: no config.json; the appliance cannot load a model without it") from exc
+    except (OSError, ValueError) as exc:
+        raise _err(spec, f"{where}: config.json is not valid JSON ({exc})") from exc
+    files = [p for p in ms.path.rglob("*") if p.is_file() and not p.is_symlink()]
+    if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in files):
+        raise _err(spec, f"{where}: no weights file ({', '.join('*' + s for s in WEIGHT_SUFFIXES[:3])}, ...)")
+    text_model = isinstance(config, dict) and "vocab_size" in config
+    if text_model and not any(p.name in TOKENIZER_NAMES for p in files):
+        raise _err(spec, f"{where}: config.json has a vocab_size but there is no tokenizer "
+                   f"({', '.join(TOKENIZER_NAMES[:3])}, ...)")

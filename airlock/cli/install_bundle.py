@@ -69,7 +69,8 @@ def install_bundle(bundle: Path, *, trust: list[str], keyring: Path | None, gnup
         state.repo = None if check else repo  # check mode records nothing
         t = Trust(fingerprints=trust, gnupghome=gnupghome, keyring=keyring)
         stage = state.stage = (stage_dir or repo.layout.packages / "staged") / bundle.resolve().name
-        signed = load_signed_manifest(bundle, t)  # cheap: the signature before any space is counted
+        repo.check_owner()  # cheap checks first: owner/group, signature, policy, space
+        signed = load_signed_manifest(bundle, t)
         m = signed.manifest
         check_policy(m, compatible=compatible, installed_sequence=repo.installed_sequence())
         space = bundle_space(repo, m, stage)

@@ -95,16 +95,21 @@ class Repository:
         return self.layout.root
 
     def _ids(self) -> tuple[int | None, int | None]:
-        """uid/gid to chown to: only when configured and running as root."""
-        if os.geteuid() != 0:
-            return None, None
+        """uid/gid to chown to: only when configured and running as root (names are resolved, and
+        an unknown one refused, either way: ``check_owner`` runs this before anything is copied)."""
         try:
             uid = pwd.getpwnam(self.owner).pw_uid if self.owner else None
             gid = grp.getgrnam(self.group).gr_gid if self.group else None
         except KeyError as exc:
-            raise RepositoryError(f"{self.root}: unknown owner/group {exc}", path=str(self.root),
-                                  rule="owner") from exc
+            raise RepositoryError(f"{self.root}: unknown owner/group {exc}: create it or fix --owner/--group",
+                                  path=str(self.root), rule="owner") from exc
+        if os.geteuid() != 0:
+            return None, None
         return uid, gid
+
+    def check_owner(self) -> None:
+        """Refuse an unknown --owner/--group now, before staging or copying (exit 30)."""
+        self._ids()
 
     def catalog(self) -> Catalog:
         if self._catalog is None:

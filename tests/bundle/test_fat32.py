@@ -90,3 +90,27 @@ def test_stick_pulled_mid_stage_then_resumed(keys: Keys, versions: Versions,  # 
         assert not staged.exists()
         r = airlock("model", "verify", "m", root=root)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_build_killed_on_the_stick_is_rebuilt(keys: Keys, versions: Versions, tmp_path: Path) -> None:  # noqa: F811
+    spec = write_spec(tmp_path / "full.yml", [{"name": "m", "version": "1.0.0",
+                                               "path": str(versions.src["1.0.0"])}], sequence=1)
+    args = ("bundle", "build", str(spec), "-o", "OUT", "--signer", keys.fpr["signer"],
+            "--gnupghome", str(keys.home))
+    with fat32_stick(tmp_path) as stick:
+        usb = stick.mount(rw=True)
+        out = usb / "b"
+        cmd = [a if a != "OUT" else str(out) for a in args]
+        r = airlock(*cmd, AIRLOCK_FAULT="bundle-build-mid-copy")
+        assert r.returncode == -9
+        assert not (out / "MANIFEST.json").exists()  # a cut-short bundle never verifies
+        r = airlock("bundle", "verify", str(out), "--trust", keys.fpr["signer"], "--keyring",
+                    str(keys.keyring("signer")))
+        assert r.returncode != 0
+        r = airlock(*cmd)
+        assert r.returncode == 0, r.stderr
+        assert [p.name for p in usb.iterdir() if p.name.startswith(".")] == []  # no temp dir left
+        assert ".airlock-building" not in {p.name for p in out.iterdir()}
+        r = airlock("bundle", "verify", str(out), "--trust", keys.fpr["signer"], "--keyring",
+                    str(keys.keyring("signer")))
+        assert r.returncode == 0, r.stderr

@@ -35,7 +35,8 @@ def test_build_verify_stage_pack_unpack(factory: BundleFactory, trust: Trust, tm
 def test_empty_and_exact_multiple_payloads(factory: BundleFactory, trust: Trust, tmp_path: Path) -> None:
     from tests.bundle.conftest import BLOCK, payload
 
-    files = {"empty.txt": b"", "exact.bin": payload(4 * BLOCK, 3), "split-exact.bin": payload(20_000, 4)}
+    files = {"config.json": b"{}", "empty.txt": b"", "exact.bin": payload(4 * BLOCK, 3),
+             "split-exact.bin": payload(20_000, 4)}
     bundle = factory.build(model_files=files)
     m = verify_bundle(bundle, trust).manifest
     base = "models/minilm/1.0.0"

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_all_payload_kinds(keys: Keys, trust: Trust, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = make_tree(tmp_path / "src", {
-        "model/config.json": b"{}", "model/tok/vocab.txt": b"a\nb\n",
+        "model/config.json": b"{}", "model/model.safetensors": b"w", "model/tok/vocab.txt": b"a\nb\n",
         "wheels/airlock-0.1.0-py3-none-any.whl": b"PK", "wheels/numpy-2.0-cp311.whl": b"PK2",
         "wheels/notes.txt": b"not a wheel", "debs/gnupg_2.2.40_amd64.deb": b"!<arch>",
         "img/triton.tar": b"image", "site.yml": b"- hosts: all\n",
@@ -37,12 +37,13 @@ def test_all_payload_kinds(keys: Keys, trust: Trust, tmp_path: Path, monkeypatch
     m = build_bundle(spec, tmp_path / "out", signer=keys.fpr["signer"], gnupghome=keys.home)
     assert sorted(m.files) == [
         "ansible/site.yml", "debs/gnupg_2.2.40_amd64.deb", "images/triton.tar",
-        "models/minilm/1.0.0/config.json", "models/minilm/1.0.0/tok/vocab.txt",
+        "models/minilm/1.0.0/config.json", "models/minilm/1.0.0/model.safetensors",
+        "models/minilm/1.0.0/tok/vocab.txt",
         "wheelhouse/airlock-0.1.0-py3-none-any.whl", "wheelhouse/numpy-2.0-cp311.whl"]
     assert (m.bundle_id, m.sequence, m.rollback, m.kind) == ("site-2026-11", 3, True, "full")
     assert m.models[0].dependencies == {"torch": "2.13.0"}
     assert all(e.block_size == 1024 for e in m.files.values())
-    assert verify_bundle(tmp_path / "out", trust).files_checked == 7
+    assert verify_bundle(tmp_path / "out", trust).files_checked == 8
 
 
 @pytest.mark.parametrize("doc, words", [

@@ -17,13 +17,14 @@ from airlock.errors import DowngradeError, IntegrityError, UnsafePathError
 from tests.bundle.conftest import BLOCK, BundleFactory, Keys, airlock_cmd, payload
 
 A = "models/minilm/1.0.0/a.bin"
-B = "models/minilm/1.0.0/b.txt"
+B = "models/minilm/1.0.0/config.json"
+B_BYTES = b"{\"tok\": 1}\n"  # the appliance needs a config.json (checked at build)
 A_BYTES = payload(10 * BLOCK + 5, 7)  # 11 blocks, split into 5 parts of at most 10_000 bytes
 
 
 @pytest.fixture
 def bundle(factory: BundleFactory) -> Path:
-    return factory.build(model_files={"a.bin": A_BYTES, "b.txt": b"tokenizer\n"})
+    return factory.build(model_files={"a.bin": A_BYTES, "config.json": B_BYTES})
 
 
 def _stage_cli(bundle: Path, staging: Path, keys: Keys, fault: str | None = None
@@ -48,8 +49,8 @@ def test_resume_after_kill_copies_only_missing_blocks(bundle: Path, keys: Keys, 
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads(resumed.stdout)
     assert report["blocks_reused"] == 1 and report["bytes_reused"] == BLOCK
-    assert report["blocks_copied"] == 10 + 1  # the rest of a.bin, and b.txt
-    assert report["bytes_copied"] == len(A_BYTES) - BLOCK + len(b"tokenizer\n")
+    assert report["blocks_copied"] == 10 + 1  # the rest of a.bin, and config.json
+    assert report["bytes_copied"] == len(A_BYTES) - BLOCK + len(B_BYTES)
     assert (staging / A).read_bytes() == A_BYTES and not partial.exists()
 
     again = json.loads(_stage_cli(bundle, staging, keys).stdout)
@@ -67,9 +68,9 @@ def test_resume_after_kill_before_rename_and_damaged_partial(bundle: Path, keys:
         fh.write(b"\x00\x01")
     res = _stage_cli(bundle, staging, keys)
     report = json.loads(res.stdout)
-    # only the damaged block is copied again (and b.txt, which the kill left unstaged)
+    # only the damaged block is copied again (and config.json, which the kill left unstaged)
     assert report.get("blocks_reused") == 10, res.stdout
-    assert report["blocks_copied"] == 1 + 1 and report["bytes_copied"] == BLOCK + len(b"tokenizer\n")
+    assert report["blocks_copied"] == 1 + 1 and report["bytes_copied"] == BLOCK + len(B_BYTES)
     assert (staging / A).read_bytes() == A_BYTES
 
 

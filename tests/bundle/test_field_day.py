@@ -1,0 +1,108 @@
+"""The field engineer's day: cheap checks before gigabytes are copied (signer key present, passphrase
+right, SemVer, a loadable model directory, --owner resolved), each a one-line error that says what
+to fix, and nothing written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from airlock.bundle import build_bundle
+from airlock.errors import ManifestError, SignatureError
+from tests.bundle.conftest import Keys
+from tests.bundle.field import airlock, write_spec
+from tests.repo.models import make_model
+
+GIB = 1 << 30
+
+
+@pytest.fixture
+def huge_model(tmp_path: Path) -> Path:
+    """A model whose copy would take a while: 4 GiB of sparse weights (nothing on disk)."""
+    src = make_model(tmp_path / "huge")
+    with open(src / "model-00002-of-00002.safetensors", "wb") as fh:
+        fh.truncate(4 * GIB)
+    return src
+
+
+def _leftovers(where: Path) -> list[str]:
+    return sorted(p.name for p in where.iterdir() if p.name.startswith((".building", ".airlock")))
+
+
+def test_unknown_signer_refused_before_copying(keys: Keys, huge_model: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "s.yml", [{"name": "m", "version": "1.0.0", "path": str(huge_model)}],
+                      sequence=1)
+    t = time.monotonic()
+    r = airlock("bundle", "build", str(spec), "-o", str(tmp_path / "out"), "--signer", "AB" * 20,
+                "--gnupghome", str(keys.home))
+    assert r.returncode == 10 and "no secret key" in r.stderr, r.stderr
+    assert time.monotonic() - t < 20  # 4 GiB were not read first
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_wrong_or_missing_passphrase_said_so(huge_model: Path, tmp_path: Path) -> None:
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    gpg = ["gpg", "--batch", "--homedir", str(home), "--pinentry-mode", "loopback"]
+    subprocess.run([*gpg, "--passphrase", "right", "--quick-gen-key", "P <p@airlock.test>", "ed25519", "sign",
+                    "never"], check=True, capture_output=True)
+    out = subprocess.run([*gpg, "--with-colons", "--list-keys"], check=True, capture_output=True, text=True)
+    fpr = next(line.split(":")[9] for line in out.stdout.splitlines() if line.startswith("fpr:"))
+    spec = write_spec(tmp_path / "s.yml", [{"name": "m", "version": "1.0.0", "path": str(huge_model)}],
+                      sequence=1)
+    (tmp_path / "wrong").write_text("wrong\n")
+    try:
+        with pytest.raises(SignatureError, match="wrong passphrase"):
+            build_bundle(spec, tmp_path / "out", signer=fpr, gnupghome=home,
+                         passphrase_file=tmp_path / "wrong")
+        assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+        (tmp_path / "right").write_text("right\n")
+        model = make_model(tmp_path / "small")
+        small = write_spec(tmp_path / "small.yml", [{"name": "m", "version": "1.0.0", "path": str(model)}],
+                           sequence=1)
+        build_bundle(small, tmp_path / "ok", signer=fpr, gnupghome=home, passphrase_file=tmp_path / "right")
+        assert (tmp_path / "ok" / "MANIFEST.json.asc").is_file()
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
+
+
+@pytest.mark.parametrize("version, words", [("1.0", "not a SemVer version"),
+                                            ("v1.0.0", "not a SemVer version"), ("1.0.0-rc.1", None)])
+def test_semver_checked_in_the_spec(keys: Keys, tmp_path: Path, version: str, words: str | None) -> None:
+    src = make_model(tmp_path / "m")
+    spec = write_spec(tmp_path / "s.yml", [{"name": "m", "version": version, "path": str(src)}], sequence=1)
+    r = airlock("bundle", "build", str(spec), "-o", str(tmp_path / "out"), "--signer", keys.fpr["signer"],
+                "--gnupghome", str(keys.home))
+    if words is None:
+        assert r.returncode == 0, r.stderr
+    else:
+        assert r.returncode == 11 and words in r.stderr and "1.0.0" in r.stderr
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("drop, words", [("config.json", "no config.json"),
+                                         ("model.safetensors", "no weights file"),
+                                         ("tokenizer.json", "no tokenizer")])
+def test_model_directory_checked(keys: Keys, tmp_path: Path, drop: str, words: str) -> None:
+    src = make_model(tmp_path / "m")
+    (src / drop).unlink()
+    spec = write_spec(tmp_path / "s.yml", [{"name": "m", "version": "1.0.0", "path": str(src)}], sequence=1)
+    with pytest.raises(ManifestError, match=words):
+        build_bundle(spec, tmp_path / "out", signer=keys.fpr["signer"], gnupghome=keys.home)
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_unknown_owner_refused_before_staging(keys: Keys, tmp_path: Path) -> None:
+    src = make_model(tmp_path / "m")
+    spec = write_spec(tmp_path / "s.yml", [{"name": "m", "version": "1.0.0", "path": str(src)}], sequence=1)
+    build_bundle(spec, tmp_path / "b", signer=keys.fpr["signer"], gnupghome=keys.home)
+    root = tmp_path / "appliance"
+    r = airlock("model", "install-bundle", str(tmp_path / "b"), "--trust", keys.fpr["signer"], "--keyring",
+                str(keys.keyring("signer")), "--owner", "no-such-user-here", root=root)
+    assert r.returncode == 30 and "unknown owner" in r.stderr and "--owner" in r.stderr, r.stderr
+    assert not (root / "model_repo" / "update_packages" / "staged").exists()
+    assert not os.path.exists(root / "model_repo" / "m")
