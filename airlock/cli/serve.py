@@ -1,7 +1,8 @@
-"""`airlock serve ...`: Triton model repository generation, load/unload, status, hot reload, smoke test.
+"""`airlock serve ...`: serving settings, Triton model repository generation, load/unload, status,
+hot reload, smoke test.
 
-Exit codes: 0 ok, 11 bad config/golden record, 30 repository, 50 Triton down/slow/refused,
-51 smoke test failed (the old version keeps serving)."""
+Exit codes: 0 ok, 11 bad config/settings/golden record, 30 repository, 50 Triton down/slow/refused,
+51 smoke test failed (the old version keeps serving), 52 the version is stored encrypted (not served)."""
 
 from __future__ import annotations
 
@@ -21,31 +22,85 @@ UrlOpt = typer.Option("http://127.0.0.1:8000", "--url", envvar="AIRLOCK_TRITON_U
 GrpcOpt = typer.Option(None, "--grpc-url", envvar="AIRLOCK_TRITON_GRPC_URL",
                        help="Triton GRPC endpoint (host:port) for load/unload: an HTTP load stalls "
                        "HTTP inference requests on the same worker thread, a GRPC load does not.")
+KeyOpt = typer.Option(None, "--control-key-file", envvar="AIRLOCK_TRITON_CONTROL_KEY_FILE",
+                      help="Triton's model-control credential (file, mode 0600); needed when the server "
+                      "restricts its control APIs (roles/triton_server does by default).")
 TimeoutOpt = typer.Option(30.0, "--timeout", help="Seconds to wait for one Triton answer.")
 TritonRepoOpt = typer.Option(..., "--triton-repo", envvar="AIRLOCK_TRITON_REPO",
                              help="The Triton model repository directory (generated).")
 RootOpt = typer.Option(..., "--root", envvar="AIRLOCK_ROOT", help="Airlock root (holds model_repo/).")
-BackendOpt = typer.Option([], "--backend", help="MODEL=python|vllm|tensorrtllm (default python); repeatable.")
+BackendOpt = typer.Option([], "--backend", help="MODEL=python|vllm|tensorrtllm: stored in the model's "
+                          "serving settings first (as `serve configure MODEL --backend B`); repeatable.")
 GoldenOpt = typer.Option(None, "--golden", help="Golden record JSON, or a staged (verified) MANIFEST.json "
                          "whose model entry carries one.")
 
 
-def _client(url: str, timeout: float, grpc_url: str | None = None):  # type: ignore[no-untyped-def]
+def _client(url: str, timeout: float, grpc_url: str | None = None,  # type: ignore[no-untyped-def]
+            key_file: Path | None = None):
+    from airlock.serving.auth import read_control_key
     from airlock.serving.client import TritonClient
 
-    return TritonClient(url, timeout=timeout, grpc_url=grpc_url)
+    key = read_control_key(key_file) if key_file is not None else None
+    return TritonClient(url, timeout=timeout, grpc_url=grpc_url, control_key=key)
 
 
-def _options(specs: list[str]) -> dict[str, Any]:
-    from airlock.serving.triton_repo import BACKENDS, ModelOptions
+def _backends(specs: list[str]) -> dict[str, str]:
+    from airlock.serving.settings import BACKENDS
 
-    opts: dict[str, Any] = {}
+    backends: dict[str, str] = {}
     for spec in specs:
         name, _, backend = spec.partition("=")
         if not name or backend not in BACKENDS:
             raise typer.BadParameter(f"--backend {spec!r}: expected MODEL=" + "|".join(BACKENDS))
-        opts[name] = ModelOptions(backend=backend)
-    return opts
+        backends[name] = backend
+    return backends
+
+
+@app.command()
+def configure(
+    model: str,
+    root: Path = RootOpt,
+    backend: str | None = typer.Option(None, "--backend", help="python | vllm | tensorrtllm."),
+    instance_count: int | None = typer.Option(None, "--instance-count", help="Model instances (>= 1)."),
+    max_batch_size: int | None = typer.Option(None, "--max-batch-size",
+                                              help="Triton batch size (0 = none); vllm: max_num_seqs."),
+    dynamic_batching: bool | None = typer.Option(None, "--dynamic-batching/--no-dynamic-batching",
+                                                 help="Triton's dynamic batcher (python, tensorrtllm)."),
+    max_queue_delay_us: int | None = typer.Option(None, "--max-queue-delay-us",
+                                                  help="Dynamic batcher queue delay (microseconds)."),
+    tensor_parallel_size: int | None = typer.Option(None, "--tensor-parallel-size",
+                                                    help="vllm, tensorrtllm."),
+    gpu_memory_utilization: float | None = typer.Option(None, "--gpu-memory-utilization",
+                                                        help="(0, 1]; vllm engine, tensorrtllm KV cache."),
+    settings: str | None = typer.Option(None, "--settings", help="JSON object: the whole settings (replaces "
+                                        "what is stored; unnamed options take their defaults)."),
+    check: bool = typer.Option(False, "--check", help="Report what would change; write nothing."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show or set MODEL's serving settings (stored once under <root>/model_repo/metadata/serving/,
+    used by generate, reload, sync and rollback). Flags merge into what is stored."""
+    from airlock.serving.settings import configure as conf
+
+    with handle_errors(as_json):
+        flags = {"backend": backend, "instance_count": instance_count, "max_batch_size": max_batch_size,
+                 "dynamic_batching": dynamic_batching, "max_queue_delay_us": max_queue_delay_us,
+                 "tensor_parallel_size": tensor_parallel_size,
+                 "gpu_memory_utilization": gpu_memory_utilization}
+        changes: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+        if settings is not None:
+            if changes:
+                raise typer.BadParameter("--settings replaces the whole settings: give it alone or use "
+                                         "flags")
+            try:
+                changes = json.loads(settings)
+            except ValueError as exc:
+                raise ManifestError(f"--settings: not JSON: {exc}", rule="serving-settings") from exc
+        report = conf(root, model, changes, replace_all=settings is not None, check=check)
+        if as_json:
+            emit_json(report.as_dict())
+        else:
+            body = " ".join(f"{k}={v}" for k, v in report.after.items())
+            out.print(f"{model}: {body}" + (" (changed)" if report.changed else ""))
 
 
 def load_golden(path: Path | None, model: str, version: str) -> dict[str, Any] | None:
@@ -81,10 +136,14 @@ def generate(
     as_json: bool = JsonOpt,
 ) -> None:
     """Generate/refresh the Triton repository from the Airlock model repository (validated configs)."""
+    from airlock.serving.settings import configure as conf
     from airlock.serving.triton_repo import generate as gen
 
     with handle_errors(as_json):
-        report = gen(root, triton_repo, models=model or None, options=_options(backend), check=check)
+        stored = {name: conf(root, name, {"backend": b}, check=check).changed
+                  for name, b in _backends(backend).items()}
+        report = gen(root, triton_repo, models=model or None, check=check)
+        report.changed |= any(stored.values())
         if as_json:
             emit_json(report.as_dict())
         else:
@@ -96,10 +155,11 @@ def generate(
 
 @app.command()
 def load(model: str, url: str = UrlOpt, version: int | None = typer.Option(None, "--version"),
-         grpc_url: str | None = GrpcOpt, timeout: float = TimeoutOpt, as_json: bool = JsonOpt) -> None:
+         grpc_url: str | None = GrpcOpt, control_key_file: Path | None = KeyOpt, timeout: float = TimeoutOpt,
+         as_json: bool = JsonOpt) -> None:
     """Load (or reload) MODEL as its config.pbtxt says, and wait until READY."""
     with handle_errors(as_json):
-        c = _client(url, timeout, grpc_url)
+        c = _client(url, timeout, grpc_url, control_key_file)
         c.load(model)
         c.wait_ready(model, version, timeout=max(timeout, 60.0))
         result = {"model": model, "loaded": c.loaded_versions(model)}
@@ -107,23 +167,24 @@ def load(model: str, url: str = UrlOpt, version: int | None = typer.Option(None,
 
 
 @app.command()
-def unload(model: str, url: str = UrlOpt, grpc_url: str | None = GrpcOpt, timeout: float = TimeoutOpt,
+def unload(model: str, url: str = UrlOpt, grpc_url: str | None = GrpcOpt,
+           control_key_file: Path | None = KeyOpt, timeout: float = TimeoutOpt,
            as_json: bool = JsonOpt) -> None:
     """Unload MODEL and poll until Triton reports no version loaded."""
     with handle_errors(as_json):
-        c = _client(url, timeout, grpc_url)
+        c = _client(url, timeout, grpc_url, control_key_file)
         c.unload(model, timeout=max(timeout, 60.0))
         emit_json({"model": model, "unloaded": True}) if as_json else out.print(f"{model}: unloaded")
 
 
 @app.command()
-def status(url: str = UrlOpt, triton_repo: Path = TritonRepoOpt, timeout: float = TimeoutOpt,
-           as_json: bool = JsonOpt) -> None:
+def status(url: str = UrlOpt, triton_repo: Path = TritonRepoOpt, control_key_file: Path | None = KeyOpt,
+           timeout: float = TimeoutOpt, as_json: bool = JsonOpt) -> None:
     """Triton liveness, and per model: versions on disk, configured and loaded."""
     from airlock.serving.reload import status as st
 
     with handle_errors(as_json):
-        report = st(_client(url, timeout), triton_repo)
+        report = st(_client(url, timeout, key_file=control_key_file), triton_repo)
         if as_json:
             emit_json(report)
             return
@@ -141,13 +202,14 @@ def reload(
     version: str | None = typer.Option(None, "--version",
                                        help="Airlock version (default: the model's current)."),
     golden: Path | None = GoldenOpt,
-    backend: list[str] = BackendOpt,
     url: str = UrlOpt,
     grpc_url: str | None = GrpcOpt,
+    control_key_file: Path | None = KeyOpt,
     timeout: float = TimeoutOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Hot reload MODEL to VERSION: candidate + golden smoke test, promote, unload old; else keep old."""
+    """Hot reload MODEL to VERSION with its stored serving settings: candidate + golden smoke test,
+    promote, unload old; else keep old. Same version, changed settings: reloaded in place."""
     from airlock.errors import RepositoryError
     from airlock.serving.errors import SmokeTestError
     from airlock.serving.reload import Reloader
@@ -164,7 +226,8 @@ def reload(
             if not path.is_dir():
                 raise RepositoryError(f"{path}: no such model version", path=str(path))
         record = load_golden(golden, model, version)
-        result = Reloader(_client(url, timeout, grpc_url), triton_repo, options=_options(backend)).reload(
+        client = _client(url, timeout, grpc_url, control_key_file)
+        result = Reloader(client, triton_repo, airlock_root=root).reload(
             model, version, path, record)
         if as_json:
             emit_json(result.as_dict())
@@ -176,6 +239,55 @@ def reload(
             if as_json:
                 raise typer.Exit(SmokeTestError.exit_code)
             raise SmokeTestError(result.error or "reload failed", path=str(path))
+
+
+@app.command()
+def restore(
+    root: Path = RootOpt,
+    triton_repo: Path = TritonRepoOpt,
+    model: list[str] = typer.Option([], "--model", "-m", help="Only this model; repeatable (default: all)."),
+    url: str = UrlOpt,
+    grpc_url: str | None = GrpcOpt,
+    control_key_file: Path | None = KeyOpt,
+    wait_live: float = typer.Option(120.0, "--wait-live", help="Seconds to wait for Triton to come up."),
+    timeout: float = TimeoutOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """After a Triton (re)start: serve each model's current version once its hashes verify, else the
+    previous good one (audited). Exit 13 when a model is served from a fallback or not at all."""
+    from airlock.errors import IntegrityError
+    from airlock.serving.restore import restore as run_restore
+
+    with handle_errors(as_json):
+        report = run_restore(_client(url, timeout, grpc_url, control_key_file), triton_repo, root,
+                             models=model or None,
+                             wait_live_s=wait_live)
+        if as_json:
+            emit_json(report.as_dict())
+        else:
+            for name, row in report.models.items():
+                out.print(f"{name}: {row.status}: serving {row.served} (current {row.current})"
+                          + "".join(f"; {v} refused: {why}" for v, why in row.refused.items()))
+        if not report.ok:
+            bad = ", ".join(n for n, r in report.models.items() if r.status != "current")
+            if as_json:
+                raise typer.Exit(IntegrityError.exit_code)
+            raise IntegrityError(f"not serving the current version of: {bad} (see the audit log)",
+                                 rule="serve-restore")
+
+
+@app.command("control-key")
+def control_key(
+    path: Path = typer.Argument(..., help="Key file to create (mode 0600) unless it exists."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create Triton's model-control credential (random, mode 0600); an existing one is checked, kept."""
+    from airlock.serving.auth import make_control_key
+
+    with handle_errors(as_json):
+        created = make_control_key(path)
+        emit_json({"path": str(path), "changed": created}) if as_json else out.print(
+            f"{path}: {'created' if created else 'kept'}")
 
 
 @app.command()

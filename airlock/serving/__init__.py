@@ -1,5 +1,6 @@
 """Serving with Triton Inference Server (explicit model control); see docs/serving.md.
 
+- ``settings``: per-model serving settings (backend, options), stored once in the Airlock repository
 - ``triton_repo``: generate the Triton model repository from the Airlock one (schema-checked configs)
 - ``client``: stdlib V2 HTTP client (GRPC for model control when tritonclient is present)
 - ``reload``: hot reload gated by the golden smoke test; ``golden``: golden records
@@ -7,10 +8,12 @@
 """
 
 from airlock.serving.client import InferResult, TritonClient
-from airlock.serving.errors import ServingError, SmokeTestError
+from airlock.serving.errors import EncryptedVersionError, ServingError, SmokeTestError
 from airlock.serving.golden import golden_record, parse_golden
 from airlock.serving.reload import Reloader, ReloadResult, smoke_test
-from airlock.serving.triton_repo import ModelOptions, TritonModel, generate
+from airlock.serving.settings import ModelOptions, SettingsStore, configure
+from airlock.serving.triton_repo import TritonModel, generate
 
-__all__ = ["InferResult", "ModelOptions", "ReloadResult", "Reloader", "ServingError", "SmokeTestError",
-           "TritonClient", "TritonModel", "generate", "golden_record", "parse_golden", "smoke_test"]
+__all__ = ["EncryptedVersionError", "InferResult", "ModelOptions", "ReloadResult", "Reloader", "ServingError",
+           "SettingsStore", "SmokeTestError", "TritonClient", "TritonModel", "configure", "generate",
+           "golden_record", "parse_golden", "smoke_test"]

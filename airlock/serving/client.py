@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from airlock.serving.auth import GRPC_PREFIX, HEADER
 from airlock.serving.errors import ServingError
 
 _NP_TO_TRITON: dict[np.dtype[Any], str] = {
@@ -31,6 +32,8 @@ _NP_TO_TRITON: dict[np.dtype[Any], str] = {
     np.dtype(np.int8): "INT8", np.dtype(np.uint8): "UINT8", np.dtype(np.bool_): "BOOL",
 }
 _TRITON_TO_NP: dict[str, np.dtype[Any]] = {v: k for k, v in _NP_TO_TRITON.items()}
+_RESTRICTED = ("Triton at {where} refused {what} {model}: model control needs the credential ({reason}); "
+               "give --control-key-file (or AIRLOCK_TRITON_CONTROL_KEY_FILE)")
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,16 @@ class TritonClient:
     """HTTP/REST client for one Triton server (e.g. ``http://127.0.0.1:8000``)."""
 
     def __init__(self, url: str, *, timeout: float = 30.0, load_timeout: float = 300.0,
-                 grpc_url: str | None = None) -> None:
+                 grpc_url: str | None = None, control_key: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.load_timeout = load_timeout
         self.grpc_url = grpc_url
         self._grpc: Any = None
+        # Triton's restricted APIs (airlock.serving.auth): sent with control-plane requests only
+        self._control = {HEADER: control_key} if control_key else {}
+        # over GRPC Triton expects the restricted key as metadata "triton-grpc-protocol-<key>"
+        self._grpc_control = {GRPC_PREFIX + HEADER: control_key} if control_key else {}
 
     def _grpc_client(self) -> Any:
         """tritonclient's GRPC client for model control, or None (no grpc_url / not installed)."""
@@ -86,6 +93,9 @@ class TritonClient:
         except InferenceServerException as exc:
             status = str(exc.status() or "")
             where = f"grpc://{self.grpc_url}"
+            if "restricted" in (exc.message() or ""):
+                message = _RESTRICTED.format(what=what, model=model, where=where, reason=exc.message())
+                raise ServingError(message, path=where, rule="control-key") from exc
             if "UNAVAILABLE" in status:
                 raise ServingError(f"Triton at {where} unreachable ({exc.message()}); is tritonserver "
                                    "running?", path=where, rule="triton-down") from exc
@@ -100,14 +110,20 @@ class TritonClient:
                  ok_statuses: tuple[int, ...] = (200,)) -> tuple[int, Any]:
         url = self.url + path
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
+        headers = {"Content-Type": "application/json"} if data else {}
+        if path.startswith("/v2/repository"):
+            headers.update(self._control)
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
         wait = self.timeout if timeout is None else timeout
         try:
             with urllib.request.urlopen(req, timeout=wait) as resp:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
+            if "restricted" in _error_text(raw):
+                raise ServingError(_RESTRICTED.format(what=f"{method} {path}", model="", where=self.url,
+                                                      reason=_error_text(raw)), path=url,
+                                   rule="control-key") from None
             if status not in ok_statuses:
                 raise ServingError(f"Triton {method} {url} -> HTTP {status}: {_error_text(raw)}",
                                    path=url, rule="triton-request") from None
@@ -158,7 +174,8 @@ class TritonClient:
         grpc = self._grpc_client()
         if grpc is not None:
             cfg = json.dumps(config) if config else None
-            self._grpc_call("load", model, lambda: grpc.load_model(model, config=cfg,
+            headers = self._grpc_control
+            self._grpc_call("load", model, lambda: grpc.load_model(model, config=cfg, headers=headers,
                                                                    client_timeout=self.load_timeout))
             return
         body = {"parameters": {"config": json.dumps(config)}} if config else None
@@ -168,7 +185,8 @@ class TritonClient:
         """Unload a model. Triton unloads asynchronously: poll the index until no version is loaded."""
         grpc = self._grpc_client()
         if grpc is not None:
-            self._grpc_call("unload", model, lambda: grpc.unload_model(model, client_timeout=self.timeout))
+            self._grpc_call("unload", model, lambda: grpc.unload_model(model, headers=self._grpc_control,
+                                                                       client_timeout=self.timeout))
         else:
             self._request("POST", f"/v2/repository/models/{model}/unload",
                           {"parameters": {"unload_dependents": False}})

@@ -17,3 +17,10 @@ class SmokeTestError(ServingError):
 
     exit_code = 51
     rule = "smoke-test"
+
+
+class EncryptedVersionError(ServingError):
+    """A version stored encrypted was about to be served: Triton would read ciphertext (refused)."""
+
+    exit_code = 52
+    rule = "encrypted-version"

@@ -22,6 +22,7 @@ import fcntl
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,20 +34,16 @@ from airlock.faults import fault_point
 from airlock.serving.client import TritonClient
 from airlock.serving.errors import ServingError
 from airlock.serving.golden import DEFAULT_INPUT_IDS, Golden, SmokeResult, compare, parse_golden
-from airlock.serving.triton_repo import (
-    CANDIDATE_SUFFIX,
-    ModelOptions,
-    TritonModel,
-    render_config,
-    validate_config,
-)
+from airlock.serving.settings import SettingsStore
+from airlock.serving.triton_repo import CANDIDATE_SUFFIX, TritonModel
 
-__all__ = ["CANDIDATE_SUFFIX", "ReloadResult", "Reloader", "smoke_test", "status"]
+__all__ = ["CANDIDATE_SUFFIX", "ReloadResult", "Reloader", "model_lock", "smoke_test", "status"]
 
 
 @dataclass
 class ReloadResult:
-    """What a reload did. ``status``: promoted | unchanged | failed."""
+    """What a reload did. ``status``: promoted | reconfigured (same version, new serving settings
+    applied) | unchanged | failed."""
 
     model: str
     to_version: str
@@ -59,7 +56,7 @@ class ReloadResult:
 
     @property
     def ok(self) -> bool:
-        return self.status in ("promoted", "unchanged")
+        return self.status in ("promoted", "reconfigured", "unchanged")
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -88,18 +85,48 @@ def smoke_test(client: TritonClient, model: str, version: int | str | None,
     return compare(g, result.outputs)
 
 
-class Reloader:
-    """Hot reload of models on one Triton server whose repository is ``triton_root``."""
+@contextlib.contextmanager
+def model_lock(triton_root: Path, model: str, *, wait: bool = False) -> Iterator[None]:
+    """One change of a model's Triton entry at a time: a reload fails fast (LockBusyError) while
+    another reload or a restore holds it; ``wait`` (the restore after a start) blocks instead."""
+    triton_root.mkdir(parents=True, exist_ok=True)
+    lock_path = triton_root / f".{model}.reload.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise LockBusyError(f"{lock_path}: another reload of {model} is running",
+                                path=str(lock_path)) from None
+        yield
+    finally:
+        os.close(fd)
 
-    def __init__(self, client: TritonClient, triton_root: Path, *,
-                 options: dict[str, ModelOptions] | None = None, unload_timeout: float = 120.0) -> None:
+
+class Reloader:
+    """Hot reload of models on one Triton server whose repository is ``triton_root``.
+
+    Serving settings (backend, options) come from the Airlock root's SettingsStore: ``airlock_root``,
+    or else the root the version directory lives in (``<root>/model_repo/<model>/<version>``).
+    """
+
+    def __init__(self, client: TritonClient, triton_root: Path, *, airlock_root: Path | None = None,
+                 unload_timeout: float = 120.0) -> None:
         self.client = client
         self.root = triton_root
-        self.options = options or {}
+        self.airlock_root = airlock_root
         self.unload_timeout = unload_timeout
 
-    def entry(self, model: str) -> TritonModel:
-        return TritonModel(self.root / model, self.options.get(model, ModelOptions()))
+    def settings_root(self, model: str, path: Path) -> Path:
+        if self.airlock_root is not None:
+            return self.airlock_root
+        if path.parent.name != model or path.parent.parent.name != "model_repo":
+            raise RepositoryError(f"{path}: not <root>/model_repo/{model}/<version>; give the Airlock root "
+                                  "(its serving settings say how to serve the model)", path=str(path))
+        return path.parent.parent.parent
+
+    def entry(self, model: str, path: Path) -> TritonModel:
+        return TritonModel(self.root / model, SettingsStore(self.settings_root(model, path)).load(model))
 
     def loaded(self, model: str) -> list[int]:
         return sorted(int(v) for v, s in self.client.loaded_versions(model).items() if s == "READY" and v)
@@ -115,9 +142,7 @@ class Reloader:
         self._drop_candidate(cand)
         cand.root.mkdir(parents=True)
         shutil.copytree(entry.root / str(number), cand.root / str(number), symlinks=True)
-        text = render_config(cand.name, [number], entry.options, hidden_size=entry._hidden_size(number))
-        validate_config(text, name=cand.name, model_dir=cand.root)
-        (cand.root / "config.pbtxt").write_text(text)
+        cand.write_config([number], hidden_size=entry._hidden_size(number))
         return cand
 
     def _drop_candidate(self, cand: TritonModel) -> None:
@@ -128,21 +153,8 @@ class Reloader:
             shutil.rmtree(cand.root)
 
     # -- the reload ---------------------------------------------------------------------------------
-    @contextlib.contextmanager
     def _locked(self, model: str) -> Any:
-        """One reload per model at a time (a second one fails fast, LockBusyError)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock_path = self.root / f".{model}.reload.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LockBusyError(f"{lock_path}: another reload of {model} is running",
-                                    path=str(lock_path)) from None
-            yield
-        finally:
-            os.close(fd)
+        return model_lock(self.root, model)
 
     def reload(self, model: str, airlock_version: str, path: Path,
                golden: dict[str, Any] | None = None) -> ReloadResult:
@@ -161,7 +173,7 @@ class Reloader:
         t0 = time.monotonic()
         g = None if golden is None else parse_golden(golden, where=f"{model} {airlock_version} golden",
                                                      tokenizer=path / "tokenizer.json")
-        entry = self.entry(model)
+        entry = self.entry(model, path)
         old = [n for n in self.loaded(model) if n in entry.versions()]
         versions = entry.versions()
         res = ReloadResult(model, airlock_version, "failed",
@@ -169,9 +181,15 @@ class Reloader:
         number = entry.ensure_version(airlock_version, path)
         res.triton_version = number
         if old == [number]:
+            reconfigured = entry.write_config([number])  # the serving settings changed since the load
+            if reconfigured:
+                t = time.monotonic()
+                self.client.load(model)
+                self.client.wait_ready(model, number, timeout=self.unload_timeout)
+                res.seconds["reconfigure"] = time.monotonic() - t
             smoke = smoke_test(self.client, model, number, g)
             res.smoke = smoke.as_dict()
-            res.status = "unchanged" if smoke.ok else "failed"
+            res.status = ("reconfigured" if reconfigured else "unchanged") if smoke.ok else "failed"
             res.error = None if smoke.ok else f"serving version fails its smoke test: {smoke.detail}"
             res.seconds["total"] = time.monotonic() - t0
             return res

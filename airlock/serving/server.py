@@ -4,7 +4,8 @@ The wheel ships the server binary, its shared libraries and the python backend, 
 backend's stub lives in ``python_backend_stubs/<py>/``. ``prepare_backends`` builds a private backend
 directory (copy of ``backends/`` plus the stub) so site-packages is never mutated. Used by the tests,
 the benchmark and the ``triton_server`` role (``python -m airlock.serving.server run ...`` in the
-foreground under systemd or a supervisor).
+foreground under systemd, or ``... supervise ...``: Airlock's own supervisor for hosts without
+systemd, which restarts tritonserver when it dies and runs the restore hook after every start).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -23,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from airlock.serving.auth import server_args
 from airlock.serving.client import TritonClient
 from airlock.serving.errors import ServingError
 
@@ -106,13 +109,20 @@ class ServerConfig:
     metrics_port: int = 0
     threads: int = 1  # numpy/BLAS threads per python model (2-core machines)
     extra_args: list[str] = field(default_factory=list)
+    control_key_file: Path | None = None  # Triton's restricted APIs (airlock.serving.auth)
 
     def resolved(self) -> ServerConfig:
         """Fill port 0 with free ports."""
         addr = self.address
         return ServerConfig(self.model_repository, self.workdir, addr,
                             self.http_port or free_port(addr), self.grpc_port or free_port(addr),
-                            self.metrics_port or free_port(addr), self.threads, list(self.extra_args))
+                            self.metrics_port or free_port(addr), self.threads, list(self.extra_args),
+                            self.control_key_file)
+
+    def control_key(self) -> str | None:
+        from airlock.serving.auth import read_control_key
+
+        return read_control_key(self.control_key_file) if self.control_key_file else None
 
 
 def command(cfg: ServerConfig, install: TritonInstall, backends: Path) -> list[str]:
@@ -126,6 +136,7 @@ def command(cfg: ServerConfig, install: TritonInstall, backends: Path) -> list[s
         "--allow-metrics=true", "--allow-gpu-metrics=false", "--allow-cpu-metrics=true",
         f"--metrics-address={cfg.address}", f"--metrics-port={cfg.metrics_port}",
         "--strict-readiness=true", "--exit-timeout-secs=10", "--log-verbose=0",
+        *(server_args(key) if (key := cfg.control_key()) else []),
         *cfg.extra_args,
     ]
 
@@ -162,7 +173,8 @@ class TritonServer:
 
     def client(self, timeout: float = 30.0, *, grpc_control: bool = True) -> TritonClient:
         """A client for this server; model control over GRPC unless ``grpc_control`` is False."""
-        return TritonClient(self.url, timeout=timeout, grpc_url=self.grpc_url if grpc_control else None)
+        return TritonClient(self.url, timeout=timeout, grpc_url=self.grpc_url if grpc_control else None,
+                            control_key=self.cfg.control_key())
 
     def start(self, wait_s: float = 60.0) -> TritonServer:
         self.cfg.workdir.mkdir(parents=True, exist_ok=True)
@@ -220,6 +232,68 @@ def running(model_repository: Path, workdir: Path, **kw: int | str) -> Iterator[
         yield server
 
 
+def local_url(address: str, port: int) -> str:
+    """host:port to reach a server bound to ``address`` from this host."""
+    return f"{'127.0.0.1' if address in ('0.0.0.0', '') else address}:{port}"
+
+
+def _log(msg: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} airlock-supervise: {msg}", flush=True)
+
+
+def supervise(cfg: ServerConfig, *, airlock_root: Path | None, models: list[str] | None = None,
+              restart_delay: float = 1.0, max_delay: float = 30.0, start_timeout: float = 120.0) -> int:
+    """Run tritonserver, restart it whenever it exits (kill -9, crash), and after every start run the
+    restore hook (``airlock.serving.restore``) so it serves the verified ``current`` versions again.
+    SIGTERM/SIGINT stop the server and return 0. The child's pid: ``<workdir>/tritonserver.child.pid``."""
+    from airlock.errors import AirlockError
+    from airlock.serving.restore import restore
+
+    stopping = False
+    server: TritonServer | None = None
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if server is not None and server.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                server.proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    child_pid = cfg.workdir / "tritonserver.child.pid"
+    delay = restart_delay
+    while not stopping:
+        started = time.monotonic()
+        server = TritonServer(cfg)
+        try:
+            server.start(wait_s=start_timeout)
+        except ServingError as exc:
+            _log(f"start failed: {exc}")
+        else:
+            assert server.proc is not None
+            child_pid.write_text(f"{server.proc.pid}\n")
+            _log(f"tritonserver {server.proc.pid} live")
+            if airlock_root is not None and not stopping:
+                client = TritonClient(server.url, grpc_url=local_url(cfg.address, cfg.grpc_port),
+                                      control_key=cfg.control_key())
+                try:
+                    report = restore(client, cfg.model_repository, airlock_root, models=models)
+                    _log("restore " + json.dumps(report.as_dict(), sort_keys=True))
+                except AirlockError as exc:
+                    _log(f"restore failed [{exc.rule}]: {exc}")
+            rc = server.proc.wait() if server.proc is not None else 0
+            _log(f"tritonserver exited with {rc}")
+        server.stop()
+        if stopping:
+            break
+        delay = restart_delay if time.monotonic() - started > 60 else min(delay * 2, max_delay)
+        time.sleep(delay)
+    with contextlib.suppress(FileNotFoundError):
+        child_pid.unlink()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m airlock.serving.server run``: tritonserver in the foreground (systemd ExecStart)."""
     ap = argparse.ArgumentParser(prog="python -m airlock.serving.server")
@@ -232,6 +306,21 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--grpc-port", type=int, default=8001)
     run.add_argument("--metrics-port", type=int, default=8002)
     run.add_argument("--threads", type=int, default=1)
+    run.add_argument("--control-key-file", type=Path, default=None,
+                     help="restrict model control to holders of this key (mode 0600)")
+    sup = sub.add_parser("supervise", help="run tritonserver, restart it when it dies, restore after start")
+    sup.add_argument("--model-repository", type=Path, required=True)
+    sup.add_argument("--workdir", type=Path, required=True)
+    sup.add_argument("--address", default="127.0.0.1")
+    sup.add_argument("--http-port", type=int, default=8000)
+    sup.add_argument("--grpc-port", type=int, default=8001)
+    sup.add_argument("--metrics-port", type=int, default=8002)
+    sup.add_argument("--threads", type=int, default=1)
+    sup.add_argument("--control-key-file", type=Path, default=None,
+                     help="restrict model control to holders of this key (mode 0600)")
+    sup.add_argument("--airlock-root", type=Path, default=None,
+                     help="restore the verified current versions of this Airlock root after every start")
+    sup.add_argument("--model", action="append", default=None, help="restore only this model (repeatable)")
     prep = sub.add_parser("prepare", help="build the backend directory only")
     prep.add_argument("--workdir", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -240,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         print(prepare_backends(args.workdir / "backends", inst))
         return 0
     cfg = ServerConfig(args.model_repository, args.workdir, args.address, args.http_port, args.grpc_port,
-                       args.metrics_port, args.threads)
+                       args.metrics_port, args.threads, control_key_file=args.control_key_file)
+    if args.cmd == "supervise":
+        return supervise(cfg, airlock_root=args.airlock_root, models=args.model)
     backends = prepare_backends(args.workdir / "backends", inst)
     argv_ = command(cfg, inst, backends)
     os.execve(argv_[0], argv_, environment(inst, args.threads))

@@ -28,11 +28,17 @@ from typing import Any
 from airlock.errors import ManifestError, RepositoryError
 from airlock.faults import fault_point
 from airlock.fsutil import atomic_write_bytes, fsync_dir, staging_dir
+from airlock.serving.errors import EncryptedVersionError
+from airlock.serving.settings import BACKENDS, ModelOptions, SettingsStore
 
-BACKENDS = ("python", "vllm", "tensorrtllm")
+__all__ = ["BACKENDS", "CANDIDATE_SUFFIX", "GenerateReport", "ModelOptions", "TritonModel", "TritonVersion",
+           "airlock_models", "generate", "refuse_encrypted", "render_config", "validate_config"]
+
 CANDIDATE_SUFFIX = "__candidate"  # reserved: the reload's candidate entry is <model>__candidate
 MODEL_SOURCE = Path(__file__).with_name("python_model") / "model.py"
 VERSION_FILE = "version.json"
+BACKEND_FILES = ("model.py", "model.json")  # what a backend reads from a version directory
+_BACKEND_FILE = {"python": ("model.py",), "vllm": ("model.json",)}
 SKIP_DIRS = {"update_packages", "metadata"}
 
 
@@ -45,17 +51,6 @@ class TritonVersion:
     path: str
 
 
-@dataclass
-class ModelOptions:
-    """Per-model serving options (backend and backend-specific knobs)."""
-
-    backend: str = "python"
-    instance_count: int = 1
-    max_batch_size: int = 0
-    tensor_parallel_size: int = 1  # vllm / tensorrtllm
-    gpu_memory_utilization: float = 0.90  # vllm
-
-
 # ---------------------------------------------------------------------------------------------
 # config.pbtxt rendering and validation
 # ---------------------------------------------------------------------------------------------
@@ -64,19 +59,29 @@ def _policy(versions: list[int]) -> str:
     return "version_policy: { specific: { versions: [" + ", ".join(str(v) for v in sorted(versions)) + "] } }"
 
 
+def _batching(opts: ModelOptions) -> list[str]:
+    if not opts.dynamic_batching:
+        return []
+    return [f"dynamic_batching {{ max_queue_delay_microseconds: {opts.max_queue_delay_us} }}"]
+
+
 def render_config(name: str, versions: list[int], opts: ModelOptions, *, hidden_size: int = 384) -> str:
-    """config.pbtxt text for ``name`` serving exactly ``versions``."""
+    """config.pbtxt text for ``name`` serving exactly ``versions`` with the serving options ``opts``."""
     head = [f'name: "{name}"', f'backend: "{opts.backend}"', _policy(versions)]
     if opts.backend == "python":
+        # with max_batch_size > 0 Triton owns the first dimension: dims name the rest
+        batch = "" if opts.max_batch_size else "-1, "
         body = [
             f"max_batch_size: {opts.max_batch_size}",
-            'input [\n  { name: "INPUT_IDS" data_type: TYPE_INT64 dims: [ -1, -1 ] },\n'
-            '  { name: "ATTENTION_MASK" data_type: TYPE_INT64 dims: [ -1, -1 ] optional: true }\n]',
-            f'output [\n  {{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ -1, {hidden_size} ] }}\n]',
+            f'input [\n  {{ name: "INPUT_IDS" data_type: TYPE_INT64 dims: [ {batch}-1 ] }},\n'
+            f'  {{ name: "ATTENTION_MASK" data_type: TYPE_INT64 dims: [ {batch}-1 ] optional: true }}\n]',
+            f'output [\n  {{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ {batch}{hidden_size} ] }}\n]',
             f"instance_group [ {{ count: {opts.instance_count} kind: KIND_CPU }} ]",
+            *_batching(opts),
         ]
     elif opts.backend == "vllm":
-        # Triton's vLLM backend: inputs/outputs are auto-completed by the backend; engine args in model.json.
+        # Triton's vLLM backend: inputs/outputs are auto-completed by the backend, batching happens in
+        # the engine (max_num_seqs); engine arguments live in the version's model.json.
         body = [
             f"instance_group [ {{ count: {opts.instance_count} kind: KIND_MODEL }} ]",
             "model_transaction_policy { decoupled: true }",
@@ -91,15 +96,48 @@ def render_config(name: str, versions: list[int], opts: ModelOptions, *, hidden_
             'output [\n  { name: "output_ids" data_type: TYPE_INT32 dims: [ -1, -1 ] },\n'
             '  { name: "sequence_length" data_type: TYPE_INT32 dims: [ -1 ] }\n]',
             f"instance_group [ {{ count: {opts.instance_count} kind: KIND_CPU }} ]",
+            *_batching(opts),
             'parameters: { key: "gpt_model_type" value: { string_value: "inflight_fused_batching" } }',
             'parameters: { key: "gpt_model_path" value: { string_value: "${engine_dir}" } }',
             'parameters: { key: "batch_scheduler_policy" value: { string_value: "guaranteed_no_evict" } }',
         ]
+        if opts.gpu_memory_utilization is not None:
+            body.append('parameters: { key: "kv_cache_free_gpu_mem_fraction" value: { string_value: '
+                        f'"{opts.gpu_memory_utilization:g}" }} }}')
+        if opts.tensor_parallel_size is not None:
+            body.append('parameters: { key: "airlock_tensor_parallel_size" value: { string_value: '
+                        f'"{opts.tensor_parallel_size}" }} }}')
     else:
         raise ManifestError(f"{name}: unknown Triton backend {opts.backend!r} (known: {', '.join(BACKENDS)})",
                             rule="triton-config")
     meta = f'parameters: {{ key: "airlock_model" value: {{ string_value: "{name}" }} }}'
     return "\n".join([*head, *body, meta]) + "\n"
+
+
+def vllm_engine_args(path: Path, opts: ModelOptions) -> dict[str, Any]:
+    """The vLLM backend's model.json: engine arguments, the model being the immutable Airlock dir."""
+    engine: dict[str, Any] = {"model": str(path), "disable_log_requests": True,
+                              "gpu_memory_utilization": opts.gpu_memory,
+                              "tensor_parallel_size": opts.tensor_parallel}
+    if opts.max_batch_size:
+        engine["max_num_seqs"] = opts.max_batch_size
+    return engine
+
+
+def refuse_encrypted(model: str, version: str, path: Path) -> None:
+    """Triton reads a version's files as they are on disk: never point it at ciphertext.
+
+    EncryptedVersionError (exit 52) when any file of the version starts with the Airlock
+    encrypted-file magic; see docs/security.md ("Serving and encryption at rest")."""
+    from airlock.crypto.reader import is_encrypted
+
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and not f.is_symlink() and is_encrypted(f):
+            raise EncryptedVersionError(
+                f"{model} {version}: {f.relative_to(path)} is stored encrypted (AIRLKENC); Triton would be "
+                "handed ciphertext. Encrypted versions are not served: keep served models on the LUKS "
+                "volume (plaintext files, encrypted block device) and use file encryption for the warm/"
+                "cold tiers; see docs/security.md", path=str(f))
 
 
 def validate_config(text: str, *, name: str, model_dir: Path | None = None) -> Any:
@@ -191,6 +229,7 @@ class TritonModel:
             return existing
         if not (path / "config.json").is_file():
             raise RepositoryError(f"{path}: not a model version directory (no config.json)", path=str(path))
+        refuse_encrypted(self.name, airlock_version, path)
         number = max(self.versions(), default=0) + 1
         while (self.root / str(number)).exists():  # a stray dir without version.json: never reuse
             number += 1
@@ -199,21 +238,36 @@ class TritonModel:
         with staging_dir(final) as tmp:
             info = {"model": self.name, "version": airlock_version, "path": str(path)}
             (tmp / VERSION_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-            if self.options.backend == "python":
-                shutil.copyfile(MODEL_SOURCE, tmp / "model.py")
-            elif self.options.backend == "vllm":
-                engine = {"model": str(path), "disable_log_requests": True,
-                          "gpu_memory_utilization": self.options.gpu_memory_utilization,
-                          "tensor_parallel_size": self.options.tensor_parallel_size}
-                (tmp / "model.json").write_text(json.dumps(engine, indent=2) + "\n")
+            self._backend_files(tmp, path)
             tmp.chmod(0o755)
             fault_point("serving.version_dir.before_rename")
             tmp.rename(final)
             fsync_dir(self.root)
         return number
 
-    def write_config(self, versions: list[int], *, hidden_size: int | None = None) -> bool:
-        """Validate and atomically write config.pbtxt serving ``versions``; True if it changed."""
+    def _backend_files(self, vdir: Path, path: Path) -> bool:
+        """The files the backend reads from a version directory, for the current options (model.py for
+        python, model.json for vllm, neither for tensorrtllm); True if any changed."""
+        wanted: dict[str, bytes] = {}
+        if self.options.backend == "python":
+            wanted["model.py"] = MODEL_SOURCE.read_bytes()
+        elif self.options.backend == "vllm":
+            engine = vllm_engine_args(path, self.options)
+            wanted["model.json"] = (json.dumps(engine, indent=2) + "\n").encode()
+        changed = False
+        for name in BACKEND_FILES:
+            target = vdir / name
+            if name in wanted:
+                if not target.is_file() or target.read_bytes() != wanted[name]:
+                    atomic_write_bytes(target, wanted[name])
+                    changed = True
+            elif target.exists():
+                target.unlink()
+                changed = True
+        return changed
+
+    def render(self, versions: list[int], *, hidden_size: int | None = None) -> str:
+        """The validated config.pbtxt text serving ``versions`` (nothing written)."""
         if not versions:
             raise RepositoryError(f"{self.config_path}: a served model needs at least one version",
                                   path=str(self.config_path))
@@ -221,8 +275,41 @@ class TritonModel:
             hidden_size = self._hidden_size(max(versions))
         text = render_config(self.name, versions, self.options, hidden_size=hidden_size)
         validate_config(text, name=self.name, model_dir=self.root)
-        if self.config_path.is_file() and self.config_path.read_text() == text:
+        return text
+
+    def config_current(self, versions: list[int]) -> bool:
+        """True when config.pbtxt and the version directories already say what the options say."""
+        if not self.config_path.is_file() or self.config_path.read_text() != self.render(versions):
             return False
+        have = self.versions()
+        for n in versions:
+            if n not in have:
+                return False
+            vdir, v = self.root / str(n), have[n]
+            for name in BACKEND_FILES:
+                if (vdir / name).is_file() != (name in _BACKEND_FILE.get(self.options.backend, ())):
+                    return False
+            if self.options.backend == "vllm" and json.loads((vdir / "model.json").read_text()) != \
+                    vllm_engine_args(Path(v.path), self.options):
+                return False
+        return True
+
+    def write_config(self, versions: list[int], *, hidden_size: int | None = None) -> bool:
+        """Validate and atomically write config.pbtxt serving ``versions`` with this entry's options
+        (and bring the versions' backend files in line); True if anything changed. Refuses a version
+        stored encrypted (EncryptedVersionError)."""
+        text = self.render(versions, hidden_size=hidden_size)
+        have = self.versions()
+        changed = False
+        for n in versions:
+            if n not in have:
+                raise RepositoryError(f"{self.root / str(n)}: no {VERSION_FILE}; not a generated version",
+                                      path=str(self.root / str(n)))
+            refuse_encrypted(self.name, have[n].airlock_version, Path(have[n].path))
+        for n in versions:
+            changed |= self._backend_files(self.root / str(n), Path(have[n].path))
+        if self.config_path.is_file() and self.config_path.read_text() == text:
+            return changed
         fault_point("serving.config.before_write")
         atomic_write_bytes(self.config_path, text.encode())
         return True
@@ -279,13 +366,16 @@ def airlock_models(airlock_root: Path) -> dict[str, tuple[str, Path]]:
 
 
 def generate(airlock_root: Path, triton_root: Path, *, models: list[str] | None = None,
-             options: dict[str, ModelOptions] | None = None, check: bool = False) -> GenerateReport:
-    """Make ``triton_root`` serve each model's active Airlock version.
+             check: bool = False) -> GenerateReport:
+    """Make ``triton_root`` serve each model's active Airlock version, with its stored serving settings.
 
     A model new to Triton gets version 1 serving ``current``; a model already there keeps its
     served versions (the reload flow, not generation, moves serving to a new version) but gains a
-    version directory for the active Airlock version if it lacks one. ``check`` changes nothing.
+    version directory for the active Airlock version if it lacks one, and its config.pbtxt is
+    rewritten when the serving settings changed (``serve load`` then applies it). ``check`` changes
+    nothing.
     """
+    store = SettingsStore(airlock_root)
     report = GenerateReport()
     active = airlock_models(airlock_root)
     wanted = models if models is not None else list(active)
@@ -297,21 +387,24 @@ def generate(airlock_root: Path, triton_root: Path, *, models: list[str] | None 
             raise RepositoryError(f"{airlock_root / 'model_repo' / name}: model names ending in "
                                   f"{CANDIDATE_SUFFIX} are reserved for reload candidates", path=name)
         version, path = active[name]
-        entry = TritonModel(triton_root / name, (options or {}).get(name, ModelOptions()))
+        entry = TritonModel(triton_root / name, store.load(name))
         number = entry.number_of(version)
         served = entry.served()
-        row: dict[str, Any] = {"active": version, "triton_version": number, "served": served}
+        row: dict[str, Any] = {"active": version, "triton_version": number, "served": served,
+                               "backend": entry.options.backend}
         need_version = number is None
-        need_config = not served
+        need_config = not served or not entry.config_current(served)
         if check:
+            if need_version:
+                refuse_encrypted(name, version, path)
             row["would_add_version"] = need_version
             row["would_write_config"] = need_config
         else:
             number = entry.ensure_version(version, path)
             row["triton_version"] = number
             if need_config:
-                entry.write_config([number])
-                row["served"] = [number]
+                entry.write_config(served or [number])
+                row["served"] = served or [number]
         report.changed |= need_version or need_config
         report.models[name] = row
     return report

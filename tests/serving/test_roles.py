@@ -111,10 +111,11 @@ class RoleTriton:
 
 
 @contextlib.contextmanager
-def _triton_by_roles(tmp_path: Path, root: Path, names: list[str]) -> Iterator[RoleTriton]:
+def _triton_by_roles(tmp_path: Path, root: Path, names: list[str],
+                     serving: dict[str, dict[str, object]] | None = None) -> Iterator[RoleTriton]:
     """Apply roles/triton_server (wheel method, supervised process on free ports) and
-    roles/triton_models over the Airlock ``root`` (asserting success); the server the roles start is
-    stopped at the end."""
+    roles/triton_models over the Airlock ``root`` (asserting success), with ``serving`` as
+    triton_models_serving; the server the roles start is stopped at the end."""
     http, grpc, metrics = free_port(), free_port(), free_port()
     venv_bin = Path(sys.executable).parent
     extra: dict[str, object] = {
@@ -125,7 +126,7 @@ def _triton_by_roles(tmp_path: Path, root: Path, names: list[str]) -> Iterator[R
         "triton_server_metrics_port": metrics, "triton_server_model_repository": str(tmp_path / "triton"),
         "triton_server_workdir": str(tmp_path / "srv"),
         "triton_models_airlock": str(venv_bin / "airlock"), "triton_models_root": str(root),
-        "triton_models_names": names,
+        "triton_models_names": names, "triton_models_serving": serving or {},
     }
     pidfile = tmp_path / "srv" / "tritonserver.pid"
     setup = _playbook(tmp_path, [{"hosts": "all", "gather_facts": False,
@@ -176,7 +177,8 @@ def test_roles_start_triton_and_load_models_idempotently(tmp_path: Path, airlock
 def test_rollback_playbook_makes_triton_serve_the_version_rolled_back_to(tmp_path: Path,
                                                                         minilm_pair: Pair) -> None:
     """playbooks/rollback.yml with airlock_rollback_serve: the repository goes back to 1.0.0 and the
-    real tritonserver the roles started serves it (it served 1.1.0 before)."""
+    real tritonserver the roles started serves it (it served 1.1.0 before), with the serving settings
+    the install stored (the rollback run is not given them again)."""
     root = tmp_path / "airlock"
     repo = Repository(root, lock_timeout=30)
     try:
@@ -184,20 +186,27 @@ def test_rollback_playbook_makes_triton_serve_the_version_rolled_back_to(tmp_pat
             repo.execute(repo.plan_install("rb_m", version, src))
     finally:
         repo.close()
-    with _triton_by_roles(tmp_path, root, ["rb_m"]) as triton:
+    settings = {"instance_count": 2, "max_batch_size": 4, "dynamic_batching": True}
+    with _triton_by_roles(tmp_path, root, ["rb_m"], {"rb_m": settings}) as triton:
         entry = TritonModel(tmp_path / "triton" / "rb_m")
 
         def served() -> list[str]:
             return [entry.versions()[int(n)].airlock_version
                     for n, state in triton.client.loaded_versions("rb_m").items() if state == "READY"]
 
+        def loaded_settings() -> tuple[int, int, bool]:
+            cfg = triton.client.model_config("rb_m")
+            return cfg["instance_group"][0]["count"], cfg["max_batch_size"], "dynamic_batching" in cfg
+
         assert served() == ["1.1.0"]  # the active version
-        back = {**triton.extra, "airlock_hosts": "all", "airlock_root": str(root),
-                "airlock_rollback_serve": True}
+        assert loaded_settings() == (2, 4, True)
+        back = {**{k: v for k, v in triton.extra.items() if k != "triton_models_serving"},
+                "airlock_hosts": "all", "airlock_root": str(root), "airlock_rollback_serve": True}
         rollback = _run(PLAYBOOKS / "rollback.yml", back)
         assert rollback.returncode == 0, rollback.stdout[-3000:]
         assert (root / "model_repo" / "rb_m" / "current").resolve().name == "1.0.0"
         assert served() == ["1.0.0"]
+        assert loaded_settings() == (2, 4, True)
 
 
 @pytest.mark.parametrize("role", ["triton_server", "triton_models"])
