@@ -13,7 +13,7 @@ version_added: "0.1.0"
 description:
   - Returns the repository state (models, active and previous versions, every version's state, the
     installed bundle sequence and the audit log head) as RV(airlock_repo).
-  - With O(verify=true), the read-only compliance check (C(airlock.repo.verify)): every present
+  - With O(verify=true), the read-only compliance check (C(airlock.repo.verify)) of every present
     version of the selected models against the kept signed manifests and the catalog (hashes,
     sizes, modes, owner, missing, extra and stray files, provenance, the C(current) link), the
     mode of every repository path, the anti-downgrade sequence, the kept manifests' signatures
@@ -21,7 +21,7 @@ description:
     hash chain against the catalog's head and O(audit_anchor), deleted history rows, and with
     O(loadable=true) that the active versions' safetensors load.
   - Drift is reported, never repaired, and nothing is written on the target, not even an audit
-    record (the catalog is opened read-only): the control node keeps the result and the audit head.
+    record (the catalog is opened read-only); the control node keeps the result and the audit head.
 options:
   root:
     description: Root of the model repository on the target.
