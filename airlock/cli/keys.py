@@ -53,7 +53,8 @@ def _header_dict(path: Path, header: Any) -> dict[str, Any]:
     return {"path": str(path), "provider": header.provider, "key_id": header.key_id,
             "key_generation": header.active.generation, "plaintext_size": fixed.plaintext_size,
             "chunk_size": fixed.chunk_size, "chunks": fixed.chunk_count, "format_version": fixed.version,
-            "encrypted_size": fixed.encrypted_size}
+            "encrypted_size": fixed.encrypted_size,
+            "bound_to": str(header.identity) if header.identity and header.identity.path else None}
 
 
 def _need(path: Path) -> None:
@@ -120,11 +121,15 @@ def encrypt_cmd(
     chunk_size: int = typer.Option(1 << 20, "--chunk-size", help="Plaintext bytes per chunk."),
     workers: int = typer.Option(2, "--workers", min=1, max=16,
                                 help="Threads for chunk encryption (2 measured fastest)."),
+    model: str = typer.Option(None, "--model", help="Bind each file to this model name and its path "
+                              "relative to --in (a directory), or its file name (a file); a "
+                              "directory's files are always bound to their relative paths."),
     config: Path = ConfigOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Encrypt a file (or every file of a directory, each under its own data key) wrapped by KEY."""
     from airlock.crypto import KeyRef, encrypt_file
+    from airlock.crypto.format import FileIdentity
     from airlock.crypto.tree import encrypt_tree
 
     with handle_errors(as_json):
@@ -132,12 +137,13 @@ def encrypt_cmd(
         ref = KeyRef.parse(key)
         provider = _registry(config).get(ref.provider)
         if src.is_dir():
-            files = encrypt_tree(src, dst, provider, ref.key_id, chunk_size=chunk_size, workers=workers)
+            files = encrypt_tree(src, dst, provider, ref.key_id, chunk_size=chunk_size, workers=workers,
+                                 model=model or "")
             _tree_report(dst, files, as_json, f"encrypted under {ref}")
             return
         with progress_bytes("encrypting", src.stat().st_size, not as_json) as prog:
             header = encrypt_file(src, dst, provider, ref.key_id, chunk_size=chunk_size, workers=workers,
-                                  progress=prog)
+                                  progress=prog, identity=FileIdentity(model, src.name) if model else None)
         info = _header_dict(dst, header)
         if as_json:
             emit_json({"ok": True, **info})
@@ -161,21 +167,26 @@ def decrypt_cmd(
     belongs on tmpfs (/dev/shm, /run) or an encrypted volume."""
     from airlock.crypto import decrypt_file, decrypt_stream
     from airlock.crypto.tree import decrypt_tree
+    from airlock.repo.encryption import file_context, tree_context, verify_file
 
     with handle_errors(as_json and dst != "-"):
         _need(src)
         reg = _registry(config)
-        if src.is_dir():
-            files = decrypt_tree(src, Path(dst), reg, workers=workers)
+        if src.is_dir():  # a repository version: bound to its model, checked against the catalog
+            files = decrypt_tree(src, Path(dst), reg, workers=workers, **tree_context(src))
             _tree_report(Path(dst), files, as_json, "decrypted and authenticated")
             return
+        ctx = file_context(src)  # a repository file: bound to its place, the catalog's plaintext
         if dst == "-":
+            if ctx:
+                verify_file(src, reg)  # checked in full before any byte reaches stdout
             with open(src, "rb") as f:
-                decrypt_stream(f, sys.stdout.buffer, reg, workers=workers, path=str(src))
+                decrypt_stream(f, sys.stdout.buffer, reg, workers=workers, path=str(src),
+                               identity=ctx.get("identity"))
             sys.stdout.buffer.flush()
             return
         with progress_bytes("decrypting", src.stat().st_size, not as_json) as prog:
-            header = decrypt_file(src, Path(dst), reg, workers=workers, progress=prog)
+            header = decrypt_file(src, Path(dst), reg, workers=workers, progress=prog, **ctx)
         if as_json:
             emit_json({"ok": True, **_header_dict(src, header), "output": dst})
         else:
@@ -199,16 +210,17 @@ def inspect_cmd(path: Path = typer.Argument(..., help="Encrypted file."), as_jso
 @app.command("verify")
 def verify_cmd(paths: list[Path] = typer.Argument(..., help="Encrypted files or directories."),
                config: Path = ConfigOpt, as_json: bool = JsonOpt) -> None:
-    """Authenticate every chunk of every encrypted file and print the plaintext sha256."""
-    from airlock.crypto import plaintext_sha256
+    """Authenticate every chunk of every encrypted file and print the plaintext sha256. Files of a
+    repository must be bound to their place and match the catalog's plaintext hashes (exit 13)."""
     from airlock.crypto.rotate import encrypted_files
+    from airlock.repo.encryption import verify_file
 
     with handle_errors(as_json):
         reg = _registry(config)
         results = []
         for root in paths:
             for path in encrypted_files(root):
-                size, digest = plaintext_sha256(path, reg)
+                size, digest = verify_file(path, reg, root)
                 results.append({"path": str(path), "size": size, "sha256": digest})
                 if not as_json:
                     _say(f"{digest}  {path}")

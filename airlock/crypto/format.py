@@ -1,13 +1,17 @@
-"""Byte layout of the Airlock encrypted file format, version 1 (spec: docs/encryption-format.md).
+"""Byte layout of the Airlock encrypted file format, versions 1 and 2 (spec: docs/encryption-format.md).
 
     fixed header (96 bytes, authenticated: AAD of every chunk)
-    key slot A   (slot_size bytes, NOT authenticated: holds the wrapped data key, rewritten by rotation)
+    identity     (version 2: model and relative path of the file; authenticated with the fixed header)
+    key slot A   (slot_size bytes: the wrapped data key, rewritten by rotation; version 2: MACed)
     key slot B   (slot_size bytes, same)
     chunk 0 .. chunk n-1, each = AES-256-GCM(chunk plaintext) || 16-byte tag
 
 The data key is bound to the authenticated header by a key commitment (HMAC-SHA256 under the
 data key), so a substituted wrapped key is refused before any chunk is decrypted, and two slots
-with a generation counter make re-wrapping crash-safe without a journal.
+with a generation counter make re-wrapping crash-safe without a journal. Version 2 binds which file
+this is (model, relative path: not the version, unchanged files are hard-linked between versions)
+into the AAD and the commitment, and MACs each key slot under a key derived from the data key.
+Version 1 files stay readable; new files are written as version 2.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from dataclasses import dataclass
 from airlock.crypto.errors import EncryptedFormatError
 
 MAGIC = b"AIRLKENC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CIPHER_AES_256_GCM = 1
 FIXED_HEADER_LEN = 96
 DEFAULT_CHUNK_SIZE = 1 << 20
@@ -34,6 +39,42 @@ MAX_CHUNKS = 1 << 32
 SLOT_MAGIC = b"ASLT"
 SLOT_DIGEST_LEN = 32
 COMMIT_LABEL = b"airlock/enc/v1/key-commitment"
+COMMIT_LABEL_V2 = b"airlock/enc/v2/key-commitment"
+SLOT_MAC_LABEL = b"airlock/enc/v2/slot-mac"
+SLOT_MAC_LEN = 32
+MAX_GENERATION = 0xFFFFFFFF
+MAX_IDENTITY_LEN = 4096
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """Which file an encrypted file is (version 2): its model and its path relative to the version
+    directory. Authenticated, so a ciphertext moved to another file's place is refused."""
+
+    model: str
+    path: str
+
+    def pack(self) -> bytes:
+        m, p = self.model.encode(), self.path.encode()
+        if len(m) + len(p) + 4 > MAX_IDENTITY_LEN:
+            raise EncryptedFormatError("model name and relative path too long for the identity field")
+        return struct.pack(">H", len(m)) + m + struct.pack(">H", len(p)) + p
+
+    @classmethod
+    def unpack(cls, raw: bytes, path: str | None = None) -> FileIdentity:
+        try:
+            (mlen,) = struct.unpack_from(">H", raw, 0)
+            model = raw[2 : 2 + mlen].decode()
+            (plen,) = struct.unpack_from(">H", raw, 2 + mlen)
+            rel = raw[4 + mlen : 4 + mlen + plen].decode()
+        except (struct.error, UnicodeDecodeError):
+            raise EncryptedFormatError("malformed file identity in the header", path=path) from None
+        if 4 + mlen + plen != len(raw):
+            raise EncryptedFormatError("malformed file identity in the header", path=path)
+        return cls(model, rel)
+
+    def __str__(self) -> str:
+        return f"{self.model or '-'}:{self.path}"
 
 # magic, version, header_len, cipher, flags, chunk_size, plaintext_size, nonce_prefix, commitment, slot_size
 _FIXED = struct.Struct(">8sHHHHIQ8s32sI")
@@ -51,6 +92,7 @@ class FixedHeader:
     slot_size: int = DEFAULT_SLOT_SIZE
     version: int = FORMAT_VERSION
     cipher: int = CIPHER_AES_256_GCM
+    header_len: int = FIXED_HEADER_LEN  # version 2: the fixed header plus the identity field
 
     @property
     def chunk_count(self) -> int:
@@ -59,7 +101,7 @@ class FixedHeader:
 
     @property
     def data_offset(self) -> int:
-        return FIXED_HEADER_LEN + 2 * self.slot_size
+        return self.header_len + 2 * self.slot_size
 
     @property
     def encrypted_size(self) -> int:
@@ -74,13 +116,13 @@ class FixedHeader:
         return self.chunk_size
 
     def slot_offset(self, which: int) -> int:
-        return FIXED_HEADER_LEN + which * self.slot_size
+        return self.header_len + which * self.slot_size
 
     def pack(self) -> bytes:
         return _FIXED.pack(
             MAGIC,
             self.version,
-            FIXED_HEADER_LEN,
+            self.header_len,
             self.cipher,
             0,
             self.chunk_size,
@@ -106,13 +148,19 @@ class FixedHeader:
             commitment,
             slot_size,
         ) = _FIXED.unpack_from(raw)
-        if version != FORMAT_VERSION or header_len != FIXED_HEADER_LEN:
+        if version not in READABLE_VERSIONS:
             raise EncryptedFormatError(f"unsupported encrypted format version {version}", path=path)
+        if (version == 1 and header_len != FIXED_HEADER_LEN) or (
+            version >= 2 and not FIXED_HEADER_LEN + 4 <= header_len <= FIXED_HEADER_LEN + MAX_IDENTITY_LEN
+        ):
+            raise EncryptedFormatError(f"bad header length {header_len} for format version {version}",
+                                       path=path)
         if cipher != CIPHER_AES_256_GCM or flags != 0 or any(raw[_FIXED.size : FIXED_HEADER_LEN]):
             raise EncryptedFormatError("unknown cipher, flags or non-zero reserved header bytes", path=path)
         if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE or not 128 <= slot_size <= 65536:
             raise EncryptedFormatError("chunk size or key slot size out of range", path=path)
-        hdr = cls(chunk_size, plaintext_size, nonce_prefix, commitment, slot_size, version, cipher)
+        hdr = cls(chunk_size, plaintext_size, nonce_prefix, commitment, slot_size, version, cipher,
+                  header_len)
         if hdr.chunk_count > MAX_CHUNKS:
             raise EncryptedFormatError("plaintext size exceeds the 2^32 chunk limit", path=path)
         return hdr
@@ -128,13 +176,25 @@ def chunk_aad(fixed: bytes, index: int, final: bool) -> bytes:
     return fixed + struct.pack(">IB", index, 1 if final else 0)
 
 
-def key_commitment(data_key: bytes, nonce_prefix: bytes) -> bytes:
-    """HMAC-SHA256(data_key, label || nonce prefix): binds exactly one data key to this header."""
-    return hmac.new(data_key, COMMIT_LABEL + nonce_prefix, hashlib.sha256).digest()
+def key_commitment(data_key: bytes, nonce_prefix: bytes, identity: bytes | None = None) -> bytes:
+    """HMAC-SHA256(data_key, label || nonce prefix [|| identity]): binds exactly one data key to this
+    header (version 2: and to the file identity)."""
+    if identity is None:
+        return hmac.new(data_key, COMMIT_LABEL + nonce_prefix, hashlib.sha256).digest()
+    return hmac.new(data_key, COMMIT_LABEL_V2 + nonce_prefix + identity, hashlib.sha256).digest()
 
 
-def check_commitment(data_key: bytes, fixed: FixedHeader) -> bool:
-    return hmac.compare_digest(key_commitment(data_key, fixed.nonce_prefix), fixed.commitment)
+def check_commitment(data_key: bytes, fixed: FixedHeader, raw_header: bytes = b"") -> bool:
+    """``raw_header``: the authenticated header bytes (the identity field follows the fixed part)."""
+    identity = raw_header[FIXED_HEADER_LEN : fixed.header_len] if fixed.version >= 2 else None
+    return hmac.compare_digest(key_commitment(data_key, fixed.nonce_prefix, identity), fixed.commitment)
+
+
+def slot_mac(data_key: bytes, raw_header: bytes, body: bytes) -> bytes:
+    """Version 2: HMAC-SHA256 of a key slot's content and the authenticated header, under a key
+    derived from the data key: a slot cannot be edited (generation, key id) without the data key."""
+    mac_key = hmac.new(data_key, SLOT_MAC_LABEL, hashlib.sha256).digest()
+    return hmac.new(mac_key, raw_header + body, hashlib.sha256).digest()
 
 
 @dataclass(frozen=True)
@@ -145,12 +205,15 @@ class KeySlot:
     provider: str
     key_id: str
     wrapped: bytes
+    mac: bytes = b""  # version 2: slot_mac over content() and the header
 
-    def pack(self, slot_size: int) -> bytes:
+    def content(self) -> bytes:
         prov, kid = self.provider.encode(), self.key_id.encode()
         if len(prov) > 255 or len(kid) > 65535:
             raise EncryptedFormatError("provider name or key id too long for a key slot")
-        body = (
+        if not 0 <= self.generation <= MAX_GENERATION:
+            raise EncryptedFormatError(f"key slot generation {self.generation} out of range")
+        return (
             SLOT_MAGIC
             + struct.pack(">IB", self.generation, len(prov))
             + prov
@@ -159,6 +222,18 @@ class KeySlot:
             + struct.pack(">H", len(self.wrapped))
             + self.wrapped
         )
+
+    def sealed(self, data_key: bytes, raw_header: bytes) -> KeySlot:
+        """This slot with its version-2 MAC."""
+        return KeySlot(self.generation, self.provider, self.key_id, self.wrapped,
+                       slot_mac(data_key, raw_header, self.content()))
+
+    def mac_ok(self, data_key: bytes, raw_header: bytes) -> bool:
+        return len(self.mac) == SLOT_MAC_LEN and hmac.compare_digest(
+            self.mac, slot_mac(data_key, raw_header, self.content()))
+
+    def pack(self, slot_size: int) -> bytes:
+        body = self.content() + self.mac
         room = slot_size - SLOT_DIGEST_LEN
         if len(body) > room:
             raise EncryptedFormatError(
@@ -168,8 +243,9 @@ class KeySlot:
         return body + hashlib.sha256(body).digest()
 
     @classmethod
-    def unpack(cls, raw: bytes) -> KeySlot | None:
-        """The slot, or None when it is empty or torn (digest mismatch): such a slot is ignored."""
+    def unpack(cls, raw: bytes, version: int = 1) -> KeySlot | None:
+        """The slot, or None when it is empty or torn (digest mismatch): such a slot is ignored.
+        Version 2 slots carry a MAC, checked once the data key is unwrapped."""
         body, digest = raw[:-SLOT_DIGEST_LEN], raw[-SLOT_DIGEST_LEN:]
         if body[:4] != SLOT_MAGIC or not hmac.compare_digest(hashlib.sha256(body).digest(), digest):
             return None
@@ -183,11 +259,13 @@ class KeySlot:
             pos += 2 + klen
             (wlen,) = struct.unpack_from(">H", body, pos)
             wrapped = bytes(body[pos + 2 : pos + 2 + wlen])
+            pos += 2 + wlen
+            mac = bytes(body[pos : pos + SLOT_MAC_LEN]) if version >= 2 else b""
         except (struct.error, UnicodeDecodeError):
             return None
-        if len(wrapped) != wlen:
+        if len(wrapped) != wlen or (version >= 2 and len(mac) != SLOT_MAC_LEN):
             return None
-        return cls(generation, provider, key_id, wrapped)
+        return cls(generation, provider, key_id, wrapped, mac)
 
 
 def active_slot(slots: list[KeySlot | None], path: str | None = None) -> tuple[int, KeySlot]:
@@ -204,9 +282,10 @@ class EncryptedHeader:
     """Everything before the first chunk: the fixed header, its raw bytes (the AAD) and both slots."""
 
     fixed: FixedHeader
-    raw_fixed: bytes
+    raw_fixed: bytes  # the authenticated header: fixed part and (version 2) the identity field
     slots: tuple[KeySlot | None, KeySlot | None]
     active_index: int
+    identity: FileIdentity | None = None  # version 2
 
     @property
     def active(self) -> KeySlot:
@@ -236,7 +315,9 @@ def parse_header(raw: bytes, path: str | None = None) -> EncryptedHeader:
     fixed = FixedHeader.unpack(raw[:FIXED_HEADER_LEN], path)
     if len(raw) < fixed.data_offset:
         raise EncryptedFormatError("truncated header (key slots incomplete)", path=path)
-    slot_a = KeySlot.unpack(raw[fixed.slot_offset(0) : fixed.slot_offset(1)])
-    slot_b = KeySlot.unpack(raw[fixed.slot_offset(1) : fixed.data_offset])
+    identity = (FileIdentity.unpack(bytes(raw[FIXED_HEADER_LEN : fixed.header_len]), path)
+                if fixed.version >= 2 else None)
+    slot_a = KeySlot.unpack(raw[fixed.slot_offset(0) : fixed.slot_offset(1)], fixed.version)
+    slot_b = KeySlot.unpack(raw[fixed.slot_offset(1) : fixed.data_offset], fixed.version)
     index, _slot = active_slot([slot_a, slot_b], path)
-    return EncryptedHeader(fixed, bytes(raw[:FIXED_HEADER_LEN]), (slot_a, slot_b), index)
+    return EncryptedHeader(fixed, bytes(raw[: fixed.header_len]), (slot_a, slot_b), index, identity)

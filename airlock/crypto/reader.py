@@ -9,13 +9,13 @@ import os
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from airlock.crypto.errors import EncryptedFormatError
-from airlock.crypto.format import FIXED_HEADER_LEN, MAGIC, TAG_LEN, EncryptedHeader
+from airlock.crypto.format import FIXED_HEADER_LEN, MAGIC, TAG_LEN, EncryptedHeader, FileIdentity
 from airlock.crypto.stream import (
     DEFAULT_WORKERS,
     KeySource,
+    aead_for,
+    check_identity,
     decrypt_chunk,
     decrypt_stream,
     read_header,
@@ -27,12 +27,13 @@ class DecryptingReader(io.RawIOBase):
     """``open_decrypted(path, keys)`` returns one of these. Seeking is free; each read authenticates
     every chunk it touches, so a tampered chunk raises EncryptedFormatError on read."""
 
-    def __init__(self, path: Path, keys: KeySource) -> None:
+    def __init__(self, path: Path, keys: KeySource, identity: FileIdentity | None = None) -> None:
         super().__init__()
         self.path = Path(path)
         self._f = open(self.path, "rb")  # noqa: SIM115 - closed in close()
         try:
             self.header: EncryptedHeader = read_header(self._f, str(self.path))
+            check_identity(self.header, identity, str(self.path))
             expected = self.header.fixed.encrypted_size
             actual = os.fstat(self._f.fileno()).st_size
             if actual != expected:
@@ -40,7 +41,7 @@ class DecryptingReader(io.RawIOBase):
                     f"encrypted file is {actual} bytes, header says {expected} (truncated or extended)",
                     path=str(self.path),
                 )
-            self._aead = AESGCM(unwrap_data_key(self.header, keys, str(self.path)))
+            self.aead_for = aead_for(unwrap_data_key(self.header, keys, str(self.path)))
         except BaseException:
             self._f.close()
             raise
@@ -73,7 +74,7 @@ class DecryptingReader(io.RawIOBase):
         fixed = self.header.fixed
         self._f.seek(fixed.chunk_offset(index))
         sealed = self._f.read(fixed.chunk_plain_len(index) + TAG_LEN)
-        plain = decrypt_chunk(self._aead, self.header, index, sealed, str(self.path))
+        plain = decrypt_chunk(self.aead_for, self.header, index, sealed, str(self.path))
         self._cached = (index, plain)
         return plain
 
@@ -105,9 +106,10 @@ class DecryptingReader(io.RawIOBase):
         super().close()
 
 
-def open_decrypted(path: Path, keys: KeySource) -> BinaryIO:
-    """A readable, seekable file object yielding the plaintext of encrypted file ``path``."""
-    return cast(BinaryIO, DecryptingReader(Path(path), keys))
+def open_decrypted(path: Path, keys: KeySource, identity: FileIdentity | None = None) -> BinaryIO:
+    """A readable, seekable file object yielding the plaintext of encrypted file ``path`` (refused
+    when ``identity`` is given and a version-2 file is bound to another)."""
+    return cast(BinaryIO, DecryptingReader(Path(path), keys, identity))
 
 
 def is_encrypted(path: Path) -> bool:
@@ -139,9 +141,10 @@ class _HashSink:
         return len(data)
 
 
-def plaintext_sha256(path: Path, keys: KeySource, *, workers: int = DEFAULT_WORKERS) -> tuple[int, str]:
+def plaintext_sha256(path: Path, keys: KeySource, *, workers: int = DEFAULT_WORKERS,
+                     identity: FileIdentity | None = None) -> tuple[int, str]:
     """(size, sha256 hex) of the plaintext, authenticating every chunk; for repository verification."""
     sink = _HashSink()
     with open(path, "rb") as f:
-        decrypt_stream(f, cast(BinaryIO, sink), keys, workers=workers, path=str(path))
+        decrypt_stream(f, cast(BinaryIO, sink), keys, workers=workers, path=str(path), identity=identity)
     return sink.size, sink.hash.hexdigest()

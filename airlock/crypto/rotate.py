@@ -8,6 +8,7 @@ ignored, so at every instant one valid slot opens the file; re-running finishes 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterator
@@ -16,10 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from airlock.crypto.errors import WrongKeyError
+from airlock.crypto.errors import EncryptedFormatError, WrongKeyError
 from airlock.crypto.format import (
     FIXED_HEADER_LEN,
     KEY_LEN,
+    MAX_GENERATION,
     FixedHeader,
     KeySlot,
     check_commitment,
@@ -67,15 +69,33 @@ class KeyAuditLog:
         return audit.scan(self.path).ok
 
 
+MODE_XATTR = "user.airlock.rotate-mode"
+
+
+def _restore_mode(path: Path) -> None:
+    """Finish what a killed rotation left: the mode it recorded before making the file writable."""
+    try:
+        saved = os.getxattr(path, MODE_XATTR, follow_symlinks=False)
+    except OSError:
+        return  # none recorded (or no xattr support)
+    os.chmod(path, int(saved.decode(), 8))
+    with contextlib.suppress(OSError):
+        os.removexattr(path, MODE_XATTR, follow_symlinks=False)
+
+
 @contextmanager
 def _writable(path: Path) -> Iterator[int]:
     """An O_RDWR descriptor; a read-only file (immutable model version) is made owner-writable for
-    the duration and its mode restored."""
+    the duration and its mode restored. The original mode is recorded in an extended attribute
+    first, so a rotation killed in between restores it when re-run."""
+    _restore_mode(path)
     mode = stat.S_IMODE(os.lstat(path).st_mode)
     changed = False
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
     except PermissionError:
+        with contextlib.suppress(OSError):  # best effort where the filesystem has no user xattrs
+            os.setxattr(path, MODE_XATTR, f"{mode:o}".encode(), follow_symlinks=False)
         os.chmod(path, mode | stat.S_IWUSR)
         changed = True
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
@@ -85,6 +105,8 @@ def _writable(path: Path) -> Iterator[int]:
         os.close(fd)
         if changed:
             os.chmod(path, mode)
+            with contextlib.suppress(OSError):
+                os.removexattr(path, MODE_XATTR, follow_symlinks=False)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -125,6 +147,12 @@ def rotate_file(
                 audit.append("key-rotate", asdict(result))
             return result
 
+        if slot.generation >= MAX_GENERATION:
+            raise EncryptedFormatError(
+                f"key slot generation is at its maximum ({MAX_GENERATION}); re-encrypt the file "
+                "(airlock keys reencrypt) instead of re-wrapping it",
+                path=spath,
+            )
         target = keys.get(new.provider)
         wrapped: bytes | None = None
         action = "rewrapped"
@@ -135,13 +163,18 @@ def rotate_file(
             data_key = unwrap_data_key(header, keys, spath)
             wrapped = target.wrap(new.key_id, data_key)
             del data_key
-        check = target.unwrap(new.key_id, wrapped)
-        if len(check) != KEY_LEN or not check_commitment(check, fixed):
-            raise WrongKeyError(
-                f"new wrap under {new} does not reproduce the data key; file unchanged", path=spath
-            )
-        del check
-        new_slot = KeySlot(slot.generation + 1, new.provider, new.key_id, wrapped).pack(fixed.slot_size)
+        check = bytearray(target.unwrap(new.key_id, wrapped))
+        try:
+            if len(check) != KEY_LEN or not check_commitment(bytes(check), fixed, header.raw_fixed):
+                raise WrongKeyError(
+                    f"new wrap under {new} does not reproduce the data key; file unchanged", path=spath
+                )
+            slot_obj = KeySlot(slot.generation + 1, new.provider, new.key_id, wrapped)
+            if fixed.version >= 2:
+                slot_obj = slot_obj.sealed(bytes(check), header.raw_fixed)
+        finally:
+            check[:] = bytes(len(check))
+        new_slot = slot_obj.pack(fixed.slot_size)
         at = fixed.slot_offset(other_i)
         half = len(new_slot) // 2
         _pwrite_all(fd, new_slot[:half], at)

@@ -8,15 +8,17 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from airlock.crypto.errors import EncryptedFormatError, WrongKeyError
+from airlock.crypto.errors import EncryptedFormatError, KeyProviderError, WrongKeyError
 from airlock.crypto.format import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_SLOT_SIZE,
+    FIXED_HEADER_LEN,
+    FORMAT_VERSION,
     KEY_LEN,
     MAX_CHUNK_SIZE,
     MAX_CHUNKS,
@@ -24,6 +26,7 @@ from airlock.crypto.format import (
     NONCE_PREFIX_LEN,
     TAG_LEN,
     EncryptedHeader,
+    FileIdentity,
     FixedHeader,
     KeySlot,
     check_commitment,
@@ -34,6 +37,7 @@ from airlock.crypto.format import (
 )
 from airlock.crypto.providers import KeyProvider, ProviderRegistry
 from airlock.crypto.workspace import FILE_TMP_TAG
+from airlock.errors import IntegrityError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_dir
 from airlock.parallel import ordered_map
@@ -89,21 +93,34 @@ def encrypt_stream(
     slot_size: int = DEFAULT_SLOT_SIZE,
     workers: int = ENCRYPT_WORKERS,
     progress: Progress | None = None,
+    identity: FileIdentity | None = None,
+    version: int = FORMAT_VERSION,
 ) -> EncryptedHeader:
     """Encrypt ``src`` (from its current position to its end, or exactly ``plaintext_size`` bytes)
-    into ``dst`` under a fresh data key wrapped by ``key_provider``/``key_id``; returns the header."""
+    into ``dst`` under a fresh data key wrapped by ``key_provider``/``key_id``; returns the header.
+    ``identity`` (model, relative path) is bound into the header (format version 2; ``version=1``
+    writes the old format, for compatibility tests)."""
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         raise EncryptedFormatError(f"chunk size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]")
     size = _source_size(src) if plaintext_size is None else plaintext_size
-    data_key = AESGCM.generate_key(bit_length=256)
-    nonce_prefix = secrets.token_bytes(NONCE_PREFIX_LEN)
-    fixed = FixedHeader(chunk_size, size, nonce_prefix, key_commitment(data_key, nonce_prefix), slot_size)
-    if fixed.chunk_count > MAX_CHUNKS:
-        raise EncryptedFormatError("plaintext too large for this chunk size (2^32 chunks)")
-    slot = KeySlot(1, key_provider.name, key_id, key_provider.wrap(key_id, data_key))
-    raw_fixed = fixed.pack()
+    data_key = bytearray(AESGCM.generate_key(bit_length=256))
+    try:
+        nonce_prefix = secrets.token_bytes(NONCE_PREFIX_LEN)
+        ident = (identity or FileIdentity("", "")).pack() if version >= 2 else None
+        commitment = key_commitment(bytes(data_key), nonce_prefix, ident)
+        fixed = FixedHeader(chunk_size, size, nonce_prefix, commitment, slot_size, version,
+                            header_len=FIXED_HEADER_LEN + len(ident or b""))
+        if fixed.chunk_count > MAX_CHUNKS:
+            raise EncryptedFormatError("plaintext too large for this chunk size (2^32 chunks)")
+        raw_fixed = fixed.pack() + (ident or b"")
+        slot = KeySlot(1, key_provider.name, key_id, key_provider.wrap(key_id, bytes(data_key)))
+        check_wrap(key_provider, key_id, slot.wrapped, data_key)
+        if version >= 2:
+            slot = slot.sealed(bytes(data_key), raw_fixed)
+        aead = AESGCM(bytes(data_key))
+    finally:
+        data_key[:] = bytes(len(data_key))
     dst.write(raw_fixed + slot.pack(slot_size) + bytes(slot_size))
-    aead = AESGCM(data_key)
     count = fixed.chunk_count
 
     def jobs() -> Iterator[Callable[[], bytes]]:
@@ -128,13 +145,36 @@ def encrypt_stream(
         raise EncryptedFormatError(
             f"source is longer than the declared {size} bytes (changed while reading?)"
         )
-    return EncryptedHeader(fixed, raw_fixed, (slot, None), 0)
+    return EncryptedHeader(fixed, raw_fixed, (slot, None), 0, identity if version >= 2 else None)
+
+
+def check_wrap(provider: KeyProvider, key_id: str, wrapped: bytes, data_key: bytes | bytearray) -> None:
+    """After wrapping: the KEK unwraps the slot back to the same data key (a KEK that can wrap but
+    not unwrap, e.g. a PKCS#11 key without CKA_UNWRAP, is refused before anything is written)."""
+    back = bytearray(provider.unwrap(key_id, wrapped))
+    try:
+        if back != data_key:
+            raise KeyProviderError(f"{provider.name}: key {key_id!r} does not unwrap what it wrapped; "
+                                   "refusing to store data under it")
+    finally:
+        back[:] = bytes(len(back))
+
+
+def check_identity(header: EncryptedHeader, expected: FileIdentity | None, path: str | None = None) -> None:
+    """Refuse a version-2 file whose bound identity is not ``expected`` (a ciphertext moved or
+    swapped into another file's place). Version-1 files carry no identity: callers compare
+    plaintext hashes with the catalog instead."""
+    if expected is None or header.identity is None:
+        return
+    if header.identity != expected:
+        raise EncryptedFormatError(
+            f"encrypted file belongs to {header.identity}, not {expected} (moved or swapped ciphertext)",
+            path=path,
+        )
 
 
 def read_header(src: BinaryIO, path: str | None = None) -> EncryptedHeader:
     """Read and parse the header at the start of ``src`` (leaves the position after the key slots)."""
-    from airlock.crypto.format import FIXED_HEADER_LEN
-
     head = _read_exact(src, FIXED_HEADER_LEN)
     fixed = FixedHeader.unpack(head, path)
     rest = _read_exact(src, fixed.data_offset - FIXED_HEADER_LEN)
@@ -150,14 +190,29 @@ def unwrap_data_key(header: EncryptedHeader, keys: KeySource, path: str | None =
             f"file is wrapped by provider {slot.provider!r}, not {provider.name!r}", path=path
         )
     data_key = provider.unwrap(slot.key_id, slot.wrapped)
-    if len(data_key) != KEY_LEN or not check_commitment(data_key, header.fixed):
+    if len(data_key) != KEY_LEN or not check_commitment(data_key, header.fixed, header.raw_fixed):
         # The KEK opened the slot, so this is not a wrong key: the header or the slot was tampered with.
         raise EncryptedFormatError(
             f"data key from {slot.provider}:{slot.key_id} fails the key commitment "
             "(header edited or key slot substituted)",
             path=path,
         )
+    if header.fixed.version >= 2 and not slot.mac_ok(data_key, header.raw_fixed):
+        raise EncryptedFormatError(
+            f"key slot {header.active_index} ({slot.provider}:{slot.key_id}, generation {slot.generation}) "
+            "fails its MAC (slot edited, relabelled or restored from another copy)",
+            path=path,
+        )
     return data_key
+
+
+def aead_for(data_key: bytes) -> AESGCM:
+    """The cipher for a data key; the key copy handed in is overwritten where Python allows."""
+    buf = bytearray(data_key)
+    try:
+        return AESGCM(bytes(buf))
+    finally:
+        buf[:] = bytes(len(buf))
 
 
 def decrypt_chunk(
@@ -186,11 +241,14 @@ def decrypt_stream(
     workers: int = DEFAULT_WORKERS,
     path: str | None = None,
     progress: Progress | None = None,
+    identity: FileIdentity | None = None,
 ) -> EncryptedHeader:
-    """Decrypt all of ``src`` into ``dst``. Chunks are verified before they are written, but a later
+    """Decrypt all of ``src`` into ``dst`` (refused before any output when ``identity`` is given and
+    the file is bound to another). Chunks are verified before they are written, but a later
     chunk can still fail: callers writing to a file use ``decrypt_file`` (temp + rename)."""
     header = read_header(src, path)
-    aead = AESGCM(unwrap_data_key(header, keys, path))
+    check_identity(header, identity, path)
+    aead = aead_for(unwrap_data_key(header, keys, path))
     fixed = header.fixed
 
     def jobs() -> Iterator[Callable[[], bytes]]:
@@ -214,12 +272,30 @@ def encrypt_file(
     return _atomic(dst, lambda out: _encrypt_from(src, out, key_provider, key_id, kw))
 
 
-def decrypt_file(src: Path, dst: Path, keys: KeySource, **kw: object) -> EncryptedHeader:
-    """Decrypt a file; ``dst`` appears only when every chunk verified (nothing left on failure)."""
+def decrypt_file(src: Path, dst: Path, keys: KeySource, *, expect: tuple[int, str] | None = None,
+                 **kw: object) -> EncryptedHeader:
+    """Decrypt a file; ``dst`` appears only when every chunk verified (nothing left on failure) and,
+    with ``expect`` (size, sha256: the catalog's), the plaintext is exactly that."""
+    import hashlib
 
     def run(out: BinaryIO) -> EncryptedHeader:
+        sink = _Hashing(out)
         with open(src, "rb") as f:
-            return decrypt_stream(f, out, keys, path=str(src), **kw)  # type: ignore[arg-type]
+            header = decrypt_stream(f, cast(BinaryIO, sink), keys, path=str(src), **kw)  # type: ignore[arg-type]
+        if expect is not None and (sink.size, sink.hash.hexdigest()) != expect:
+            raise IntegrityError("plaintext differs from the recorded hash (catalog): an older or other "
+                                 "file's ciphertext in this place; refusing to hand it out", path=str(src),
+                                 rule="plaintext-hash")
+        return header
+
+    class _Hashing:
+        def __init__(self, out: BinaryIO) -> None:
+            self.out, self.hash, self.size = out, hashlib.sha256(), 0
+
+        def write(self, data: bytes) -> int:
+            self.hash.update(data)
+            self.size += len(data)
+            return self.out.write(data)
 
     return _atomic(dst, run)
 

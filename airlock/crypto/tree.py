@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from airlock.crypto.errors import EncryptedFormatError
+from airlock.crypto.format import FileIdentity
 from airlock.crypto.providers import KeyProvider
 from airlock.crypto.reader import is_encrypted
 from airlock.crypto.stream import (
     DEFAULT_WORKERS,
     ENCRYPT_WORKERS,
     KeySource,
+    check_identity,
     decrypt_file,
     decrypt_stream,
     encrypt_stream,
@@ -103,20 +105,36 @@ def _build(out_dir: Path, body: Callable[[Path], dict[str, PlainFile]]) -> dict[
 
 
 def encrypt_hashing(
-    src: Path, dst: Path, provider: KeyProvider, key_id: str, *, workers: int = ENCRYPT_WORKERS, **kw: Any
+    src: Path, dst: Path, provider: KeyProvider, key_id: str, *, workers: int = ENCRYPT_WORKERS,
+    identity: FileIdentity | None = None, **kw: Any
 ) -> PlainFile:
     """Encrypt plaintext file ``src`` into new file ``dst`` (0600, fsynced), hashing the plaintext
-    while encrypting (one read of the source); returns the plaintext size and sha256."""
+    while encrypting (one read of the source); returns the plaintext size and sha256. ``identity``
+    (model, relative path) is bound into the header."""
     with open(src, "rb") as f, open(dst, "xb") as out:
         reader = _HashingReader(f)
         size = os.fstat(f.fileno()).st_size
         encrypt_stream(
-            cast(BinaryIO, reader), out, provider, key_id, plaintext_size=size, workers=workers, **kw
+            cast(BinaryIO, reader), out, provider, key_id, plaintext_size=size, workers=workers,
+            identity=identity, **kw
         )
         out.flush()
         os.fsync(out.fileno())
     os.chmod(dst, 0o600)
     return PlainFile(size, reader.hash.hexdigest())
+
+
+def check_expected(found: dict[str, PlainFile], expect: dict[str, tuple[int, str]] | None,
+                   where: Path) -> None:
+    """Refuse plaintext that differs from the recorded hashes (the catalog's), naming the first file."""
+    if expect is None:
+        return
+    for rel in sorted(set(found) | set(expect)):
+        have = (found[rel].size, found[rel].sha256) if rel in found else None
+        if have != expect.get(rel):
+            what = "missing" if have is None else "unexpected" if rel not in expect else "differs"
+            raise IntegrityError(f"{rel}: plaintext {what} from the recorded hashes (catalog); refusing "
+                                 "to hand it out", path=str(where / rel), rule="plaintext-hash")
 
 
 def encrypt_tree(
@@ -127,18 +145,21 @@ def encrypt_tree(
     *,
     expect: dict[str, tuple[int, str]] | None = None,
     workers: int = ENCRYPT_WORKERS,
+    model: str = "",
     **kw: Any,
 ) -> dict[str, PlainFile]:
     """Encrypt every file of ``plain_dir`` into new ``out_dir`` (same relative names, one fresh data key
-    per file); returns the plaintext size and sha256 per relative path, hashed while encrypting. With
-    ``expect`` ({relpath: (size, sha256)}) a mismatch aborts before ``out_dir`` appears."""
+    per file, each bound to ``model`` and its relative path); returns the plaintext size and sha256
+    per relative path, hashed while encrypting. With ``expect`` ({relpath: (size, sha256)}) a
+    mismatch aborts before ``out_dir`` appears."""
 
     def body(stage: Path) -> dict[str, PlainFile]:
         result: dict[str, PlainFile] = {}
         for rel, src in _files(plain_dir):
             dst = stage / rel
             dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            result[rel] = encrypt_hashing(src, dst, provider, key_id, workers=workers, **kw)
+            result[rel] = encrypt_hashing(src, dst, provider, key_id, workers=workers,
+                                          identity=FileIdentity(model, rel), **kw)
         if expect is not None and {r: (f.size, f.sha256) for r, f in result.items()} != expect:
             raise IntegrityError(
                 "plaintext being encrypted does not match the expected hashes", path=str(plain_dir)
@@ -149,13 +170,19 @@ def encrypt_tree(
 
 
 def decrypt_tree(
-    enc_dir: Path, out_dir: Path, keys: KeySource, *, workers: int = DEFAULT_WORKERS
+    enc_dir: Path, out_dir: Path, keys: KeySource, *, workers: int = DEFAULT_WORKERS,
+    model: str | None = None, expect: dict[str, tuple[int, str]] | None = None,
 ) -> dict[str, PlainFile]:
     """Decrypt every file of ``enc_dir`` into new ``out_dir`` (0700/0600); files that are not encrypted
-    are refused (an encrypted version is encrypted throughout)."""
+    are refused (an encrypted version is encrypted throughout). Nothing appears unless every file is
+    where it belongs: a version-2 file bound to another relative path (or to another ``model``, or
+    to a model other than its siblings') is refused, and with ``expect`` ({relpath: (size, sha256)},
+    the catalog's plaintext hashes) the plaintext must match it exactly (an older version's valid
+    ciphertext in a newer one's place is refused)."""
 
     def body(stage: Path) -> dict[str, PlainFile]:
         result: dict[str, PlainFile] = {}
+        models: set[str] = set()
         for rel, src in _files(enc_dir):
             if not is_encrypted(src):
                 raise EncryptedFormatError("file in an encrypted model tree is not encrypted", path=str(src))
@@ -164,8 +191,17 @@ def decrypt_tree(
             fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with open(src, "rb") as f, os.fdopen(fd, "wb") as out:
                 writer = _HashingWriter(out)
-                decrypt_stream(f, cast(BinaryIO, writer), keys, workers=workers, path=str(src))
+                header = decrypt_stream(f, cast(BinaryIO, writer), keys, workers=workers, path=str(src),
+                                        identity=None if model is None else FileIdentity(model, rel))
+            if header.identity is not None and header.identity.path:  # "" : encrypted unbound (one file)
+                check_identity(header, FileIdentity(header.identity.model, rel), str(src))
+                models.add(header.identity.model)
             result[rel] = PlainFile(writer.size, writer.hash.hexdigest())
+        if len(models) > 1:
+            names = ", ".join(sorted(models))
+            raise EncryptedFormatError(f"files of one tree belong to different models ({names})",
+                                       path=str(enc_dir))
+        check_expected(result, expect, enc_dir)
         return result
 
     return _build(out_dir, body)
@@ -204,8 +240,13 @@ def _decrypt_delta(path: Path, keys: KeySource | None, ws: Path) -> Path:
     ddir.mkdir(mode=0o700, exist_ok=True)
     out = ddir / path.name
     if not out.exists():
-        decrypt_file(path, out, keys)
+        decrypt_file(path, out, keys, identity=kept_delta_identity(path.parent.name, path.name))
     return out
+
+
+def kept_delta_identity(model: str, name: str) -> FileIdentity:
+    """What a delta kept for rollback in ``update_packages/<model>/<name>`` is bound to."""
+    return FileIdentity(model, f"update_packages/{name}")
 
 
 @contextmanager
@@ -239,18 +280,21 @@ def apply_delta_encrypted(
     *,
     reverse: bool = False,
     workspace: Path | None = None,
+    model: str = "",
 ) -> dict[str, PlainFile]:
     """Apply a delta to an encrypted model version and write the result encrypted under
-    ``provider``/``key_id``. The plaintext of the result is checked against the delta's recorded
-    target hashes before the encrypted output is renamed into place."""
+    ``provider``/``key_id``. The decrypted source must match the delta's recorded source hashes and
+    the plaintext of the result its target hashes before the encrypted output is renamed into place."""
     from airlock.delta import ChainStep, read_delta_header
 
     header = read_delta_header(delta_path)
     expected = header.source_files if reverse else header.target_files
+    source = header.target_files if reverse else header.source_files
     want = {rel: (f.size, f.sha256) for rel, f in expected.items()}
     out = apply_chain_encrypted(src_enc_dir, [ChainStep(Path(delta_path), reverse, "", "")], out_enc_dir,
                                 keys, src_encrypted=True, out_key=(provider, key_id), expect=want,
-                                workspace=workspace)
+                                workspace=workspace, model=model,
+                                src_expect={rel: (f.size, f.sha256) for rel, f in source.items()})
     assert out is not None
     return out
 
@@ -265,6 +309,8 @@ def apply_chain_encrypted(
     out_key: tuple[KeyProvider, str] | None,
     expect: dict[str, tuple[int, str]] | None = None,
     workspace: Path | None = None,
+    model: str = "",
+    src_expect: dict[str, tuple[int, str]] | None = None,
 ) -> dict[str, PlainFile] | None:
     """Apply delta chain ``steps`` (``airlock.delta.ChainStep``) to ``src_dir`` where the source, the
     output, a delta or several are stored encrypted: encrypted sources and deltas are decrypted into
@@ -281,14 +327,14 @@ def apply_chain_encrypted(
         if src_encrypted:
             if keys is None:
                 raise EncryptedFormatError("encrypted delta source needs key providers", path=str(src_dir))
-            decrypt_tree(src_dir, ws / "src", keys)
+            decrypt_tree(src_dir, ws / "src", keys, model=model or None, expect=src_expect)
             src = ws / "src"
         # intermediate versions of a chain are plaintext too: they are built in the workspace
         apply_chain(src, steps, ws / "out", link_unchanged=False)
         if out_key is None:
             _copy_tree(ws / "out", out_dir)
             return None
-        return encrypt_tree(ws / "out", out_dir, out_key[0], out_key[1], expect=expect)
+        return encrypt_tree(ws / "out", out_dir, out_key[0], out_key[1], expect=expect, model=model)
 
 
 def _copy_tree(src: Path, dst: Path) -> None:

@@ -6,8 +6,10 @@ the key reference (``versions.encryption``)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from airlock.crypto import KeyProvider, KeyRef, ProviderRegistry, is_encrypted, plaintext_sha256
 from airlock.crypto.reader import read_encrypted_header
@@ -61,13 +63,13 @@ def stored_sha256(path: Path, keys: ProviderRegistry | None) -> str:
     return sha256_file(path)
 
 
-def keep_encrypted(src: Path, tmp: Path, enc: Encryption, name: str) -> str:
+def keep_encrypted(src: Path, tmp: Path, enc: Encryption, model: str, name: str) -> str:
     """Store a copy of ``src`` (a delta kept for rollback) encrypted under ``enc`` at new file ``tmp``;
     returns the sha256 of the plaintext, hashed while encrypting."""
-    from airlock.crypto.tree import encrypt_hashing
+    from airlock.crypto.tree import encrypt_hashing, kept_delta_identity
 
-    del name  # identity binding arrives with format version 2
-    return encrypt_hashing(src, tmp, enc.provider, enc.key_id).sha256
+    ident = kept_delta_identity(model, name)
+    return encrypt_hashing(src, tmp, enc.provider, enc.key_id, identity=ident).sha256
 
 
 def kept_matches(kept: Path, sha256: str, enc: Encryption | None) -> bool:
@@ -102,3 +104,104 @@ def check_usable(enc: Encryption | None) -> None:
             raise KeyProviderError(f"{enc.ref}: the key-encryption key does not round-trip a data key")
     finally:
         probe[:] = bytes(len(probe))
+
+
+@dataclass(frozen=True)
+class StoredPlace:
+    """Where an encrypted file lies in a repository: what it must be bound to (model, relative path)
+    and, for a version's file, the plaintext the catalog recorded for it."""
+
+    model: str
+    rel: str
+    expected: tuple[int, str] | None  # catalog (size, sha256); None for a kept delta
+
+
+def stored_place(path: Path) -> StoredPlace | None:
+    """The repository place of ``path`` (``.../model_repo/<model>/<version>/<rel>`` or a kept delta
+    ``.../model_repo/update_packages/<model>/<name>``), read from the catalog read-only; None outside
+    a repository or for a version the catalog does not know."""
+    from airlock.crypto.tree import kept_delta_identity
+    from airlock.repo.catalog import Catalog
+
+    p = Path(os.path.realpath(path))
+    for up in p.parents:
+        if up.name != "model_repo" or not (up / "metadata" / "model_catalog.db").is_file():
+            continue
+        parts = p.relative_to(up).parts
+        if len(parts) == 3 and parts[0] == "update_packages":
+            ident = kept_delta_identity(parts[1], parts[2])
+            return StoredPlace(ident.model, ident.path, None)
+        if len(parts) < 3 or parts[0] in ("metadata", "update_packages"):
+            return None
+        model, version, rel = parts[0], parts[1], "/".join(parts[2:])
+        cat = Catalog(up / "metadata" / "model_catalog.db", readonly=True)
+        try:
+            row = cat.version(model, version)
+        finally:
+            cat.close()
+        if row is None:
+            return None
+        f = row.files.get(rel)
+        return StoredPlace(model, rel, (f.size, f.sha256) if f else (-1, "not in the catalog"))
+    return None
+
+
+def version_places(vdir: Path) -> tuple[str, dict[str, tuple[int, str]]] | None:
+    """(model, catalog plaintext hashes) when ``vdir`` is a version directory of a repository."""
+    from airlock.repo.catalog import Catalog
+
+    p = Path(os.path.realpath(vdir))
+    up = p.parent.parent
+    if up.name != "model_repo" or not (up / "metadata" / "model_catalog.db").is_file():
+        return None
+    cat = Catalog(up / "metadata" / "model_catalog.db", readonly=True)
+    try:
+        row = cat.version(p.parent.name, p.name)
+    finally:
+        cat.close()
+    if row is None:
+        return None
+    return p.parent.name, {r: (f.size, f.sha256) for r, f in row.files.items()}
+
+
+def verify_file(path: Path, keys: ProviderRegistry, under: Path | None = None) -> tuple[int, str]:
+    """(size, sha256) of an encrypted file's plaintext, refused (exit 13) when the file is not where
+    it belongs: in a repository, bound to another model/path or not the plaintext the catalog
+    recorded; elsewhere, a version-2 file whose bound path is not its path below ``under``."""
+    from airlock.crypto.format import FileIdentity
+    from airlock.crypto.stream import check_identity
+    from airlock.errors import IntegrityError
+
+    place = stored_place(path)
+    if place is None:
+        size, sha = plaintext_sha256(path, keys)
+        header = read_encrypted_header(path)
+        if under is not None and under.is_dir() and header.identity is not None and header.identity.path:
+            rel = Path(path).relative_to(under).as_posix()
+            if rel != header.identity.path and not rel.endswith("/" + header.identity.path):
+                check_identity(header, FileIdentity(header.identity.model, rel), str(path))
+        return size, sha
+    size, sha = plaintext_sha256(path, keys, identity=FileIdentity(place.model, place.rel))
+    if place.expected is not None and (size, sha) != place.expected:
+        raise IntegrityError(f"{place.model} {place.rel}: plaintext differs from the catalog's hash (an "
+                             "older or other file's ciphertext in this place)", path=str(path),
+                             rule="plaintext-hash")
+    return size, sha
+
+
+def tree_context(src: Path) -> dict[str, Any]:
+    """Keyword arguments for ``decrypt_tree`` of ``src``: a repository version directory is bound to
+    its model and checked against the catalog's plaintext hashes (``keys decrypt`` of a directory)."""
+    ctx = version_places(src)
+    return {"model": ctx[0], "expect": ctx[1]} if ctx else {}
+
+
+def file_context(src: Path) -> dict[str, Any]:
+    """Keyword arguments for ``decrypt_file`` of ``src``: a file of a repository must be bound to its
+    place and hold the plaintext the catalog recorded (``keys decrypt`` of a file)."""
+    from airlock.crypto.format import FileIdentity
+
+    place = stored_place(src)
+    if place is None:
+        return {}
+    return {"identity": FileIdentity(place.model, place.rel), "expect": place.expected}

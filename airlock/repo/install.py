@@ -96,7 +96,9 @@ def build_tree(tree: Path, src_dir: Path, actions: list[FileAction], link_root: 
     for act in actions:
         dest = tree / act.relpath
         dest.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-        if act.how == "link" and act.source:
+        # an encrypted file is bound to its model and relative path: linked only to the same path
+        same_place = not enc or (act.source or "").split("/", 1)[-1] == act.relpath
+        if act.how == "link" and act.source and same_place:
             src = link_root / act.source
             # link only a file that still has the recorded content (a tampered inode must not spread)
             if stored_size(src, enc) == act.size and stored_sha256(src, keys) == act.sha256:
@@ -110,9 +112,11 @@ def build_tree(tree: Path, src_dir: Path, actions: list[FileAction], link_root: 
                         raise
             # fall through: copy from the source directory instead
         if encryption is not None:
+            from airlock.crypto.format import FileIdentity
             from airlock.crypto.tree import encrypt_hashing
 
-            plain = encrypt_hashing(src_dir / act.relpath, dest, encryption.provider, encryption.key_id)
+            plain = encrypt_hashing(src_dir / act.relpath, dest, encryption.provider, encryption.key_id,
+                                    identity=FileIdentity(link_root.name, act.relpath))
             got = (plain.size, plain.sha256)
             tick(plain.size)
         else:

@@ -20,6 +20,7 @@ from airlock.safetensors_io import (
 
 if TYPE_CHECKING:
     from airlock.crypto import ProviderRegistry
+    from airlock.crypto.format import FileIdentity
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
 _EMBED = re.compile(r"(?:^|\.)(?:embed_tokens|word_embeddings|wte|tok_embeddings)\.weight$")
@@ -46,16 +47,17 @@ def _fail(path: Path, msg: str, rule: str) -> TensorFormatError:
     return TensorFormatError(f"{path}: {msg}", path=str(path), rule=rule)
 
 
-def _read_text(path: Path, keys: ProviderRegistry | None) -> str:
+def _read_text(path: Path, keys: ProviderRegistry | None, identity: FileIdentity | None = None) -> str:
     if keys is None:
         return path.read_text()
     from airlock.crypto import open_decrypted
 
-    with open_decrypted(path, keys) as fh:
+    with open_decrypted(path, keys, identity) as fh:
         return fh.read().decode()
 
 
-def _header(path: Path, keys: ProviderRegistry | None) -> SafetensorsHeader:
+def _header(path: Path, keys: ProviderRegistry | None,
+            identity: FileIdentity | None = None) -> SafetensorsHeader:
     """The safetensors header, read through the decrypting reader when ``keys`` are given (only the
     chunks covering the header are decrypted)."""
     if keys is None:
@@ -65,7 +67,7 @@ def _header(path: Path, keys: ProviderRegistry | None) -> SafetensorsHeader:
     from airlock.crypto import open_decrypted
 
     p = str(path)
-    with open_decrypted(path, keys) as fh:
+    with open_decrypted(path, keys, identity) as fh:
         size = fh.seek(0, 2)
         fh.seek(0)
         prefix = fh.read(8)
@@ -85,16 +87,28 @@ def _header(path: Path, keys: ProviderRegistry | None) -> SafetensorsHeader:
 
 
 def check_loadable(model_dir: Path, *, use_torch: bool = False,
-                   keys: ProviderRegistry | None = None) -> LoadReport:
+                   keys: ProviderRegistry | None = None, model: str | None = None,
+                   expected: dict[str, tuple[int, str]] | None = None) -> LoadReport:
     """Raise TensorFormatError naming the file and the rule on the first disagreement. ``keys``: the
     version is stored encrypted; headers and config are read through the decrypting reader and the
-    torch check is skipped (it would need the plaintext on disk)."""
+    torch check is skipped (it would need the plaintext on disk). ``model``: every encrypted file
+    must be bound to this model and its relative path (a swapped ciphertext is refused);
+    ``expected`` (the catalog's plaintext hashes): every encrypted file is decrypted in full and
+    must match (an older version's ciphertext in a newer one's place is refused)."""
+    from airlock.crypto.format import FileIdentity
+
     report = LoadReport()
+    if keys is not None and expected is not None:
+        _check_plaintext(model_dir, keys, model, expected)
+
+    def ident(p: Path) -> FileIdentity | None:
+        return FileIdentity(model, p.relative_to(model_dir).as_posix()) if model is not None else None
+
     shards = sorted(p for p in model_dir.rglob("*.safetensors") if p.is_file())
     by_name: dict[str, TensorInfo] = {}
     where: dict[str, str] = {}
     for shard in shards:
-        header = _header(shard, keys)  # validates offsets, dtypes, overlaps
+        header = _header(shard, keys, ident(shard))  # validates offsets, dtypes, overlaps
         rel = shard.relative_to(model_dir).as_posix()
         for t in header.tensors:
             if t.name in by_name:
@@ -105,7 +119,7 @@ def check_loadable(model_dir: Path, *, use_torch: bool = False,
     index_path = model_dir / "model.safetensors.index.json"
     if index_path.exists():
         try:
-            weight_map = json.loads(_read_text(index_path, keys))["weight_map"]
+            weight_map = json.loads(_read_text(index_path, keys, ident(index_path)))["weight_map"]
         except (ValueError, KeyError, TypeError) as exc:
             raise _fail(index_path, f"unreadable shard index ({exc})", "loadable-index") from exc
         for name, shard_rel in weight_map.items():
@@ -115,7 +129,7 @@ def check_loadable(model_dir: Path, *, use_torch: bool = False,
         report.checks.append("index")
     config_path = model_dir / "config.json"
     if config_path.exists() and by_name:
-        _check_config(config_path, by_name, report, keys)
+        _check_config(config_path, by_name, report, keys, ident(config_path))
     if use_torch and shards and keys is not None:
         report.checks.append("torch-skipped-encrypted")
     elif use_torch and shards:
@@ -123,10 +137,29 @@ def check_loadable(model_dir: Path, *, use_torch: bool = False,
     return report
 
 
+def _check_plaintext(model_dir: Path, keys: ProviderRegistry, model: str | None,
+                     expected: dict[str, tuple[int, str]]) -> None:
+    """Every file's plaintext against the catalog's (size, sha256), authenticating every chunk."""
+    from airlock.crypto import plaintext_sha256
+    from airlock.crypto.errors import EncryptedFormatError
+    from airlock.crypto.format import FileIdentity
+
+    for rel, (size, sha) in sorted(expected.items()):
+        p = model_dir / rel
+        ident = FileIdentity(model, rel) if model is not None else None
+        try:
+            got = plaintext_sha256(p, keys, identity=ident)
+        except (OSError, EncryptedFormatError) as exc:
+            raise _fail(p, f"cannot be read as the recorded plaintext ({exc})", "loadable-plaintext") from exc
+        if got != (size, sha):
+            raise _fail(p, "plaintext differs from the catalog's hash (an older or other file's ciphertext)",
+                        "loadable-plaintext")
+
+
 def _check_config(config_path: Path, by_name: dict[str, TensorInfo], report: LoadReport,
-                  keys: ProviderRegistry | None = None) -> None:
+                  keys: ProviderRegistry | None = None, identity: FileIdentity | None = None) -> None:
     try:
-        cfg = json.loads(_read_text(config_path, keys))
+        cfg = json.loads(_read_text(config_path, keys, identity))
     except ValueError as exc:
         raise _fail(config_path, f"not JSON ({exc})", "loadable-config") from exc
     if not isinstance(cfg, dict):

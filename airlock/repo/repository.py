@@ -198,6 +198,13 @@ class Repository:
 
         return recover(self)
 
+    def recover_now(self) -> list[str]:
+        """Crash recovery on its own, under the lock (what every mutating operation starts with): so
+        a rollback after a killed apply plans from the recovered state and leaves no leftovers, even
+        when the version it goes back to is still the active one."""
+        with self._mutating(recover=False):
+            return self.recover()
+
     # ------------------------------------------------------------------------------------ planning
     def _before(self, model: str) -> dict[str, Any]:
         cat = self.catalog()
@@ -474,7 +481,8 @@ class Repository:
         if problem:
             raise IntegrityError(f"{tree}: staged version does not match the expected files: {problem}",
                                  path=str(tree), rule="install-tree")
-        report = check_loadable(tree, use_torch=self.check_torch, keys=enc.keys if enc else None)
+        report = check_loadable(tree, use_torch=self.check_torch, keys=enc.keys if enc else None,
+                                model=plan.model)
         plan.notes.append("loadable: " + ", ".join(report.checks or ["no safetensors"]))
         uid, gid = self._ids()
         seal(tree, uid, gid)

@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
 
 from airlock.crypto import read_encrypted_header
-from airlock.crypto.format import FIXED_HEADER_LEN, KeySlot
+from airlock.crypto.format import KeySlot
 from tests.crypto.conftest import REPO, KeyEnv, SoftHsm, airlock_cli
 from tests.crypto.vault_edge_mock import TransitEdgeMock
 
@@ -86,7 +86,8 @@ def test_cli_exit_codes(keyfile_env: KeyEnv, tmp_path: Path) -> None:
 
     wrapped = read_encrypted_header(enc).active.wrapped
     forged = bytearray(enc.read_bytes())
-    forged[FIXED_HEADER_LEN : FIXED_HEADER_LEN + 1024] = KeySlot(1, "dev", "k2", wrapped).pack(1024)
+    at = read_encrypted_header(enc).fixed.slot_offset(0)
+    forged[at : at + 1024] = KeySlot(1, "dev", "k2", wrapped, bytes(32)).pack(1024)
     bad.write_bytes(forged)
     proc = airlock_cli("keys", "decrypt", "-i", str(bad), "-o", str(tmp_path / "x"), *conf)
     assert proc.returncode == 35 and "does not unwrap" in proc.stderr
