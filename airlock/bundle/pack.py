@@ -12,7 +12,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from airlock.bundle.manifest import (
     MANIFEST_NAME,
@@ -33,8 +33,11 @@ from airlock.bundle.verify import (
 )
 from airlock.errors import IntegrityError, ManifestError, SignatureError, UnsafePathError
 from airlock.faults import fault_point
-from airlock.fsutil import fsync_tree, safe_relpath, staging_dir
+from airlock.fsutil import fsync_tree, rmtree_writable, safe_relpath, staging_dir
 from airlock.hashing import CHUNK, no_progress
+
+if TYPE_CHECKING:
+    from airlock.bundle.stage import StagedBundle
 
 Progress = Callable[[int], None]
 
@@ -170,11 +173,12 @@ def verify_archive(tar_path: Path, trust: Trust, *, compatible: str | None = Non
 
 
 def _read_archive(tar_path: Path, trust: Trust, compatible: str | None, installed_sequence: int | None,
-                  progress: Progress | None, dest_root: Path | None) -> tuple[SignedManifest, int, int]:
+                  progress: Progress | None, dest_root: Path | None,
+                  assemble: bool = False) -> tuple[SignedManifest, int, int]:
     try:
         with open(tar_path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
             return _stream_members(tar, trust, compatible, installed_sequence, progress or no_progress,
-                                   dest_root)
+                                   dest_root, assemble)
     except (tarfile.TarError, EOFError) as exc:
         raise ManifestError(f"{tar_path}: not a readable bundle archive ({exc})", path=str(tar_path),
                             rule="pack-format") from exc
@@ -195,9 +199,10 @@ def _check_member(member: tarfile.TarInfo, expected: dict[str, tuple[str, int | 
 
 def _stream_members(tar: tarfile.TarFile, trust: Trust, compatible: str | None,
                     installed_sequence: int | None, tick: Progress,
-                    dest_root: Path | None) -> tuple[SignedManifest, int, int]:
+                    dest_root: Path | None, assemble: bool = False) -> tuple[SignedManifest, int, int]:
     """Members in order: manifest, signature (verified before anything else), then only regular files
-    named by the manifest, each hashed while streamed (to ``dest_root`` when given)."""
+    named by the manifest, each hashed while streamed (to ``dest_root`` when given: as the packed
+    members, or with ``assemble`` as whole payloads, parts appended in order, as staging lays them out)."""
     data = _read_small(tar, tar.next(), MANIFEST_NAME, MAX_MANIFEST_BYTES)
     sig = _read_small(tar, tar.next(), SIGNATURE_NAME, MAX_SIGNATURE_BYTES)
     signed = check_signed(data, sig, trust)
@@ -229,10 +234,13 @@ def _stream_members(tar: tarfile.TarFile, trust: Trust, compatible: str | None,
         assert src is not None
         out: IO[bytes] | None = None
         if dest_root is not None:
-            dest = dest_root / name
+            dest = dest_root / (rel if assemble else name)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            out = os.fdopen(os.open(dest, flags, 0o644), "wb")
+            if assemble and index:  # a later part: appended to the payload its first part created
+                flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+            else:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            out = os.fdopen(os.open(dest, flags, 0o600 if assemble else 0o644), "wb")
         try:
             while chunk := src.read(CHUNK):
                 if out is not None:
@@ -254,3 +262,39 @@ def _stream_members(tar: tarfile.TarFile, trust: Trust, compatible: str | None,
         raise IntegrityError(f"{missing[0]}: named by the manifest but not in the archive", path=missing[0],
                              rule="missing")
     return signed, len(seen) + 2, total
+
+
+def read_archive_manifest(tar_path: Path, trust: Trust) -> SignedManifest:
+    """The signed manifest of a packed bundle: its first two members, the signature checked before the
+    manifest is parsed; no payload is read (``inspect``, ``preflight``, ``install-bundle`` sizing)."""
+    try:
+        with open(tar_path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+            data = _read_small(tar, tar.next(), MANIFEST_NAME, MAX_MANIFEST_BYTES)
+            sig = _read_small(tar, tar.next(), SIGNATURE_NAME, MAX_SIGNATURE_BYTES)
+    except (tarfile.TarError, EOFError) as exc:
+        raise ManifestError(f"{tar_path}: not a readable bundle archive ({exc})", path=str(tar_path),
+                            rule="pack-format") from exc
+    return check_signed(data, sig, trust)
+
+
+def stage_archive(tar_path: Path, staging: Path, trust: Trust, *, compatible: str | None = None,
+                  installed_sequence: int | None = None, progress: Progress | None = None) -> StagedBundle:
+    """Stage a packed bundle as ``stage_bundle`` stages a directory: streamed once, the signature
+    verified before any payload byte is written, parts reassembled, every block and file hash checked.
+    A tar is read from its start anyway, so a re-run starts the stage over (no block reuse)."""
+    from airlock.bundle.stage import STAGING_MARKER, StageCounters, StagedBundle, _prepare
+
+    stage = Path(staging)
+    _prepare(stage)  # new, empty, or an earlier Airlock stage (marked): anything else is refused
+    for entry in os.listdir(stage):
+        if entry != STAGING_MARKER:
+            rmtree_writable(stage / entry)
+    signed, _members, total = _read_archive(Path(tar_path), trust, compatible, installed_sequence,
+                                            progress, stage, assemble=True)
+    for rel in signed.manifest.files:
+        os.chmod(stage / rel, 0o400)
+    fsync_tree(stage)
+    m = signed.manifest
+    blocks = sum(len(e.blocks) for e in m.files.values())
+    counters = StageCounters(files_copied=len(m.files), blocks_copied=blocks, bytes_copied=total)
+    return StagedBundle(path=stage, manifest=m, signer=signed.signer, counters=counters)

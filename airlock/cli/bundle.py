@@ -39,9 +39,9 @@ def _show(progress: bool, as_json: bool) -> bool:
 
 def _bundle_total(bundle: Path, trust: Trust) -> int:
     """Bytes a progress bar will count (the signed manifest is checked here too; cheap)."""
-    from airlock.bundle.verify import load_signed_manifest
+    from airlock.bundle.locate import signed_manifest
 
-    return load_signed_manifest(bundle, trust).manifest.total_bytes
+    return signed_manifest(bundle, trust).manifest.total_bytes
 
 
 def _spec_total(spec: Path) -> int | None:
@@ -106,10 +106,11 @@ def verify(
 
     A packed bundle (tar file) is verified in one streaming pass without writing anything."""
     from airlock.bundle import verify_archive, verify_bundle
+    from airlock.bundle.locate import bundle_kind
 
     with handle_errors(as_json):
         t = _trust(trust, keyring, gnupghome)
-        packed = bundle.is_file() and not bundle.is_symlink()
+        packed = bundle_kind(bundle) == "archive"
         total: int | None
         if packed:
             total = bundle.stat().st_size
@@ -132,7 +133,7 @@ def verify(
 
 @app.command()
 def stage(
-    bundle: Path = typer.Argument(..., help="Bundle directory (e.g. on the USB stick)."),
+    bundle: Path = typer.Argument(..., help="Bundle directory (e.g. on the USB stick) or packed .tar."),
     to: Path = typer.Option(..., "--to", help="Staging directory (created; an interrupted stage resumes)."),
     trust: list[str] = TrustOpt,
     keyring: Path | None = KeyringOpt,
@@ -142,15 +143,19 @@ def stage(
     as_json: bool = JsonOpt,
     progress: bool = ProgressOpt,
 ) -> None:
-    """Copy the manifest (verified over the staged bytes), then every payload while hashing."""
+    """Copy the manifest (verified over the staged bytes), then every payload while hashing. A packed
+    .tar is streamed once (signature first, parts reassembled)."""
     from airlock.bundle import stage_bundle
+    from airlock.bundle.locate import bundle_kind
+    from airlock.bundle.pack import stage_archive
 
     with handle_errors(as_json):
         t = _trust(trust, keyring, gnupghome)
         total = _bundle_total(bundle, t) if _show(progress, as_json) else None
+        how = stage_archive if bundle_kind(bundle) == "archive" else stage_bundle
         with progress_bytes("staging", total, _show(progress, as_json)) as tick:
-            staged = stage_bundle(bundle, to, t, compatible=compatible, installed_sequence=installed_sequence,
-                                  progress=tick)
+            staged = how(bundle, to, t, compatible=compatible, installed_sequence=installed_sequence,
+                         progress=tick)
     if as_json:
         emit_json(staged.as_dict())
         return
@@ -214,18 +219,18 @@ def unpack(
 
 @app.command()
 def inspect(
-    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    bundle: Path = typer.Argument(..., help="Bundle directory or packed .tar."),
     trust: list[str] = TrustOpt,
     keyring: Path | None = KeyringOpt,
     gnupghome: Path | None = HomeOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Show the signed manifest (signature checked; payloads not hashed)."""
+    from airlock.bundle.locate import signed_manifest
     from airlock.bundle.manifest import to_dict
-    from airlock.bundle.verify import load_signed_manifest
 
     with handle_errors(as_json):
-        signed = load_signed_manifest(bundle, _trust(trust, keyring, gnupghome))
+        signed = signed_manifest(bundle, _trust(trust, keyring, gnupghome))
     m = signed.manifest
     if as_json:
         emit_json({"signer": signed.signer.primary_fingerprint, "manifest": to_dict(m)})

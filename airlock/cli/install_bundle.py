@@ -57,8 +57,10 @@ def install_bundle(bundle: Path, *, trust: list[str], keyring: Path | None, gnup
                    keys_config: Path | None, check: bool, repo_factory: Callable[[], Any],
                    as_json: bool) -> None:
     from airlock.bundle import StagedBundle, Trust, stage_bundle
+    from airlock.bundle.locate import bundle_kind, signed_manifest
+    from airlock.bundle.pack import stage_archive
     from airlock.bundle.stage import StageCounters
-    from airlock.bundle.verify import check_policy, load_signed_manifest
+    from airlock.bundle.verify import check_policy
     from airlock.fsutil import rmtree_writable
     from airlock.repo.space import bundle_space
 
@@ -70,7 +72,8 @@ def install_bundle(bundle: Path, *, trust: list[str], keyring: Path | None, gnup
         t = Trust(fingerprints=trust, gnupghome=gnupghome, keyring=keyring)
         stage = state.stage = (stage_dir or repo.layout.packages / "staged") / bundle.resolve().name
         repo.check_owner()  # cheap checks first: owner/group, signature, policy, space
-        signed = load_signed_manifest(bundle, t)
+        packed = bundle_kind(bundle) == "archive"
+        signed = signed_manifest(bundle, t)
         m = signed.manifest
         check_policy(m, compatible=compatible, installed_sequence=repo.installed_sequence())
         space = bundle_space(repo, m, stage)
@@ -94,8 +97,9 @@ def install_bundle(bundle: Path, *, trust: list[str], keyring: Path | None, gnup
             state.encrypt = True
         state.staging = True
         with progress_bytes(f"staging {m.bundle_id}", m.total_bytes, show) as tick:
-            staged = stage_bundle(bundle, stage, t, compatible=compatible,
-                                  installed_sequence=repo.installed_sequence(), progress=tick)
+            how = stage_archive if packed else stage_bundle
+            staged = how(bundle, stage, t, compatible=compatible,
+                         installed_sequence=repo.installed_sequence(), progress=tick)
         state.installing = True
         total = space.install_bytes + space.linked_bytes
         with progress_bytes("installing", total or None, show) as tick:

@@ -25,9 +25,9 @@ def requirements_from_bundle(bundle_dir: Path, trust: Trust, *, root: str = DEFA
     """Size the hot tier (``root``: the staged copy plus the installed model versions) and collect the
     models' GPU/driver needs. The manifest is read as ``verify`` reads it: through the safe reader (no
     symlink, no FIFO, size-limited), its signature checked against ``trust`` before it is parsed."""
-    from airlock.bundle.verify import load_signed_manifest
+    from airlock.bundle.locate import signed_manifest  # a bundle directory or a packed .tar
 
-    m = load_signed_manifest(Path(bundle_dir), trust).manifest
+    m = signed_manifest(Path(bundle_dir), trust).manifest
     path = Path(bundle_dir) / MANIFEST_NAME
     req = base or Requirements()
     installed = sum(int(f.get("size", 0)) for model in m.models for f in model.target_files.values())

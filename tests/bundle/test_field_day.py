@@ -4,6 +4,7 @@ to fix, and nothing written."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -13,7 +14,7 @@ import pytest
 
 from airlock.bundle import build_bundle
 from airlock.errors import ManifestError, SignatureError
-from tests.bundle.conftest import Keys
+from tests.bundle.conftest import BundleFactory, Keys
 from tests.bundle.field import airlock, write_spec
 from tests.repo.models import make_model
 
@@ -106,3 +107,51 @@ def test_unknown_owner_refused_before_staging(keys: Keys, tmp_path: Path) -> Non
     assert r.returncode == 30 and "unknown owner" in r.stderr and "--owner" in r.stderr, r.stderr
     assert not (root / "model_repo" / "update_packages" / "staged").exists()
     assert not os.path.exists(root / "model_repo" / "m")
+
+
+def test_packed_tar_accepted_everywhere(keys: Keys, tmp_path: Path) -> None:
+    import yaml
+
+    from airlock.bundle import pack_bundle
+
+    src = make_model(tmp_path / "src-1" / "model", extra_bytes=300_000)
+    spec = tmp_path / "s.yml"  # weights split into parts: staging from the tar reassembles them
+    spec.write_text(yaml.safe_dump({"compatible": "appliance-test", "sequence": 1, "split_size": 100_000,
+                                    "models": [{"name": "minilm", "version": "1.0.0", "path": str(src)}]}))
+    bundle = tmp_path / "b"
+    build_bundle(spec, bundle, signer=keys.fpr["signer"], gnupghome=keys.home)
+    assert (bundle / "models/minilm/1.0.0/model.safetensors.part002").exists()
+    tar = tmp_path / "usb" / "minilm.tar"
+    tar.parent.mkdir()
+    pack_bundle(bundle, tar)
+    trust = ("--trust", keys.fpr["signer"], "--keyring", str(keys.keyring("signer")))
+    r = airlock("bundle", "inspect", str(tar), *trust)
+    assert r.returncode == 0 and "model minilm 1.0.0" in r.stdout, r.stderr
+    r = airlock("bundle", "stage", str(tar), "--to", str(tmp_path / "st"), *trust, "--json")
+    assert r.returncode == 0, r.stderr
+    staged = tmp_path / "st" / "models/minilm/1.0.0"
+    assert (staged / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
+    r = airlock("preflight", "--bundle", str(tar), *trust, "--root", str(tmp_path / "root"), "--json")
+    assert r.returncode in (0, 14) and json.loads(r.stdout)["checks"], r.stderr
+    r = airlock("model", "install-bundle", str(tar), *trust, root=tmp_path / "root")
+    assert r.returncode == 0 and "installed minilm 1.0.0 (active)" in r.stdout, r.stderr
+    r = airlock("model", "verify", "minilm", root=tmp_path / "root")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_wrong_path_guidance(factory: BundleFactory, keys: Keys, tmp_path: Path) -> None:
+    from airlock.bundle import pack_bundle
+
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    bundle = factory.build()
+    bundle.rename(usb / "minilm-1.0.0")
+    pack_bundle(usb / "minilm-1.0.0", usb / "minilm-1.0.0.tar")
+    trust = ("--trust", keys.fpr["signer"], "--keyring", str(keys.keyring("signer")))
+    for cmd in (("bundle", "verify"), ("bundle", "inspect"), ("model", "install-bundle")):
+        r = airlock(*cmd, str(usb), *trust, root=tmp_path / "root")
+        assert r.returncode == 13, r.stderr
+        assert "bundles found here: minilm-1.0.0/, minilm-1.0.0.tar" in " ".join(r.stderr.split())
+        r = airlock(*cmd, str(usb / "minilm-1.0.0" / "MANIFEST.json"), *trust, root=tmp_path / "root")
+        assert r.returncode == 11 and "pass its directory" in r.stderr, r.stderr
+    assert not (tmp_path / "root" / "model_repo" / "update_packages" / "staged").exists()
