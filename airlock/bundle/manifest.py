@@ -22,6 +22,7 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "MANIFEST.json"
 SIGNATURE_NAME = "MANIFEST.json.asc"
 RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
+STAGING_NAMES = frozenset({".airlock-staging"})  # top-level names staging keeps for itself
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 1024 * 1024
 KINDS = ("full", "delta")
@@ -416,6 +417,9 @@ def validate(m: Manifest) -> None:
         check_payload_name(rel)
         if rel in RESERVED_NAMES:
             raise UnsafePathError(f"{rel}: reserved name used as payload", path=rel, rule="path-reserved")
+        if rel.split("/")[0] in STAGING_NAMES or rel.startswith(".incoming-"):
+            raise UnsafePathError(f"{rel}: reserved name (Airlock's staging files) used as payload", path=rel,
+                                  rule="path-reserved")
         if _PART_SUFFIX.search(rel):
             raise UnsafePathError(f"{rel}: payload name ends like a part name", path=rel,
                                   rule="path-reserved")

@@ -31,9 +31,11 @@ from airlock.errors import IntegrityError, ManifestError, SignatureError, Unsafe
 from airlock.faults import fault_point
 from airlock.fsutil import atomic_write_bytes, fsync_dir
 from airlock.hashing import iter_chunks, no_progress
+from airlock.names import PATH_MAX
 
 Progress = Callable[[int], None]
 PARTIAL_SUFFIX = ".airlock-partial"
+STAGING_MARKER = ".airlock-staging"  # written into every staging directory Airlock makes
 _INCOMING = ".incoming-"
 
 
@@ -62,18 +64,62 @@ class StagedBundle:
 
 
 def _prepare(stage: Path) -> None:
+    """A staging directory is one Airlock made: mode 0700, owned by us, marked by ``STAGING_MARKER``.
+    An empty directory is adopted (made 0700, marked); a non-empty one without the marker (someone's
+    directory that merely holds a MANIFEST.json) is refused untouched, as is one with the marker whose
+    owner or mode is wrong."""
     if os.path.lexists(stage):
         st = os.lstat(stage)
         if not stat.S_ISDIR(st.st_mode):
             raise UnsafePathError(f"{stage}: staging path exists and is not a directory", path=str(stage),
                                   rule="staging")
         entries = os.listdir(stage)
-        ours = MANIFEST_NAME in entries or any(e.startswith(_INCOMING) for e in entries)
-        if entries and not ours:
-            raise UnsafePathError(f"{stage}: staging directory is not empty and holds no earlier stage",
-                                  path=str(stage), rule="staging")
+        if entries and STAGING_MARKER not in entries:
+            raise UnsafePathError(f"{stage}: directory is not empty and is not an Airlock staging directory "
+                                  f"(no {STAGING_MARKER}); choose an empty or new directory", path=str(stage),
+                                  rule="staging")
+        if entries and (st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077):
+            raise UnsafePathError(f"{stage}: staging directory has owner {st.st_uid} and mode "
+                                  f"{stat.S_IMODE(st.st_mode):04o}; Airlock makes it {os.geteuid()}, 0700 "
+                                  "(remove it and stage again)", path=str(stage), rule="staging")
+        os.chmod(stage, 0o700)
     else:
         stage.mkdir(parents=True, mode=0o700)
+        os.chmod(stage, 0o700)  # whatever the umask
+    marker = stage / STAGING_MARKER
+    if not os.path.lexists(marker):
+        atomic_write_bytes(marker, b"airlock staging directory\n", 0o600)
+
+
+def _check_path_max(stage: Path, m: Manifest) -> None:
+    """Every staged path (with the partial suffix) fits PATH_MAX under this staging directory."""
+    base = len(os.fsencode(str(stage.absolute()))) + 1
+    for rel in m.files:
+        n = base + len((rel + PARTIAL_SUFFIX).encode("utf-8"))
+        if n >= PATH_MAX:
+            raise UnsafePathError(f"{rel[:60]}...: {n} bytes as a path under {stage}, at least PATH_MAX "
+                                  f"({PATH_MAX}); stage to a shorter directory", path=rel, rule="path-length")
+
+
+def _open_partial(partial: Path) -> int:
+    """The partial copy, never written through a link: created with O_EXCL|O_NOFOLLOW, or an earlier
+    one reused only when it is a regular file of ours, mode 0600, with exactly one link."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(partial, flags | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    fd = os.open(partial, flags | os.O_NONBLOCK)  # O_NOFOLLOW: a symlink fails here (ELOOP)
+    st = os.fstat(fd)
+    if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid()
+            or stat.S_IMODE(st.st_mode) != 0o600):
+        os.close(fd)
+        raise UnsafePathError(f"{partial}: an earlier partial copy with {st.st_nlink} link(s), owner "
+                              f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o} (Airlock writes one link, "
+                              "its own, 0600): not written through; remove the staging directory",
+                              path=str(partial), rule="staging-link")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _stage_manifest(root: Path, stage: Path, trust: Trust, compatible: str | None,
@@ -93,6 +139,7 @@ def _stage_manifest(root: Path, stage: Path, trust: Trust, compatible: str | Non
         staged_sig = read_limited(stage, tmp_s.name, MAX_SIGNATURE_BYTES, SignatureError, "signature-size")
         signed = check_signed(staged_data, staged_sig if sig is not None else None, trust)
         check_policy(signed.manifest, compatible=compatible, installed_sequence=installed_sequence)
+        _check_path_max(stage, signed.manifest)
     except BaseException:
         for p in (tmp_m, tmp_s):
             with contextlib.suppress(FileNotFoundError):
@@ -107,7 +154,8 @@ def _stage_manifest(root: Path, stage: Path, trust: Trust, compatible: str | Non
 
 def _clean(stage: Path, m: Manifest) -> None:
     """Remove whatever an earlier stage left that this manifest does not name."""
-    keep = {MANIFEST_NAME, SIGNATURE_NAME} | set(m.files) | {r + PARTIAL_SUFFIX for r in m.files}
+    keep = ({MANIFEST_NAME, SIGNATURE_NAME, STAGING_MARKER} | set(m.files)
+            | {r + PARTIAL_SUFFIX for r in m.files})
     keep_dirs = {str(p) for r in m.files for p in Path(r).parents if str(p) != "."}
     for dirpath, dirs, files in os.walk(stage, topdown=True, followlinks=False):
         rel_dir = Path(dirpath).relative_to(stage)
@@ -137,14 +185,19 @@ def _copy_one(root: Path, stage: Path, rel: str, entry: FileEntry, counters: Sta
     partial = stage / (rel + PARTIAL_SUFFIX)
     final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if os.path.lexists(final):
-        if stat.S_ISREG(os.lstat(final).st_mode):
+        st = os.lstat(final)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid():
+            os.chmod(final, 0o600)
             os.replace(final, partial)  # re-check a complete earlier copy like a partial one
+        elif stat.S_ISREG(st.st_mode):
+            raise UnsafePathError(f"{final}: an earlier staged copy with {st.st_nlink} link(s), owner "
+                                  f"{st.st_uid}: not reused; remove the staging directory", path=str(final),
+                                  rule="staging-link")
         else:
             os.unlink(final)
     if os.path.lexists(partial) and not stat.S_ISREG(os.lstat(partial).st_mode):
         os.unlink(partial)
-    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)
+    fd = _open_partial(partial)
     names = [f"{rel}.part{i:03d}" for i in range(len(entry.parts))] if entry.parts else [rel]
     sizes = [p.size for p in entry.parts] if entry.parts else [entry.size]
     raw = PartsReader(root, names, sizes, rel)

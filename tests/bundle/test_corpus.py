@@ -242,7 +242,8 @@ def test_corpus_directory(case: str, mode: str, keys: Keys, trust: Trust, corpus
     after = snapshot(tmp_path)
     outside = {k: v for k, v in after.items() if not k.startswith("work/staging")}
     assert outside == before, "something was written outside staging"
-    staged = {k for k in after if k.startswith("work/staging/") and not k.endswith(".airlock-partial")}
+    staged = {k for k in after if k.startswith("work/staging/") and not k.endswith(".airlock-partial")
+              and k != "work/staging/.airlock-staging"}
     if err.value.exit_code in (10, 11, 14, 15) or case in ("traversal", "absolute-path", "non-utf8-name",
                                                            "duplicate-path", "reserved-name"):
         assert staged == set(), f"a refused manifest left files in staging: {staged}"
@@ -285,7 +286,8 @@ def test_extra_files_are_reported_never_read(corpus_base: tuple[Path, Path], tru
     report = verify_bundle(bundle, trust)
     assert report.extra_files == ["junk/", "models/fifo", "shadow"]
     staged = stage_bundle(bundle, tmp_path / "st", trust)
-    assert sorted(p.name for p in staged.path.iterdir()) == [MANIFEST_NAME, SIGNATURE_NAME, "models"]
+    names = sorted(p.name for p in staged.path.iterdir())
+    assert names == [".airlock-staging", MANIFEST_NAME, SIGNATURE_NAME, "models"]
 
 
 def test_payload_over_4gib_sparse(keys: Keys, trust: Trust, tmp_path: Path) -> None:

@@ -61,8 +61,9 @@ def test_stage_killed_after_manifest(factory: BundleFactory, keys: Keys, tmp_pat
     args = ("bundle", "stage", str(bundle), "--to", str(staging), "--trust", keys.fpr["signer"],
             "--keyring", str(keys.keyring("signer")))
     assert _run(*args, fault="stage-after-manifest").returncode == -9
-    assert sorted(p.name for p in staging.iterdir()) == ["MANIFEST.json", "MANIFEST.json.asc"]
+    names = sorted(p.name for p in staging.iterdir())
+    assert names == [".airlock-staging", "MANIFEST.json", "MANIFEST.json.asc"]
     assert _run(*args).returncode == 0
     staged = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
-    assert staged == ["MANIFEST.json", "MANIFEST.json.asc", "models/minilm/1.0.0/big.bin",
+    assert staged == [".airlock-staging", "MANIFEST.json", "MANIFEST.json.asc", "models/minilm/1.0.0/big.bin",
                       "models/minilm/1.0.0/config.json", "models/minilm/1.0.0/model.safetensors"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from airlock.bundle import stage_bundle, verify_bundle
 from airlock.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME
 from airlock.bundle.signing import Trust
+from airlock.bundle.stage import STAGING_MARKER
 from airlock.errors import DowngradeError, IntegrityError, UnsafePathError
 from tests.bundle.conftest import BLOCK, BundleFactory, Keys, airlock_cmd, payload
 
@@ -112,7 +114,7 @@ def test_manifest_swapped_after_verify_is_judged_on_staged_bytes(
         shutil.copy(old / n, bundle / n)
     with pytest.raises(DowngradeError):
         stage_bundle(bundle, tmp_path / "st", trust, installed_sequence=5)
-    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == [STAGING_MARKER]
 
 
 def test_staging_refuses_a_foreign_directory(bundle: Path, trust: Trust, tmp_path: Path) -> None:
@@ -122,3 +124,64 @@ def test_staging_refuses_a_foreign_directory(bundle: Path, trust: Trust, tmp_pat
     with pytest.raises(UnsafePathError):
         stage_bundle(bundle, foreign, trust)
     assert (foreign / "precious.txt").read_text() == "keep me"
+
+
+def test_hard_link_trap_in_partial_is_refused(bundle: Path, trust: Trust, tmp_path: Path) -> None:
+    """Issue 14, class 8: `<file>.airlock-partial` planted as a hard link to a file elsewhere is
+    never written through (exit 12), and the other file keeps its bytes."""
+    staging = tmp_path / "st"
+    stage_bundle(bundle, staging, trust)  # a real staging directory (e.g. of an interrupted run)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    (staging / B).chmod(0o600)
+    (staging / B).unlink()
+    partial = staging / (B + ".airlock-partial")
+    os.link(victim, partial)
+    os.chmod(partial, 0o600)
+    with pytest.raises(UnsafePathError) as err:
+        stage_bundle(bundle, staging, trust)
+    assert err.value.rule == "staging-link" and err.value.exit_code == 12
+    assert victim.read_bytes() == b"precious"
+
+
+def test_symlinked_partial_is_replaced_not_followed(bundle: Path, trust: Trust, tmp_path: Path) -> None:
+    staging = tmp_path / "st"
+    stage_bundle(bundle, staging, trust)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    (staging / B).chmod(0o600)
+    (staging / B).unlink()
+    (staging / (B + ".airlock-partial")).symlink_to(victim)
+    stage_bundle(bundle, staging, trust)
+    assert victim.read_bytes() == b"precious"
+    assert (staging / B).read_bytes() == B_BYTES and not (staging / B).is_symlink()
+
+
+def test_staging_directory_is_0700_and_marked(bundle: Path, trust: Trust, tmp_path: Path) -> None:
+    staging = tmp_path / "new" / "st"
+    stage_bundle(bundle, staging, trust)
+    assert stat.S_IMODE(staging.stat().st_mode) == 0o700 and (staging / STAGING_MARKER).is_file()
+    staging.chmod(0o755)  # loosened by someone else: refused, not silently reused
+    with pytest.raises(UnsafePathError) as err:
+        stage_bundle(bundle, staging, trust)
+    assert err.value.rule == "staging"
+
+
+def test_foreign_directory_with_a_manifest_is_left_alone(bundle: Path, trust: Trust, tmp_path: Path) -> None:
+    """Issue 14, class 9: a directory not made by Airlock that merely holds a MANIFEST.json (and the
+    user's files) is refused and nothing in it is deleted."""
+    foreign = tmp_path / "docs"
+    foreign.mkdir()
+    shutil.copy(bundle / MANIFEST_NAME, foreign / MANIFEST_NAME)
+    (foreign / "thesis.tex").write_text("years of work")
+    (foreign / "sub").mkdir()
+    (foreign / "sub" / "data.csv").write_text("1,2")
+    before = sorted(p.relative_to(foreign).as_posix() for p in foreign.rglob("*"))
+    with pytest.raises(UnsafePathError) as err:
+        stage_bundle(bundle, foreign, trust)
+    assert err.value.rule == "staging" and "not an Airlock staging directory" in str(err.value)
+    assert sorted(p.relative_to(foreign).as_posix() for p in foreign.rglob("*")) == before
+    assert (foreign / "thesis.tex").read_text() == "years of work"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    stage_bundle(bundle, empty, trust)  # an empty directory is adopted
