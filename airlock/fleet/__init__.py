@@ -2,6 +2,7 @@
 progress from runner events, secrets in ``env/extravars`` (0600), never on a command line."""
 
 from airlock.fleet.events import Batch, EventTracker, HostSummary
-from airlock.fleet.runner import PLAYBOOKS, FleetResult, content_dir, run_playbook
+from airlock.fleet.runner import PLAYBOOKS, FleetResult, Vault, content_dir, run_playbook
 
-__all__ = ["PLAYBOOKS", "Batch", "EventTracker", "FleetResult", "HostSummary", "content_dir", "run_playbook"]
+__all__ = ["PLAYBOOKS", "Batch", "EventTracker", "FleetResult", "HostSummary", "Vault", "content_dir",
+           "run_playbook"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ class FleetResult:
     stats: dict[str, dict[str, int]]
     artifacts: Path | None = None
     events: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    error: str | None = None  # what Ansible printed when it failed outside any task (hosts not started)
+    check: bool = False
 
     @property
     def ok(self) -> bool:
@@ -67,9 +70,9 @@ class FleetResult:
         raise KeyError(name)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rc": self.rc, "status": self.status, "ok": self.ok, "batches": self.batches,
-                "hosts": [h.as_dict() for h in self.hosts], "stats": self.stats,
-                "artifacts": str(self.artifacts) if self.artifacts else None}
+        return {"rc": self.rc, "status": self.status, "ok": self.ok, "check": self.check,
+                "batches": self.batches, "hosts": [h.as_dict() for h in self.hosts], "stats": self.stats,
+                "error": self.error, "artifacts": str(self.artifacts) if self.artifacts else None}
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -96,6 +99,7 @@ def prepare_private_data_dir(pdd: Path, extravars: dict[str, Any], envvars: dict
         _write_private(stale, cmdline)
     elif stale.exists():
         stale.unlink()
+    (pdd / "env" / "passwords").unlink(missing_ok=True)  # answers to prompts are never kept on disk
     return pdd
 
 
@@ -113,11 +117,33 @@ def target_hosts(inventory: Path, pattern: str, limit: str | None) -> list[str]:
         return []
 
 
+@dataclass(frozen=True)
+class Vault:
+    """How Ansible opens vaulted variables: a password file (path), or a password asked for by the
+    CLI and given to Ansible's prompt (``--ask-vault-pass``) through runner's pexpect, in memory only."""
+
+    password_file: Path | None = None
+    password: str | None = None
+
+    def cmdline(self) -> list[str]:
+        if self.password_file is not None:
+            if not self.password_file.is_file():
+                raise FleetError(f"{self.password_file}: no such vault password file",
+                                 path=str(self.password_file), rule="vault")
+            return ["--vault-password-file", str(self.password_file.resolve())]
+        return ["--ask-vault-pass"] if self.password is not None else []
+
+    def prompts(self) -> dict[str, str] | None:
+        return {r"(?i)vault password[^:\n]*:\s*$": self.password} if self.password is not None else None
+
+
 def run_playbook(name: str, inventory: Path, extravars: dict[str, Any], *, limit: str | None = None,
                  check: bool = False, diff: bool = False,
                  on_event: Callable[[dict[str, Any]], None] | None = None,
                  private_data_dir: Path | None = None, rotate_artifacts: int = 5, verbosity: int = 0,
-                 envvars: dict[str, str] | None = None, timeout: int | None = None) -> FleetResult:
+                 envvars: dict[str, str] | None = None, timeout: int | None = None,
+                 tags: list[str] | None = None, skip_tags: list[str] | None = None,
+                 vault: Vault | None = None) -> FleetResult:
     """Run ``playbooks/<name>.yml`` against ``inventory``; ``on_event`` sees every runner event."""
     import ansible_runner
 
@@ -136,7 +162,9 @@ def run_playbook(name: str, inventory: Path, extravars: dict[str, Any], *, limit
            **({"ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(cp)}
               if (cp := collections_paths(content)) else {}),
            **(envvars or {})}
-    cmdline = " ".join(x for x in ("--check" if check else "", "--diff" if diff else "") if x)
+    vault = vault or Vault()
+    cmdline = " ".join(shlex.quote(x) for x in (["--check"] if check else []) + (["--diff"] if diff else [])
+                       + vault.cmdline())
     prepare_private_data_dir(pdd, extravars, env, cmdline)
     tracker = EventTracker()
     events: list[dict[str, Any]] = []
@@ -152,17 +180,21 @@ def run_playbook(name: str, inventory: Path, extravars: dict[str, Any], *, limit
         private_data_dir=str(pdd), project_dir=str(content),
         playbook=str(content / "playbooks" / f"{name}.yml"),
         inventory=str(inventory), limit=limit, cmdline=cmdline or None, event_handler=handler,
+        tags=",".join(tags) if tags else None, skip_tags=",".join(skip_tags) if skip_tags else None,
+        passwords=vault.prompts(),
         rotate_artifacts=rotate_artifacts, quiet=True, verbosity=verbosity or None, timeout=timeout,
         envvars=env)
     seen = {h.host for h in tracker.summary()}
     pattern = str(extravars.get("airlock_hosts", "appliances"))
+    error = tracker.error
     for host in target_hosts(inventory, pattern, limit):
-        if host not in seen:
-            tracker.hosts[host] = HostSummary(host, result="not started")
+        if host not in seen:  # never reached: the rollout stopped earlier, or Ansible itself failed
+            tracker.hosts[host] = HostSummary(host, result="not started",
+                                              message=error.splitlines()[0] if error else None)
     return FleetResult(rc=int(r.rc if r.rc is not None else 1), status=str(r.status), hosts=tracker.summary(),
                        batches=[b.hosts for b in tracker.batches if b.hosts], stats=tracker.stats,
                        artifacts=Path(r.config.artifact_dir) if getattr(r, "config", None) else None,
-                       events=events)
+                       events=events, error=error, check=check)
 
 
-__all__ = ["Batch", "FleetResult", "HostSummary", "run_playbook"]
+__all__ = ["Batch", "FleetResult", "HostSummary", "Vault", "run_playbook"]

@@ -35,6 +35,10 @@ options:
       - The version to activate (O(state=active) without O(bundle)) or to roll back to
         (O(state=rolled_back); default the previous good version).
       - With O(state=rolled_back) and O(version) set, a model already on O(version) is unchanged.
+      - With O(state=rolled_back) and no O(version), a model already rolled back (no previous good
+        version left, the newer versions marked failed) is unchanged, so a repeated rollback is C(ok).
+      - O(state=rolled_back) first runs the repository's crash recovery (a killed apply's staging
+        leftovers are removed, catalog and C(current) link aligned), then plans from that state.
     type: str
   state:
     description:
@@ -203,9 +207,22 @@ def _bundle(module, repo):
     return repo.install_from_bundle(staged, activate=activate, encrypt=p["encrypt"])
 
 
+def _rolled_back_already(before):
+    """No previous good version left, and a version newer than the active one was rolled back
+    from (marked failed): a rollback already happened, so a repeated one has nothing to do."""
+    from airlock.repo.layout import version_key
+
+    active = before.get("active")
+    if not active or before.get("previous") or before.get("current") != active:
+        return False
+    newer = [v for v in before.get("versions", []) if version_key(v["version"]) > version_key(active)]
+    return bool(newer) and all(v["state"] == "failed" for v in newer)
+
+
 def _single(module, repo):
     p = module.params
     name, version, state = p["name"], p["version"], p["state"]
+    recovered = []
     if not name:
         module.fail_json(msg="name is required without bundle")
     if state == "present":
@@ -215,14 +232,21 @@ def _single(module, repo):
             module.fail_json(msg="version is required for state=active without bundle")
         plan = repo.plan_activate(name, version)
     elif state == "rolled_back":
+        if not module.check_mode and repo.layout.catalog.exists():
+            recovered = repo.recover_now()  # a killed apply's leftovers; plan from the recovered state
         before = repo.show(name) if repo.layout.catalog.exists() else {}
         if version and before.get("active") == version and before.get("current") == version:
             plan = repo.plan_activate(name, version, action="rollback")
+        elif not version and _rolled_back_already(before):
+            plan = repo.plan_activate(name, before["active"], action="rollback")
         else:
             plan = repo.plan_rollback(name, to=version)
     else:
         plan = repo.plan_prune(name, keep=p["keep"])
     if module.check_mode or not plan.changed:
+        if state == "rolled_back" and recovered:  # only crash leftovers to clean up: that is a change
+            plan.changed = True
+            plan.notes.extend(recovered)
         return [plan]
     if state == "rolled_back":
         return [repo.rollback(name, to=plan.version)]
