@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import pwd
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -805,11 +806,21 @@ class Repository:
             raise RepositoryError(f"{self.layout.repo}: no model repository here (nothing installed yet)",
                                   path=str(self.layout.repo), rule="repository-missing")
         with repo_lock(self.layout.lock, self.lock_timeout, shared=True):
-            cat = Catalog(self.layout.catalog, readonly=True)
+            try:
+                cat = Catalog(self.layout.catalog, readonly=True)
+            except sqlite3.DatabaseError as exc:
+                raise self._unreadable(exc) from exc
             try:
                 yield cat
+            except sqlite3.DatabaseError as exc:  # e.g. a crashed write's journal (only a writer rolls back)
+                raise self._unreadable(exc) from exc
             finally:
                 cat.close()
+
+    def _unreadable(self, exc: Exception) -> RepositoryError:
+        return RepositoryError(f"{self.layout.catalog}: the catalog cannot be read read-only ({exc}); if a "
+                               "write was interrupted, the next mutating command recovers it",
+                               path=str(self.layout.catalog), rule="catalog-read")
 
     def verify(self, model: str, version: str | None = None, *, keys: ProviderRegistry | None = None,
                trust: Trust | None = None) -> dict[str, Any]:

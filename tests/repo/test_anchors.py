@@ -262,3 +262,13 @@ def test_drift_list_is_whole(host: Host) -> None:
     assert set(drift[0]) == {"model", "version", "path", "rule", "expected", "found"}
     r = cli(host.repo.root, "model", "verify")
     assert r.returncode == 13 and r.stdout.count("DRIFT stray-file") == 30
+
+
+def test_unreadable_catalog_is_a_clear_error_and_nothing_is_written(host: Host) -> None:
+    cat = host.layout.catalog
+    cat.write_bytes(b"not a database" * 100)
+    before = sorted(p.name for p in cat.parent.iterdir())
+    r = cli(host.repo.root, "model", "verify")
+    assert r.returncode == 30 and "cannot be read read-only" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in cat.parent.iterdir()) == before
+    assert cat.read_bytes() == b"not a database" * 100
