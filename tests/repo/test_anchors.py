@@ -272,3 +272,70 @@ def test_unreadable_catalog_is_a_clear_error_and_nothing_is_written(host: Host) 
     assert r.returncode == 30 and "cannot be read read-only" in r.stderr and "Traceback" not in r.stderr
     assert sorted(p.name for p in cat.parent.iterdir()) == before
     assert cat.read_bytes() == b"not a database" * 100
+
+
+def _vfile(h: Host, name: str = "model.safetensors") -> Path:
+    """A file of 1.1.0 only (config.json and tokenizer.json are hard links shared with 1.0.0)."""
+    return h.layout.version_dir(MODEL, "1.1.0") / name
+
+
+def _append(h: Host) -> None:
+    f = _vfile(h)
+    _writable(f, f.read_bytes() + b" ")
+
+
+def _symlink(h: Host) -> None:
+    f = _vfile(h)
+    os.chmod(f.parent, 0o700)
+    f.unlink()
+    os.symlink("config.json", f)
+
+
+def _chown(h: Host, uid: int, gid: int) -> None:
+    os.chown(_vfile(h), uid, gid)
+
+
+def _version_dir_gone(h: Host) -> None:
+    vdir = h.layout.version_dir(MODEL, "1.0.0")
+    os.rename(vdir, h.layout.root.parent / "moved-away")
+
+
+TAMPER_VERSION: dict[str, tuple[Callable[[Host], None], dict[str, str]]] = {
+    "size": (_append, {}),
+    "missing": (lambda h: (os.chmod(_vfile(h).parent, 0o700), _vfile(h).unlink()), {}),
+    "extra-file": (lambda h: (_vfile(h).parent / "extra.bin").write_bytes(b"x"), {}),
+    "mode": (lambda h: os.chmod(_vfile(h), 0o644), {}),
+    "dir-mode": (lambda h: os.chmod(_vfile(h).parent, 0o755), {}),
+    "not-a-regular-file": (_symlink, {}),
+    "owner": (lambda h: _chown(h, 65534, 0), {"owner": "root"}),
+    "group": (lambda h: _chown(h, 0, 65534), {"group": "root"}),
+    "missing-version-dir": (_version_dir_gone, {}),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(TAMPER_VERSION))
+def test_version_file_drift(host: Host, rule: str) -> None:
+    tamper, ids = TAMPER_VERSION[rule]
+    tamper(host)
+    repo = Repository(host.layout.root, **ids)  # type: ignore[arg-type]
+    try:
+        drift = repo.compliance(trust=trust_of(host.bundles))["drift"]
+    finally:
+        repo.close()
+    assert [d["rule"] for d in drift] == [rule], drift
+
+
+def test_unreadable_kept_manifest(host: Host) -> None:
+    m = host.layout.bundle_record("test-full") / "MANIFEST.json"
+    _writable(m, b"{not json")
+    rules = host.rules(trust=False)
+    assert "manifest-unreadable" in rules and "manifest-missing" in rules
+
+
+def test_active_version_that_does_not_load(host: Host) -> None:
+    f = _vfile(host, "config.json")
+    cfg = json.loads(f.read_text())
+    cfg["num_hidden_layers"] += 1
+    _writable(f, json.dumps(cfg).encode())
+    report = host.repo.compliance(trust=trust_of(host.bundles), loadable=True)
+    assert {d["rule"] for d in report["drift"]} == {"not-loadable", "sha256"}
