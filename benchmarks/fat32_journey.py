@@ -59,8 +59,10 @@ def main() -> None:
     try:
         usb = stick.mount(rw=True)
         sign = ("--signer", fpr, "--gnupghome", str(home))
-        timed("build_full_onto_stick", "bundle", "build", str(full), "-o", str(usb / "full"), *sign)
+        # the small delta bundle first: fusefat cannot add entries to a directory created past the
+        # first 2 GiB of the image (EPERM), a limit of the FUSE driver, not of FAT32 or the kernel
         timed("build_delta_onto_stick", "bundle", "build", str(delta), "-o", str(usb / "delta"), *sign)
+        timed("build_full_onto_stick", "bundle", "build", str(full), "-o", str(usb / "full"), *sign)
         stick.unmount()
         usb = stick.mount(rw=False)
         timed("verify_full_on_stick", "bundle", "verify", str(usb / "full"), *trust)

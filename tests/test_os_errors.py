@@ -198,3 +198,43 @@ def test_read_only_root_module_and_cli(tmp_path: Path, big_bundle: Path, keys: K
         assert os.listdir(ro) == []
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_one_default_root_and_airlock_root_honoured(tmp_path: Path) -> None:
+    from airlock.provision import preflight, requirements
+    from airlock.repo.layout import DEFAULT_ROOT
+
+    assert preflight.DEFAULT_ROOT == requirements.DEFAULT_ROOT == str(DEFAULT_ROOT)
+    r = airlock("preflight", "--json", root=tmp_path / "appliance")
+    hot = next(c for c in json.loads(r.stdout)["checks"] if c["name"] == "disk:hot")
+    assert hot["details"]["path"] == str(tmp_path / "appliance")
+    r = airlock("model", "list", "--json", root=tmp_path / "appliance")
+    assert r.returncode in (0, 30)  # the same root: nothing installed there yet
+
+
+def test_preflight_refuses_a_root_the_user_cannot_write() -> None:
+    require_root("switching to the nobody user")
+    base = Path(tempfile.mkdtemp(prefix="airlock-nobody-"))
+    try:
+        base.chmod(0o755)
+        cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c",
+               "from airlock.cli import main; main()", "preflight", "--json"]
+        env = airlock_env(base / "appliance", HOME="/tmp")
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        hot = next(c for c in json.loads(r.stdout)["checks"] if c["name"] == "disk:hot")
+        assert r.returncode == 14 and hot["status"] == "fail" and "run as root" in hot["message"], r.stdout
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_check_mode_banner(versions: Versions, tmp_path: Path) -> None:  # noqa: F811
+    root = tmp_path / "appliance"
+    for v in ("1.0.0", "1.1.0"):
+        assert airlock("model", "install", "m", v, str(versions.src[v]), root=root).returncode == 0
+    before = sorted(str(p) for p in root.rglob("*"))
+    for args in (("install", "m", "1.2.0", str(versions.src["1.2.0"])), ("rollback", "m"),
+                 ("activate", "m", "1.0.0"), ("prune", "m", "--keep", "1")):
+        r = airlock("model", *args, "--check", root=root)
+        assert r.returncode == 0 and "CHECK MODE: nothing written" in r.stderr, (args, r.stderr)
+    after = sorted(str(p) for p in root.rglob("*"))
+    assert after == before

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,10 @@ STRONG_DIGESTS = {8: "SHA256", 9: "SHA384", 10: "SHA512"}  # OpenPGP hash algori
 WEAK_DIGESTS = {1: "MD5", 2: "SHA1", 3: "RIPEMD160", 11: "SHA224"}
 BINARY_DOCUMENT = "00"  # signature class: a text-mode (01) signature survives CRLF conversion
 _ECC_ALGOS = frozenset({18, 19, 22})  # ECDH, ECDSA, EdDSA
+
+
+class SecurityWarning(UserWarning):
+    """Something works but should not be so (shown as one ``warning:`` line by the CLI)."""
 
 
 @dataclass
@@ -42,7 +47,18 @@ class Trust:
                                  f"{MIN_KEY_BITS} (it can only be raised)", rule="weak-policy")
 
     def pinned(self) -> set[str]:
-        return {normalise_fpr(f) for f in self.fingerprints}
+        """The pinned fingerprints; a short key ID or anything but a full fingerprint is refused (a
+        short ID can be forged in minutes, a typo would only ever say 'not pinned')."""
+        out = set()
+        for f in self.fingerprints:
+            fpr = normalise_fpr(f)
+            if len(fpr) not in (40, 64) or any(c not in "0123456789ABCDEF" for c in fpr):
+                kind = "a short key ID" if len(fpr) in (8, 16) else "not a fingerprint"
+                raise SignatureError(f"--trust {f!r} is {kind}: pin the full 40-hex fingerprint of the "
+                                     "release key's primary key (gpg --fingerprint), as given by the "
+                                     "release engineer", rule="trust-format")
+            out.add(fpr)
+        return out
 
 
 @dataclass
@@ -66,16 +82,29 @@ def _gpg(home: Path) -> gnupg.GPG:
 def verification_home(trust: Trust) -> Iterator[Path]:
     if trust.keyring is not None:
         keyring = Path(trust.keyring)
+        if keyring.is_dir():
+            raise SignatureError(f"{keyring}: is a directory, not a keyring file: pass a GnuPG home with "
+                                 "--gnupghome DIR, or an exported public key (gpg --armor --export FPR > "
+                                 "release.asc) with --keyring FILE", path=str(keyring), rule="no-keyring")
         if not keyring.is_file():
             raise SignatureError(f"{keyring}: trusted keyring not found", path=str(keyring),
                                  rule="no-keyring")
         tmp = Path(tempfile.mkdtemp(prefix="airlock-gpg-"))
         try:
             os.chmod(tmp, 0o700)
-            result = _gpg(tmp).import_keys(keyring.read_bytes())
+            raw = keyring.read_bytes()
+            result = _gpg(tmp).import_keys(raw)
             if not result.fingerprints:
-                raise SignatureError(f"{keyring}: no public key could be imported", path=str(keyring),
+                hint = (f": this is a GnuPG keybox; pass its directory with --gnupghome {keyring.parent}"
+                        if raw[8:12] == b"KBXf" else " (expected an exported public key: gpg --armor "
+                        "--export FPR > release.asc)")
+                raise SignatureError(f"{keyring}: no public key could be imported{hint}", path=str(keyring),
                                      rule="no-keyring")
+            if int(getattr(result, "sec_read", 0) or 0):
+                warnings.warn(f"{keyring}: holds secret keys; a trusted keyring needs only public keys "
+                              "(export with gpg --armor --export FPR, never --export-secret-keys) and a "
+                              "secret key does not belong on the site's machines", SecurityWarning,
+                              stacklevel=2)
             yield tmp
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -130,7 +159,9 @@ def verify_signature(data: bytes, signature: bytes | None, trust: Trust, *, name
     fpr = normalise_fpr(result.fingerprint)
     primary = normalise_fpr(result.pubkey_fingerprint or result.fingerprint)
     if primary not in pinned and fpr not in pinned:
-        raise SignatureError(f"{sig_name}: signed by {primary}, which is not a pinned signer", path=sig_name,
+        raise SignatureError(f"{sig_name}: signed by key {primary[-16:]}, which is not a pinned signer "
+                             f"(pinned: {', '.join(sorted(pinned))}); check the pinned fingerprint against "
+                             "the release notes, not against this message", path=sig_name,
                              rule="untrusted-signer")
     _check_strength(sig_name, result.stderr or "", trust, keys, primary, fpr)
     return SignerInfo(fingerprint=fpr, primary_fingerprint=primary, username=result.username,

@@ -6,12 +6,10 @@ from pathlib import Path
 
 import typer
 
-from airlock.cli.common import JsonOpt, emit_json, handle_errors, out
+from airlock.cli.common import JsonOpt, RootOpt, emit_json, handle_errors, out
 
 app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
 
-RootOpt = typer.Option(Path("/srv/airlock"), "--root", envvar="AIRLOCK_ROOT",
-                       help="Appliance root holding model_repo/ (env AIRLOCK_ROOT).")
 
 
 @app.command("verify")

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 app = typer.Typer(no_args_is_help=True, help="Build, sign, verify, pack and stage bundles.")
 
-TrustOpt = typer.Option(..., "--trust", "-t", help="Pinned signer fingerprint (primary key); repeatable.")
+TrustOpt = typer.Option(..., "--trust", "-t", help="Pinned signer: the full 40-hex fingerprint of the "
+                        "release key's primary key (no short IDs); repeatable.")
 KeyringOpt = typer.Option(None, "--keyring", help="Public keyring file with the trusted keys (imported into "
                           "a throwaway GNUPGHOME; your keyring is never modified).")
 HomeOpt = typer.Option(None, "--gnupghome", help="GnuPG home holding the keys (default: $GNUPGHOME).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
@@ -20,6 +21,7 @@ from rich.progress import (
 )
 
 from airlock.errors import AirlockError, from_exception
+from airlock.repo.layout import DEFAULT_ROOT
 from airlock.textsafe import safe
 
 # usage errors (exit 2) belong to typer/click, whichever click it bundles
@@ -29,6 +31,18 @@ console = Console(stderr=True, emoji=False)
 out = Console(emoji=False)
 
 JsonOpt = typer.Option(False, "--json", help="Print a machine-readable JSON report on stdout.")
+# the one default root of every command (model, audit, preflight): --root, else $AIRLOCK_ROOT
+RootOpt = typer.Option(DEFAULT_ROOT, "--root", envvar="AIRLOCK_ROOT",
+                       help=f"Appliance root holding model_repo/ (env AIRLOCK_ROOT; default {DEFAULT_ROOT}).")
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings (e.g. secret keys in a trusted keyring) as one line on stderr, never a code location."""
+    console.print("[yellow]warning[/] " + safe(str(message)), highlight=False, soft_wrap=True)
+
+
+warnings.showwarning = _show_warning
 
 
 def emit_json(data: Any) -> None:

@@ -10,14 +10,12 @@ from typing import Any
 
 import typer
 
-from airlock.cli.common import JsonOpt, emit_json, handle_errors, out, progress_bytes
+from airlock.cli.common import JsonOpt, RootOpt, check_banner, emit_json, handle_errors, out, progress_bytes
 from airlock.errors import AirlockError, IntegrityError
 from airlock.textsafe import visible
 
 app = typer.Typer(no_args_is_help=True, help="The model repository on an appliance.")
 
-RootOpt = typer.Option(Path("/srv/airlock"), "--root", envvar="AIRLOCK_ROOT",
-                       help="Appliance root holding model_repo/ (env AIRLOCK_ROOT).")
 LockOpt = typer.Option(None, "--lock-timeout", help="Seconds to wait for the repository lock (default 30, "
                        "env AIRLOCK_LOCK_TIMEOUT).")
 CheckOpt = typer.Option(False, "--check", "--dry-run", help="Only show what would change (writes nothing).")
@@ -61,6 +59,8 @@ def _report(plan: Any, as_json: bool, check: bool) -> None:
     if as_json:
         emit_json({"ok": True, "check_mode": check, **plan.as_dict()})
     else:
+        if check:
+            check_banner()
         out.print(visible(plan.diff, lines=True), highlight=False, soft_wrap=True, markup=False, end="")
 
 

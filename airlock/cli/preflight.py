@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from airlock.cli.common import JsonOpt, emit_json, handle_errors, out
+from airlock.cli.common import JsonOpt, RootOpt, emit_json, handle_errors, out
 from airlock.errors import CompatibilityError
 from airlock.textsafe import safe
 
@@ -19,10 +19,11 @@ _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 def preflight(
     bundle: Path | None = typer.Option(None, "--bundle", help="Size disk/GPU needs from this bundle's "
                                        "signed manifest (needs --trust, as `bundle verify`)."),
-    trust: list[str] = typer.Option([], "--trust", "-t", help="Pinned signer fingerprint; repeatable."),
+    trust: list[str] = typer.Option([], "--trust", "-t", help="Pinned signer: full 40-hex fingerprint; "
+                                    "repeatable."),
     keyring: Path | None = typer.Option(None, "--keyring", help="Public keyring file with the trusted keys."),
     gnupghome: Path | None = typer.Option(None, "--gnupghome", help="GnuPG home holding the keys."),
-    root: str = typer.Option("/var/lib/airlock", "--root", help="Model repository root (the hot tier)."),
+    root: Path = RootOpt,
     tier: list[str] = typer.Option([], "--tier", help="Extra tier NAME=PATH to report (repeatable)."),
     min_ram_gib: float = typer.Option(4.0, "--min-ram-gib"),
     gpu_required: bool = typer.Option(False, "--gpu-required", help="Fail, not warn, without a GPU."),
@@ -40,9 +41,10 @@ def preflight(
     with handle_errors(as_json):
         tiers = dict(t.split("=", 1) for t in tier if "=" in t)
         base = Requirements(min_ram_bytes=int(min_ram_gib * (1 << 30)), gpu_required=gpu_required,
-                            tiers={"hot": (root, 0)})
-        req = (requirements_from_bundle(bundle, Trust(trust, gnupghome=gnupghome, keyring=keyring), root=root,
-                                        tiers=tiers, base=base) if bundle else base)
+                            tiers={"hot": (str(root), 0)})
+        t = Trust(trust, gnupghome=gnupghome, keyring=keyring)
+        req = (requirements_from_bundle(bundle, t, root=str(root), tiers=tiers, base=base) if bundle
+               else base)
         if not bundle:
             for name, where in tiers.items():
                 req.tiers.setdefault(name, (where, 0))

@@ -26,6 +26,9 @@ PASS, WARN, FAIL = "pass", "warn", "fail"
 SUPPORTED_OS = {"debian": ("12", "13"), "ubuntu": ("22.04", "24.04")}
 GIB = 1 << 30
 MIB = 1 << 20
+# airlock.repo.layout.DEFAULT_ROOT, spelled out: this file runs on bare targets with the stdlib only
+# (tests/test_os_errors.py checks that the two agree)
+DEFAULT_ROOT = "/srv/airlock"
 
 
 @dataclass
@@ -45,7 +48,7 @@ class Requirements:
     min_kernel: str = "5.10"
     min_cpus: int = 2
     min_ram_bytes: int = 4 * GIB
-    tiers: dict[str, tuple[str, int]] = field(default_factory=lambda: {"hot": ("/var/lib/airlock", 0)})
+    tiers: dict[str, tuple[str, int]] = field(default_factory=lambda: {"hot": (DEFAULT_ROOT, 0)})
     gpu_required: bool = False
     min_gpu_memory_mib: int = 0
     min_driver_version: str | None = None
@@ -178,13 +181,19 @@ def check_disk(tier: str, path: str, needed: int) -> Check:
     free = st.f_bavail * st.f_frsize
     details = {"path": path, "measured_at": str(where), "free_bytes": free, "needed_bytes": needed}
     name = f"disk:{tier}"
+    if not os.access(where, os.W_OK):
+        return Check(name, FAIL, f"{path}: not writable by this user ({where}): run as root or choose "
+                     "another root", details)
+    why = " (the staged copy of the bundle plus the installed version; --stage-dir on another disk " \
+          "halves it)" if tier == "hot" and needed else ""
     if free < needed:
         return Check(name, FAIL, f"{path}: {free / GIB:.2f} GiB free, {needed / GIB:.2f} GiB needed "
-                     f"for the {tier} tier", details)
+                     f"for the {tier} tier{why}: {(needed - free) / GIB:.2f} GiB more needed", details)
     if needed and free < needed * 1.1:
         return Check(name, WARN, f"{path}: {free / GIB:.2f} GiB free, barely above the "
                      f"{needed / GIB:.2f} GiB needed", details)
-    return Check(name, PASS, f"{path}: {free / GIB:.2f} GiB free, {needed / GIB:.2f} GiB needed", details)
+    return Check(name, PASS, f"{path}: {free / GIB:.2f} GiB free, {needed / GIB:.2f} GiB needed{why}",
+                 details)
 
 
 @dataclass

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 from airlock.bundle.manifest import MANIFEST_NAME
 from airlock.errors import ManifestError
 from airlock.provision.preflight import Requirements, version_tuple
+from airlock.repo.layout import DEFAULT_ROOT as LAYOUT_ROOT
 
 if TYPE_CHECKING:
     from airlock.bundle.signing import Trust
 
-DEFAULT_ROOT = "/var/lib/airlock"
+DEFAULT_ROOT = str(LAYOUT_ROOT)
 
 
 def requirements_from_bundle(bundle_dir: Path, trust: Trust, *, root: str = DEFAULT_ROOT,

@@ -155,3 +155,29 @@ def test_wrong_path_guidance(factory: BundleFactory, keys: Keys, tmp_path: Path)
         r = airlock(*cmd, str(usb / "minilm-1.0.0" / "MANIFEST.json"), *trust, root=tmp_path / "root")
         assert r.returncode == 11 and "pass its directory" in r.stderr, r.stderr
     assert not (tmp_path / "root" / "model_repo" / "update_packages" / "staged").exists()
+
+
+def test_trust_errors_teach(factory: BundleFactory, keys: Keys, tmp_path: Path) -> None:
+    bundle = factory.build()
+    signer = keys.fpr["signer"]
+    ring = str(keys.keyring("signer"))
+
+    def verify(*args: str) -> str:
+        r = airlock("bundle", "verify", str(bundle), *args)
+        assert r.returncode == 10, r.stdout + r.stderr
+        return " ".join(r.stderr.split())
+
+    said = verify("--trust", signer[-16:], "--keyring", ring)
+    assert "short key ID" in said and "full 40-hex fingerprint" in said
+    typo = signer[:-1] + ("0" if signer[-1] != "0" else "1")
+    said = verify("--trust", typo, "--keyring", ring)
+    assert f"pinned: {typo}" in said and signer not in said  # echoes the pin, not the signer to copy
+    said = verify("--trust", signer, "--keyring", str(keys.home))
+    assert "is a directory" in said and "--gnupghome" in said
+    said = verify("--trust", signer, "--keyring", str(keys.home / "pubring.kbx"))
+    assert "keybox" in said and f"--gnupghome {keys.home}" in said
+    secret = tmp_path / "secret.asc"
+    secret.write_bytes(keys.gpg("--armor", "--export-secret-keys", signer))
+    r = airlock("bundle", "verify", str(bundle), "--trust", signer, "--keyring", str(secret))
+    assert r.returncode == 0 and "warning" in r.stderr and "secret keys" in r.stderr, r.stderr
+    assert "full 40-hex fingerprint" in " ".join(airlock("bundle", "verify", "--help").stdout.split())
