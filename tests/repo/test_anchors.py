@@ -10,12 +10,13 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from airlock.bundle import Trust, stage_bundle
 from airlock.hashing import sha256_file
-from airlock.repo import Repository
+from airlock.repo import Layout, Repository
 from airlock.repo.audit import AuditHead, line_hash
 from tests.fleet.bundles import MODEL, Bundles, make_bundles
 from tests.repo.conftest import cli
@@ -46,7 +47,7 @@ class Host:
     bundles: Bundles
 
     @property
-    def layout(self):  # type: ignore[no-untyped-def]
+    def layout(self) -> Layout:
         return self.repo.layout
 
     def sql(self, statement: str, *args: object) -> None:
@@ -55,11 +56,11 @@ class Host:
         db.commit()
         db.close()
 
-    def check(self, trust: bool = True, anchor: AuditHead | None = None) -> dict:  # type: ignore[type-arg]
+    def check(self, trust: bool = True, anchor: AuditHead | None = None) -> dict[str, Any]:
         return self.repo.compliance(trust=trust_of(self.bundles) if trust else None, anchor=anchor)
 
-    def rules(self, **kw: object) -> set[str]:
-        return {d["rule"] for d in self.check(**kw)["drift"]}  # type: ignore[arg-type]
+    def rules(self, trust: bool = True, anchor: AuditHead | None = None) -> set[str]:
+        return {d["rule"] for d in self.check(trust, anchor)["drift"]}
 
 
 @pytest.fixture
@@ -163,7 +164,7 @@ def test_kept_manifest_moved_to_another_record(host: Host) -> None:
     assert "manifest-bundle-id" in host.rules()
 
 
-TAMPER_STRAY: dict[str, Callable[[Host], None]] = {
+TAMPER_STRAY: dict[str, Callable[[Host], object]] = {
     "stray-version": lambda h: h.layout.version_dir(MODEL, "9.9.9").mkdir(mode=0o700),
     "stray-file": lambda h: (h.layout.model_dir(MODEL) / "notes.txt").write_text("x"),
     "stray-entry": lambda h: (h.layout.repo / "junk").mkdir(),
@@ -300,9 +301,14 @@ def _version_dir_gone(h: Host) -> None:
     os.rename(vdir, h.layout.root.parent / "moved-away")
 
 
-TAMPER_VERSION: dict[str, tuple[Callable[[Host], None], dict[str, str]]] = {
+def _unlink(h: Host) -> None:
+    os.chmod(_vfile(h).parent, 0o700)
+    _vfile(h).unlink()
+
+
+TAMPER_VERSION: dict[str, tuple[Callable[[Host], object], dict[str, str]]] = {
     "size": (_append, {}),
-    "missing": (lambda h: (os.chmod(_vfile(h).parent, 0o700), _vfile(h).unlink()), {}),
+    "missing": (_unlink, {}),
     "extra-file": (lambda h: (_vfile(h).parent / "extra.bin").write_bytes(b"x"), {}),
     "mode": (lambda h: os.chmod(_vfile(h), 0o644), {}),
     "dir-mode": (lambda h: os.chmod(_vfile(h).parent, 0o755), {}),
