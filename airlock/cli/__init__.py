@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: readable at 80 columns, no option names cut off
 )
 app.add_typer(bundle.app, name="bundle", help="Build, sign, verify, pack and stage bundles.")
 app.add_typer(delta.app, name="delta", help="Make, apply and inspect tensor-aware model deltas.")
@@ -40,6 +41,9 @@ def _root(
                                  help="Print the Airlock version and exit."),
 ) -> None:
     """Airlock installs and updates air-gapped LLM inference appliances."""
+    from airlock.crypto.harden import harden_process
+
+    harden_process()  # any command may unwrap a data key (model install/update/verify/rollback, keys)
 
 
 def _sigterm(_signum: int, _frame: object) -> None:

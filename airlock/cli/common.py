@@ -33,7 +33,7 @@ out = Console(emoji=False)
 JsonOpt = typer.Option(False, "--json", help="Print a machine-readable JSON report on stdout.")
 # the one default root of every command (model, audit, preflight): --root, else $AIRLOCK_ROOT
 RootOpt = typer.Option(DEFAULT_ROOT, "--root", envvar="AIRLOCK_ROOT",
-                       help=f"Appliance root holding model_repo/ (env AIRLOCK_ROOT; default {DEFAULT_ROOT}).")
+                       help="Appliance root holding model_repo/.")
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

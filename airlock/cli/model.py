@@ -221,7 +221,8 @@ def show_cmd(model: str = typer.Argument(...), version: str = typer.Argument(Non
 
 
 @app.command("history")
-def history_cmd(model: str = typer.Argument(None), limit: int = typer.Option(50, "--limit"),
+def history_cmd(model: str = typer.Argument(None),
+                limit: int = typer.Option(50, "--limit", help="Newest records shown."),
                 root: Path = RootOpt, as_json: bool = JsonOpt) -> None:
     """Install, update, activate, rollback, prune and verify history (who, what, when)."""
     with handle_errors(as_json):

@@ -25,9 +25,10 @@ def preflight(
     gnupghome: Path | None = typer.Option(None, "--gnupghome", help="GnuPG home holding the keys."),
     root: Path = RootOpt,
     tier: list[str] = typer.Option([], "--tier", help="Extra tier NAME=PATH to report (repeatable)."),
-    min_ram_gib: float = typer.Option(4.0, "--min-ram-gib"),
+    min_ram_gib: float = typer.Option(4.0, "--min-ram-gib", help="Least RAM the host must have, in GiB."),
     gpu_required: bool = typer.Option(False, "--gpu-required", help="Fail, not warn, without a GPU."),
-    allow_fail: list[str] = typer.Option([], "--allow-fail", help="Accept this failing check (repeatable)."),
+    allow_fail: list[str] = typer.Option([], "--allow-fail", help="Accept this failing check (repeatable): "
+                                         "os, kernel, cpu, ram, disk:hot (disk:TIER), gpu, time, mac."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Check this host against what the bundle needs; exit 14 on a failure not allowed."""
@@ -89,8 +90,8 @@ def build_apt(
     debs_dir: Path = typer.Argument(..., help="Directory of .deb files (e.g. from 'apt-get download')."),
     out_dir: Path = typer.Option(..., "-o", "--out", help="New repository directory (must not exist)."),
     signer: str = typer.Option(..., "--signer", help="Fingerprint of the bundle signing key."),
-    gnupghome: Path | None = typer.Option(None, "--gnupghome"),
-    passphrase_file: Path | None = typer.Option(None, "--passphrase-file"),
+    gnupghome: Path | None = typer.Option(None, "--gnupghome", help="GnuPG home with the key."),
+    passphrase_file: Path | None = typer.Option(None, "--passphrase-file", help="Key passphrase file."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Build a signed flat apt repository from every .deb in DEBS_DIR."""
@@ -112,7 +113,7 @@ def build_apt(
 def verify_apt(
     repo_dir: Path = typer.Argument(...),
     fingerprint: list[str] = typer.Option(..., "--fingerprint", help="Pinned signer fingerprint."),
-    keyring: Path | None = typer.Option(None, "--keyring"),
+    keyring: Path | None = typer.Option(None, "--keyring", help="Public keyring file."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Check Release signatures and every index and .deb hash, as apt will."""
@@ -129,7 +130,7 @@ def verify_apt(
 @repo_app.command("wheels")
 def wheels(
     requirement: list[str] = typer.Argument(..., help="Requirement specifiers, e.g. 'numpy==2.1.*'."),
-    out_dir: Path = typer.Option(..., "-o", "--out"),
+    out_dir: Path = typer.Option(..., "-o", "--out", help="Wheelhouse directory."),
     offline: bool = typer.Option(False, "--offline", help="No index: only the pip cache / find-links."),
     as_json: bool = JsonOpt,
 ) -> None:

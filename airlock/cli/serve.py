@@ -154,7 +154,8 @@ def generate(
 
 
 @app.command()
-def load(model: str, url: str = UrlOpt, version: int | None = typer.Option(None, "--version"),
+def load(model: str, url: str = UrlOpt,
+         version: int | None = typer.Option(None, "--version", help="Triton version."),
          grpc_url: str | None = GrpcOpt, control_key_file: Path | None = KeyOpt, timeout: float = TimeoutOpt,
          as_json: bool = JsonOpt) -> None:
     """Load (or reload) MODEL as its config.pbtxt says, and wait until READY."""
@@ -326,8 +327,8 @@ def smoke(
 def golden_cmd(
     model_dir: Path = typer.Argument(..., help="A MiniLM-shaped model directory."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write here (default: stdout)."),
-    atol: float = typer.Option(1e-4, "--atol"),
-    rtol: float = typer.Option(1e-3, "--rtol"),
+    atol: float = typer.Option(1e-4, "--atol", help="Absolute tolerance."),
+    rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance."),
 ) -> None:
     """Compute the golden smoke-test record of MODEL_DIR (for the bundle manifest's model entry)."""
     from airlock.serving.golden import golden_record
