@@ -176,14 +176,17 @@ def run_playbook(name: str, inventory: Path, extravars: dict[str, Any], *, limit
             on_event(event)
         return True
 
-    r = ansible_runner.run(
-        private_data_dir=str(pdd), project_dir=str(content),
-        playbook=str(content / "playbooks" / f"{name}.yml"),
-        inventory=str(inventory), limit=limit, cmdline=cmdline or None, event_handler=handler,
-        tags=",".join(tags) if tags else None, skip_tags=",".join(skip_tags) if skip_tags else None,
-        passwords=vault.prompts(),
-        rotate_artifacts=rotate_artifacts, quiet=True, verbosity=verbosity or None, timeout=timeout,
-        envvars=env)
+    try:
+        r = ansible_runner.run(
+            private_data_dir=str(pdd), project_dir=str(content),
+            playbook=str(content / "playbooks" / f"{name}.yml"),
+            inventory=str(inventory), limit=limit, cmdline=cmdline or None, event_handler=handler,
+            tags=",".join(tags) if tags else None, skip_tags=",".join(skip_tags) if skip_tags else None,
+            passwords=vault.prompts(),
+            rotate_artifacts=rotate_artifacts, quiet=True, verbosity=verbosity or None, timeout=timeout,
+            envvars=env)
+    finally:  # runner persists given prompt answers in env/passwords: the vault password must not stay
+        (pdd / "env" / "passwords").unlink(missing_ok=True)
     seen = {h.host for h in tracker.summary()}
     pattern = str(extravars.get("airlock_hosts", "appliances"))
     error = tracker.error
