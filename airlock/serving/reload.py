@@ -18,24 +18,21 @@ from step 3 on they get the new (already verified) weights; versioned requests g
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from airlock.errors import LockBusyError, RepositoryError
+from airlock.errors import RepositoryError
 from airlock.faults import fault_point
 from airlock.serving.client import TritonClient
 from airlock.serving.errors import ServingError
 from airlock.serving.golden import DEFAULT_INPUT_IDS, Golden, SmokeResult, compare, parse_golden
 from airlock.serving.settings import SettingsStore
-from airlock.serving.triton_repo import CANDIDATE_SUFFIX, TritonModel
+from airlock.serving.triton_repo import CANDIDATE_SUFFIX, TritonModel, model_lock
 
 __all__ = ["CANDIDATE_SUFFIX", "ReloadResult", "Reloader", "model_lock", "smoke_test", "status"]
 
@@ -83,24 +80,6 @@ def smoke_test(client: TritonClient, model: str, version: int | str | None,
         return SmokeResult(ok, 0.0, "no golden record: liveness only (outputs present and finite)" if ok
                            else "no golden record; outputs missing or not finite")
     return compare(g, result.outputs)
-
-
-@contextlib.contextmanager
-def model_lock(triton_root: Path, model: str, *, wait: bool = False) -> Iterator[None]:
-    """One change of a model's Triton entry at a time: a reload fails fast (LockBusyError) while
-    another reload or a restore holds it; ``wait`` (the restore after a start) blocks instead."""
-    triton_root.mkdir(parents=True, exist_ok=True)
-    lock_path = triton_root / f".{model}.reload.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise LockBusyError(f"{lock_path}: another reload of {model} is running",
-                                path=str(lock_path)) from None
-        yield
-    finally:
-        os.close(fd)
 
 
 class Reloader:

@@ -30,7 +30,7 @@ from airlock.errors import AirlockError, IntegrityError, RepositoryError
 from airlock.serving.client import TritonClient
 from airlock.serving.errors import ServingError
 from airlock.serving.settings import SettingsStore
-from airlock.serving.triton_repo import CANDIDATE_SUFFIX, TritonModel, airlock_models
+from airlock.serving.triton_repo import CANDIDATE_SUFFIX, TritonModel, airlock_models, model_lock
 
 ACTION = "serve-restore"
 
@@ -102,7 +102,6 @@ def restore(client: TritonClient, triton_root: Path, airlock_root: Path, *, mode
             wait_live_s: float = 120.0, load_timeout: float = 300.0) -> RestoreReport:
     """Serve each model's verified ``current`` version (else the previous good one) on a started Triton."""
     from airlock.repo import Repository
-    from airlock.serving.reload import model_lock
 
     t0 = time.monotonic()
     wait_live(client, wait_live_s)

@@ -337,5 +337,16 @@ def main(argv: list[str] | None = None) -> int:
     os.execve(argv_[0], argv_, environment(inst, args.threads))
 
 
+def _cli(argv: list[str] | None = None) -> int:
+    """``main`` with Airlock's one-line errors (a bad key file, no wheel): never a traceback."""
+    from airlock.errors import AirlockError
+
+    try:
+        return main(argv)
+    except AirlockError as exc:
+        print(f"error [{exc.rule}] {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_cli())

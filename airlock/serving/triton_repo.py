@@ -19,20 +19,24 @@ tritonclient) and checked against the directory before it is written atomically.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airlock.errors import ManifestError, RepositoryError
+from airlock.errors import LockBusyError, ManifestError, RepositoryError
 from airlock.faults import fault_point
 from airlock.fsutil import atomic_write_bytes, fsync_dir, staging_dir
 from airlock.serving.errors import EncryptedVersionError
 from airlock.serving.settings import BACKENDS, ModelOptions, SettingsStore
 
 __all__ = ["BACKENDS", "CANDIDATE_SUFFIX", "GenerateReport", "ModelOptions", "TritonModel", "TritonVersion",
-           "airlock_models", "generate", "refuse_encrypted", "render_config", "validate_config"]
+           "airlock_models", "generate", "model_lock", "refuse_encrypted", "render_config", "validate_config"]
 
 CANDIDATE_SUFFIX = "__candidate"  # reserved: the reload's candidate entry is <model>__candidate
 MODEL_SOURCE = Path(__file__).with_name("python_model") / "model.py"
@@ -40,6 +44,24 @@ VERSION_FILE = "version.json"
 BACKEND_FILES = ("model.py", "model.json")  # what a backend reads from a version directory
 _BACKEND_FILE = {"python": ("model.py",), "vllm": ("model.json",)}
 SKIP_DIRS = {"update_packages", "metadata"}
+
+
+@contextlib.contextmanager
+def model_lock(triton_root: Path, model: str, *, wait: bool = False) -> Iterator[None]:
+    """One change of a model's Triton entry at a time: a reload fails fast (LockBusyError) while
+    another reload, a generate or a restore holds it; ``wait`` blocks instead (generate, restore)."""
+    triton_root.mkdir(parents=True, exist_ok=True)
+    lock_path = triton_root / f".{model}.reload.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise LockBusyError(f"{lock_path}: another reload of {model} is running",
+                                path=str(lock_path)) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -387,24 +409,32 @@ def generate(airlock_root: Path, triton_root: Path, *, models: list[str] | None 
             raise RepositoryError(f"{airlock_root / 'model_repo' / name}: model names ending in "
                                   f"{CANDIDATE_SUFFIX} are reserved for reload candidates", path=name)
         version, path = active[name]
-        entry = TritonModel(triton_root / name, store.load(name))
-        number = entry.number_of(version)
-        served = entry.served()
-        row: dict[str, Any] = {"active": version, "triton_version": number, "served": served,
-                               "backend": entry.options.backend}
-        need_version = number is None
-        need_config = not served or not entry.config_current(served)
-        if check:
-            if need_version:
-                refuse_encrypted(name, version, path)
-            row["would_add_version"] = need_version
-            row["would_write_config"] = need_config
-        else:
-            number = entry.ensure_version(version, path)
-            row["triton_version"] = number
-            if need_config:
-                entry.write_config(served or [number])
-                row["served"] = served or [number]
-        report.changed |= need_version or need_config
-        report.models[name] = row
+        entry = TritonModel(triton_root / name, store.load(name))  # a bad settings file: nothing written
+        with contextlib.nullcontext() if check else model_lock(triton_root, name, wait=True):
+            report.models[name] = _generate_one(entry, version, path, check)
+        report.changed |= report.models[name].pop("changed")
     return report
+
+
+def _generate_one(entry: TritonModel, version: str, path: Path, check: bool) -> dict[str, Any]:
+    """One model of ``generate`` (under its lock unless ``check``): the report row, with ``changed``."""
+    name = entry.name
+    number = entry.number_of(version)
+    served = entry.served()
+    row: dict[str, Any] = {"active": version, "triton_version": number, "served": served,
+                           "backend": entry.options.backend}
+    need_version = number is None
+    need_config = not served or not entry.config_current(served)
+    if check:
+        if need_version:
+            refuse_encrypted(name, version, path)
+        row["would_add_version"] = need_version
+        row["would_write_config"] = need_config
+    else:
+        number = entry.ensure_version(version, path)
+        row["triton_version"] = number
+        if need_config:
+            entry.write_config(served or [number])
+            row["served"] = served or [number]
+    row["changed"] = need_version or need_config
+    return row

@@ -188,3 +188,42 @@ def test_the_role_starts_triton_with_the_restore_hook(template: str) -> None:
                                "--root /srv/airlock")
     else:
         assert "airlock.serving.server supervise" in text and "--airlock-root /srv/airlock" in text
+
+
+def test_restore_cli_serves_current_and_exits_13_on_a_fallback(tmp_path: Path, minilm_pair: Pair) -> None:
+    """`airlock serve restore` (systemd's ExecStartPost) against a plain started Triton."""
+    _require_triton()
+    from airlock.serving.server import ServerConfig, TritonServer
+
+    root = tmp_path / "airlock"
+    repo = Repository(root, lock_timeout=30)
+    try:
+        for version, src in (("1.0.0", minilm_pair.old), ("1.1.0", minilm_pair.new)):
+            repo.execute(repo.plan_install("rc_m", version, src))
+    finally:
+        repo.close()
+    (tmp_path / "triton").mkdir()
+    stray = tmp_path / "triton" / "rc_m__candidate"  # a reload killed mid-way left its candidate
+    stray.mkdir()
+    with TritonServer(ServerConfig(tmp_path / "triton", tmp_path / "work")) as server:
+        cli = Path(sys.executable).with_name("airlock")
+        args = [str(cli), "serve", "restore", "--root", str(root), "--triton-repo", str(tmp_path / "triton"),
+                "--url", server.url, "--grpc-url", server.grpc_url, "--json"]
+        first = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert json.loads(first.stdout)["models"]["rc_m"]["status"] == "current"
+        assert not stray.exists()
+        client = server.client()
+        assert client.infer("rc_m", {"INPUT_IDS": ids()}).model_version == "1"
+
+        weights = root / "model_repo" / "rc_m" / "1.1.0" / "model.safetensors"
+        weights.chmod(0o644)
+        with open(weights, "r+b") as fh:
+            fh.seek(100)
+            fh.write(b"\x00\x01\x02")
+        weights.chmod(0o444)
+        second = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+        assert second.returncode == 13, second.stdout + second.stderr
+        row = json.loads(second.stdout)["models"]["rc_m"]
+        assert row["status"] == "fallback" and row["served"] == "1.0.0" and "1.1.0" in row["refused"]
+        assert client.infer("rc_m", {"INPUT_IDS": ids()}).model_version == "2"  # 1.0.0 got Triton version 2

@@ -20,7 +20,9 @@ import pytest
 import yaml
 
 from airlock.repo import Repository
+from airlock.serving.auth import read_control_key
 from airlock.serving.client import TritonClient
+from airlock.serving.errors import ServingError
 from airlock.serving.server import free_port
 from airlock.serving.triton_repo import TritonModel
 from tests.serving.conftest import Pair, add_model
@@ -34,6 +36,7 @@ def _render(role: str, template: str, **extra: object) -> str:
     defaults = yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["default"] = lambda v, d="": d if isinstance(v, jinja2.Undefined) or v is None else v
+    env.filters["dirname"] = os.path.dirname
     ctx = {**defaults, **extra}
     # defaults may reference other variables: render them to a fixed point
     for _ in range(3):
@@ -58,7 +61,9 @@ def test_wheel_unit_runs_tritonserver_in_explicit_mode_on_configured_address() -
     assert argv[:3] == ["/opt/airlock/venv/bin/python", "-m", "airlock.serving.server"]
     assert argv[argv.index("--address"):argv.index("--address") + 2] == ["--address", "10.9.8.7"]
     assert "9000" in argv and "--metrics-port" in argv
-    assert unit["Restart"] == "on-failure"
+    assert unit["Restart"] == "always"  # and ExecStartPost restores the verified current versions
+    key = ["--control-key-file", "/etc/airlock/triton-control.key"]  # control plane restricted by default
+    assert argv[-2:] == key and " ".join(key) in unit["ExecStartPost"]
 
 
 def test_container_unit_runs_the_image_in_explicit_mode_with_metrics() -> None:
@@ -127,6 +132,7 @@ def _triton_by_roles(tmp_path: Path, root: Path, names: list[str],
         "triton_server_workdir": str(tmp_path / "srv"),
         "triton_models_airlock": str(venv_bin / "airlock"), "triton_models_root": str(root),
         "triton_models_names": names, "triton_models_serving": serving or {},
+        "triton_server_control_key_file": str(tmp_path / "etc" / "triton-control.key"),
     }
     pidfile = tmp_path / "srv" / "tritonserver.pid"
     setup = _playbook(tmp_path, [{"hosts": "all", "gather_facts": False,
@@ -135,7 +141,10 @@ def _triton_by_roles(tmp_path: Path, root: Path, names: list[str],
     try:
         first = _run(setup, extra)
         assert first.returncode == 0, first.stdout[-3000:]
-        yield RoleTriton(extra, setup, TritonClient(f"http://127.0.0.1:{http}"))
+        key = read_control_key(tmp_path / "etc" / "triton-control.key")  # the role made it, mode 0600
+        with pytest.raises(ServingError, match="needs the credential"):  # model control is restricted
+            TritonClient(f"http://127.0.0.1:{http}").index()
+        yield RoleTriton(extra, setup, TritonClient(f"http://127.0.0.1:{http}", control_key=key))
     finally:
         started = pidfile.is_file()
         if started:
