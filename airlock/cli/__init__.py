@@ -41,6 +41,9 @@ def _root(
                                  help="Print the Airlock version and exit."),
 ) -> None:
     """Airlock installs and updates air-gapped LLM inference appliances."""
+    from airlock.crypto.harden import harden_process
+
+    harden_process()  # any command may unwrap a data key (model install/update/verify/rollback, keys)
 
 
 def _sigterm(_signum: int, _frame: object) -> None:

@@ -7,9 +7,6 @@ config names. Every command first disables core dumps and marks the process non-
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,25 +14,18 @@ from typing import Any
 import typer
 
 from airlock.cli.common import JsonOpt, emit_json, handle_errors, out, progress_bytes
+from airlock.crypto.harden import harden_process
 
 app = typer.Typer(no_args_is_help=True, help="Encryption at rest: key providers, encrypt, decrypt, rotate.")
 
 ConfigOpt = typer.Option(None, "--config", "-c", envvar="AIRLOCK_KEYS_CONFIG",
                          help="Key provider config (YAML). Default: /etc/airlock/keys.yaml.")
-PR_SET_DUMPABLE = 4
-
-
-def harden_process() -> None:
-    """No core files and no ptrace/proc-mem access by others while keys may be in memory."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    with contextlib.suppress(OSError, AttributeError):  # non-Linux: no prctl
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 @app.callback()
 def _keys_root() -> None:
     """Encryption at rest: key providers, encrypt, decrypt, rotate."""
-    harden_process()
+    harden_process()  # also done by the airlock root callback; kept for the keys app used alone
 
 
 def _say(message: str) -> None:
@@ -62,6 +52,14 @@ def _need(path: Path) -> None:
 
     if not path.exists():
         raise AirlockError(f"{path}: no such file or directory", path=str(path), rule="input")
+
+
+def _sweep(dst: Path) -> None:
+    """Leftovers of a killed encrypt/decrypt beside this output (``.airlock-tmp-*``,
+    ``.crypto-staging-*`` of dead processes) are removed before writing."""
+    from airlock.crypto.workspace import sweep_dead
+
+    sweep_dead(dst.absolute().parent)
 
 
 def _tree_report(root: Path, files: dict[str, Any], as_json: bool, what: str) -> None:
@@ -134,6 +132,7 @@ def encrypt_cmd(
 
     with handle_errors(as_json):
         _need(src)
+        _sweep(dst)
         ref = KeyRef.parse(key)
         provider = _registry(config).get(ref.provider)
         if src.is_dir():
@@ -171,6 +170,8 @@ def decrypt_cmd(
 
     with handle_errors(as_json and dst != "-"):
         _need(src)
+        if dst != "-":
+            _sweep(Path(dst))
         reg = _registry(config)
         if src.is_dir():  # a repository version: bound to its model, checked against the catalog
             files = decrypt_tree(src, Path(dst), reg, workers=workers, **tree_context(src))
@@ -228,27 +229,55 @@ def verify_cmd(paths: list[Path] = typer.Argument(..., help="Encrypted files or 
             emit_json({"ok": True, "files": results})
 
 
+RotatePathsOpt = typer.Option(None, "--path", "-p", help="Encrypted file or directory tree (repeatable).")
+RotateRootOpt = typer.Option(None, "--root", help="Airlock root (e.g. /srv/airlock): its whole model "
+                             "repository (versions and kept deltas) under the repository lock, auditing "
+                             "into its update_history.log; the catalog then records the new key.")
+NewKeyOpt = typer.Option(..., "--new-key", "--new-key-id", "-k",
+                         help="PROVIDER:KEY_ID to move every file to.")
+AuditOpt = typer.Option(None, "--audit-log", envvar="AIRLOCK_KEYS_AUDIT",
+                        help="Hash-chained audit log for key operations (default: the repository's with "
+                        "--root, else /var/log/airlock/keys-audit.jsonl).")
+
+
 @app.command("rotate")
 def rotate_cmd(
-    paths: list[Path] = typer.Option(None, "--path", "-p",
-                                     help="Encrypted file or directory tree (repeatable)."),
-    root: Path = typer.Option(None, "--root",
-                              help="Airlock root (e.g. /srv/airlock): rotate its model repository while "
-                              "holding the repository lock, auditing into its update_history.log."),
-    new_key: str = typer.Option(..., "--new-key", "--new-key-id", "-k",
-                                help="PROVIDER:KEY_ID to re-wrap every data key under."),
+    paths: list[Path] = RotatePathsOpt,
+    root: Path = RotateRootOpt,
+    new_key: str = NewKeyOpt,
     rewrap_latest: bool = typer.Option(False, "--rewrap-latest",
                                        help="Also re-wrap files already under NEW_KEY to the provider's "
-                                       "newest key version (Vault transit rewrap)."),
-    audit_log: Path = typer.Option(None, "--audit-log", envvar="AIRLOCK_KEYS_AUDIT",
-                                   help="Hash-chained audit log for key operations (default: the "
-                                   "repository's with --root, else /var/log/airlock/keys-audit.jsonl)."),
+                                       "newest key version (Vault transit rewrap); with --root, Vault "
+                                       "then refuses older key versions (min_decryption_version)."),
+    audit_log: Path = AuditOpt,
     config: Path = ConfigOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Re-wrap every data key under a new key-encryption key; data is not re-encrypted. Crash-safe and
     idempotent: re-run after an interruption to finish."""
+    _move_keys(paths, root, new_key, audit_log, config, as_json, reencrypt=False, rewrap_latest=rewrap_latest)
+
+
+@app.command("reencrypt")
+def reencrypt_cmd(
+    paths: list[Path] = RotatePathsOpt,
+    root: Path = RotateRootOpt,
+    new_key: str = NewKeyOpt,
+    audit_log: Path = AuditOpt,
+    config: Path = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """For a compromised key-encryption key: re-encrypt every file under a FRESH data key wrapped by
+    NEW_KEY (re-wrapping would keep data keys the old KEK's holder may have unwrapped). Plaintext
+    stays in memory; each file is replaced atomically, hard links kept. Use a KEK never used
+    before: a re-run skips files already under it. Then retire the old KEK (docs/security.md)."""
+    _move_keys(paths, root, new_key, audit_log, config, as_json, reencrypt=True, rewrap_latest=False)
+
+
+def _move_keys(paths: list[Path] | None, root: Path | None, new_key: str, audit_log: Path | None,
+               config: Path | None, as_json: bool, *, reencrypt: bool, rewrap_latest: bool) -> None:
     from airlock.crypto import KeyAuditLog, KeyRef, rotate_tree
+    from airlock.crypto.rotate import reencrypt_tree
     from airlock.errors import AirlockError
 
     with handle_errors(as_json):
@@ -257,37 +286,45 @@ def rotate_cmd(
         ref = KeyRef.parse(new_key)
         reg = _registry(config)
         reg.get(ref.provider)
-        lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-        targets = list(paths or [])
+        for target in paths or []:
+            _need(target)
         default_log = Path("/var/log/airlock/keys-audit.jsonl")
         if root is not None:
             from airlock.repo.layout import Layout
-            from airlock.repo.lock import repo_lock
 
-            layout = Layout(root)
-            if not layout.repo.is_dir():
-                raise AirlockError(f"{layout.repo}: no model repository under this root",
-                                   path=str(layout.repo), rule="input")
-            targets = targets or [layout.repo]
-            default_log = layout.audit_log
-            lock = repo_lock(layout.lock)
-        for target in targets:
-            _need(target)
+            default_log = Layout(root).audit_log
+            if not Layout(root).repo.is_dir():
+                raise AirlockError(f"{Layout(root).repo}: no model repository under this root",
+                                   path=str(Layout(root).repo), rule="input")
         audit_path = audit_log or default_log
         audit_path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         audit = KeyAuditLog(audit_path)
         results = []
-        with lock:
-            for target in targets:
+        extra: dict[str, Any] = {}
+        for target in paths or []:
+            if reencrypt:
+                results.extend(reencrypt_tree(target, reg, ref, audit=audit))
+            else:
                 results.extend(rotate_tree(target, reg, ref, rewrap_latest=rewrap_latest, audit=audit))
+        if root is not None:
+            from airlock.repo.encryption import rotate_repository
+
+            done = rotate_repository(root, reg, ref, reencrypt=reencrypt, rewrap_latest=rewrap_latest,
+                                     audit=audit)
+            results.extend(done.results)
+            extra = {"catalog_versions": done.versions, "min_decryption_version": done.min_decryption_version}
         counts: dict[str, int] = {}
         for r in results:
             counts[r.action] = counts.get(r.action, 0) + 1
         if as_json:
             emit_json({"ok": True, "new_key": str(ref), "counts": counts, "audit_log": str(audit.path),
-                       "files": [r.__dict__ for r in results]})
+                       "files": [r.__dict__ for r in results], **extra})
         else:
             for r in results:
                 _say(f"{r.action:>22}  {r.path}  {r.old} -> {r.new} (generation {r.generation})")
             _say(f"{len(results)} file(s): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
                  + f"; audit: {audit.path}")
+            if extra.get("catalog_versions"):
+                _say(f"catalog now records {ref} for: {', '.join(extra['catalog_versions'])}")
+            if extra.get("min_decryption_version"):
+                _say(f"{ref}: the provider now refuses key versions below {extra['min_decryption_version']}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from airlock.crypto.format import (
     FIXED_HEADER_LEN,
     KEY_LEN,
     MAX_GENERATION,
+    FileIdentity,
     FixedHeader,
     KeySlot,
     check_commitment,
@@ -73,7 +74,7 @@ MODE_XATTR = "user.airlock.rotate-mode"
 
 
 def _restore_mode(path: Path) -> None:
-    """Finish what a killed rotation left: the mode it recorded before making the file writable."""
+    """Finish what a killed rotation left: the mode it recorded when it made the file writable."""
     try:
         saved = os.getxattr(path, MODE_XATTR, follow_symlinks=False)
     except OSError:
@@ -94,10 +95,11 @@ def _writable(path: Path) -> Iterator[int]:
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
     except PermissionError:
-        with contextlib.suppress(OSError):  # best effort where the filesystem has no user xattrs
-            os.setxattr(path, MODE_XATTR, f"{mode:o}".encode(), follow_symlinks=False)
         os.chmod(path, mode | stat.S_IWUSR)
         changed = True
+        # recorded once writable (user xattrs need write permission); best effort without xattrs
+        with contextlib.suppress(OSError):
+            os.setxattr(path, MODE_XATTR, f"{mode:o}".encode(), follow_symlinks=False)
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
     try:
         yield fd
@@ -224,3 +226,97 @@ def rotate_tree(
         seen.add((st.st_dev, st.st_ino))
         results.append(rotate_file(path, keys, new, rewrap_latest=rewrap_latest, audit=audit))
     return results
+
+
+def reencrypt_file(
+    paths: list[Path],
+    keys: ProviderRegistry,
+    new: KeyRef,
+    *,
+    identity: FileIdentity | None = None,
+    audit: KeyAuditLog | None = None,
+) -> RotationResult:
+    """Re-encrypt one file (all of its hard-linked ``paths``) under a FRESH data key wrapped by ``new``:
+    for a compromised KEK, where re-wrapping the old data key would not help (whoever held the KEK
+    may have unwrapped it). Plaintext flows from the decrypting reader into the encryptor in memory
+    (one chunk at a time), never to disk; the new file is checked (its plaintext hash), given the old
+    mode and owner, then renamed over every path. A file already under ``new`` is left alone, so a
+    re-run after a crash finishes the job (use a KEK never used before). ``identity`` binds the file
+    (format version 2) where the old file had none (version 1)."""
+    import hashlib
+    import secrets
+
+    from airlock.crypto.reader import open_decrypted, plaintext_sha256, read_encrypted_header
+    from airlock.crypto.stream import encrypt_stream
+    from airlock.crypto.workspace import FILE_TMP_TAG
+    from airlock.fsutil import fsync_dir
+
+    first = paths[0]
+    spath = str(first)
+    header = read_encrypted_header(first)
+    old = f"{header.provider}:{header.key_id}"
+    if header.provider == new.provider and header.key_id == new.key_id:
+        return RotationResult(spath, "unchanged", old, str(new), header.active.generation)
+    bind = header.identity if header.identity is not None and header.identity.path else identity
+    st = first.lstat()
+    tmp = first.with_name(f".{first.name}{FILE_TMP_TAG}{os.getpid()}-{secrets.token_hex(4)}")
+
+    class _Hashing:
+        def __init__(self, src: Any) -> None:
+            self.src, self.hash = src, hashlib.sha256()
+
+        def read(self, n: int = -1) -> bytes:
+            data = self.src.read(n)
+            self.hash.update(data)
+            return bytes(data)
+
+        def tell(self) -> int:
+            return int(self.src.tell())
+
+    try:
+        with open_decrypted(first, keys) as src, \
+                open(tmp, "xb") as out:
+            reader = _Hashing(src)
+            encrypt_stream(reader, out, keys.get(new.provider), new.key_id,  # type: ignore[arg-type]
+                           plaintext_size=header.plaintext_size, chunk_size=header.chunk_size,
+                           slot_size=header.fixed.slot_size, identity=bind or FileIdentity("", ""))
+            out.flush()
+            os.fsync(out.fileno())
+        if plaintext_sha256(tmp, keys) != (header.plaintext_size, reader.hash.hexdigest()):
+            raise EncryptedFormatError("re-encrypted file does not reproduce the plaintext; unchanged",
+                                       path=spath)
+        fault_point("crypto.reencrypt.written")
+        if os.geteuid() == 0:
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        for other in paths[1:]:  # every hard link of the old file moves to the new one
+            link = other.with_name(f".{other.name}{FILE_TMP_TAG}{os.getpid()}-{secrets.token_hex(4)}")
+            os.link(tmp, link)
+            os.replace(link, other)
+            fsync_dir(other.parent)
+        os.replace(tmp, first)
+        fsync_dir(first.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    result = RotationResult(spath, "reencrypted", old, str(new), 1)
+    if audit:
+        audit.append("key-reencrypt", asdict(result))
+    return result
+
+
+def reencrypt_tree(
+    root: Path,
+    keys: ProviderRegistry,
+    new: KeyRef,
+    *,
+    identity_of: Callable[[Path], FileIdentity | None] | None = None,
+    audit: KeyAuditLog | None = None,
+) -> list[RotationResult]:
+    """``reencrypt_file`` for every encrypted file under ``root`` (hard links re-encrypted once and
+    kept linked). Stops at the first failure; a re-run continues."""
+    groups: dict[tuple[int, int], list[Path]] = {}
+    for path in encrypted_files(root):
+        st = path.stat()
+        groups.setdefault((st.st_dev, st.st_ino), []).append(path)
+    return [reencrypt_file(paths, keys, new, identity=identity_of(paths[0]) if identity_of else None,
+                           audit=audit) for paths in groups.values()]

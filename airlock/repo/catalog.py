@@ -280,6 +280,11 @@ class Catalog:
             self.db.execute("UPDATE versions SET state=? WHERE model=? AND version=?",
                             (state, model, version))
 
+    def set_encryption(self, model: str, version: str, key_ref: str) -> None:
+        """The key reference an encrypted version's files are now wrapped under (key rotation)."""
+        self.db.execute("UPDATE versions SET encryption=? WHERE model=? AND version=? "
+                        "AND encryption IS NOT NULL", (key_ref, model, version))
+
     def apply_activation(self, model: str, version: str, old: str | None, mark_old: str) -> None:
         """States after the ``current`` swap to ``version`` (inside the caller's transaction)."""
         for r in self.versions(model):

@@ -205,3 +205,59 @@ def file_context(src: Path) -> dict[str, Any]:
     if place is None:
         return {}
     return {"identity": FileIdentity(place.model, place.rel), "expect": place.expected}
+
+
+@dataclass
+class RepositoryRotation:
+    """What ``rotate_repository`` did: per-file results, the catalog rows that now record the new key
+    reference, and the provider key version below which decryption is now refused (Vault)."""
+
+    results: list[Any]
+    versions: list[str]
+    min_decryption_version: int | None = None
+
+
+def rotate_repository(root: Path, keys: ProviderRegistry, new: KeyRef, *, reencrypt: bool = False,
+                      rewrap_latest: bool = False, audit: Any = None,
+                      lock_timeout: float | None = None) -> RepositoryRotation:
+    """``keys rotate --root`` / ``keys reencrypt --root``: under the repository lock, every encrypted
+    file of the repository (versions and kept deltas) is re-wrapped under ``new`` (or re-encrypted
+    under fresh data keys, for a compromised KEK); then the catalog records ``new`` for every
+    encrypted version, so updates, rollbacks and re-rotations use the current key. With
+    ``rewrap_latest`` a provider that keeps key versions (Vault transit) stops decrypting older
+    versions afterwards (``min_decryption_version`` raised)."""
+    from airlock.crypto.format import FileIdentity
+    from airlock.crypto.rotate import reencrypt_tree, rotate_tree
+    from airlock.repo.catalog import Catalog
+    from airlock.repo.layout import Layout
+    from airlock.repo.lock import repo_lock
+
+    layout = Layout(root)
+    if not layout.repo.is_dir():
+        raise RepositoryError(f"{layout.repo}: no model repository under this root", path=str(layout.repo),
+                              rule="repository-missing")
+    keys.get(new.provider)
+
+    def identity_of(path: Path) -> FileIdentity | None:
+        place = stored_place(path)
+        return FileIdentity(place.model, place.rel) if place else None
+
+    with repo_lock(layout.lock, lock_timeout):
+        if reencrypt:
+            results = reencrypt_tree(layout.repo, keys, new, identity_of=identity_of, audit=audit)
+        else:
+            results = rotate_tree(layout.repo, keys, new, rewrap_latest=rewrap_latest, audit=audit)
+        done: list[str] = []
+        if layout.catalog.exists():
+            cat = Catalog(layout.catalog)
+            try:
+                with cat.transaction():
+                    for model in cat.models():
+                        for row in cat.versions(model):
+                            if row.encryption is not None and row.encryption != str(new):
+                                cat.set_encryption(model, row.version, str(new))
+                                done.append(f"{model} {row.version}")
+            finally:
+                cat.close()
+        floor = keys.get(new.provider).retire_old_versions(new.key_id) if rewrap_latest else None
+    return RepositoryRotation(results, done, floor)

@@ -12,10 +12,13 @@ import os
 import traceback
 
 try:
+    from airlock.crypto.harden import harden_process
     from airlock.errors import AirlockError
     from airlock.repo import Repository
     HAS_AIRLOCK = True
     AIRLOCK_IMPORT_ERROR = None
+    # every module may unwrap data keys (encrypted versions): no core file, not dumpable (issue 21)
+    harden_process()
 except ImportError:
     HAS_AIRLOCK = False
     AIRLOCK_IMPORT_ERROR = traceback.format_exc()

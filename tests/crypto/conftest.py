@@ -107,6 +107,7 @@ def all_env(tmp_path: Path, softhsm: SoftHsm, vault: TransitEdgeMock, keyfile_en
     conf["providers"]["vault"] = {
         "type": "vault",
         "url": vault.url,
+        "allow_insecure_http": True,  # the edge mock is a loopback http server
         "token_file": str(token_file),
         "timeout": 5,
     }

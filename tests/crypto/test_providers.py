@@ -21,7 +21,7 @@ from airlock.crypto import (
     open_decrypted,
     read_encrypted_header,
 )
-from tests.crypto.conftest import KeyEnv, SoftHsm
+from tests.crypto.conftest import KeyEnv, SoftHsm, airlock_cli
 from tests.crypto.vault_edge_mock import TransitEdgeMock
 
 
@@ -140,7 +140,8 @@ def test_vault_bad_token_and_wrong_key(all_env: KeyEnv, vault: TransitEdgeMock, 
         bad = ProviderRegistry(
             {
                 "providers": {
-                    "vault": {"type": "vault", "url": vault.url, "token_env": "AIRLOCK_TEST_BAD_TOKEN"}
+                    "vault": {"type": "vault", "url": vault.url, "token_env": "AIRLOCK_TEST_BAD_TOKEN",
+                              "allow_insecure_http": True}
                 }
             }
         )
@@ -151,7 +152,8 @@ def test_vault_bad_token_and_wrong_key(all_env: KeyEnv, vault: TransitEdgeMock, 
     down = ProviderRegistry(
         {
             "providers": {
-                "vault": {"type": "vault", "url": "http://127.0.0.1:9", "token_env": "PATH", "timeout": 2}
+                "vault": {"type": "vault", "url": "http://127.0.0.1:9", "token_env": "PATH", "timeout": 2,
+                          "allow_insecure_http": True}
             }
         }
     )
@@ -173,3 +175,35 @@ def test_generate_refuses_existing_keys(all_env: KeyEnv) -> None:
             all_env.registry.get(key.provider).generate(key.key_id)
     all_env.registry.get("vault").generate("t3")
     assert "t3" in all_env.registry.get("vault").check().keys
+
+
+@pytest.mark.parametrize(
+    ("label", "template", "match"),
+    [
+        ("kek-open", {"EXTRACTABLE": True, "SENSITIVE": False, "WRAP": True, "UNWRAP": True},
+         "CKA_EXTRACTABLE=True"),
+        ("kek-wrap-only", {"EXTRACTABLE": False, "SENSITIVE": True, "WRAP": True, "UNWRAP": False},
+         "CKA_UNWRAP=False"),
+    ],
+)
+def test_hsm_kek_attributes_checked_before_use(all_env: KeyEnv, softhsm: SoftHsm, tmp_path: Path,
+                                               label: str, template: dict[str, bool], match: str) -> None:
+    """Issue 21 item 8: a KEK created outside Airlock extractable and non-sensitive, or without
+    CKA_UNWRAP, is refused before anything is written (key-provider exit 34, no traceback): encrypt
+    used to exit 0 with the latter and decrypt crash later."""
+    import pkcs11
+    from pkcs11 import Attribute, KeyType
+
+    lib = pkcs11.lib("/usr/lib/softhsm/libsofthsm2.so")
+    with lib.get_token(token_label=softhsm.label).open(rw=True, user_pin=softhsm.pin) as session:
+        session.generate_key(KeyType.AES, 256, label=label, store=True,
+                             template={getattr(Attribute, k): v for k, v in template.items()})
+    src = tmp_path / "p.bin"
+    src.write_bytes(os.urandom(10_000))
+    with pytest.raises(KeyProviderError, match=match):
+        encrypt_file(src, tmp_path / "p.enc", all_env.registry.get("hsm"), label)
+    proc = airlock_cli("keys", "encrypt", "-i", str(src), "-o", str(tmp_path / "q.enc"), "-k", f"hsm:{label}",
+                       "--config", str(all_env.config), env=all_env.env)
+    assert proc.returncode == 34 and match in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "p.enc").exists() and not (tmp_path / "q.enc").exists()
+    assert not list(tmp_path.glob(".*airlock-tmp*"))

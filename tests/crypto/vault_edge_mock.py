@@ -4,7 +4,8 @@ No Vault or OpenBao server can be installed on these machines (neither Debian bo
 ships one), so the Vault provider is tested through the real ``hvac`` client against this small
 loopback HTTP server. It implements the subset of the documented API the provider uses, with
 Vault's wire format and status codes: ``sys/seal-status``, ``transit/keys/<name>`` (create,
-read, list), ``transit/keys/<name>/rotate``, ``transit/encrypt|decrypt|rewrap/<name>``; real
+read, list), ``transit/keys/<name>/rotate``, ``transit/keys/<name>/config``
+(``min_decryption_version``, enforced by decrypt and rewrap), ``transit/encrypt|decrypt|rewrap/<name>``; real
 AES-256-GCM under versioned keys (ciphertext ``vault:v<N>:<base64>``), ``X-Vault-Token`` auth (403),
 and a sealed state (503 ``Vault is sealed``). It is not a Vault: no policies, leases or storage.
 """
@@ -27,6 +28,7 @@ class TransitState:
         self.token = token
         self.sealed = False
         self.keys: dict[str, list[bytes]] = {}
+        self.min_decryption: dict[str, int] = {}
         self.requests: list[str] = []
 
 
@@ -82,6 +84,17 @@ class _Handler(BaseHTTPRequestHandler):
             st.keys[name].append(AESGCM.generate_key(bit_length=256))
             self._send(204)
             return
+        if op == "keys" and len(parts) == 4 and parts[3] == "config" and method == "POST":
+            if name not in st.keys:
+                self._error(404, "key not found")
+                return
+            floor = int(self._body().get("min_decryption_version", 1))
+            if not 1 <= floor <= len(st.keys[name]):
+                self._error(400, "min decryption version out of range")
+                return
+            st.min_decryption[name] = floor
+            self._send(204)
+            return
         if op == "keys" and method == "POST":
             st.keys.setdefault(name, [AESGCM.generate_key(bit_length=256)])
             self._send(204)
@@ -91,7 +104,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(404, "")
                 return
             self._send(
-                200, {"data": {"name": name, "type": "aes256-gcm96", "latest_version": len(st.keys[name])}}
+                200, {"data": {"name": name, "type": "aes256-gcm96", "latest_version": len(st.keys[name]),
+                               "min_decryption_version": st.min_decryption.get(name, 1)}}
             )
             return
         if method != "POST" or op not in ("encrypt", "decrypt", "rewrap"):
@@ -109,6 +123,10 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         try:
+            version = int(str(body["ciphertext"]).split(":")[1][1:])
+            if version < st.min_decryption.get(name, 1):
+                self._error(400, "ciphertext or hmac version is disallowed by policy (too old)")
+                return
             plaintext = self._open(versions, str(body["ciphertext"]))
         except (ValueError, InvalidTag, IndexError):
             self._error(400, "cipher: message authentication failed")

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from airlock.crypto.errors import KeyProviderError
-from airlock.crypto.providers.base import KeyProvider, ProviderStatus
+from airlock.crypto.providers.base import KeyProvider, ProviderStatus, check_private
 from airlock.crypto.providers.keyfile import KeyFileProvider
 from airlock.crypto.providers.pkcs11 import Pkcs11Provider
 from airlock.crypto.providers.vault import VaultTransitProvider
@@ -81,6 +81,9 @@ class ProviderRegistry:
     @classmethod
     def load(cls, path: Path | None = None) -> ProviderRegistry:
         path = path or default_config_path()
+        if path.exists():
+            # it names the PKCS#11 library to load and the Vault URL: nobody else may edit it
+            check_private(path, "key provider config", secret=False)
         try:
             data = yaml.safe_load(path.read_text())
         except OSError as exc:

@@ -60,10 +60,42 @@ class KeyProvider(ABC):
     def check(self) -> ProviderStatus:
         """Reachability and the key ids visible (never raises for an unavailable provider)."""
 
+    def retire_old_versions(self, key_id: str) -> int | None:
+        """After every data key was re-wrapped to the newest version of ``key_id``: refuse decryption
+        under older versions inside the provider (Vault ``min_decryption_version``). Returns the
+        new floor, or None when the provider keeps no key versions."""
+        return None
+
     def rewrap(self, key_id: str, wrapped: bytes) -> bytes | None:
         """Provider-side re-wrap to the newest version of the same KEK without exposing the data key
         (Vault transit). None when the provider has no such operation."""
         return None
+
+
+def check_private(path: Path, what: str, *, secret: bool) -> None:
+    """``path`` (a secret, a key file or the key provider config) and its directory must belong to
+    this user or root and be writable by no one else (another user could substitute a KEK, a PIN,
+    the PKCS#11 library to load or the Vault URL); a secret must also be unreadable by others."""
+    import stat as _stat
+
+    me = os.geteuid()
+    for p, kind in ((path, what), (path.parent, f"directory of the {what}")):
+        try:
+            st = p.stat()
+        except OSError as exc:
+            raise KeyProviderError(f"cannot read {kind} ({exc.strerror})", path=str(p)) from exc
+        mode = _stat.S_IMODE(st.st_mode)
+        if st.st_uid not in (me, 0):
+            raise KeyProviderError(f"{kind} belongs to uid {st.st_uid}, not to this user ({me}) or root; "
+                                   "refusing it", path=str(p))
+        if mode & 0o022:
+            raise KeyProviderError(f"{kind} is writable by group/others (mode {mode:o}); chmod go-w it",
+                                   path=str(p))
+    if secret:
+        mode = _stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise KeyProviderError(f"{what} is readable by group/others (mode {mode:o}); chmod 0600 it",
+                                   path=str(path))
 
 
 def read_secret(config: dict[str, Any], what: str, provider: str) -> str:
@@ -83,6 +115,7 @@ def read_secret(config: dict[str, Any], what: str, provider: str) -> str:
                 f"{st.st_mode & 0o777:o}); chmod 0600 it",
                 path=str(path),
             )
+        check_private(path, f"{provider}: {what} file", secret=True)
         return path.read_text().strip()
     if config.get(env_key):
         value = os.environ.get(str(config[env_key]))

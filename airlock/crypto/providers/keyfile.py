@@ -15,7 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from airlock.crypto.errors import KeyProviderError, WrongKeyError
-from airlock.crypto.providers.base import KeyProvider, ProviderStatus
+from airlock.crypto.providers.base import KeyProvider, ProviderStatus, check_private
 
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -54,6 +54,10 @@ class KeyFileProvider(KeyProvider):
         try:
             st = os.fstat(fd)
             mode = stat.S_IMODE(st.st_mode)
+            if st.st_uid not in (os.geteuid(), 0):
+                raise KeyProviderError(f"{self.name}: key file belongs to uid {st.st_uid}, not to this user "
+                                       "or root; refusing it", path=str(path))
+            check_private(self.dir, f"{self.name}: key directory", secret=False)
             if not stat.S_ISREG(st.st_mode) or mode not in (0o600, 0o400):
                 raise KeyProviderError(
                     f"{self.name}: key file must be a regular file with mode 0600 (is {mode:o}); refusing it",

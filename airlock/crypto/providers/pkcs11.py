@@ -85,10 +85,10 @@ class Pkcs11Provider(KeyProvider):
             finally:
                 session.close()
 
-    def _kek(self, session: Any, key_id: str) -> Any:
+    def _find(self, session: Any, key_id: str) -> list[Any]:
         from pkcs11 import Attribute, KeyType, ObjectClass
 
-        found = list(
+        return list(
             session.get_objects(
                 {
                     Attribute.LABEL: check_key_id(key_id, self.name),
@@ -97,6 +97,9 @@ class Pkcs11Provider(KeyProvider):
                 }
             )
         )
+
+    def _kek(self, session: Any, key_id: str) -> Any:
+        found = self._find(session, key_id)
         if not found:
             raise KeyProviderError(
                 f"{self.name}: no AES key labelled {key_id!r} on token {self.token_label!r}"
@@ -105,27 +108,57 @@ class Pkcs11Provider(KeyProvider):
             raise KeyProviderError(
                 f"{self.name}: {len(found)} keys labelled {key_id!r}; labels must be unique"
             )
-        return found[0]
+        kek = found[0]
+        self._check_attributes(kek, key_id)
+        return kek
+
+    def _check_attributes(self, kek: Any, key_id: str) -> None:
+        """A KEK must stay inside the HSM and be able to do both halves of the job: refused when it
+        is extractable or not sensitive (its value could be read out), or lacks CKA_WRAP/CKA_UNWRAP
+        (data wrapped under it could never be opened again)."""
+        import pkcs11
+        from pkcs11 import Attribute
+
+        want = {Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True, Attribute.WRAP: True,
+                Attribute.UNWRAP: True}
+        for attr, value in want.items():
+            try:
+                have = bool(kek[attr])
+            except pkcs11.PKCS11Error as exc:
+                raise KeyProviderError(
+                    f"{self.name}: cannot read {attr.name} of HSM key {key_id!r} ({type(exc).__name__})"
+                ) from exc
+            if have != value:
+                raise KeyProviderError(
+                    f"{self.name}: HSM key {key_id!r} has CKA_{attr.name}={have}; a key-encryption key "
+                    "must be non-extractable, sensitive, and allowed to wrap and unwrap; refusing it"
+                )
 
     def wrap(self, key_id: str, data_key: bytes) -> bytes:
+        import pkcs11
         from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
         with self._session() as session:
             kek = self._kek(session, key_id)
-            obj = session.create_object(
-                {
-                    Attribute.CLASS: ObjectClass.SECRET_KEY,
-                    Attribute.KEY_TYPE: KeyType.AES,
-                    Attribute.VALUE: data_key,
-                    Attribute.TOKEN: False,
-                    Attribute.EXTRACTABLE: True,
-                    Attribute.SENSITIVE: False,
-                }
-            )
             try:
-                return bytes(kek.wrap_key(obj, mechanism=Mechanism.AES_KEY_WRAP))
-            finally:
-                obj.destroy()
+                obj = session.create_object(
+                    {
+                        Attribute.CLASS: ObjectClass.SECRET_KEY,
+                        Attribute.KEY_TYPE: KeyType.AES,
+                        Attribute.VALUE: bytes(data_key),
+                        Attribute.TOKEN: False,
+                        Attribute.EXTRACTABLE: True,
+                        Attribute.SENSITIVE: False,
+                    }
+                )
+                try:
+                    return bytes(kek.wrap_key(obj, mechanism=Mechanism.AES_KEY_WRAP))
+                finally:
+                    obj.destroy()
+            except pkcs11.PKCS11Error as exc:
+                raise KeyProviderError(
+                    f"{self.name}: HSM refused to wrap under key {key_id!r} ({type(exc).__name__})"
+                ) from exc
 
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
         import pkcs11
@@ -149,6 +182,10 @@ class Pkcs11Provider(KeyProvider):
                 raise WrongKeyError(f"{self.name}: HSM key {key_id!r} does not unwrap this data key") from exc
             try:
                 return bytes(obj[Attribute.VALUE])
+            except pkcs11.PKCS11Error as exc:
+                raise KeyProviderError(
+                    f"{self.name}: cannot read the unwrapped data key ({type(exc).__name__})"
+                ) from exc
             finally:
                 obj.destroy()
 
@@ -156,11 +193,7 @@ class Pkcs11Provider(KeyProvider):
         from pkcs11 import Attribute, KeyType
 
         with self._session(rw=True) as session:
-            try:
-                self._kek(session, key_id)
-            except KeyProviderError:
-                pass
-            else:
+            if self._find(session, key_id):
                 raise KeyProviderError(f"{self.name}: key {key_id!r} already exists on the token")
             session.generate_key(
                 KeyType.AES,

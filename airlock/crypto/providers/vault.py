@@ -3,8 +3,10 @@ wrapped with ``transit/encrypt/<key>`` and unwrapped with ``transit/decrypt/<key
 transit key inside Vault plus ``rewrap`` moves data keys to the newest key version without Vault
 ever returning the plaintext data key.
 
-Config: ``url``, ``mount`` (default ``transit``), ``token_file`` or ``token_env``, optional
-``ca_cert`` (path) and ``timeout`` (seconds, default 10).
+Config: ``url`` (https; ``http://`` only to a loopback address with ``allow_insecure_http: true``,
+for tests: plain HTTP carries the token and every data key in clear), ``mount`` (default
+``transit``), ``token_file`` or ``token_env``, optional ``ca_cert`` (path) and ``timeout``
+(seconds, default 10).
 """
 
 from __future__ import annotations
@@ -16,6 +18,24 @@ from airlock.crypto.errors import KeyProviderError, WrongKeyError
 from airlock.crypto.providers.base import KeyProvider, ProviderStatus, read_secret
 from airlock.crypto.providers.keyfile import check_key_id
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def check_url(name: str, url: str, allow_http: bool) -> None:
+    """https only: the token and the data keys travel in the request bodies."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http" and allow_http and (parts.hostname or "") in LOOPBACK_HOSTS:
+        return
+    if parts.scheme == "http":
+        raise KeyProviderError(f"{name}: refusing Vault URL {url}: http:// sends the token and data keys in "
+                               "clear; use https:// (allow_insecure_http: true is accepted only for a "
+                               "loopback test server)")
+    raise KeyProviderError(f"{name}: Vault URL {url} must start with https://")
+
 
 class VaultTransitProvider(KeyProvider):
     kind = "vault"
@@ -25,6 +45,7 @@ class VaultTransitProvider(KeyProvider):
         if not config.get("url"):
             raise KeyProviderError(f"{name}: vault provider needs 'url'")
         self.url = str(config["url"])
+        check_url(name, self.url, config.get("allow_insecure_http") is True)
         self.mount = str(config.get("mount") or "transit")
         self.timeout = int(config.get("timeout") or 10)
         self.verify: bool | str = str(config["ca_cert"]) if config.get("ca_cert") else True
@@ -105,6 +126,16 @@ class VaultTransitProvider(KeyProvider):
             ),
         )
         return str(resp["data"]["ciphertext"]).encode()
+
+    def retire_old_versions(self, key_id: str) -> int | None:
+        client = self._client()
+        name = check_key_id(key_id, self.name)
+        info = self._call("read", key_id,
+                          lambda: client.secrets.transit.read_key(name=name, mount_point=self.mount))
+        latest = int(info["data"]["latest_version"])
+        self._call("configure", key_id, lambda: client.secrets.transit.update_key_configuration(
+            name=name, min_decryption_version=latest, mount_point=self.mount))
+        return latest
 
     def generate(self, key_id: str) -> None:
         import hvac.exceptions as hx
