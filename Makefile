@@ -5,13 +5,17 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 BENCH_ARGS ?= --sample 32M --bsdiff-full-max 100M
 
-.PHONY: help bootstrap demo test lint bench fixtures clean
+FUZZ_SECONDS ?= 1800
+FUZZ_TARGETS ?= manifest manifest_struct signature safetensors delta_index delta_file tar
+
+.PHONY: help bootstrap demo test lint bench fixtures fuzz clean
 
 help:
 	@echo "make demo    build a signed bundle of a real model, install it on a local fleet, delta update, verify, roll back"
 	@echo "make test    run the whole test suite (CI=true makes any skip a failure)"
 	@echo "make lint    ruff + mypy (+ ansible-lint / ansible-test sanity)"
 	@echo "make bench   delta benchmark vs bsdiff / xdelta3 / zstd, writes benchmarks/RESULTS.md"
+	@echo "make fuzz    fuzz every untrusted-input parser for FUZZ_SECONDS each (default 1800), corpus in .cache/fuzz"
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -29,6 +33,15 @@ lint: bootstrap
 
 bench: bootstrap
 	nice -n 10 $(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# each target in turn; a finding stops the run (crash input under .cache/fuzz/<target>-crashes/)
+fuzz: bootstrap
+	@mkdir -p .cache/fuzz; for t in $(FUZZ_TARGETS); do \
+		$(PY) -m tests.fuzz.run $$t --seconds $(FUZZ_SECONDS) --corpus .cache/fuzz/$$t \
+			--artifacts .cache/fuzz/$$t-crashes > .cache/fuzz/$$t.log 2>&1; rc=$$?; \
+		grep -E '^fuzz |^Done|exec_per_sec|ERROR|SUMMARY' .cache/fuzz/$$t.log; \
+		[ $$rc -eq 0 ] || { echo "fuzz $$t: finding (rc $$rc): .cache/fuzz/$$t.log"; exit 1; }; \
+	done
 
 fixtures: bootstrap
 	$(PY) -m airlock.fixtures --all

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from airlock import boundedjson
 from airlock.errors import TensorFormatError
 from airlock.hashing import CHUNK
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_HEADER_DEPTH = 8  # the header is {name: {dtype, shape: [..], data_offsets: [..]}}, __metadata__
 INDEX_NAME = "model.safetensors.index.json"
 
 DTYPE_SIZES: dict[str, int] = {
@@ -93,10 +95,9 @@ _DTYPE_NAMES = {k: k for k in DTYPE_SIZES}
 def parse_header(raw_json: bytes, data_size: int, path: str = "<memory>") -> tuple[
         list[TensorInfo], dict[str, str] | None]:
     """Validate a header JSON against a data section of ``data_size`` bytes."""
-    try:
-        obj = json.loads(raw_json.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _fail(path, f"header is not valid JSON ({exc})", "json") from exc
+    obj = boundedjson.loads(raw_json, max_depth=MAX_HEADER_DEPTH, object_pairs_hook=_no_duplicates,
+                            fail=lambda message, _kind: _fail(path, f"header is not valid JSON ({message})",
+                                                               "json"))
     if not isinstance(obj, dict):
         raise _fail(path, "header JSON is not an object", "json")
     metadata = obj.pop("__metadata__", None)

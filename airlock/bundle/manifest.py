@@ -7,14 +7,13 @@ signed as bytes. Parsing happens only after the signature over those exact bytes
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from airlock import names
+from airlock import boundedjson, names
 from airlock.errors import ManifestError, UnsafePathError
 from airlock.fsutil import safe_relpath
 
@@ -30,8 +29,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _PART_SUFFIX = re.compile(r"\.part\d{3}\Z|\.airlock-partial\Z")
 # Bounds on everything the schema carries (docs/bundle-format.md, "Limits")
 MAX_DEPTH = 32  # nesting of JSON arrays/objects (golden data included)
-MAX_INT_DIGITS = 19  # any JSON integer fits a signed 64-bit integer
-INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+INT_MAX = boundedjson.INT_MAX  # any JSON integer fits a signed 64-bit integer
 MAX_STRING = 65536  # characters in any string (descriptions, golden inputs)
 MAX_SHORT = 128  # created, builder_version, dependency keys and values
 MAX_BLOCK_SIZE = 1 << 40  # blocks are hashed while streaming; this only bounds the arithmetic
@@ -146,66 +144,16 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _bad_constant(name: str) -> Any:
-    raise ManifestError(f"{MANIFEST_NAME}: non-finite number {name} not allowed", path=MANIFEST_NAME,
-                        rule="manifest-schema")
-
-
-def _parse_int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise ManifestError(f"{MANIFEST_NAME}: integer of {len(text)} digits (at most {MAX_INT_DIGITS})",
-                            path=MANIFEST_NAME, rule="manifest-schema")
-    value = int(text)
-    if not INT_MIN <= value <= INT_MAX:
-        raise ManifestError(f"{MANIFEST_NAME}: integer {text} outside the signed 64-bit range",
-                            path=MANIFEST_NAME, rule="manifest-schema")
-    return value
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ManifestError(f"{MANIFEST_NAME}: non-finite number {text[:40]} not allowed",
-                            path=MANIFEST_NAME, rule="manifest-schema")
-    return value
-
-
-_STRING_OR_BRACKET = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
-
-
-def check_depth(data: bytes, limit: int = MAX_DEPTH) -> None:
-    """Refuse JSON nested deeper than ``limit`` before parsing it (the json module recurses once per
-    level: 100k levels would be a RecursionError). Strings are skipped; brackets are counted."""
-    depth = 0
-    for m in _STRING_OR_BRACKET.finditer(data):
-        c = m.group()
-        if c in (b"[", b"{"):
-            depth += 1
-            if depth > limit:
-                raise ManifestError(f"{MANIFEST_NAME}: nested deeper than {limit} levels", path=MANIFEST_NAME,
-                                    rule="manifest-schema")
-        elif c in (b"]", b"}"):
-            depth -= 1
+def _json_fail(message: str, kind: str) -> ManifestError:
+    return ManifestError(f"{MANIFEST_NAME}: {message}", path=MANIFEST_NAME,
+                         rule="manifest-parse" if kind == "parse" else "manifest-schema")
 
 
 def load_json(data: bytes, limit: int = MAX_DEPTH, *, check_strings: bool = True) -> Any:
-    """Bounded JSON: UTF-8 only, nesting at most ``limit``, integers in 64 bits, finite numbers, no
-    duplicate keys, every string valid Unicode without NUL and at most ``MAX_STRING`` characters."""
-    try:
-        text = data.decode("utf-8", errors="strict")
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{MANIFEST_NAME}: not valid UTF-8 ({exc.reason})", path=MANIFEST_NAME,
-                            rule="manifest-parse") from exc
-    check_depth(data, limit)
-    try:
-        raw = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_bad_constant,
-                         parse_int=_parse_int, parse_float=_parse_float)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{MANIFEST_NAME}: invalid JSON ({exc.msg} at line {exc.lineno})",
-                            path=MANIFEST_NAME, rule="manifest-parse") from exc
-    except RecursionError as exc:  # not reached after check_depth; kept as a backstop
-        raise ManifestError(f"{MANIFEST_NAME}: nested too deeply", path=MANIFEST_NAME,
-                            rule="manifest-schema") from exc
+    """Bounded JSON (``airlock.boundedjson``: nesting at most ``limit``, integers in 64 bits, finite
+    numbers, UTF-8), no duplicate keys, and (``check_strings``) every string valid Unicode without NUL
+    and at most ``MAX_STRING`` characters."""
+    raw = boundedjson.loads(data, max_depth=limit, fail=_json_fail, object_pairs_hook=_no_duplicates)
     if check_strings:
         check_strings_in(raw)
     return raw
