@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from airlock.cli.common import JsonOpt, console, emit_json, handle_errors, out, progress_bytes
+from airlock.errors import human_bytes
 from airlock.textsafe import safe
 
 if TYPE_CHECKING:
@@ -43,6 +44,22 @@ def _bundle_total(bundle: Path, trust: Trust) -> int:
     from airlock.bundle.locate import signed_manifest
 
     return signed_manifest(bundle, trust).manifest.total_bytes
+
+
+def _pack_total(bundle: Path, trust: Trust | None) -> int | None:
+    """Bytes pack will write: from the signed manifest, or (no --trust) the unverified one, which only
+    sizes the progress bar (pack reads every payload through the manifest either way)."""
+    if trust is not None:
+        return _bundle_total(bundle, trust)
+    from airlock.bundle.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, parse_manifest
+    from airlock.bundle.safeio import read_limited
+    from airlock.errors import AirlockError, ManifestError
+
+    try:
+        return parse_manifest(read_limited(bundle, MANIFEST_NAME, MAX_MANIFEST_BYTES, ManifestError,
+                                           "manifest-size")).total_bytes
+    except AirlockError:
+        return None  # pack itself says what is wrong
 
 
 def _spec_total(spec: Path) -> int | None:
@@ -89,7 +106,8 @@ def build(
                    "sequence": m.sequence, "files": len(m.files), "bytes": m.total_bytes})
     else:
         out.print(f"built {safe(output)}: {safe(m.bundle_id)} ({m.kind}, sequence {m.sequence}), "
-                  f"{len(m.files)} files, {m.total_bytes} bytes, signed by {safe(signer)}", highlight=False)
+                  f"{len(m.files)} files, {human_bytes(m.total_bytes)}, signed by {safe(signer)}",
+                  highlight=False)
 
 
 @app.command()
@@ -127,7 +145,7 @@ def verify(
     m = report.manifest
     out.print(f"[green]OK[/] {safe(bundle)}: {safe(m.bundle_id)} ({m.kind}, sequence {m.sequence}) signed by "
               f"{report.signer.primary_fingerprint}; {report.files_checked} files, "
-              f"{report.bytes_checked} bytes verified", highlight=False)
+              f"{human_bytes(report.bytes_checked)} verified", highlight=False)
     for extra in report.extra_files:
         out.print(f"[yellow]extra[/] {safe(extra)} (not in the manifest; ignored, not read)", highlight=False)
 
@@ -161,9 +179,9 @@ def stage(
         emit_json(staged.as_dict())
         return
     c = staged.counters
-    out.print(f"[green]staged[/] {safe(staged.manifest.bundle_id)} into {safe(to)}: {c.bytes_copied} bytes "
-              f"copied, {c.bytes_reused} reused ({c.blocks_copied} blocks copied, {c.blocks_reused} reused)",
-              highlight=False)
+    out.print(f"[green]staged[/] {safe(staged.manifest.bundle_id)} into {safe(to)}: "
+              f"{human_bytes(c.bytes_copied)} copied, {human_bytes(c.bytes_reused)} reused "
+              f"({c.blocks_copied} blocks copied, {c.blocks_reused} reused)", highlight=False)
 
 
 @app.command()
@@ -181,7 +199,7 @@ def pack(
 
     with handle_errors(as_json):
         t = _trust(trust, keyring, gnupghome) if trust else None
-        total = _bundle_total(bundle, t) if t is not None and _show(progress, as_json) else None
+        total = _pack_total(bundle, t) if _show(progress, as_json) else None
     with handle_errors(as_json), progress_bytes("packing", total, _show(progress, as_json)) as tick:
         m = pack_bundle(bundle, output, t, progress=tick)
     if as_json:
