@@ -339,3 +339,63 @@ def golden_cmd(
         typer.echo(text, nl=False)
     else:
         output.write_text(text)
+
+
+lb_app = typer.Typer(no_args_is_help=True,
+                     help="HAProxy in front of Triton (runtime API): drain, enable, weight.")
+app.add_typer(lb_app, name="lb")
+SocketOpt = typer.Option(Path("/run/haproxy/admin.sock"), "--socket", envvar="AIRLOCK_HAPROXY_SOCKET",
+                         help="HAProxy's admin socket (stats socket ... level admin).")
+LbBackendOpt = typer.Option("triton", "--backend", help="HAProxy backend of the Triton servers.")
+
+
+def _lb_emit(state: Any, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    row = asdict(state)
+    if as_json:
+        emit_json(row)
+    else:
+        out.print(f"{row['backend']}/{row['server']}: {row['admin']} weight {row['weight']} "
+                  f"sessions {row['sessions']} {row['status']}")
+
+
+@lb_app.command("status")
+def lb_status(socket: Path = SocketOpt, backend: str = LbBackendOpt, as_json: bool = JsonOpt) -> None:
+    """Every server of the backend: admin state, weight, current sessions, health."""
+    from dataclasses import asdict
+
+    from airlock.serving.haproxy import HAProxy
+
+    with handle_errors(as_json):
+        states = HAProxy(socket).states(backend)
+        if as_json:
+            emit_json({name: asdict(s) for name, s in states.items()})
+        else:
+            for s in states.values():
+                _lb_emit(s, False)
+
+
+@lb_app.command("drain")
+def lb_drain(server: str, socket: Path = SocketOpt, backend: str = LbBackendOpt,
+             wait: float = typer.Option(60.0, "--wait", help="Seconds to wait for its sessions to end."),
+             as_json: bool = JsonOpt) -> None:
+    """No new requests to SERVER; wait until its open sessions are gone (exit 50 if they do not)."""
+    from airlock.serving.haproxy import HAProxy
+
+    with handle_errors(as_json):
+        _lb_emit(HAProxy(socket).drain(backend, server, wait_s=wait), as_json)
+
+
+@lb_app.command("enable")
+def lb_enable(server: str, socket: Path = SocketOpt, backend: str = LbBackendOpt,
+              weight: int | None = typer.Option(None, "--weight", help="Set this weight (0-256) first."),
+              as_json: bool = JsonOpt) -> None:
+    """Send requests to SERVER again (optionally at WEIGHT: 10, then 50, then 100 shifts gradually)."""
+    from airlock.serving.haproxy import HAProxy
+
+    with handle_errors(as_json):
+        lb = HAProxy(socket)
+        if weight is not None:
+            lb.weight(backend, server, weight)
+        _lb_emit(lb.enable(backend, server), as_json)

@@ -1,0 +1,158 @@
+"""Two real tritonservers behind a real HAProxy (roles/load_balancer, process supervisor), a client
+sending requests through HAProxy the whole time: a drain-swap update with a gradual weight shift
+drops no request; a failed gate leaves the host rolled back and re-enabled on the old version."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from airlock.serving.client import TritonClient
+from airlock.serving.errors import ServingError
+from airlock.serving.haproxy import HAProxy, drain_swap
+from airlock.serving.reload import Reloader
+from airlock.serving.server import ServerConfig, TritonServer, free_port
+from airlock.serving.triton_repo import generate
+from tests.serving.conftest import _require_triton, add_model, ids
+from tests.serving.test_roles import _playbook, _run
+from tests.support import require_tool
+
+TIMINGS = Path(os.environ.get("AIRLOCK_LB_TIMINGS", "/tmp/airlock-lb-timings.json"))
+
+
+@dataclass
+class Traffic:
+    """Unversioned requests through HAProxy, one after another, until stopped."""
+
+    url: str
+    samples: list[tuple[float, float, str | None]] = field(default_factory=list)  # (t, seconds, version)
+    errors: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        client = TritonClient(self.url, timeout=30)
+        while not self.stop.is_set():
+            t = time.monotonic()
+            try:
+                r = client.infer("lb_m", {"INPUT_IDS": ids()})
+                self.samples.append((t, time.monotonic() - t, r.model_version))
+            except ServingError as exc:
+                self.errors.append(str(exc))
+
+    def window(self, t0: float, t1: float) -> dict[str, float]:
+        lat = np.asarray([d for t, d, _ in self.samples if t0 <= t <= t1]) * 1000
+        return {"requests": int(lat.size), "p50_ms": round(float(np.percentile(lat, 50)), 1),
+                "p99_ms": round(float(np.percentile(lat, 99)), 1)} if lat.size else {"requests": 0}
+
+
+@contextlib.contextmanager
+def _haproxy_by_role(tmp: Path, servers: list[dict[str, object]]) -> Iterator[tuple[HAProxy, str]]:
+    """roles/load_balancer applied on localhost (process supervisor), idempotent; (runtime API, URL)."""
+    import sys
+
+    port = free_port()
+    extra = {"ansible_python_interpreter": sys.executable, "load_balancer_supervisor": "process",
+             "load_balancer_install_apt": False, "load_balancer_config": str(tmp / "haproxy.cfg"),
+             "load_balancer_socket": str(tmp / "lb" / "admin.sock"),
+             "load_balancer_pidfile": str(tmp / "haproxy.pid"), "load_balancer_address": "127.0.0.1",
+             "load_balancer_port": port, "load_balancer_servers": servers}
+    play = _playbook(tmp, [{"hosts": "all", "gather_facts": False, "roles": ["load_balancer"]}])
+    first = _run(play, extra)
+    try:
+        assert first.returncode == 0, first.stdout[-3000:]
+        again = _run(play, extra)
+        assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-3000:]
+        yield HAProxy(tmp / "lb" / "admin.sock"), f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
+            os.kill(int((tmp / "haproxy.pid").read_text().split()[0]), signal.SIGTERM)
+
+
+def test_drain_swap_through_haproxy_drops_no_request(tmp_path: Path, airlock_root: Path,
+                                                      goldens: dict) -> None:
+    _require_triton()
+    require_tool("haproxy", "apt-get install haproxy (scripts/apt-packages.txt)")
+    model = add_model(airlock_root, "lb_m", current="1.0.0")
+    hosts: dict[str, TritonServer] = {}
+    with contextlib.ExitStack() as stack:
+        for name in ("t1", "t2"):
+            (tmp_path / name / "models").mkdir(parents=True)
+            generate(airlock_root, tmp_path / name / "models", models=["lb_m"])
+            cfg = ServerConfig(tmp_path / name / "models", tmp_path / name / "w")
+            srv = stack.enter_context(TritonServer(cfg))
+            c = srv.client()
+            c.load("lb_m")
+            c.wait_ready("lb_m", 1)
+            hosts[name] = srv
+        servers = [{"name": n, "address": "127.0.0.1", "port": s.cfg.http_port} for n, s in hosts.items()]
+        lb, url = stack.enter_context(_haproxy_by_role(tmp_path, servers))
+        assert {s.admin for s in lb.states("triton").values()} == {"ready"}
+        traffic = Traffic(url)
+        thread = threading.Thread(target=traffic.run, daemon=True)
+        thread.start()
+        time.sleep(3.0)
+        steady = (time.monotonic() - 3.0, time.monotonic())
+
+        def reloader(name: str) -> Reloader:
+            return Reloader(hosts[name].client(), hosts[name].cfg.model_repository)
+
+        (model / "current").unlink()
+        (model / "current").symlink_to("1.1.0")
+        results, windows = [], []
+        def to(name: str, version: str, golden: str) -> bool:
+            return reloader(name).reload("lb_m", version, model / version, goldens[golden]).ok
+
+        for name, weights in (("t1", (10, 50)), ("t2", ())):
+            t0 = time.monotonic()
+            res = drain_swap(lb, "triton", name, swap=lambda n=name: to(n, "1.1.0", "1.1.0"),
+                             rollback=lambda n=name: to(n, "1.0.0", "1.0.0"),
+                             weights=weights, settle_s=1.5)
+            windows.append((t0, time.monotonic()))
+            results.append(res.as_dict())
+            assert res.ok, res.detail
+            assert [s["weight"] for s in res.steps] == [*weights, 100]
+        time.sleep(1.0)
+
+        # a failed gate: t1 offered a version whose golden record does not match (1.0.0 checked
+        # against 1.1.0's answers): the candidate is refused while t1 is drained, the rollback runs
+        # (Triton never left 1.1.0), and t1 is re-enabled at full weight on the version it had
+        rolled_back = []
+        failed = drain_swap(lb, "triton", "t1", swap=lambda: to("t1", "1.0.0", "1.1.0"),
+                            rollback=lambda: rolled_back.append(lb.state("triton", "t1").admin), settle_s=0.5)
+        assert rolled_back == ["drain"], "the rollback runs while the host is drained"
+        assert not failed.ok and "gate failed" in failed.detail
+        st = lb.state("triton", "t1")
+        assert (st.admin, st.weight) == ("ready", 100)
+        assert hosts["t1"].client().loaded_versions("lb_m") == {"2": "READY"}  # still 1.1.0
+        time.sleep(1.0)
+        traffic.stop.set()
+        thread.join(60)
+
+    assert traffic.errors == [], traffic.errors[:5]
+    versions = [v for _, _, v in traffic.samples]
+    assert versions[0] == "1" and versions[-1] == "2" and len(versions) > 50
+    report = {"failed_requests": len(traffic.errors), "steady": traffic.window(*steady),
+              "during_swaps": traffic.window(windows[0][0], windows[-1][1]), "swaps": results}
+    TIMINGS.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report))
+
+
+@pytest.mark.parametrize("bad", [{"load_balancer_servers": []}, {"load_balancer_supervisor": "upstart"}])
+def test_role_refuses_bad_settings(tmp_path: Path, bad: dict[str, object]) -> None:
+    import sys
+
+    extra = {"ansible_python_interpreter": sys.executable, "load_balancer_install_apt": False,
+             "load_balancer_servers": [{"name": "a", "address": "127.0.0.1", "port": 1}], **bad}
+    play = _playbook(tmp_path, [{"hosts": "all", "gather_facts": False, "roles": ["load_balancer"]}])
+    result = _run(play, extra)
+    assert result.returncode != 0 and "load_balancer_supervisor must be systemd|process" in result.stdout
