@@ -36,6 +36,10 @@ def _on_error(state: _State) -> Callable[[AirlockError], None]:
         resumable = err.rule in RESUMABLE and not state.encrypt  # never keep plaintext of --encrypt
         if state.staging and state.stage is not None and not resumable and state.stage.exists():
             rmtree_writable(state.stage)
+        if state.encrypt and state.stage is not None and not state.stage.exists():
+            from airlock.repo.encryption import clear_plaintext_stage
+
+            clear_plaintext_stage(state.stage)
     return hook
 
 
@@ -91,9 +95,10 @@ def install_bundle(bundle: Path, *, trust: list[str], keyring: Path | None, gnup
             return
         space.check(repo.layout.repo)
         if encrypt is not None:  # the KEK must work before any plaintext is staged (issue 21)
-            from airlock.repo.encryption import check_usable, resolve
+            from airlock.repo.encryption import check_usable, mark_plaintext_stage, resolve
 
             check_usable(resolve(encrypt, repo.keys, "install-bundle --encrypt"))
+            mark_plaintext_stage(stage)  # a kill -9 from here on: recover() removes the staged plaintext
             state.encrypt = True
         state.staging = True
         with progress_bytes(f"staging {m.bundle_id}", m.total_bytes, show) as tick:
@@ -106,6 +111,10 @@ def install_bundle(bundle: Path, *, trust: list[str], keyring: Path | None, gnup
             plans = repo.install_from_bundle(staged, activate=activate, encrypt=encrypt, progress=tick)
         # installed: the staged copy is no longer needed (manifest, signature and deltas were kept)
         rmtree_writable(stage)
+        if encrypt is not None:
+            from airlock.repo.encryption import clear_plaintext_stage
+
+            clear_plaintext_stage(stage)
         _report(m, plans, space, staged.counters, as_json, check=False)
 
 

@@ -107,7 +107,7 @@ def pid_of(name: str) -> int | None:
     return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -124,7 +124,7 @@ def sweep_dead(directory: Path) -> list[Path]:
         return removed
     for entry in directory.iterdir():
         pid = pid_of(entry.name)
-        if pid is None or _alive(pid):
+        if pid is None or pid_alive(pid):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

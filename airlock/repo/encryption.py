@@ -54,13 +54,32 @@ def stored_size(path: Path, encrypted: bool) -> int:
     return read_encrypted_header(path).plaintext_size if encrypted else path.lstat().st_size
 
 
-def stored_sha256(path: Path, keys: ProviderRegistry | None) -> str:
-    """sha256 of a stored file's plaintext: decrypted (and authenticated) when encrypted."""
+def stored_sha256(path: Path, keys: ProviderRegistry | None, *, model: str | None = None,
+                  rel: str | None = None, key_ref: str | None = None) -> str:
+    """sha256 of a stored file's plaintext: decrypted (and authenticated) when encrypted. With
+    ``model``/``rel`` the file must be bound to that place; with ``key_ref`` (the catalog's) its
+    active key slot must be under that key (a restored pre-rotation slot is refused)."""
+    from airlock.crypto.format import FileIdentity
     from airlock.hashing import sha256_file
 
     if keys is not None and is_encrypted(path):
-        return plaintext_sha256(path, keys)[1]
+        if key_ref is not None:
+            check_key_ref(path, key_ref)
+        ident = FileIdentity(model, rel) if model is not None and rel is not None else None
+        return plaintext_sha256(path, keys, identity=ident)[1]
     return sha256_file(path)
+
+
+def check_key_ref(path: Path, key_ref: str) -> None:
+    """The file's active key slot must be under ``key_ref``, the key the catalog records for its
+    version (rotation updates both): a slot restored from before a rotation is refused."""
+    from airlock.crypto.errors import EncryptedFormatError
+
+    header = read_encrypted_header(path)
+    have = f"{header.provider}:{header.key_id}"
+    if have != key_ref:
+        raise EncryptedFormatError(f"active key slot is under {have}, the catalog records {key_ref} (a key "
+                                   "slot restored from before a rotation?)", path=str(path))
 
 
 def keep_encrypted(src: Path, tmp: Path, enc: Encryption, model: str, name: str) -> str:
@@ -114,6 +133,7 @@ class StoredPlace:
     model: str
     rel: str
     expected: tuple[int, str] | None  # catalog (size, sha256); None for a kept delta
+    key_ref: str | None = None  # the key the catalog records for the version
 
 
 def stored_place(path: Path) -> StoredPlace | None:
@@ -142,7 +162,8 @@ def stored_place(path: Path) -> StoredPlace | None:
         if row is None:
             return None
         f = row.files.get(rel)
-        return StoredPlace(model, rel, (f.size, f.sha256) if f else (-1, "not in the catalog"))
+        want = (f.size, f.sha256) if f else (-1, "not in the catalog")
+        return StoredPlace(model, rel, want, row.encryption)
     return None
 
 
@@ -181,6 +202,8 @@ def verify_file(path: Path, keys: ProviderRegistry, under: Path | None = None) -
             if rel != header.identity.path and not rel.endswith("/" + header.identity.path):
                 check_identity(header, FileIdentity(header.identity.model, rel), str(path))
         return size, sha
+    if place.key_ref is not None:
+        check_key_ref(path, place.key_ref)
     size, sha = plaintext_sha256(path, keys, identity=FileIdentity(place.model, place.rel))
     if place.expected is not None and (size, sha) != place.expected:
         raise IntegrityError(f"{place.model} {place.rel}: plaintext differs from the catalog's hash (an "
@@ -261,3 +284,42 @@ def rotate_repository(root: Path, keys: ProviderRegistry, new: KeyRef, *, reencr
                 cat.close()
         floor = keys.get(new.provider).retire_old_versions(new.key_id) if rewrap_latest else None
     return RepositoryRotation(results, done, floor)
+
+
+PLAINTEXT_STAGE_TAG = ".airlock-encrypt-stage-"
+
+
+def mark_plaintext_stage(stage: Path) -> Path:
+    """Before a bundle is staged for ``install-bundle --encrypt``: a marker beside the stage naming
+    this process, so that if it is killed (kill -9, power loss) ``sweep_plaintext_stages`` removes
+    the staged plaintext at the next repository operation. Remove it with ``clear_plaintext_stage``."""
+    stage.parent.mkdir(parents=True, exist_ok=True)
+    marker = stage.parent / f".{stage.name}{PLAINTEXT_STAGE_TAG}{os.getpid()}"
+    marker.touch()
+    return marker
+
+
+def clear_plaintext_stage(stage: Path) -> None:
+    for marker in stage.parent.glob(f".{stage.name}{PLAINTEXT_STAGE_TAG}*"):
+        marker.unlink(missing_ok=True)
+
+
+def sweep_plaintext_stages(staged_root: Path) -> list[Path]:
+    """Remove stages of ``install-bundle --encrypt`` runs that died (their process is gone): staged
+    plaintext of a version meant to be stored encrypted never outlives the run."""
+    from airlock.crypto.workspace import pid_alive
+    from airlock.fsutil import rmtree_writable
+
+    removed: list[Path] = []
+    if not staged_root.is_dir():
+        return removed
+    for marker in staged_root.glob(f".*{PLAINTEXT_STAGE_TAG}*"):
+        name, _, pid = marker.name[1:].rpartition(PLAINTEXT_STAGE_TAG)
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        stage = staged_root / name
+        if stage.exists() or stage.is_symlink():
+            rmtree_writable(stage)
+            removed.append(stage)
+        marker.unlink(missing_ok=True)
+    return removed

@@ -92,9 +92,13 @@ def recover(repo: Repository) -> list[str]:
                 atomic_symlink(active.version, repo.layout.current(model))
                 actions.append(f"{model}: current link restored -> {active.version}")
     from airlock.crypto.tree import sweep_workspaces
+    from airlock.repo.encryption import sweep_plaintext_stages
 
-    # plaintext of encrypted versions left on tmpfs by a killed update/rollback
+    # plaintext of encrypted versions left on tmpfs by a killed update/rollback, or staged by a
+    # killed install-bundle --encrypt
     actions.extend(f"removed plaintext workspace {p}" for p in sweep_workspaces())
+    staged = sweep_plaintext_stages(repo.layout.packages / "staged")
+    actions.extend(f"removed staged plaintext {p}" for p in staged)
     if actions:
         repo.audit_record("recover", None, None, None, "ok", {"actions": actions})
     return actions

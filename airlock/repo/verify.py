@@ -255,7 +255,8 @@ def verify_version(layout: Layout, row: VersionRow, *, uid: int | None = None,
             size = stored_size(p, enc)
             if size != want_size:
                 return _problem(rel, "size", want_size, size)
-            got = stored_sha256(p, keys) if enc else digest_file(p).sha256
+            got = stored_sha256(p, keys, model=row.model, rel=rel, key_ref=row.encryption) if enc \
+                else digest_file(p).sha256
         except AirlockError as exc:
             return _problem(rel, "decrypt", row.encryption, str(exc))
         if got != want_sha:

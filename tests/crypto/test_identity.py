@@ -188,3 +188,19 @@ def test_generation_overflow_clean_error(keyfile_env: KeyEnv, tmp_path: Path) ->
     assert read_encrypted_header(enc).key_id == "k1"
     assert hashlib.sha256(enc.read_bytes()).digest() == hashlib.sha256(bytes(raw)).digest()
     assert struct.unpack(">I", bytes(raw[at + 4 : at + 8]))[0] == MAX_GENERATION
+
+
+def test_restored_pre_rotation_file_refused(erepo: Repository, keyfile_env: KeyEnv, tmp_path: Path) -> None:
+    """Rotation moves the catalog to the new key; a file (or its slots) restored from before the
+    rotation still opens under the old KEK if that KEK is around, and is refused because its key
+    slot is not under the key the catalog records."""
+    target = erepo.layout.version_dir("m", "1.1.0") / "model.safetensors"
+    before = target.read_bytes()
+    conf = ("--config", str(keyfile_env.config))
+    airlock_cli("keys", "rotate", "--root", str(erepo.root), "-k", "dev:k2", *conf, check=True)
+    assert erepo.verify("m")["ok"]
+    _put(target, before)  # the attacker's backup: valid, same plaintext, wrapped under k1
+    report = erepo.verify("m", "1.1.0")
+    assert not report["ok"] and "catalog records dev:k2" in report["versions"][0]["problems"][0]["actual"]
+    proc = airlock_cli("keys", "verify", str(target), *conf)
+    assert proc.returncode == 13 and "catalog records dev:k2" in proc.stderr

@@ -321,5 +321,14 @@ def test_no_plaintext_under_root(versions: Versions, hsm: Hsm, keys: Keys,  # no
     proc = cli(root, "model", "install-bundle", str(clash), *bundle, "--encrypt", KEY, env=env)
     assert proc.returncode == 30, proc.stdout + proc.stderr
     assert not staged.exists() or not any(staged.iterdir())
+    # kill -9 while installing from the staged plaintext: the next repository operation removes it
+    last = _bundle(tmp_path, keys, "last", {"name": "m", "version": "1.3.0",
+                                            "path": str(versions.src["1.2.0"])}, 9)
+    proc = cli(root, "model", "install-bundle", str(last), *bundle, "--encrypt", KEY, env=env,
+               fault="repo.install.before-rename")
+    assert proc.returncode == -9, proc.stderr
+    assert _plaintext_under(root, _plaintext_markers(versions))  # the scan does find plaintext
+    assert cli(root, "model", "prune", "m", "--keep", "2", env=env).returncode == 0
+    assert not staged.exists() or not any(staged.iterdir())
     assert _plaintext_under(root, _plaintext_markers(versions)) == []
     assert not _dead_workspaces()
