@@ -7,6 +7,7 @@ Progress per batch and per host comes from runner events; the final table has on
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,19 +52,37 @@ def _extravars(bundle: Path | None, trust: list[str], keyring: Path | None, root
     return ev
 
 
-class _Progress:
-    """Prints a line per batch and per host outcome as the runner events arrive."""
+CANARY_WAIT_TASK = "Wait for the decision after the canary batch"  # playbooks/update.yml
 
-    def __init__(self, quiet: bool) -> None:
+
+class _Progress:
+    """Prints a line per batch and per host outcome as the runner events arrive; with
+    ``canary_answer`` (``--confirm-canary``), asks whether to go on when update.yml waits for that
+    decision after the canary batch, and writes the answer where the play reads it."""
+
+    def __init__(self, quiet: bool, canary_answer: Path | None = None) -> None:
         self.quiet = quiet
         self.batch = 0
         self.hosts_in_batch: list[str] = []
+        self.canary_answer = canary_answer
+
+    def _ask_canary(self) -> None:
+        assert self.canary_answer is not None
+        try:
+            go = typer.confirm("Canary batch updated and healthy. Go on with the remaining hosts?",
+                               default=False, err=True)
+        except (typer.Abort, EOFError, KeyboardInterrupt):  # no answer: stop, never go on by default
+            go = False
+        self.canary_answer.write_text("yes\n" if go else "no\n")
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if self.quiet:
-            return
         kind = event.get("event")
         data = event.get("event_data") or {}
+        if (self.canary_answer is not None and kind == "playbook_on_task_start"
+                and data.get("task") == CANARY_WAIT_TASK and not self.canary_answer.exists()):
+            self._ask_canary()
+        if self.quiet:
+            return
         if kind == "playbook_on_play_start":
             self.batch += 1
             self.hosts_in_batch = []
@@ -155,6 +174,7 @@ class FleetArgs:
     ask_vault_pass: bool = False
     to: str | None = None
     canary_pause: int = 0
+    confirm_canary: bool = False
 
 
 def _split(values: list[str]) -> list[str]:
@@ -171,8 +191,9 @@ def _run(name: str, a: FleetArgs) -> None:
             raise FleetError(f"{a.bundle}: no such bundle directory", path=str(a.bundle), rule="bundle")
         if a.to is not None and name != "rollback":
             raise FleetError(f"--to is for airlock rollback, not airlock {name}", rule="usage")
-        if a.canary_pause and name != "update":
-            raise FleetError(f"--canary-pause is for airlock update, not airlock {name}", rule="usage")
+        if (a.canary_pause or a.confirm_canary) and name != "update":
+            raise FleetError(f"--canary-pause/--confirm-canary are for airlock update, not airlock {name}",
+                             rule="usage")
         if a.vault_password_file is not None and a.ask_vault_pass:
             raise FleetError("give --vault-password-file or --ask-vault-pass, not both", rule="vault")
         ev = _extravars(a.bundle, a.trust, a.keyring, a.root, a.extra, a.extra_file)
@@ -184,9 +205,13 @@ def _run(name: str, a: FleetArgs) -> None:
         vault = Vault(a.vault_password_file, password)
         if a.check and not a.as_json:
             check_banner()
-        result = run_playbook(name, a.inventory, ev, limit=a.limit, check=a.check, diff=a.diff or a.check,
-                              on_event=_Progress(a.as_json), private_data_dir=a.runner_dir,
-                              tags=_split(a.tags), skip_tags=_split(a.skip_tags), vault=vault)
+        with tempfile.TemporaryDirectory(prefix="airlock-canary-") as tmp:
+            answer = Path(tmp) / "answer" if a.confirm_canary else None
+            if answer is not None:
+                ev.update(airlock_update_canary_confirm=True, airlock_update_canary_answer_file=str(answer))
+            result = run_playbook(name, a.inventory, ev, limit=a.limit, check=a.check, diff=a.diff or a.check,
+                                  on_event=_Progress(a.as_json, answer), private_data_dir=a.runner_dir,
+                                  tags=_split(a.tags), skip_tags=_split(a.skip_tags), vault=vault)
     if a.as_json:
         emit_json({**result.as_dict(), "drift": [d for h in result.hosts for d in h.drift],
                    "warnings": sorted({w for h in result.hosts for w in h.warnings})})
@@ -222,6 +247,8 @@ ToOpt = typer.Option(None, "--to", help="rollback: the version to roll back to (
                      "version; a host already there is unchanged).")
 CanaryPauseOpt = typer.Option(0, "--canary-pause", min=0, help="update: seconds to wait after the canary "
                               "batch before the next batch (Ctrl-C then A aborts).")
+ConfirmCanaryOpt = typer.Option(False, "--confirm-canary", help="update: after the canary batch, ask whether "
+                                "to go on (anything but yes stops the rollout).")
 
 
 COMMANDS = {
@@ -242,10 +269,11 @@ def _command(name: str, doc: str) -> Callable[..., None]:
                 runner_dir: Path = RunnerDirOpt, tags: list[str] = TagsOpt,
                 skip_tags: list[str] = SkipTagsOpt,
                 vault_password_file: Path = VaultFileOpt, ask_vault_pass: bool = AskVaultOpt,
-                to: str = ToOpt, canary_pause: int = CanaryPauseOpt) -> None:
+                to: str = ToOpt, canary_pause: int = CanaryPauseOpt,
+                confirm_canary: bool = ConfirmCanaryOpt) -> None:
         _run(name, FleetArgs(inventory, bundle, trust, keyring, root, limit, check, diff, extra, extra_file,
                              as_json, runner_dir, tags, skip_tags, vault_password_file, ask_vault_pass, to,
-                             canary_pause))
+                             canary_pause, confirm_canary))
 
     command.__doc__ = doc
     command.__name__ = f"{name}_cmd"

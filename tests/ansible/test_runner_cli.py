@@ -212,3 +212,20 @@ def test_vault_password_file_and_ask_vault_pass(tmp_path: Path) -> None:
                                          for p in (tmp_path / "runner").rglob("*") if p.is_file())
     r = airlock(*args, "--ask-vault-pass", stdin="wrong\n")
     assert r.returncode == 40
+
+
+def test_confirm_after_the_canary(bundles: Bundles, tmp_path: Path) -> None:
+    """--confirm-canary asks once the canary batch is done: "n" stops the rollout there (the second
+    host never starts), "y" goes on."""
+    common = _installed(bundles, tmp_path, "local-a:local-b")
+    update = ["update", "--bundle", str(bundles.delta), *common, "--confirm-canary", "--json",
+              "-e", 'airlock_update_serial=[1, "100%"]']
+    r = airlock(*update, stdin="n\n")
+    assert "Go on with the remaining hosts?" in r.stderr, r.stderr
+    hosts = {h["host"]: h["result"] for h in json.loads(r.stdout)["hosts"]}
+    assert hosts == {"local-a": "changed", "local-b": "not started"}
+    r = airlock(*update, stdin="y\n")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    assert report["batches"] == [["local-a"], ["local-b"]]
+    assert {h["host"]: h["to"] for h in report["hosts"]} == {"local-a": "1.1.0", "local-b": "1.1.0"}
