@@ -261,7 +261,8 @@ def verify_cmd(model: str = typer.Argument(None, help="Model (default: the whole
             report = repo.compliance(trust=t)
             per_model = list(report["models"].values())
         else:
-            report = repo.verify(model, version, trust=t)
+            with progress_bytes(f"verifying {model}", None, not as_json) as prog:  # bytes re-hashed, rate
+                report = repo.verify(model, version, trust=t, progress=prog)
             per_model = [report]
         if not report["signatures_checked"]:
             report.setdefault("warnings", []).insert(

@@ -823,7 +823,7 @@ class Repository:
                                path=str(self.layout.catalog), rule="catalog-read")
 
     def verify(self, model: str, version: str | None = None, *, keys: ProviderRegistry | None = None,
-               trust: Trust | None = None) -> dict[str, Any]:
+               trust: Trust | None = None, progress: Progress = no_progress) -> dict[str, Any]:
         """Drift report of one model (``airlock.repo.verify.check_model``): hashes against the kept
         signed manifests and the catalog, provenance, modes, owner, extra/missing files, stray
         entries, the current link (plaintext hashes of encrypted versions, decrypted with ``keys``).
@@ -835,7 +835,7 @@ class Repository:
             uid, gid = self._ids()
             index = signed_index(self.layout, trust)
             out = check_model(self.layout, cat, model, version, uid=uid, gid=gid, keys=keys or self.keys,
-                              index=index)
+                              index=index, progress=progress)
             out["drift"][:0] = [d.as_dict() for d in index.drift]
             out["ok"] = not out["drift"]
             out["signatures_checked"] = index.signatures_checked

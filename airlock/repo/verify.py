@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airlock.errors import AirlockError
-from airlock.hashing import digest_file
+from airlock.hashing import Progress, digest_file, no_progress
 from airlock.repo import audit
 from airlock.repo.catalog import Catalog, VersionRow
 from airlock.repo.layout import (
@@ -212,7 +212,7 @@ def provenance(row: VersionRow, index: SignedIndex) -> tuple[list[dict[str, Any]
 
 def verify_version(layout: Layout, row: VersionRow, *, uid: int | None = None,
                    gid: int | None = None, keys: ProviderRegistry | None = None,
-                   index: SignedIndex | None = None) -> dict[str, Any]:
+                   index: SignedIndex | None = None, progress: Progress = no_progress) -> dict[str, Any]:
     """Drift report for one version; per file only the first problem found is reported. An encrypted
     version (``row.encryption``) is checked by its plaintext hashes, decrypting with ``keys``."""
     from airlock.repo.encryption import stored_sha256, stored_size
@@ -274,8 +274,14 @@ def verify_version(layout: Layout, row: VersionRow, *, uid: int | None = None,
             return _problem(rel, "group", gid, st.st_gid)
         return None
 
+    def checked(rel: str) -> dict[str, Any] | None:
+        try:
+            return check(rel)
+        finally:
+            progress(expected[rel][0])  # bytes of this file, checked (a progress bar's tick)
+
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        for prob in pool.map(check, sorted(expected)):
+        for prob in pool.map(checked, sorted(expected)):
             if prob:
                 problems.append(prob)
     report["bytes"] = sum(size for size, _ in expected.values())
@@ -331,7 +337,7 @@ def _stray(layout: Layout, model: str, rows: list[VersionRow]) -> list[Drift]:
 
 def check_model(layout: Layout, cat: Catalog, model: str, version: str | None = None, *,
                 uid: int | None = None, gid: int | None = None, keys: ProviderRegistry | None = None,
-                index: SignedIndex | None = None) -> dict[str, Any]:
+                index: SignedIndex | None = None, progress: Progress = no_progress) -> dict[str, Any]:
     """One model: every present version (or ``version``), the provenance of every catalog row
     (pruned ones too: rollback rebuilds them from those hashes), stray entries, modes, the link."""
     from airlock.errors import RepositoryError
@@ -343,7 +349,8 @@ def check_model(layout: Layout, cat: Catalog, model: str, version: str | None = 
     if not rows:
         raise RepositoryError(f"{layout.model_dir(model)}: {model} {version or ''} is not installed",
                               path=str(layout.model_dir(model)), rule="version-missing")
-    reports = [verify_version(layout, r, uid=uid, gid=gid, keys=keys, index=index) for r in rows]
+    reports = [verify_version(layout, r, uid=uid, gid=gid, keys=keys, index=index, progress=progress)
+               for r in rows]
     drift = [d for r in reports for d in version_drift(r)]
     if version is None:
         for r in all_rows:

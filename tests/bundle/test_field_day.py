@@ -181,3 +181,32 @@ def test_trust_errors_teach(factory: BundleFactory, keys: Keys, tmp_path: Path) 
     r = airlock("bundle", "verify", str(bundle), "--trust", signer, "--keyring", str(secret))
     assert r.returncode == 0 and "warning" in r.stderr and "secret keys" in r.stderr, r.stderr
     assert "full 40-hex fingerprint" in " ".join(airlock("bundle", "verify", "--help").stdout.split())
+
+
+def test_progress_on_a_terminal_and_silent_in_json(keys: Keys, tmp_path: Path) -> None:
+    import shlex
+    import sys
+
+    from airlock.repo import Repository
+    from tests.bundle.field import airlock_env
+    from tests.support import require_tool
+
+    require_tool("script", "apt-get install bsdutils")
+    src = make_model(tmp_path / "m", extra_bytes=2_000_000)
+    spec = write_spec(tmp_path / "s.yml", [{"name": "m", "version": "1.0.0", "path": str(src)}], sequence=1)
+    build_bundle(spec, tmp_path / "b", signer=keys.fpr["signer"], gnupghome=keys.home)
+    root = tmp_path / "appliance"
+    cmd = [sys.executable, "-c", "from airlock.cli import main; main()", "model", "install-bundle",
+           str(tmp_path / "b"), "--trust", keys.fpr["signer"], "--keyring", str(keys.keyring("signer"))]
+    tty = subprocess.run(["script", "-qec", shlex.join(cmd), "/dev/null"], env=airlock_env(root),
+                         capture_output=True, text=True, timeout=300)
+    assert tty.returncode == 0, tty.stdout
+    assert "staging" in tty.stdout and "installed m 1.0.0 (active)" in tty.stdout  # a bar, then the line
+    ticks: list[int] = []
+    repo = Repository(root)
+    assert repo.verify("m", progress=ticks.append)["ok"]
+    repo.close()
+    assert sum(ticks) == sum(p.stat().st_size for p in src.iterdir())  # model verify counts every byte
+    r = airlock("model", "install-bundle", str(tmp_path / "b"), "--trust", keys.fpr["signer"], "--keyring",
+                str(keys.keyring("signer")), "--json", root=tmp_path / "other")
+    assert r.returncode == 0 and r.stderr == "" and json.loads(r.stdout)["space"]["install_bytes"] > 0
