@@ -84,7 +84,12 @@ def check_signed(data: bytes, sig: bytes | None, trust: Trust) -> SignedManifest
 
 
 def check_policy(m: Manifest, *, compatible: str | None, installed_sequence: int | None) -> None:
-    if compatible is not None and m.compatible != compatible:
+    """``compatible`` None: this appliance's recorded profile (``airlock.bundle.profile``), if any;
+    ``ANY_PROFILE``: not checked (an explicit, audited override)."""
+    from airlock.bundle.profile import ANY_PROFILE, resolve
+
+    compatible = resolve(compatible)
+    if compatible is not None and compatible != ANY_PROFILE and m.compatible != compatible:
         raise CompatibilityError(f"{MANIFEST_NAME}: bundle is for {m.compatible!r}, this appliance is "
                                  f"{compatible!r}", path=MANIFEST_NAME)
     if installed_sequence is not None and m.sequence < installed_sequence and not m.rollback:

@@ -24,7 +24,10 @@ TrustOpt = typer.Option(..., "--trust", "-t", help="Pinned signer: the full 40-h
 KeyringOpt = typer.Option(None, "--keyring", help="Public keyring file with the trusted keys (imported into "
                           "a throwaway GNUPGHOME; your keyring is never modified).")
 HomeOpt = typer.Option(None, "--gnupghome", help="GnuPG home holding the keys (default: $GNUPGHOME).")
-CompatOpt = typer.Option(None, "--compatible", help="This appliance's profile; the bundle must match it.")
+CompatOpt = typer.Option(None, "--compatible", help="The profile the bundle must match (default: this "
+                         "appliance's recorded profile, /etc/airlock/appliance.yaml; must agree with it).")
+IgnoreProfileOpt = typer.Option(False, "--ignore-profile", help="Do not check the bundle's profile "
+                                "(an explicit override, said on stderr).")
 SeqOpt = typer.Option(None, "--installed-sequence", help="Installed bundle sequence (anti-downgrade).")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars on a terminal.")
 
@@ -33,6 +36,20 @@ def _trust(fprs: list[str], keyring: Path | None, gnupghome: Path | None) -> Tru
     from airlock.bundle.signing import Trust
 
     return Trust(fingerprints=fprs, gnupghome=gnupghome, keyring=keyring)
+
+
+def _profile(compatible: str | None, ignore: bool, as_json: bool) -> str | None:
+    """What the bundle's profile is checked against: ``--ignore-profile`` skips it (said on stderr)."""
+    from airlock.bundle.profile import ANY_PROFILE
+
+    if not ignore:
+        return compatible
+    if compatible is not None:
+        raise typer.BadParameter("give --compatible or --ignore-profile, not both",
+                                 param_hint="--ignore-profile")
+    console.print("WARNING: --ignore-profile: the bundle's appliance profile is NOT checked",
+                  style="bold yellow", highlight=False, markup=False)
+    return ANY_PROFILE
 
 
 def _show(progress: bool, as_json: bool) -> bool:
@@ -117,6 +134,7 @@ def verify(
     keyring: Path | None = KeyringOpt,
     gnupghome: Path | None = HomeOpt,
     compatible: str | None = CompatOpt,
+    ignore_profile: bool = IgnoreProfileOpt,
     installed_sequence: int | None = SeqOpt,
     as_json: bool = JsonOpt,
     progress: bool = ProgressOpt,
@@ -137,8 +155,8 @@ def verify(
             total = _bundle_total(bundle, t) if _show(progress, as_json) else None
         with progress_bytes("verifying", total, _show(progress, as_json)) as tick:
             check = verify_archive if packed else verify_bundle
-            report = check(bundle, t, compatible=compatible, installed_sequence=installed_sequence,
-                           progress=tick)
+            report = check(bundle, t, compatible=_profile(compatible, ignore_profile, as_json),
+                           installed_sequence=installed_sequence, progress=tick)
     if as_json:
         emit_json(report.as_dict())
         return
@@ -158,6 +176,7 @@ def stage(
     keyring: Path | None = KeyringOpt,
     gnupghome: Path | None = HomeOpt,
     compatible: str | None = CompatOpt,
+    ignore_profile: bool = IgnoreProfileOpt,
     installed_sequence: int | None = SeqOpt,
     as_json: bool = JsonOpt,
     progress: bool = ProgressOpt,
@@ -173,8 +192,8 @@ def stage(
         total = _bundle_total(bundle, t) if _show(progress, as_json) else None
         how = stage_archive if bundle_kind(bundle) == "archive" else stage_bundle
         with progress_bytes("staging", total, _show(progress, as_json)) as tick:
-            staged = how(bundle, to, t, compatible=compatible, installed_sequence=installed_sequence,
-                         progress=tick)
+            staged = how(bundle, to, t, compatible=_profile(compatible, ignore_profile, as_json),
+                         installed_sequence=installed_sequence, progress=tick)
     if as_json:
         emit_json(staged.as_dict())
         return
@@ -216,6 +235,7 @@ def unpack(
     keyring: Path | None = KeyringOpt,
     gnupghome: Path | None = HomeOpt,
     compatible: str | None = CompatOpt,
+    ignore_profile: bool = IgnoreProfileOpt,
     installed_sequence: int | None = SeqOpt,
     as_json: bool = JsonOpt,
     progress: bool = ProgressOpt,
@@ -227,7 +247,8 @@ def unpack(
         t = _trust(trust, keyring, gnupghome)
         total = archive.stat().st_size if archive.is_file() else None
         with progress_bytes("unpacking", total, _show(progress, as_json)) as tick:
-            report = unpack_bundle(archive, output, t, compatible=compatible,
+            report = unpack_bundle(archive, output, t,
+                                   compatible=_profile(compatible, ignore_profile, as_json),
                                    installed_sequence=installed_sequence, progress=tick)
     if as_json:
         emit_json(report.as_dict())
@@ -266,3 +287,25 @@ def inspect(
     for rel, e in m.files.items():
         parts = f" in {len(e.parts)} parts" if e.parts else ""
         out.print(f"  {e.size:>14}  {e.sha256[:16]}  {safe(rel)}{parts}", highlight=False)
+
+
+@app.command()
+def profile(
+    set_to: str | None = typer.Option(None, "--set", help="Record NAME as this appliance's profile."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show (or with --set, record) this appliance's profile: the bundles' `compatible` that verify,
+    stage, unpack, install-bundle and preflight accept by default."""
+    from airlock.bundle.profile import recorded_profile, system_file, write_profile
+
+    with handle_errors(as_json):
+        if set_to is not None:
+            write_profile(set_to)
+        rec = recorded_profile()
+    if as_json:
+        emit_json({"ok": True, "compatible": rec.compatible if rec else None, "file": str(system_file())})
+    elif rec is None:
+        out.print(f"no appliance profile recorded ({safe(system_file())}); bundles are not checked against "
+                  "one: set it with --set NAME", highlight=False)
+    else:
+        out.print(f"{safe(rec.compatible)} ({safe(rec.source)})", highlight=False)

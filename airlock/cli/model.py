@@ -123,7 +123,10 @@ def install_bundle_cmd(
                                     "of the primary key; repeatable."),
     keyring: Path = typer.Option(None, "--keyring", help="Public keyring file with the trusted keys."),
     gnupghome: Path = typer.Option(None, "--gnupghome", help="GnuPG home holding the keys."),
-    compatible: str = typer.Option(None, "--compatible", help="This appliance's profile."),
+    compatible: str = typer.Option(None, "--compatible", help="The profile the bundle must match (default: "
+                                   "this appliance's recorded profile; must agree with it)."),
+    ignore_profile: bool = typer.Option(False, "--ignore-profile", help="Do not check the bundle's profile "
+                                        "(an explicit override, written to the audit log)."),
     no_activate: bool = typer.Option(False, "--no-activate", help="Install without switching current."),
     stage_dir: Path = typer.Option(None, "--stage-dir", help="Stage the bundle here (e.g. another disk) "
                                    "instead of ROOT/update_packages/staged/."),
@@ -134,14 +137,25 @@ def install_bundle_cmd(
     """Check space, stage a signed bundle (verified while copying; an interrupted stage resumes),
     then install its models. Staged copies of failed installs are removed, unless the failure can
     resume (interrupted, stick pulled)."""
+    from airlock.bundle.profile import ANY_PROFILE
     from airlock.cli.install_bundle import install_bundle
 
-    install_bundle(bundle, trust=trust, keyring=keyring, gnupghome=gnupghome, compatible=compatible,
-                   activate=not no_activate, stage_dir=stage_dir, encrypt=encrypt, keys_config=keys_config,
-                   check=check, repo_factory=lambda: _repo(root, lock_timeout, owner, group,
-                                                           keys_config=keys_config,
-                                                           need_keys=encrypt is not None),
-                   as_json=as_json)
+    if ignore_profile and compatible is not None:
+        raise typer.BadParameter("give --compatible or --ignore-profile, not both",
+                                 param_hint="--ignore-profile")
+
+    def repo_factory() -> Any:
+        repo = _repo(root, lock_timeout, owner, group, keys_config=keys_config, need_keys=encrypt is not None)
+        if ignore_profile and not check:  # the override is on the record before anything is staged
+            with repo._mutating(recover=False):
+                repo.audit_record("profile-override", None, None, None, "ok",
+                                  {"bundle": str(bundle), "reason": "--ignore-profile"})
+        return repo
+
+    install_bundle(bundle, trust=trust, keyring=keyring, gnupghome=gnupghome,
+                   compatible=ANY_PROFILE if ignore_profile else compatible, activate=not no_activate,
+                   stage_dir=stage_dir, encrypt=encrypt, keys_config=keys_config, check=check,
+                   repo_factory=repo_factory, as_json=as_json)
 
 
 @app.command("activate")

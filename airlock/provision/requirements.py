@@ -25,10 +25,13 @@ def requirements_from_bundle(bundle_dir: Path, trust: Trust, *, root: str = DEFA
                              base: Requirements | None = None) -> Requirements:
     """Size the hot tier (``root``: the staged copy plus the installed model versions) and collect the
     models' GPU/driver needs. The manifest is read as ``verify`` reads it: through the safe reader (no
-    symlink, no FIFO, size-limited), its signature checked against ``trust`` before it is parsed."""
+    symlink, no FIFO, size-limited), its signature checked against ``trust`` before it is parsed, and
+    its profile against this appliance's recorded one (exit 14)."""
     from airlock.bundle.locate import signed_manifest  # a bundle directory or a packed .tar
+    from airlock.bundle.verify import check_policy
 
     m = signed_manifest(Path(bundle_dir), trust).manifest
+    check_policy(m, compatible=None, installed_sequence=None)  # this appliance's recorded profile
     path = Path(bundle_dir) / MANIFEST_NAME
     req = base or Requirements()
     installed = sum(int(f.get("size", 0)) for model in m.models for f in model.target_files.values())
