@@ -195,3 +195,22 @@ def test_accepted_limits_still_pass(keys: Keys, trust: Trust, base: Path, tmp_pa
     shutil.copyfile(bundle / CFG, bundle / "models" / ("n" * 231))
     report = verify_bundle(bundle, trust)
     assert report.manifest.sequence == 2**63 - 1
+
+
+def test_stage_refuses_a_path_past_path_max_before_copying(keys: Keys, trust: Trust, base: Path,
+                                                           tmp_path: Path) -> None:
+    """A name within the manifest's limits (1005 bytes) under a deep staging directory would pass
+    PATH_MAX: refused (exit 12) before any payload is copied; verify of the bundle itself is fine."""
+    long_name = "/".join(["p" * 200] * 5)
+    bundle = tmp_path / "b"
+    shutil.copytree(base, bundle)
+    resign(keys, bundle, _rename(long_name)((base / MANIFEST_NAME).read_bytes()))
+    (bundle / long_name).parent.mkdir(parents=True)
+    shutil.copyfile(base / CFG, bundle / long_name)
+    verify_bundle(bundle, trust)
+    deep = tmp_path.joinpath(*["s" * 250] * 13)  # ~3300 bytes
+    deep.mkdir(parents=True)
+    with pytest.raises(UnsafePathError) as err:
+        stage_bundle(bundle, deep / "staging", trust)
+    assert err.value.rule == "path-length"
+    assert sorted(p.name for p in (deep / "staging").iterdir()) == [".airlock-staging"]
