@@ -46,7 +46,7 @@ options:
     description: An existing GnuPG home holding the trusted public keys (used when O(keyring) is unset).
     type: path
   compatible:
-    description: This appliance's profile; a bundle built for another profile is refused.
+    description: The profile the bundle must match; default the appliance's recorded profile (/etc/airlock/appliance.yaml), which a value given must agree with.
     type: str
   owner:
     description: Owner of the repository (used only to open it; staging files stay root-owned).
