@@ -312,7 +312,8 @@ def _move_keys(paths: list[Path] | None, root: Path | None, new_key: str, audit_
             done = rotate_repository(root, reg, ref, reencrypt=reencrypt, rewrap_latest=rewrap_latest,
                                      audit=audit)
             results.extend(done.results)
-            extra = {"catalog_versions": done.versions, "min_decryption_version": done.min_decryption_version}
+            extra = {"catalog_versions": done.versions, "min_decryption_version": done.min_decryption_version,
+                     "sealed_deltas": done.sealed_deltas or []}
         counts: dict[str, int] = {}
         for r in results:
             counts[r.action] = counts.get(r.action, 0) + 1
@@ -326,5 +327,7 @@ def _move_keys(paths: list[Path] | None, root: Path | None, new_key: str, audit_
                  + f"; audit: {audit.path}")
             if extra.get("catalog_versions"):
                 _say(f"catalog now records {ref} for: {', '.join(extra['catalog_versions'])}")
+            for sealed in extra.get("sealed_deltas") or []:
+                _say(f"encrypted kept delta {sealed} (it was stored in plaintext)")
             if extra.get("min_decryption_version"):
                 _say(f"{ref}: the provider now refuses key versions below {extra['min_decryption_version']}")

@@ -238,6 +238,7 @@ class RepositoryRotation:
     results: list[Any]
     versions: list[str]
     min_decryption_version: int | None = None
+    sealed_deltas: list[str] | None = None  # plaintext kept deltas of encrypted versions, now encrypted
 
 
 def rotate_repository(root: Path, keys: ProviderRegistry, new: KeyRef, *, reencrypt: bool = False,
@@ -266,6 +267,7 @@ def rotate_repository(root: Path, keys: ProviderRegistry, new: KeyRef, *, reencr
         return FileIdentity(place.model, place.rel) if place else None
 
     with repo_lock(layout.lock, lock_timeout):
+        sealed = seal_kept_deltas(layout, Encryption(new, keys))
         if reencrypt:
             results = reencrypt_tree(layout.repo, keys, new, identity_of=identity_of, audit=audit)
         else:
@@ -283,7 +285,48 @@ def rotate_repository(root: Path, keys: ProviderRegistry, new: KeyRef, *, reencr
             finally:
                 cat.close()
         floor = keys.get(new.provider).retire_old_versions(new.key_id) if rewrap_latest else None
-    return RepositoryRotation(results, done, floor)
+    return RepositoryRotation(results, done, floor, sealed)
+
+
+def seal_kept_deltas(layout: Any, enc: Encryption) -> list[str]:
+    """Kept deltas left in plaintext by Airlock before issue 21 for versions stored encrypted are
+    encrypted under ``enc`` (atomically, mode 0444): a plaintext delta rebuilds the version from a
+    public base. Caller holds the repository lock. Returns the files sealed."""
+    import uuid
+
+    from airlock.delta import read_delta_header
+    from airlock.fsutil import fsync_dir
+    from airlock.hashing import sha256_file
+    from airlock.repo.catalog import Catalog
+
+    if not layout.catalog.exists() or not layout.packages.is_dir():
+        return []
+    cat = Catalog(layout.catalog, readonly=True)
+    try:
+        encrypted = {(m, r.version) for m in cat.models() for r in cat.versions(m) if r.encryption}
+    finally:
+        cat.close()
+    sealed: list[str] = []
+    for model in sorted({m for m, _v in encrypted}):
+        pk = layout.model_packages(model)
+        for kept in sorted(pk.glob(f"{model}-*.aldelta")) if pk.is_dir() else []:
+            if kept.is_symlink() or not kept.is_file() or is_encrypted(kept):
+                continue
+            h = read_delta_header(kept)
+            if (model, h.from_version) not in encrypted and (model, h.to_version) not in encrypted:
+                continue
+            tmp = pk / f".keep-{uuid.uuid4().hex}"
+            try:
+                if keep_encrypted(kept, tmp, enc, model, kept.name) != sha256_file(kept):
+                    raise RepositoryError(f"{kept}: changed while being sealed", path=str(kept),
+                                          rule="delta-changed")
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, kept)
+            finally:
+                tmp.unlink(missing_ok=True)
+            fsync_dir(pk)
+            sealed.append(str(kept))
+    return sealed
 
 
 PLAINTEXT_STAGE_TAG = ".airlock-encrypt-stage-"

@@ -262,3 +262,28 @@ def test_rotation_restores_modes_as_non_root_owner(nobody_dir: Path) -> None:
         assert (model / name).stat().st_uid == 65534
     assert all(is_encrypted(p) for p in model.iterdir())
     assert KeyRef.parse("dev:k2").key_id == "k2"
+
+
+def test_rotate_root_seals_legacy_plaintext_kept_deltas(keyfile_env: KeyEnv, versions: Versions,  # noqa: F811
+                                                        tmp_path: Path) -> None:
+    """A repository from before issue 21 kept plaintext deltas of encrypted versions: the next
+    ``keys rotate --root`` encrypts them (under the new key) and rollback still works from them."""
+    root = tmp_path / "root"
+    r = Repository(root, lock_timeout=5, keys=keyfile_env.registry)
+    r.install_version("m", "1.0.0", versions.src["1.0.0"], encrypt="dev:k1")
+    r.update_from_delta("m", versions.deltas[("1.0.0", "1.1.0")])
+    r.update_from_delta("m", versions.deltas[("1.1.0", "1.2.0")])
+    kept = r.layout.model_packages("m") / "m-1.0.0-1.1.0.aldelta"
+    assert is_encrypted(kept)
+    os.replace(shutil.copy(versions.deltas[("1.0.0", "1.1.0")], tmp_path / "legacy"), kept)  # as before
+    os.chmod(kept, 0o444)
+    proc = airlock_cli("keys", "rotate", "--root", str(root), "-k", "dev:k2", "--json", "--config",
+                       str(keyfile_env.config), check=True)
+    assert json.loads(proc.stdout)["sealed_deltas"] == [str(kept)]
+    assert is_encrypted(kept) and read_encrypted_header(kept).key_id == "k2"
+    assert oct(kept.stat().st_mode & 0o777) == "0o444"
+    r.prune("m", keep=2)
+    assert not r.layout.version_dir("m", "1.0.0").exists()
+    assert r.rollback("m", to="1.0.0").args["rebuild"]  # through both (now encrypted) kept deltas
+    assert r.verify("m")["ok"]
+    r.close()
