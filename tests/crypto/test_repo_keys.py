@@ -213,14 +213,18 @@ def test_secrets_and_config_owner_and_mode(all_env: KeyEnv, vault: TransitEdgeMo
                                                  "token_env": "PATH"}}}).get("v").url.startswith("https")
 
 
+# as root the rotation runs as the unprivileged user nobody (setpriv, util-linux); otherwise as us
+AS_OWNER = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+OWNER_UID = 65534 if os.geteuid() == 0 else os.geteuid()
+
+
 @pytest.fixture
 def nobody_dir() -> Iterator[Path]:
-    """A directory owned by the unprivileged user ``nobody`` (the rotation runs as that user)."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root to run a command as nobody (setpriv, util-linux)")
+    """A directory owned by the non-root user the rotation runs as."""
     d = Path(tempfile.mkdtemp(prefix="airlock-nobody-"))
     os.chmod(d, 0o755)
-    os.chown(d, 65534, 65534)
+    if os.geteuid() == 0:
+        os.chown(d, OWNER_UID, OWNER_UID)
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
@@ -231,9 +235,8 @@ def test_rotation_restores_modes_as_non_root_owner(nobody_dir: Path) -> None:
         env = {k: v for k, v in os.environ.items() if k != "AIRLOCK_FAULT"}
         if fault:
             env["AIRLOCK_FAULT"] = fault
-        return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-                               "-c", "from airlock.cli import main; main()", *args], capture_output=True,
-                              text=True, cwd=REPO, env=env, timeout=120)
+        cmd = [*AS_OWNER, sys.executable, "-c", "from airlock.cli import main; main()", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
 
     keydir = nobody_dir / "keys"
     config = nobody_dir / "keys.yaml"
@@ -246,8 +249,7 @@ def test_rotation_restores_modes_as_non_root_owner(nobody_dir: Path) -> None:
              "for n in ('a.bin', 'b.bin'):\n"
              "    (d.parent / n).write_bytes(n.encode() * 5000)\n"
              "    encrypt_file(d.parent / n, d / n, reg.get('dev'), 'k1'); (d / n).chmod(0o444)\n")
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
-    subprocess.run([*nobody, "-c", setup], check=True, cwd=REPO, capture_output=True)
+    subprocess.run([*AS_OWNER, sys.executable, "-c", setup], check=True, cwd=REPO, capture_output=True)
     model = nobody_dir / "model"
     args = ("keys", "rotate", "-p", str(model), "-k", "dev:k2", "--audit-log", str(nobody_dir / "audit.log"),
             "--config", str(config))
@@ -259,7 +261,7 @@ def test_rotation_restores_modes_as_non_root_owner(nobody_dir: Path) -> None:
     for name in ("a.bin", "b.bin"):
         assert oct((model / name).stat().st_mode & 0o777) == "0o444", name
         assert read_encrypted_header(model / name).key_id == "k2"
-        assert (model / name).stat().st_uid == 65534
+        assert (model / name).stat().st_uid == OWNER_UID
     assert all(is_encrypted(p) for p in model.iterdir())
     assert KeyRef.parse("dev:k2").key_id == "k2"
 
