@@ -907,12 +907,19 @@ class Repository:
         return {"root": str(self.root), "repo": str(self.layout.repo), "sequence": self.installed_sequence(),
                 "models": models, "audit_head": {"seq": head.seq, "hash": head.hash} if head else None}
 
+    def _catalog_head(self) -> audit.AuditHead | None:
+        if not self.layout.catalog.exists():
+            return None
+        with self._reading() as cat:
+            return audit.parse_head(cat.get_meta("audit_head"))
+
+    def audit_report(self, anchor: audit.AuditHead | None = None) -> audit.AuditReport:
+        """The chain, against the catalog's head and the control node's ``anchor`` (problems listed,
+        not raised); writes nothing."""
+        return audit.scan(self.layout.audit_log, self._catalog_head(), anchor)
+
     def audit_verify(self, anchor: audit.AuditHead | None = None) -> audit.AuditReport:
-        """The chain, against the catalog's head and the control node's ``anchor``; writes nothing."""
-        head = None
-        if self.layout.catalog.exists():
-            with self._reading() as cat:
-                head = audit.parse_head(cat.get_meta("audit_head"))
-        return audit.verify(self.layout.audit_log, head, anchor)
+        """``audit_report``, raising ``AuditError`` (exit 33) on the first problem."""
+        return audit.verify(self.layout.audit_log, self._catalog_head(), anchor)
 
 

@@ -422,6 +422,10 @@ def _audit_records(log: Path) -> Iterator[dict[str, Any]]:
                 yield rec
 
 
+def audit_drift(report: audit.AuditReport) -> list[Drift]:
+    return [Drift(f.rule, report.path, None, None, None, f.message) for f in report.findings]
+
+
 def check_repository(layout: Layout, cat: Catalog, *, models: list[str] | None = None,
                      trust: Trust | None = None, anchor: audit.AuditHead | None = None,
                      expected: dict[str, str | None] | None = None, loadable: bool = False,
@@ -474,7 +478,7 @@ def check_repository(layout: Layout, cat: Catalog, *, models: list[str] | None =
     if seq_catalog != index.highest_sequence:
         drift.append(Drift("sequence", str(layout.catalog), None, None, index.highest_sequence, seq_catalog))
     report = audit.scan(layout.audit_log, audit.parse_head(cat.get_meta("audit_head")), anchor)
-    drift.extend(Drift(f.rule, str(layout.audit_log), None, None, None, f.message) for f in report.findings)
+    drift.extend(audit_drift(report))
     drift.extend(history_drift(cat, layout.audit_log))
     return {"ok": not drift, "models": reports, "drift": [d.as_dict() for d in drift], "warnings": warnings,
             "signatures_checked": index.signatures_checked, "audit": report.as_dict(),

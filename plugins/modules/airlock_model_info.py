@@ -55,6 +55,8 @@ options:
       - The audit head (C({seq, hash})) the control node recorded on its last run. The log must
         still hold that record, byte for byte; a truncated or replaced log is drift (rule
         C(audit-anchor)) even when the catalog's head was edited too.
+      - Without O(verify), only the audit log is checked (chain, catalog head, this anchor): cheap
+        enough for the end of every run (C(playbooks/tasks/audit_head.yml)).
     type: dict
   keyring:
     description: Public keyring file holding the trusted keys.
@@ -145,11 +147,11 @@ verify_warnings:
   elements: str
 audit_head:
   description: The audit log head seen (C({seq, hash})), for the control node to keep as the next anchor.
-  returned: when verify is true
+  returned: when verify is true or audit_anchor is given
   type: dict
 audit_ok:
   description: Whether the audit chain, the catalog's head and O(audit_anchor) all agree.
-  returned: when verify is true
+  returned: when verify is true or audit_anchor is given
   type: bool
 """
 
@@ -182,6 +184,16 @@ def _check(repo, p):
                 audit_ok=report["audit_ok"], sequence=report["sequence"])
 
 
+def _audit_only(repo, p):
+    from airlock.repo.audit import parse_head
+    from airlock.repo.verify import audit_drift
+
+    report = repo.audit_report(parse_head(p["audit_anchor"]))
+    items = [d.as_dict() for d in audit_drift(report)]
+    return dict(drift=[d.text() for d in audit_drift(report)], drift_items=items, audit_ok=report.ok,
+                audit_head=report.head.as_dict())
+
+
 def run_module():
     spec = dict(models=dict(type="list", elements="str", default=[]), verify=dict(type="bool", default=False),
                 loadable=dict(type="bool", default=False), expected=dict(type="dict", default={}),
@@ -198,7 +210,7 @@ def run_module():
         if p["verify"] and p["models"]:
             module.fail_json(msg="%s: no model repository here to verify" % p["root"])
         items = []
-        if p["verify"] and (p["audit_anchor"] or {}).get("seq"):  # it had a log: the repository is gone
+        if (p["audit_anchor"] or {}).get("seq"):  # it had an audit log: the repository is gone
             items.append(dict(model=None, version=None, path=p["root"], rule="audit-anchor",
                               expected=p["audit_anchor"], found="no model repository"))
         module.exit_json(changed=False, airlock_repo=dict(root=p["root"], models={}, sequence=None,
@@ -214,9 +226,11 @@ def run_module():
             result.update(_check(repo, p))
             for warning in result["verify_warnings"]:
                 module.warn(warning)
-            if result["drift"] and module._diff:
-                result["diff"] = dict(before="no drift\n", after="".join(d + "\n" for d in result["drift"]),
-                                      before_header="expected", after_header="found on %s" % p["root"])
+        elif p["audit_anchor"] is not None:
+            result.update(_audit_only(repo, p))
+        if result.get("drift") and module._diff:
+            result["diff"] = dict(before="no drift\n", after="".join(d + "\n" for d in result["drift"]),
+                                  before_header="expected", after_header="found on %s" % p["root"])
     except AirlockError as exc:
         module.fail_json(msg=str(exc), airlock_error=exc.as_dict())
     finally:

@@ -198,3 +198,39 @@ def test_control_node_anchor_catches_a_truncated_log_with_an_edited_catalog(flee
     assert _head(fleet, "h2") == anchor  # not advanced past a broken log: reported again next run
     r = playbook(fleet, "--check")
     assert r.returncode != 0 and "audit-anchor" in r.stdout
+
+
+def test_audit_head_tasks_keep_the_anchor_from_any_run(fleet: Fleet) -> None:
+    """playbooks/tasks/audit_head.yml, for the end of install/update/rollback runs: log only, writes
+    nothing on the host, advances the anchor as the log grows, fails the host once it was cut."""
+    pb = fleet.base / "anchor.yml"
+    pb.write_text(yaml.safe_dump([{"name": "anchor", "hosts": "appliances", "gather_facts": False, "tasks": [
+        {"ansible.builtin.import_tasks": str(REPO / "playbooks" / "tasks" / "audit_head.yml")}]}]))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(REPO / ".venv/bin/ansible-playbook"), "-i", str(fleet.inventory), str(pb),
+                               *args], env=_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+
+    before = fleet.trees()
+    r = run("--check")
+    assert r.returncode == 0, r.stdout
+    assert fleet.trees() == before
+    first = _head(fleet, "h2")
+    repo = Repository(fleet.root("h2"))
+    repo.activate(MODEL, "1.0.0")  # a later run appends records: the anchor follows
+    repo.close()
+    assert run().returncode == 0
+    grown = _head(fleet, "h2")
+    assert grown["seq"] > first["seq"]
+    log = fleet.root("h2") / "model_repo" / "update_history.log"
+    lines = log.read_bytes().splitlines()[:-1]
+    os.chmod(log, 0o644)
+    log.write_bytes(b"".join(ln + b"\n" for ln in lines))
+    os.chmod(log, 0o640)
+    db = sqlite3.connect(fleet.root("h2") / "model_repo" / "metadata" / "model_catalog.db")
+    db.execute("UPDATE meta SET value=? WHERE key='audit_head'", (f"{len(lines)}:{line_hash(lines[-1])}",))
+    db.commit()
+    db.close()
+    r = run()
+    assert r.returncode != 0 and "audit-anchor" in r.stdout, r.stdout
+    assert "h1" in r.stdout and _head(fleet, "h2") == grown
