@@ -297,10 +297,12 @@ def smoke(
     version: int | None = typer.Option(None, "--version", help="Triton version number to pin."),
     golden: Path | None = typer.Option(None, "--golden", help="Golden record JSON."),
     url: str = UrlOpt,
+    grpc_url: str | None = GrpcOpt,
     timeout: float = TimeoutOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Run the golden smoke test (or a liveness inference) against a loaded model."""
+    """Run the golden smoke test (or a liveness inference) against a loaded model; a generation
+    golden record (``"kind": "generation"``) streams over GRPC (--grpc-url)."""
     from airlock.serving.errors import SmokeTestError
     from airlock.serving.reload import smoke_test
 
@@ -312,7 +314,7 @@ def smoke(
             except (OSError, ValueError) as exc:
                 raise ManifestError(f"{golden}: cannot read golden record: {exc}", path=str(golden),
                                     rule="golden") from exc
-        result = smoke_test(_client(url, timeout), model, version, record)
+        result = smoke_test(_client(url, timeout, grpc_url), model, version, record)
         if as_json:
             emit_json({"model": model, "version": version, **result.as_dict()})
         else:

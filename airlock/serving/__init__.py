@@ -4,7 +4,11 @@
 - ``triton_repo``: generate the Triton model repository from the Airlock one (schema-checked configs)
 - ``client``: stdlib V2 HTTP client (GRPC for model control when tritonclient is present)
 - ``reload``: hot reload gated by the golden smoke test; ``golden``: golden records
-- ``server``: run the nvidia-pytriton wheel's tritonserver; ``python_model``: the MiniLM model
+- ``server``: run the nvidia-pytriton wheel's tritonserver (``supervise``: restart + restore);
+  ``python_model``: the MiniLM embedding model and the DeepSeek-style generation model
+- ``restore``: after a (re)start, serve each model's verified current version (else the previous good)
+- ``auth``: the model-control credential (Triton's restricted APIs)
+- ``haproxy``: HAProxy's runtime API, drain-swap and gradual weights
 """
 
 from airlock.serving.client import InferResult, TritonClient

@@ -13,6 +13,7 @@ inference, and HTTP clients see no stall; without it, the stdlib HTTP path is us
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -71,6 +72,10 @@ class TritonClient:
         self._control = {HEADER: control_key} if control_key else {}
         # over GRPC Triton expects the restricted key as metadata "triton-grpc-protocol-<key>"
         self._grpc_control = {GRPC_PREFIX + HEADER: control_key} if control_key else {}
+
+    @property
+    def control_key(self) -> str | None:
+        return self._control.get(HEADER)
 
     def _grpc_client(self) -> Any:
         """tritonclient's GRPC client for model control, or None (no grpc_url / not installed)."""
@@ -250,6 +255,78 @@ class TritonClient:
                 raise ServingError(f"{model}: output {out['name']} has unsupported type {out['datatype']}")
             result[out["name"]] = np.asarray(out["data"], dtype=np_dtype).reshape(out["shape"])
         return InferResult(result, resp.get("model_version"))
+
+
+@dataclass
+class StreamResult:
+    """One streamed generation: token ids, the model versions that answered, and timings (seconds)."""
+
+    tokens: list[int]
+    versions: set[str]
+    ttft: float  # request sent -> first token
+    itl: list[float]  # gaps between tokens
+    error: str | None = None
+
+
+def stream_generate(grpc_url: str, model: str, input_ids: list[int], *, max_tokens: int = 16,
+                    version: int | str | None = None, timeout: float = 120.0,
+                    control_key: str | None = None) -> StreamResult:
+    """Greedy generation from a decoupled model over GRPC streaming (Triton's ``ModelStreamInfer``):
+    ``INPUT_IDS`` (INT64 [seq]) and ``MAX_TOKENS`` in, one ``OUTPUT_IDS`` per response until the
+    final flag. Every failure is in ``error`` (the caller decides); an unreachable server raises."""
+    import queue
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    events: queue.Queue[tuple[float, Any, Any]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(grpc_url)
+    inputs = [grpcclient.InferInput("INPUT_IDS", [len(input_ids)], "INT64"),
+              grpcclient.InferInput("MAX_TOKENS", [1], "INT32")]
+    inputs[0].set_data_from_numpy(np.asarray(input_ids, dtype=np.int64))
+    inputs[1].set_data_from_numpy(np.asarray([max_tokens], dtype=np.int32))
+    res = StreamResult([], set(), float("inf"), [])
+    try:
+        client.start_stream(callback=lambda result, error: events.put((time.monotonic(), result, error)),
+                            headers={GRPC_PREFIX + HEADER: control_key} if control_key else None)
+        t0 = time.monotonic()
+        client.async_stream_infer(model, inputs, model_version="" if version is None else str(version),
+                                  enable_empty_final_response=True)
+        last = t0
+        deadline = t0 + timeout
+        while True:
+            try:
+                at, result, error = events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                res.error = f"no final response within {timeout:g}s ({len(res.tokens)} tokens)"
+                break
+            if error is not None:
+                res.error = str(error.message() if hasattr(error, "message") else error)
+                break
+            resp = result.get_response()
+            out = result.as_numpy("OUTPUT_IDS")
+            if out is not None and out.size:
+                res.tokens.extend(int(t) for t in out.reshape(-1))
+                res.versions.add(resp.model_version)
+                if len(res.tokens) == out.size:
+                    res.ttft = at - t0
+                else:
+                    res.itl.append(at - last)
+                last = at
+            final = resp.parameters.get("triton_final_response")
+            if final is not None and final.bool_param:
+                break
+    except InferenceServerException as exc:
+        if "UNAVAILABLE" in str(exc.status() or "") and "restricted" not in (exc.message() or ""):
+            raise ServingError(f"Triton at grpc://{grpc_url} unreachable ({exc.message()})",
+                               path=grpc_url, rule="triton-down") from exc
+        res.error = exc.message()
+    finally:
+        with contextlib.suppress(Exception):
+            client.stop_stream()
+        with contextlib.suppress(Exception):
+            client.close()
+    return res
 
 
 def _error_text(raw: bytes) -> str:

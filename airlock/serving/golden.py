@@ -28,6 +28,7 @@ from airlock.errors import ManifestError
 # ([CLS] ... [SEP], padded with [PAD]=0): two lengths exercise the attention mask.
 DEFAULT_INPUT_IDS = [[101, 7592, 2088, 102, 0, 0, 0, 0, 0, 0],
                      [101, 1996, 2944, 22409, 2003, 10047, 28120, 3085, 1012, 102]]
+DEFAULT_PROMPT = (0, 17, 300, 42, 7, 99)  # liveness prompt of a generation model without a golden record
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
 
@@ -38,6 +39,8 @@ class Golden:
     expected: dict[str, np.ndarray]
     atol: float
     rtol: float
+    kind: str = "tensors"  # or "generation": INPUT_IDS prompt, expected greedy OUTPUT_IDS, streamed
+    max_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ def parse_golden(record: dict[str, Any], *, where: str = "golden", tokenizer: Pa
     """
     if not isinstance(record, dict):
         raise ManifestError(f"{where}: golden must be an object", path=where, rule="golden")
+    if record.get("kind") == "generation":
+        return _parse_generation(record, where)
     raw_in = record.get("inputs", record.get("input"))
     raw_out = record.get("expected")
     missing = [k for k, v in (("inputs", raw_in), ("expected", raw_out))
@@ -117,6 +122,37 @@ def parse_golden(record: dict[str, Any], *, where: str = "golden", tokenizer: Pa
     expected = {k: _array(k, v, where=where) for k, v in raw_out.items()}
     expected = {k: (v[None, :] if v.ndim == 1 else v) for k, v in expected.items()}
     return Golden(inputs, expected, atol, rtol)
+
+
+def _parse_generation(record: dict[str, Any], where: str) -> Golden:
+    """``{"kind": "generation", "input": {"INPUT_IDS": [...]}, "expected": {"OUTPUT_IDS": [...]},
+    "max_tokens": N, "tolerance": 0}``: the greedy token ids the model must stream for the prompt."""
+    raw_in, raw_out = record.get("input", record.get("inputs")), record.get("expected")
+    ids = raw_in.get("INPUT_IDS") if isinstance(raw_in, dict) else raw_in
+    want = raw_out.get("OUTPUT_IDS") if isinstance(raw_out, dict) else raw_out
+    for name, value in (("input INPUT_IDS", ids), ("expected OUTPUT_IDS", want)):
+        if not isinstance(value, list) or not value or not all(isinstance(t, int) and not isinstance(t, bool)
+                                                               and 0 <= t < 2**31 for t in value):
+            raise ManifestError(f"{where}: generation golden {name} must be a non-empty list of token ids",
+                                path=where, rule="golden")
+    assert isinstance(ids, list) and isinstance(want, list)
+    max_tokens = record.get("max_tokens", len(want))
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not len(want) <= max_tokens <= 4096:
+        raise ManifestError(f"{where}: generation golden max_tokens must be an integer from "
+                            f"{len(want)} to 4096", path=where, rule="golden")
+    return Golden({"INPUT_IDS": np.asarray(ids, dtype=np.int64)},
+                  {"OUTPUT_IDS": np.asarray(want, dtype=np.int64)}, 0.0, 0.0, kind="generation",
+                  max_tokens=max_tokens)
+
+
+def generation_record(model_dir: Path, input_ids: list[int], max_tokens: int = 8) -> dict[str, Any]:
+    """The golden generation record of a DeepSeek-style model directory (the server's own forward
+    pass, greedy), in the bundle spec's shape (``input``, ``expected``, ``tolerance``)."""
+    from airlock.serving.python_model.model import DeepSeekLM
+
+    tokens = list(DeepSeekLM(str(model_dir)).generate(input_ids, max_tokens))
+    return {"kind": "generation", "input": {"INPUT_IDS": list(input_ids)}, "expected": {"OUTPUT_IDS": tokens},
+            "max_tokens": max_tokens, "tolerance": 0}
 
 
 def compare(golden: Golden, outputs: dict[str, np.ndarray]) -> SmokeResult:

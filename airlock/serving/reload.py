@@ -28,9 +28,16 @@ import numpy as np
 
 from airlock.errors import RepositoryError
 from airlock.faults import fault_point
-from airlock.serving.client import TritonClient
+from airlock.serving.client import TritonClient, stream_generate
 from airlock.serving.errors import ServingError
-from airlock.serving.golden import DEFAULT_INPUT_IDS, Golden, SmokeResult, compare, parse_golden
+from airlock.serving.golden import (
+    DEFAULT_INPUT_IDS,
+    DEFAULT_PROMPT,
+    Golden,
+    SmokeResult,
+    compare,
+    parse_golden,
+)
 from airlock.serving.settings import SettingsStore
 from airlock.serving.triton_repo import CANDIDATE_SUFFIX, TritonModel, model_lock
 
@@ -60,13 +67,21 @@ class ReloadResult:
 
 
 def smoke_test(client: TritonClient, model: str, version: int | str | None,
-               golden: dict[str, Any] | Golden | None) -> SmokeResult:
+               golden: dict[str, Any] | Golden | None, *, gate: str = "infer") -> SmokeResult:
     """Run the golden record against ``model`` (pinned to ``version``); without one, a liveness check.
 
-    A Triton error while inferring is a failed smoke test (returned, not raised), except when Triton
-    is unreachable: that is a ServingError, because nothing was learned about the model.
+    ``gate`` (``ModelOptions.gate``): ``infer`` = HTTP tensors; ``stream`` = a generation model over
+    GRPC streaming (a generation golden record, or any tokens for liveness); ``ready`` = readiness
+    only when there is no golden record. A Triton error while inferring is a failed smoke test
+    (returned, not raised), except when Triton is unreachable: that is a ServingError, because
+    nothing was learned about the model.
     """
     g = golden if isinstance(golden, Golden) or golden is None else parse_golden(golden)
+    if (g is not None and g.kind == "generation") or (g is None and gate == "stream"):
+        return _stream_smoke(client, model, version, g)
+    if g is None and gate == "ready":
+        ok = client.model_ready(model, version)
+        return SmokeResult(ok, 0.0, "no golden record: readiness only" if ok else "model not ready")
     inputs = g.inputs if g else {"INPUT_IDS": np.asarray(DEFAULT_INPUT_IDS, dtype=np.int64)}
     try:
         result = client.infer(model, inputs, version=version)
@@ -80,6 +95,31 @@ def smoke_test(client: TritonClient, model: str, version: int | str | None,
         return SmokeResult(ok, 0.0, "no golden record: liveness only (outputs present and finite)" if ok
                            else "no golden record; outputs missing or not finite")
     return compare(g, result.outputs)
+
+
+def _stream_smoke(client: TritonClient, model: str, version: int | str | None,
+                  g: Golden | None) -> SmokeResult:
+    if client.grpc_url is None:
+        return SmokeResult(False, float("inf"),
+                           "a generation model is gated over GRPC streaming: give --grpc-url")
+    ids = [int(t) for t in g.inputs["INPUT_IDS"].reshape(-1)] if g else list(DEFAULT_PROMPT)
+    r = stream_generate(client.grpc_url, model, ids, max_tokens=g.max_tokens if g else 4, version=version,
+                        control_key=client.control_key)
+    if r.error is not None:
+        return SmokeResult(False, float("inf"), f"generation stream failed: {r.error}")
+    if g is None:
+        ok = bool(r.tokens)
+        return SmokeResult(ok, 0.0, f"no golden record: liveness only ({len(r.tokens)} tokens streamed)" if ok
+                           else "no tokens streamed")
+    want = [int(t) for t in g.expected["OUTPUT_IDS"].reshape(-1)]
+    if r.tokens == want:
+        return SmokeResult(True, 0.0, f"greedy generation matches the golden record ({len(want)} tokens, "
+                                      f"first token {r.ttft * 1000:.0f} ms)")
+    first = next((i for i, (a, b) in enumerate(zip(r.tokens, want, strict=False)) if a != b),
+                 min(len(r.tokens), len(want)))
+    return SmokeResult(False, float("inf"), f"generated tokens differ from the golden record at "
+                                            f"position {first}: got {r.tokens[:first + 3]}, "
+                                            f"expected {want[:first + 3]}")
 
 
 class Reloader:
@@ -166,7 +206,7 @@ class Reloader:
                 self.client.load(model)
                 self.client.wait_ready(model, number, timeout=self.unload_timeout)
                 res.seconds["reconfigure"] = time.monotonic() - t
-            smoke = smoke_test(self.client, model, number, g)
+            smoke = smoke_test(self.client, model, number, g, gate=entry.options.gate)
             res.smoke = smoke.as_dict()
             res.status = ("reconfigured" if reconfigured else "unchanged") if smoke.ok else "failed"
             res.error = None if smoke.ok else f"serving version fails its smoke test: {smoke.detail}"
@@ -186,7 +226,7 @@ class Reloader:
                 res.error = f"new version did not load: {exc}"
                 return res
             res.seconds["candidate_load"] = time.monotonic() - t
-            smoke = smoke_test(self.client, cand.name, number, g)
+            smoke = smoke_test(self.client, cand.name, number, g, gate=entry.options.gate)
             res.smoke = smoke.as_dict()
             fault_point("serving.reload.candidate_tested")
             if not smoke.ok:
@@ -201,7 +241,7 @@ class Reloader:
         try:
             self._switch(entry, sorted({*old, number}))
             self.client.wait_ready(model, number, timeout=self.unload_timeout)
-            smoke = smoke_test(self.client, model, number, g)
+            smoke = smoke_test(self.client, model, number, g, gate=entry.options.gate)
             res.smoke = smoke.as_dict()
             if not smoke.ok:
                 raise ServingError(f"smoke test failed inside {model}: {smoke.detail}", rule="smoke-test")

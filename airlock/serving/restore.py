@@ -157,8 +157,8 @@ def _serve(repo: Any, client: TritonClient, entry: TritonModel, name: str, versi
         return str(exc)
     except AirlockError as exc:
         return str(exc)
-    if entry.options.backend == "python":
-        result = smoke_test(client, name, number, None)
+    if entry.options.gate != "ready":
+        result = smoke_test(client, name, number, None, gate=entry.options.gate)
         if not result.ok:
             return f"liveness inference failed: {result.detail}"
     return None

@@ -53,6 +53,8 @@ class ModelOptions:
     * ``tensor_parallel_size``: vllm engine argument; tensorrtllm: recorded (a TensorRT engine's TP
       size is fixed when it is built; the config's ``airlock_tensor_parallel_size`` says what was meant).
     * ``gpu_memory_utilization``: vllm engine argument; tensorrtllm ``kv_cache_free_gpu_mem_fraction``.
+    * ``task``: python backend only, ``embed`` (default; MiniLM embeddings) or ``generate`` (the
+      DeepSeek-V3-style numpy LM, decoupled: tokens streamed over GRPC). vllm and tensorrtllm generate.
     """
 
     backend: str = "python"
@@ -62,6 +64,21 @@ class ModelOptions:
     max_queue_delay_us: int = 0
     tensor_parallel_size: int | None = None
     gpu_memory_utilization: float | None = None
+    task: str | None = None
+
+    @property
+    def generates(self) -> bool:
+        """A decoupled model streaming tokens (the gate talks GRPC streaming to it)."""
+        return self.backend != "python" or self.task == "generate"
+
+    @property
+    def gate(self) -> str:
+        """How the smoke test talks to the model: ``infer`` (HTTP tensors), ``stream`` (GRPC token
+        stream, the python generation model), ``ready`` (vllm/tensorrtllm: readiness only; their
+        text I/O golden is not implemented)."""
+        if not self.generates:
+            return "infer"
+        return "stream" if self.backend == "python" else "ready"
 
     @property
     def tensor_parallel(self) -> int:
@@ -131,6 +148,13 @@ def check_options(opts: ModelOptions, *, where: str) -> ModelOptions:
     if opts.backend == "vllm" and (opts.dynamic_batching or opts.max_queue_delay_us):
         raise _bad(where, "the vllm backend batches continuously inside the engine: dynamic_batching and "
                           "max_queue_delay_us do not apply (max_batch_size sets the engine's max_num_seqs)")
+    if opts.task not in (None, "embed", "generate") or (opts.backend != "python" and opts.task == "embed"):
+        raise _bad(where, "task must be embed or generate (python backend; vllm and tensorrtllm "
+                          f"generate), not {opts.task!r}")
+    batching = opts.max_batch_size or opts.dynamic_batching
+    if opts.task == "generate" and opts.backend == "python" and batching:
+        raise _bad(where, "the python generation model streams one request at a time: max_batch_size 0, "
+                          "no dynamic batching")
     if (opts.dynamic_batching or opts.max_queue_delay_us) and opts.max_batch_size == 0:
         raise _bad(where, "dynamic batching needs max_batch_size > 0 (Triton batches along that dimension)")
     if opts.max_queue_delay_us and not opts.dynamic_batching:

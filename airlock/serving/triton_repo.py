@@ -90,7 +90,17 @@ def _batching(opts: ModelOptions) -> list[str]:
 def render_config(name: str, versions: list[int], opts: ModelOptions, *, hidden_size: int = 384) -> str:
     """config.pbtxt text for ``name`` serving exactly ``versions`` with the serving options ``opts``."""
     head = [f'name: "{name}"', f'backend: "{opts.backend}"', _policy(versions)]
-    if opts.backend == "python":
+    if opts.backend == "python" and opts.task == "generate":
+        # the DeepSeek-style numpy LM (python_model/model.py): one token per streamed response
+        body = [
+            "max_batch_size: 0",
+            "model_transaction_policy { decoupled: true }",
+            'input [\n  { name: "INPUT_IDS" data_type: TYPE_INT64 dims: [ -1 ] },\n'
+            '  { name: "MAX_TOKENS" data_type: TYPE_INT32 dims: [ 1 ] optional: true }\n]',
+            'output [\n  { name: "OUTPUT_IDS" data_type: TYPE_INT64 dims: [ 1 ] }\n]',
+            f"instance_group [ {{ count: {opts.instance_count} kind: KIND_CPU }} ]",
+        ]
+    elif opts.backend == "python":
         # with max_batch_size > 0 Triton owns the first dimension: dims name the rest
         batch = "" if opts.max_batch_size else "-1, "
         body = [

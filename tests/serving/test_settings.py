@@ -78,6 +78,8 @@ def test_configure_validates_before_writing_and_is_idempotent(tmp_path: Path, ai
         ({"instance_count": 0}, "instance_count must be an integer >= 1"),
         ({"instance_count": True}, "instance_count must be an integer"),
         ({"bogus": 1}, "unknown serving option"),
+        ({"backend": "vllm", "task": "embed"}, "task must be embed or generate"),
+        ({"task": "generate", "max_batch_size": 4}, "streams one request at a time"),
     ]
     for changes, message in bad:
         with pytest.raises(ManifestError, match=message):
