@@ -55,7 +55,7 @@ options:
       - The audit head (C({seq, hash})) the control node recorded on its last run. The log must
         still hold that record, byte for byte; a truncated or replaced log is drift (rule
         C(audit-anchor)) even when the catalog's head was edited too.
-      - Without O(verify), only the audit log is checked (chain, catalog head, this anchor): cheap
+      - Without O(verify), only the audit log is checked (chain, catalog head, this anchor), cheap
         enough for the end of every run (C(playbooks/tasks/audit_head.yml)).
     type: dict
   keyring:
