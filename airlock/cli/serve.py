@@ -327,15 +327,26 @@ def smoke(
 
 @app.command("golden")
 def golden_cmd(
-    model_dir: Path = typer.Argument(..., help="A MiniLM-shaped model directory."),
+    model_dir: Path = typer.Argument(..., help="A MiniLM-shaped or DeepSeek-style model directory."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write here (default: stdout)."),
     atol: float = typer.Option(1e-4, "--atol", help="Absolute tolerance."),
     rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance."),
+    prompt_ids: str | None = typer.Option(None, "--prompt-ids", help="Comma-separated token ids: a "
+                                          "generation record (greedy OUTPUT_IDS) instead of embeddings."),
+    max_tokens: int = typer.Option(8, "--max-tokens", help="Tokens to generate (with --prompt-ids)."),
 ) -> None:
     """Compute the golden smoke-test record of MODEL_DIR (for the bundle manifest's model entry)."""
-    from airlock.serving.golden import golden_record
+    from airlock.serving.golden import generation_record, golden_record
 
-    record = golden_record(model_dir, atol=atol, rtol=rtol)
+    if prompt_ids is None:
+        record = golden_record(model_dir, atol=atol, rtol=rtol)
+    else:
+        try:
+            ids = [int(t) for t in prompt_ids.split(",")]
+        except ValueError:
+            raise typer.BadParameter(f"--prompt-ids {prompt_ids!r}: expected comma-separated integers"
+                                     ) from None
+        record = generation_record(model_dir, ids, max_tokens)
     text = json.dumps(record, indent=1) + "\n"
     if output is None:
         typer.echo(text, nl=False)

@@ -151,10 +151,18 @@ def test_generation_model_streams_and_is_gated_by_its_golden_record(triton, llm_
 
 
 def test_generation_golden_records_are_checked(llm_root: Path) -> None:
+    import subprocess
+    import sys
+
     from airlock.errors import ManifestError
 
     rec = generation_record(llm_root / "model_repo" / "gen_ds" / "1.0.0", PROMPT, max_tokens=4)
     assert parse_golden(rec).kind == "generation"
+    cli = subprocess.run([str(Path(sys.executable).with_name("airlock")), "serve", "golden",
+                          str(llm_root / "model_repo" / "gen_ds" / "1.0.0"), "--prompt-ids",
+                          ",".join(map(str, PROMPT)), "--max-tokens", "4"], capture_output=True, text=True,
+                         check=False, timeout=300)
+    assert cli.returncode == 0 and json.loads(cli.stdout) == rec, cli.stderr
     for bad in ({**rec, "expected": {"OUTPUT_IDS": []}}, {**rec, "input": {"INPUT_IDS": ["a"]}},
                 {**rec, "max_tokens": 2}, {**rec, "max_tokens": True}):
         with pytest.raises(ManifestError, match="generation golden"):
