@@ -206,9 +206,13 @@ def _run(name: str, a: FleetArgs) -> None:
         if a.check and not a.as_json:
             check_banner()
         with tempfile.TemporaryDirectory(prefix="airlock-canary-") as tmp:
-            answer = Path(tmp) / "answer" if a.confirm_canary else None
+            # Under ansible-runner a pause prompt would wait on a pty nobody reads: the CLI always
+            # takes the decision itself (also when the inventory sets airlock_update_canary_confirm).
+            answer = Path(tmp) / "answer" if name == "update" else None
             if answer is not None:
-                ev.update(airlock_update_canary_confirm=True, airlock_update_canary_answer_file=str(answer))
+                ev["airlock_update_canary_answer_file"] = str(answer)
+            if a.confirm_canary:
+                ev["airlock_update_canary_confirm"] = True
             result = run_playbook(name, a.inventory, ev, limit=a.limit, check=a.check, diff=a.diff or a.check,
                                   on_event=_Progress(a.as_json, answer), private_data_dir=a.runner_dir,
                                   tags=_split(a.tags), skip_tags=_split(a.skip_tags), vault=vault)

@@ -224,8 +224,11 @@ def test_confirm_after_the_canary(bundles: Bundles, tmp_path: Path) -> None:
     assert "Go on with the remaining hosts?" in r.stderr, r.stderr
     hosts = {h["host"]: h["result"] for h in json.loads(r.stdout)["hosts"]}
     assert hosts == {"local-a": "changed", "local-b": "not started"}
-    r = airlock(*update, stdin="y\n")
+    r = airlock(*update, "--canary-pause", "1", stdin="y\n")
     assert r.returncode == 0, r.stdout + r.stderr
+    runs = (tmp_path / "runner").glob("artifacts/*/stdout")
+    stdout = max(runs, key=lambda p: p.stat().st_mtime).read_text()
+    assert "TASK [Pause after the canary batch]" in stdout and "Pausing for 1 seconds" in stdout
     report = json.loads(r.stdout)
     assert report["batches"] == [["local-a"], ["local-b"]]
     assert {h["host"]: h["to"] for h in report["hosts"]} == {"local-a": "1.1.0", "local-b": "1.1.0"}
