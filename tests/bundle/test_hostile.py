@@ -187,6 +187,7 @@ def test_accepted_limits_still_pass(keys: Keys, trust: Trust, base: Path, tmp_pa
 
     def fn(d: dict[str, Any]) -> None:
         d["sequence"] = 2**63 - 1
+        d["models"][0]["description"] = '\\"[{' * 200  # brackets and escaped quotes inside a string
         d["models"][0]["golden"]["expected"] = deep
         d["files"]["models/" + "n" * 231] = d["files"][CFG]
     bundle = tmp_path / "b"
