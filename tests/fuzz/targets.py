@@ -41,7 +41,8 @@ from airlock.errors import AirlockError
 from airlock.safetensors_io import read_header
 
 # every exit code the README documents for an error
-DOCUMENTED = frozenset({1, 10, 11, 12, 13, 14, 15, 20, 21, 22, 30, 31, 32, 33, 36, 37, 38})
+DOCUMENTED = frozenset({1, 10, 11, 12, 13, 14, 15, 20, 21, 22, 30, 31, 32, 33, 34, 35, 36, 37, 38, 40, 50, 51,
+                        52, 130})
 SCRATCH = Path(os.environ.get("AIRLOCK_FUZZ_TMP", "/dev/shm" if os.path.isdir("/dev/shm") else
                               tempfile.gettempdir()))
 
