@@ -2,8 +2,9 @@
 model_update's hook) stops the rollout at the canary when its smoke test fails, and gates each batch.
 
 Hosts are local (ansible_connection=local), each with its own Airlock root, Triton repository and
-tritonserver on its own ports; the update play uses the fleet shape of playbooks/update.yml
-(serial canary batch, max_fail_percentage 0, block/rescue rolling the host back)."""
+tritonserver on its own ports; the update play is a stand-in with a serial canary batch and a
+block/rescue rolling the host back (a failed one-host batch stops the play, as in
+playbooks/update.yml, whose own rollout semantics are tested in tests/fleet/test_rollout_local.py)."""
 
 from __future__ import annotations
 
