@@ -46,7 +46,9 @@ options:
     description: An existing GnuPG home holding the trusted public keys (used when O(keyring) is unset).
     type: path
   compatible:
-    description: The profile the bundle must match; default the appliance's recorded profile (/etc/airlock/appliance.yaml), which a value given must agree with.
+    description:
+      - The profile the bundle must match. Default is the appliance's recorded profile
+        (C(/etc/airlock/appliance.yaml)); a value given must agree with it.
     type: str
   owner:
     description: Owner of the repository (used only to open it; staging files stay root-owned).
