@@ -366,3 +366,28 @@ def sweep_plaintext_stages(staged_root: Path) -> list[Path]:
             removed.append(stage)
         marker.unlink(missing_ok=True)
     return removed
+
+
+def check_stored_headers(vdir: Path, row: Any) -> None:
+    """Before a rollback swaps ``current`` to a present encrypted version (no key needed): every
+    file's header names this model and path (format 2), is under the catalog's key reference and
+    declares the catalog's plaintext size. A moved or swapped ciphertext, or a file restored from
+    before a rotation, is refused here (exit 13); an older version's ciphertext of the same file
+    with the same size is caught by the plaintext hash (``airlock model verify``)."""
+    from airlock.crypto.errors import EncryptedFormatError
+    from airlock.crypto.format import FileIdentity
+    from airlock.crypto.stream import check_identity
+
+    if row is None or row.encryption is None:
+        return
+    for rel, f in sorted(row.files.items()):
+        path = vdir / rel
+        if not is_encrypted(path):
+            raise EncryptedFormatError(f"{row.model} {row.version}: {rel} is not encrypted", path=str(path))
+        header = read_encrypted_header(path)
+        if header.identity is not None and header.identity.path:
+            check_identity(header, FileIdentity(row.model, rel), str(path))
+        check_key_ref(path, row.encryption)
+        if header.plaintext_size != f.size:
+            raise EncryptedFormatError(f"{row.model} {row.version}: {rel} holds {header.plaintext_size} "
+                                       f"plaintext bytes, the catalog records {f.size}", path=str(path))

@@ -680,6 +680,10 @@ class Repository:
                                          sequence=row.sequence)
                         self._verify_rebuilt(work / "tree", expected, enc)
                         self._register(cat, plan, work / "tree", final, "rebuilt:reverse-delta", enc)
+                else:  # a symlink swap: an encrypted target's files must still be in their places
+                    from airlock.repo.encryption import check_stored_headers
+
+                    check_stored_headers(self.layout.version_dir(model, target), cat.version(model, target))
             self.activate(model, target, action="rollback", mark_old="failed")
             return plan
 

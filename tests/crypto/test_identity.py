@@ -204,3 +204,21 @@ def test_restored_pre_rotation_file_refused(erepo: Repository, keyfile_env: KeyE
     assert not report["ok"] and "catalog records dev:k2" in report["versions"][0]["problems"][0]["actual"]
     proc = airlock_cli("keys", "verify", str(target), *conf)
     assert proc.returncode == 13 and "catalog records dev:k2" in proc.stderr
+
+
+def test_symlink_swap_rollback_checks_the_target(erepo: Repository, keyfile_env: KeyEnv) -> None:
+    """A rollback to a present encrypted version is a symlink swap: it first checks (from the
+    headers, no key needed) that every file is bound to its place, under the catalog's key and of
+    the catalog's size; swapped ciphertexts are refused and current stays where it was."""
+    erepo.activate("m", "1.1.0")
+    v0 = erepo.layout.version_dir("m", "1.0.0")
+    a, b = (v0 / "config.json").read_bytes(), (v0 / "tokenizer.json").read_bytes()
+    _put(v0 / "config.json", b)
+    _put(v0 / "tokenizer.json", a)
+    with pytest.raises(EncryptedFormatError, match=r"belongs to m:tokenizer\.json"):
+        erepo.rollback("m", to="1.0.0")
+    assert erepo.link_target("m") == "1.1.0"
+    _put(v0 / "config.json", a)
+    _put(v0 / "tokenizer.json", b)
+    erepo.rollback("m", to="1.0.0")
+    assert erepo.link_target("m") == "1.0.0"
