@@ -8,6 +8,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +28,13 @@ from airlock.serving.triton_repo import generate
 from tests.serving.conftest import _require_triton, add_model, ids
 from tests.serving.test_roles import _playbook, _run
 from tests.support import require_tool
+
+
+def _airlock(*args: str) -> subprocess.CompletedProcess[str]:
+    cli = Path(sys.executable).with_name("airlock")
+    return subprocess.run([str(cli), *args], capture_output=True, text=True, check=False,
+                          env={**os.environ, "NO_COLOR": "1"}, timeout=120)
+
 
 TIMINGS = Path(os.environ.get("AIRLOCK_LB_TIMINGS", "/tmp/airlock-lb-timings.json"))
 
@@ -58,8 +67,6 @@ class Traffic:
 @contextlib.contextmanager
 def _haproxy_by_role(tmp: Path, servers: list[dict[str, object]]) -> Iterator[tuple[HAProxy, str]]:
     """roles/load_balancer applied on localhost (process supervisor), idempotent; (runtime API, URL)."""
-    import sys
-
     port = free_port()
     extra = {"ansible_python_interpreter": sys.executable, "load_balancer_supervisor": "process",
              "load_balancer_install_apt": False, "load_balancer_config": str(tmp / "haproxy.cfg"),
@@ -134,6 +141,17 @@ def test_drain_swap_through_haproxy_drops_no_request(tmp_path: Path, airlock_roo
         st = lb.state("triton", "t1")
         assert (st.admin, st.weight) == ("ready", 100)
         assert hosts["t1"].client().loaded_versions("lb_m") == {"2": "READY"}  # still 1.1.0
+
+        # the CLI update.yml's airlock_lb_drain_command / airlock_lb_enable_command run on the LB host
+        sock = ["--socket", str(tmp_path / "lb" / "admin.sock"), "--json"]
+        drained = _airlock("serve", "lb", "drain", "t2", "--wait", "60", *sock)
+        assert drained.returncode == 0 and json.loads(drained.stdout)["admin"] == "drain", drained.stderr
+        status = json.loads(_airlock("serve", "lb", "status", *sock).stdout)
+        assert (status["t1"]["admin"], status["t2"]["admin"]) == ("ready", "drain")
+        enabled = _airlock("serve", "lb", "enable", "t2", "--weight", "100", *sock)
+        assert enabled.returncode == 0 and json.loads(enabled.stdout)["admin"] == "ready"
+        unknown = _airlock("serve", "lb", "drain", "nope", *sock[:2])
+        assert unknown.returncode == 50 and "has no server 'nope'" in unknown.stderr
         time.sleep(1.0)
         traffic.stop.set()
         thread.join(60)
@@ -149,8 +167,6 @@ def test_drain_swap_through_haproxy_drops_no_request(tmp_path: Path, airlock_roo
 
 @pytest.mark.parametrize("bad", [{"load_balancer_servers": []}, {"load_balancer_supervisor": "upstart"}])
 def test_role_refuses_bad_settings(tmp_path: Path, bad: dict[str, object]) -> None:
-    import sys
-
     extra = {"ansible_python_interpreter": sys.executable, "load_balancer_install_apt": False,
              "load_balancer_servers": [{"name": "a", "address": "127.0.0.1", "port": 1}], **bad}
     play = _playbook(tmp_path, [{"hosts": "all", "gather_facts": False, "roles": ["load_balancer"]}])
