@@ -766,29 +766,55 @@ class Repository:
                                      f"{installed} and the bundle is not a signed rollback",
                                      path=str(staged.path), rule="downgrade")
             record = self.layout.bundle_record(m.bundle_id)
+            kept_before = (record / MANIFEST_NAME).exists()
+            floor_before = cat.get_meta("sequence")
             manifest_bytes = (staged.path / MANIFEST_NAME).read_bytes()
             msha = hashlib.sha256(manifest_bytes).hexdigest()
+            # The manifest is kept before any version refers to it (a crash mid-install leaves no version
+            # whose provenance is missing); it is the anti-downgrade floor, so a bundle that installed
+            # nothing takes it back out below: a refused bundle must not raise the floor.
             atomic_write_bytes(record / MANIFEST_NAME, manifest_bytes, 0o444)
             sig = staged.path / SIGNATURE_NAME
             if sig.exists():
                 atomic_write_bytes(record / SIGNATURE_NAME, sig.read_bytes(), 0o444)
-            with cat.transaction():  # with the kept manifest, which is the anti-downgrade floor anyway
+            with cat.transaction():
                 cat.set_meta("sequence", str(max(m.sequence, installed or 0)))
             plans: list[Plan] = []
-            for me in m.models:
-                common: dict[str, Any] = {
-                    "target_files": me.target_files, "activate": activate, "description": me.description,
-                    "dependencies": dict(me.dependencies), "bundle_id": m.bundle_id, "manifest_sha256": msha,
-                    "sequence": m.sequence, "progress": progress, "encrypt": encrypt, "keys": keys}
-                if me.kind == "full":
-                    plans.append(self.install_version(me.name, me.version, staged.path / me.path, **common))
-                else:
-                    p = self.update_from_delta(me.name, staged.path / me.path, **common)
-                    if p.version != me.version:
-                        raise IntegrityError(f"{me.path}: delta leads to {p.version}, manifest says "
-                                             f"{me.version}", path=me.path, rule="delta-version")
-                    plans.append(p)
+            try:
+                for me in m.models:
+                    common: dict[str, Any] = {
+                        "target_files": me.target_files, "activate": activate, "description": me.description,
+                        "dependencies": dict(me.dependencies), "bundle_id": m.bundle_id,
+                        "manifest_sha256": msha, "sequence": m.sequence, "progress": progress,
+                        "encrypt": encrypt, "keys": keys}
+                    if me.kind == "full":
+                        plans.append(self.install_version(me.name, me.version, staged.path / me.path,
+                                                          **common))
+                    else:
+                        p = self.update_from_delta(me.name, staged.path / me.path, **common)
+                        if p.version != me.version:
+                            raise IntegrityError(f"{me.path}: delta leads to {p.version}, manifest says "
+                                                 f"{me.version}", path=me.path, rule="delta-version")
+                        plans.append(p)
+            except BaseException:
+                if not plans and not kept_before:
+                    self._forget_bundle(cat, record, floor_before)
+                raise
             return plans
+
+    @staticmethod
+    def _forget_bundle(cat: Catalog, record: Path, floor: str | None) -> None:
+        """Undo keeping a bundle's manifest when none of its models was installed (the caller holds the
+        lock): the record goes and the catalog's floor is what it was."""
+        with contextlib.suppress(FileNotFoundError):
+            for f in record.iterdir():
+                f.unlink()
+            record.rmdir()
+        with cat.transaction():
+            if floor is None:
+                cat.del_meta("sequence")
+            else:
+                cat.set_meta("sequence", floor)
 
     # ------------------------------------------------------------------------------------ queries
     def installed_sequence(self) -> int | None:

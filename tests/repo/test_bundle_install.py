@@ -118,3 +118,26 @@ def test_install_bundle_cli_removes_its_staged_copy(tmp_path: Path, bundles: dic
     assert r.returncode == 0, r.stderr
     kept = root / "model_repo" / "update_packages" / "m" / "m-1.0.0-1.1.0.aldelta"
     assert kept.exists() and os.readlink(root / "model_repo" / "m" / "current") == "1.1.0"
+
+
+def test_refused_bundle_does_not_raise_the_floor(repo: Repository, bundles: dict[str, Path], keys: Keys,  # noqa: F811
+                                                 versions: Versions, tmp_path: Path) -> None:
+    """A signed bundle whose install fails before any model was installed (here: it claims 1.0.0 with
+    other content than the installed 1.0.0) keeps no manifest and leaves the anti-downgrade floor where
+    it was, so the next legitimate bundle (sequence between the two) still installs."""
+    repo.install_from_bundle(stage_bundle(bundles["full"], tmp_path / "s-full", _trust(keys)))
+    assert repo.installed_sequence() == 5
+    clash = _bundle(tmp_path, keys, "clash", {"name": "m", "version": "1.0.0",
+                                               "path": str(versions.src["1.1.0"])}, 9)
+    staged = stage_bundle(clash, tmp_path / "s-clash", _trust(keys))
+    records_before = sorted(p.name for p in repo.layout.bundle_records.iterdir())
+    with pytest.raises(Exception) as exc:
+        repo.install_from_bundle(staged)
+    assert not isinstance(exc.value, DowngradeError)
+    assert repo.installed_sequence() == 5
+    assert sorted(p.name for p in repo.layout.bundle_records.iterdir()) == records_before
+    assert os.readlink(repo.layout.current("m")) == "1.0.0"
+    staged2 = stage_bundle(bundles["delta"], tmp_path / "s-delta", _trust(keys),
+                           installed_sequence=repo.installed_sequence())
+    repo.install_from_bundle(staged2)
+    assert repo.installed_sequence() == 6 and repo.verify("m")["ok"]
