@@ -8,7 +8,7 @@ import sys
 import typer
 
 from airlock import __version__
-from airlock.cli import audit, bundle, common, delta, fleet, keys, model, preflight, serve
+from airlock.cli import audit, bundle, common, delta, fleet, keys, metrics, model, preflight, serve
 from airlock.errors import from_exception
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.add_typer(keys.app, name="keys", help="Encryption at rest: key providers, ro
 app.add_typer(serve.app, name="serve", help="Triton serving: repository generation, reload, smoke test.")
 fleet.register(app)
 preflight.register(app)
+metrics.register(app)
 
 
 def _version(value: bool) -> None:

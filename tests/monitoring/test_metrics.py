@@ -1,0 +1,98 @@
+"""``airlock metrics``: the real CLI on a real signed repository writes a .prom file that promtool
+accepts, with the active version, drift by rule after a flipped byte, the audit chain, the last
+operations; nothing changes under the root; bad input is one line with its exit code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from airlock.repo import Repository
+from tests.fleet.bundles import MODEL, Bundles
+from tests.monitoring.conftest import promtool
+from tests.repo.conftest import cli
+from tests.repo.test_verify_readonly import tree_state
+
+
+def samples(prom: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(prom.read_text()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def flip_byte(repo: Repository) -> Path:
+    """Flip one byte in the active version's weight file (as root would; files are 0444)."""
+    weights = sorted(repo.layout.version_dir(MODEL, "1.1.0").glob("*.safetensors"))[0]
+    os.chmod(weights, 0o644)
+    with open(weights, "r+b") as fh:
+        fh.seek(100)
+        b = fh.read(1)
+        fh.seek(100)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    os.chmod(weights, 0o444)
+    return weights
+
+
+def test_metrics_clean_then_drift(appliance: Repository, textfile_dir: Path, mon_bundles: Bundles) -> None:
+    root = appliance.layout.root
+    before = tree_state(root)
+    r = cli(root, "metrics", "--textfile-dir", str(textfile_dir), "--verify", "--trust",
+            mon_bundles.fingerprint, "--keyring", str(mon_bundles.keyring))
+    assert r.returncode == 0, r.stderr
+    prom = textfile_dir / "airlock.prom"
+    check = subprocess.run([promtool(), "check", "metrics"], input=prom.read_text(), capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    s = samples(prom)
+    bid = appliance.show(MODEL, "1.1.0")["bundle_id"]
+    assert s[("airlock_model_active_info", (("bundle_id", bid), ("model", MODEL), ("version", "1.1.0")))] == 1
+    assert s[("airlock_model_versions", (("model", MODEL), ("state", "active"), ("tier", "hot")))] == 1
+    assert s[("airlock_model_versions", (("model", MODEL), ("state", "previous"), ("tier", "hot")))] == 1
+    assert s[("airlock_verify_ok", ())] == 1
+    assert s[("airlock_verify_signatures_checked", ())] == 1
+    assert s[("airlock_audit_chain_ok", ())] == 1
+    assert s[("airlock_operation_last_success", (("action", "update"),))] == 1
+    assert s[("airlock_repository_bytes", ())] > 0
+    assert 0 < s[("airlock_tier_filesystem_avail_bytes", (("tier", "hot"),))] <= \
+        s[("airlock_tier_filesystem_size_bytes", (("tier", "hot"),))]
+    assert not any(n == "airlock_verify_drift_items" for n, _ in s)
+    assert tree_state(root) == before
+
+    flip_byte(appliance)
+    drifted = tree_state(root)
+    r = cli(root, "metrics", "--textfile-dir", str(textfile_dir), "--verify")
+    assert r.returncode == 13, r.stderr
+    assert "drift found" in r.stderr and "Traceback" not in r.stderr
+    s = samples(prom)
+    assert s[("airlock_verify_ok", ())] == 0
+    assert s[("airlock_verify_signatures_checked", ())] == 0
+    assert s[("airlock_verify_drift_items", (("rule", "sha256"),))] >= 1
+    assert tree_state(root) == drifted  # verify and metrics changed no byte under the root
+    # a refresh without --verify (after a mutating operation) keeps the last verify result
+    r = cli(root, "metrics", "--textfile-dir", str(textfile_dir))
+    assert r.returncode == 0, r.stderr
+    assert samples(prom)[("airlock_verify_ok", ())] == 0
+    assert [p.name for p in textfile_dir.iterdir() if p.name.startswith(".")] == []  # no temp file left
+
+
+def test_metrics_bad_input(appliance: Repository, tmp_path: Path) -> None:
+    root = appliance.layout.root
+    before = tree_state(root)
+    inside = root / "model_repo"
+    cases: list[tuple[tuple[str, ...], int]] = [
+        (("--textfile-dir", str(inside)), 30),  # inside the root: verify is read-only there
+        (("--textfile-dir", str(tmp_path / "nope")), 30),
+        (("--textfile-dir", str(tmp_path), "--tier", "warm"), 2),
+        (("--textfile-dir", str(tmp_path), "--tier", f"warm={tmp_path}/missing"), 30)]
+    for args, code in cases:
+        r = cli(root, "metrics", *args)
+        assert r.returncode == code, (args, r.stderr)
+        assert "Traceback" not in r.stderr and r.stderr.strip()
+    r = cli(tmp_path / "empty", "metrics", "--textfile-dir", str(tmp_path))
+    assert r.returncode == 30 and "no model repository" in r.stderr, r.stderr
+    assert tree_state(root) == before
