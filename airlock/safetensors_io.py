@@ -109,7 +109,7 @@ def parse_header(raw_json: bytes, data_size: int, path: str = "<memory>") -> tup
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise _fail(path, f"tensor {name!r}: entry needs exactly dtype, shape, data_offsets", "entry")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPE_SIZES:
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
             raise _fail(path, f"tensor {name!r}: unknown dtype {dtype!r}", "dtype")
         if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
             raise _fail(path, f"tensor {name!r}: shape must be a list of non-negative integers", "shape")
