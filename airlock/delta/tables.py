@@ -53,7 +53,7 @@ def unpack_columns(layout: Any, data: bytes | memoryview) -> dict[str, np.ndarra
             dtype = COLUMN_TYPES[code]
             shape = tuple(int(d) for d in shape)
             count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        except (TypeError, ValueError, KeyError) as exc:
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:  # OverflowError: a dim past int64
             raise _bad(f"column {name!r}: bad layout {spec!r}") from exc
         if not isinstance(pos, int) or pos < 0 or min(shape, default=0) < 0 or len(shape) > 2 \
                 or pos + count * dtype.itemsize > len(data):

@@ -47,3 +47,40 @@ def test_short_fuzz_run_finds_nothing(target: str, tmp_path: Path) -> None:
     tail = proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.returncode == 0, tail
     assert "Done" in proc.stderr and not list((tmp_path / "crashes").iterdir()), tail
+
+
+WRONG = ([1], {"a": 1}, "x", -1, 2**70, None, 1.5, True)
+
+
+def _leaves(v: object, path: list[object]) -> list[list[object]]:
+    out = [path]
+    if isinstance(v, dict):
+        for k in v:
+            out += _leaves(v[k], [*path, k])
+    elif isinstance(v, list):
+        for i, x in enumerate(v[:3]):
+            out += _leaves(x, [*path, i])
+    return out
+
+
+def test_delta_index_every_field_wrong_type() -> None:
+    """Structure-aware sweep (it found the int64 overflow in the column layout): every field of a real
+    delta index, in turn, replaced by a value of another type or out of range."""
+    import copy
+    import json
+    import struct
+
+    from tests.fuzz.targets import raw_index_of, real_delta
+
+    raw = raw_index_of(real_delta())
+    (n,) = struct.unpack_from("<Q", raw)
+    meta, rest = json.loads(raw[8:8 + n]), raw[8 + n:]
+    for path in _leaves(meta, [])[1:]:
+        for value in WRONG:
+            doc = copy.deepcopy(meta)
+            parent = doc
+            for k in path[:-1]:
+                parent = parent[k]
+            parent[path[-1]] = value
+            body = json.dumps(doc).encode()
+            TARGETS["delta_index"].run(struct.pack("<Q", len(body)) + body + rest)
