@@ -84,3 +84,28 @@ def test_delta_index_every_field_wrong_type() -> None:
             parent[path[-1]] = value
             body = json.dumps(doc).encode()
             TARGETS["delta_index"].run(struct.pack("<Q", len(body)) + body + rest)
+
+
+def _sweep(doc: object, encode: object, target: str) -> None:
+    import copy
+
+    for path in _leaves(doc, [])[1:]:
+        for value in WRONG:
+            changed = copy.deepcopy(doc)
+            parent = changed
+            for k in path[:-1]:
+                parent = parent[k]  # type: ignore[index]
+            parent[path[-1]] = value  # type: ignore[index]
+            TARGETS[target].run(encode(changed))  # type: ignore[operator]
+
+
+def test_manifest_and_safetensors_every_field_wrong_type() -> None:
+    import json
+
+    from airlock.bundle.manifest import to_dict
+    from tests.fuzz.targets import safetensors_bytes, sample_manifest
+
+    _sweep(to_dict(sample_manifest()), lambda d: json.dumps(d).encode(), "manifest")
+    header = {"a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+              "b": {"dtype": "BF16", "shape": [3], "data_offsets": [16, 22]}, "__metadata__": {"k": "v"}}
+    _sweep(header, lambda h: safetensors_bytes(h, bytes(22)), "safetensors")
