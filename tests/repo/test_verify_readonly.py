@@ -234,3 +234,32 @@ def test_audit_head_tasks_keep_the_anchor_from_any_run(fleet: Fleet) -> None:
     r = run()
     assert r.returncode != 0 and "audit-anchor" in r.stdout, r.stdout
     assert "h1" in r.stdout and _head(fleet, "h2") == grown
+
+
+def test_rollback_run_checks_and_keeps_the_audit_head(fleet: Fleet) -> None:
+    """rollback.yml (as install.yml and update.yml) ends with tasks/audit_head.yml: the anchor follows the
+    records the run appended, and a log cut since the last run fails that host even if the catalog agrees."""
+    def rollback(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(REPO / ".venv/bin/ansible-playbook"), "-i", str(fleet.inventory),
+                               str(REPO / "playbooks" / "rollback.yml"), *args], env=_env(),
+                              capture_output=True, text=True, timeout=600, cwd=REPO)
+
+    assert playbook(fleet, "--check").returncode == 0
+    before = _head(fleet, "h1")
+    r = rollback("--limit", "h1")
+    assert r.returncode == 0, r.stdout
+    log = fleet.root("h1") / "model_repo" / "update_history.log"
+    after = _head(fleet, "h1")
+    assert after["seq"] > before["seq"] and after["seq"] == len(log.read_bytes().splitlines())
+    # cut h2's log (catalog made to agree), then roll it back: the run itself notices
+    log2 = fleet.root("h2") / "model_repo" / "update_history.log"
+    lines = log2.read_bytes().splitlines()[:-1]
+    os.chmod(log2, 0o644)
+    log2.write_bytes(b"".join(ln + b"\n" for ln in lines))
+    os.chmod(log2, 0o640)
+    db = sqlite3.connect(fleet.root("h2") / "model_repo" / "metadata" / "model_catalog.db")
+    db.execute("UPDATE meta SET value=? WHERE key='audit_head'", (f"{len(lines)}:{line_hash(lines[-1])}",))
+    db.commit()
+    db.close()
+    r = rollback("--limit", "h2")
+    assert r.returncode != 0 and "audit-anchor" in r.stdout, r.stdout
