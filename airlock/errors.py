@@ -66,6 +66,13 @@ class DowngradeError(AirlockError):
     rule = "downgrade"
 
 
+class ReplayError(AirlockError):
+    """A site receipt whose sequence is not above the last one accepted from that site."""
+
+    exit_code = 16
+    rule = "replay"
+
+
 class DeltaSourceError(AirlockError):
     """The source model does not match what the delta was made against."""
 

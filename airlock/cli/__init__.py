@@ -8,7 +8,7 @@ import sys
 import typer
 
 from airlock import __version__
-from airlock.cli import audit, bundle, common, delta, fleet, keys, metrics, model, preflight, serve
+from airlock.cli import audit, bundle, common, delta, fleet, keys, metrics, model, preflight, receipt, serve
 from airlock.errors import from_exception
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.add_typer(model.app, name="model", help="The model repository on an applianc
 app.add_typer(audit.app, name="audit", help="The hash-chained audit log.")
 app.add_typer(keys.app, name="keys", help="Encryption at rest: key providers, rotation.")
 app.add_typer(serve.app, name="serve", help="Triton serving: repository generation, reload, smoke test.")
+app.add_typer(receipt.app, name="receipt", help="Signed site receipts: create at a site, verify them here.")
 fleet.register(app)
 preflight.register(app)
 metrics.register(app)

@@ -1,4 +1,4 @@
-"""`airlock bundle ...` commands: build, verify, stage, pack, unpack, inspect.
+"""`airlock bundle ...` commands: build (from a spec or a plan), plan, verify, stage, pack, unpack, inspect.
 
 Exit codes (docs/bundle-format.md): 0 ok, 10 signature, 11 manifest, 12 unsafe path,
 13 integrity, 14 incompatible, 15 downgrade."""
@@ -98,8 +98,11 @@ def _size(value: str | None) -> int | None:
 
 @app.command()
 def build(
-    spec: Path = typer.Argument(..., help="Bundle spec (YAML), e.g. bundle/demo-full.yml."),
-    output: Path = typer.Option(..., "--output", "-o", help="Bundle directory to create (must not exist)."),
+    spec: Path | None = typer.Argument(None, help="Bundle spec (YAML), e.g. bundle/demo-full.yml."),
+    output: Path = typer.Option(..., "--output", "-o", help="Bundle directory to create (must not exist); "
+                                "with --plan, the directory receiving one bundle per planned name."),
+    plan: Path | None = typer.Option(None, "--plan", help="Build the bundles of a plan made by `airlock "
+                                     "bundle plan` instead of SPEC."),
     signer: str = typer.Option(..., "--signer", help="Fingerprint of the signing key."),
     gnupghome: Path | None = HomeOpt,
     passphrase_file: Path | None = typer.Option(
@@ -113,6 +116,13 @@ def build(
     """Copy the payloads named by SPEC while hashing, write MANIFEST.json and sign it."""
     from airlock.bundle import build_bundle
 
+    if (spec is None) == (plan is None):
+        raise typer.BadParameter("give a SPEC or --plan PLAN (one of them)", param_hint="SPEC")
+    if plan is not None:
+        _build_plan(plan, output, signer, gnupghome, passphrase_file, _size(split_size), _size(block_size),
+                    as_json)
+        return
+    assert spec is not None
     with handle_errors(as_json):
         total = _spec_total(spec) if _show(progress, as_json) else None
     with handle_errors(as_json), progress_bytes("building", total, _show(progress, as_json)) as tick:
@@ -125,6 +135,66 @@ def build(
         out.print(f"built {safe(output)}: {safe(m.bundle_id)} ({m.kind}, sequence {m.sequence}), "
                   f"{len(m.files)} files, {human_bytes(m.total_bytes)}, signed by {safe(signer)}",
                   highlight=False)
+
+
+def _build_plan(plan: Path, output: Path, signer: str, gnupghome: Path | None, passphrase_file: Path | None,
+                split_size: int | None, block_size: int | None, as_json: bool) -> None:
+    from airlock.receipt.plan import build_from_plan
+
+    with handle_errors(as_json):
+        built = build_from_plan(plan, output, signer=signer, gnupghome=gnupghome,
+                                passphrase_file=passphrase_file, split_size=split_size, block_size=block_size)
+    if as_json:
+        emit_json({"ok": True, "bundles": built})
+        return
+    for b in built:
+        out.print(f"built {safe(b['path'])}: {safe(b['bundle_id'])} for {safe(', '.join(b['sites']))}, "
+                  f"{human_bytes(b['bytes'])}", highlight=False)
+
+
+@app.command("plan")
+def plan_cmd(
+    receipts: Path = typer.Option(..., "--receipts", help="Directory of verified receipts (FILE, FILE.asc)."),
+    target: list[str] = typer.Option(..., "--target", help="MODEL=VERSION for every host; repeatable."),
+    release: Path = typer.Option(..., "--release", help="Release repository root (every released bundle "
+                                 "installed into it: full versions, kept deltas, kept manifests)."),
+    trust: list[str] = typer.Option(..., "--trust", "-t", help="Pinned site key: FPR or SITE=FPR."),
+    keyring: Path | None = KeyringOpt,
+    gnupghome: Path | None = HomeOpt,
+    state: Path = typer.Option(..., "--state", help="The anti-replay state of `airlock receipt verify`: "
+                               "each receipt must be the last one accepted from its site."),
+    layout: str = typer.Option("auto", "--layout", help="auto (one shared bundle when every site needs the "
+                               "same), per-site or shared."),
+    output: Path = typer.Option(..., "--output", "-o", help="Plan file to write (JSON)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Per site, the minimal content that brings every host in its receipt to the target versions."""
+    from airlock.errors import ManifestError
+    from airlock.receipt.plan import make_plan, write_plan
+    from airlock.receipt.verify import verify_receipt
+
+    with handle_errors(as_json):
+        targets: dict[str, str] = {}
+        for t in target:
+            model, sep, version = t.partition("=")
+            if not sep:
+                raise ManifestError(f"--target {t!r}: expected MODEL=VERSION", rule="plan")
+            targets[model] = version
+        files = sorted(p for p in receipts.iterdir() if p.is_file() and not p.name.endswith(".asc")
+                       and not p.name.startswith("."))
+        verified = [verify_receipt(p, trust, keyring=keyring, gnupghome=gnupghome, state_dir=state,
+                                   latest_only=True) for p in files]
+        doc = make_plan(verified, release, targets, layout=layout)
+        write_plan(doc, output)
+    if as_json:
+        emit_json(doc)
+        return
+    for site, p in doc["sites"].items():
+        full, every = human_bytes(p["bytes_full_models"]), human_bytes(p["bytes_every_delta"])
+        out.print(f"{safe(site)}: {human_bytes(p['bytes'])} (full models {full}, every delta {every}), "
+                  f"bundle sequence {p['bundle_sequence']}", highlight=False)
+    out.print(f"layout {doc['layout']}: {len(doc['bundles'])} bundle(s); plan written to {safe(output)}",
+              highlight=False)
 
 
 @app.command()

@@ -61,14 +61,18 @@ def identify_version(delta_dir: Path, model_dir: Path) -> str:
                        f"({cid[:23]}...)", path=str(model_dir), rule="delta-no-chain")
 
 
-def find_chain_steps(delta_dir: Path, from_version: str, to_version: str) -> list[ChainStep]:
+def find_chain_steps(delta_dir: Path, from_version: str, to_version: str, *,
+                     forward_only: bool = False) -> list[ChainStep]:
     """Breadth-first search: the fewest deltas from ``from_version`` to ``to_version``; forward edges
-    are preferred over reverse ones at equal length. Raises AirlockError when there is no path."""
+    are preferred over reverse ones at equal length (``forward_only``: reverse edges are not used, as
+    for a bundle, whose deltas a target applies forwards). Raises AirlockError when there is no path."""
     if from_version == to_version:
         return []
     edges = _edges(delta_dir)
-    for steps in edges.values():
+    for v, steps in edges.items():
         steps.sort(key=lambda s: (s.reverse, s.path.name))
+        if forward_only:
+            edges[v] = [s for s in steps if not s.reverse]
     prev: dict[str, ChainStep] = {}
     seen = {from_version}
     queue = deque([from_version])

@@ -640,10 +640,12 @@ class Repository:
             return plan
 
     def rollback(self, model: str, to: str | None = None, *, progress: Progress = no_progress,
-                 keys: ProviderRegistry | None = None) -> Plan:
+                 keys: ProviderRegistry | None = None, failed: bool = False) -> Plan:
         """Back to the previous good version (or ``to``): a symlink swap, after rebuilding the version
         from the kept deltas if it was pruned (in the stored form recorded for it: encrypted under
-        its key ref or plaintext). The version rolled back from is marked ``failed``."""
+        its key ref or plaintext). The version rolled back from is marked ``rolled_back`` (an operator's
+        decision: still good, ``activate`` rolls forward), or ``failed`` when ``failed`` (the automatic
+        rollback after a failed apply or health gate)."""
         from airlock.crypto import is_encrypted
         from airlock.crypto.tree import apply_chain_encrypted
         from airlock.delta import ChainStep, apply_chain
@@ -684,7 +686,7 @@ class Repository:
                     from airlock.repo.encryption import check_stored_headers
 
                     check_stored_headers(self.layout.version_dir(model, target), cat.version(model, target))
-            self.activate(model, target, action="rollback", mark_old="failed")
+            self.activate(model, target, action="rollback", mark_old="failed" if failed else "rolled_back")
             return plan
 
     @staticmethod
@@ -934,8 +936,12 @@ class Repository:
                 if encrypted:  # version -> key ref of versions stored encrypted
                     models[model]["encrypted"] = encrypted
         head = self.audit_head()
+        from airlock.receipt.create import host_facts
+        from airlock.receipt.model import host_to_dict
+
         return {"root": str(self.root), "repo": str(self.layout.repo), "sequence": self.installed_sequence(),
-                "models": models, "audit_head": {"seq": head.seq, "hash": head.hash} if head else None}
+                "models": models, "audit_head": {"seq": head.seq, "hash": head.hash} if head else None,
+                "receipt": host_to_dict(host_facts(self))}  # this host's part of a site receipt
 
     def _catalog_head(self) -> audit.AuditHead | None:
         if not self.layout.catalog.exists():

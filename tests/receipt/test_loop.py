@@ -1,0 +1,200 @@
+"""The loop across the air gap, end to end with real gpg, real repositories and the real CLI:
+three sites on different versions (one with a pruned version, one with nothing) write signed
+receipts; the release side verifies them (a tampered and a replayed receipt are refused with their
+documented exit codes), plans the minimal bundle per site, builds it, and every host installs it
+with Repository.install_from_bundle and ends on the target."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from airlock.bundle import build_bundle, stage_bundle
+from airlock.hashing import sha256_file, tree_files
+from airlock.repo import Repository
+from tests.bundle.conftest import Keys
+from tests.repo.conftest import Versions
+
+MODEL = "m"
+PROFILE = "appliance-test"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def airlock(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    e = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-c", "from airlock.cli import main; main()", *args], env=e,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _bundle(tmp: Path, keys: Keys, name: str, seq: int, model: dict[str, object]) -> Path:
+    spec = tmp / f"{name}.yml"
+    spec.write_text(yaml.safe_dump({"bundle_id": name, "compatible": PROFILE, "sequence": seq,
+                                    "block_size": 4096, "models": [model]}))
+    build_bundle(spec, tmp / name, signer=keys.fpr["signer"], gnupghome=keys.home)
+    return tmp / name
+
+
+def _install(root: Path, bundle: Path, keys: Keys, work: Path) -> Repository:
+    repo = Repository(root, lock_timeout=5)
+    stage = work / f"stage-{root.name}-{bundle.name}"
+    staged = stage_bundle(bundle, stage, keys.trust(["signer"], "signer"))
+    repo.install_from_bundle(staged)
+    shutil.rmtree(stage, ignore_errors=True)
+    return repo
+
+
+def _hashes(d: Path) -> dict[str, str]:
+    return {rel: sha256_file(d / rel) for rel in tree_files(d)}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, keys: Keys, versions: Versions) -> dict[str, object]:
+    from airlock.delta import make_delta
+    from tests.repo.models import make_model
+
+    tmp = tmp_path_factory.mktemp("loop")
+    v13 = make_model(tmp / "src-1.3.0", change_layer=1, seed=5)
+    d23 = tmp / "m-1.2.0-1.3.0.aldelta"
+    make_delta(versions.src["1.2.0"], v13, d23, from_version="1.2.0", to_version="1.3.0")
+    rel = {
+        "b1": _bundle(tmp, keys, "rel-1", 1, {"name": MODEL, "version": "1.0.0",
+                                              "path": str(versions.src["1.0.0"])}),
+        "b2": _bundle(tmp, keys, "rel-2", 2, {"name": MODEL, "version": "1.1.0", "from_version": "1.0.0",
+                                              "delta_file": str(versions.deltas[("1.0.0", "1.1.0")])}),
+        "b3": _bundle(tmp, keys, "rel-3", 3, {"name": MODEL, "version": "1.2.0", "from_version": "1.1.0",
+                                              "delta_file": str(versions.deltas[("1.1.0", "1.2.0")])}),
+        "b4": _bundle(tmp, keys, "rel-4", 4, {"name": MODEL, "version": "1.3.0", "from_version": "1.2.0",
+                                              "delta_file": str(d23)}),
+    }
+    # the release repository: every released bundle installed into it
+    release = tmp / "release"
+    for b in ("b1", "b2", "b3", "b4"):
+        _install(release, rel[b], keys, tmp).close()
+    hosts = {"a1": ["b1"], "a2": ["b1", "b2"], "b1": ["b1", "b2", "b3"], "c1": []}
+    roots = {}
+    for host, bundles in hosts.items():
+        roots[host] = tmp / "sites" / host
+        roots[host].mkdir(parents=True)
+        for b in bundles:
+            _install(roots[host], rel[b], keys, tmp).close()
+    r = Repository(roots["b1"], lock_timeout=5)
+    r.prune(MODEL, keep=1)  # site-b's host pruned 1.0.0: 1.2.0 active, 1.1.0 previous, 1.0.0 a catalog row
+    assert r.state()["models"][MODEL]["versions"]["1.0.0"] == "pruned"
+    r.close()
+    return {"tmp": tmp, "release": release, "roots": roots, "rel": rel, "v13": v13, "d23": d23}
+
+
+SITES = {"site-a": ["a1", "a2"], "site-b": ["b1"], "site-c": ["c1"]}
+
+
+def _create(world: dict[str, object], keys: Keys, site: str, out: Path,
+            seq: int) -> subprocess.CompletedProcess[str]:
+    roots: dict[str, Path] = world["roots"]  # type: ignore[assignment]
+    args = [a for h in SITES[site] for a in ("--root", f"{h}={roots[h]}")]
+    return airlock("receipt", "create", *args, "--site", site, "--signer", keys.fpr["other"], "--gnupghome",
+                   str(keys.home), "--compatible", PROFILE, "--sequence", str(seq), "-o", str(out), "--json")
+
+
+def test_three_sites(world: dict[str, object], keys: Keys, versions: Versions, tmp_path: Path) -> None:
+    tmp: Path = world["tmp"]  # type: ignore[assignment]
+    roots: dict[str, Path] = world["roots"]  # type: ignore[assignment]
+    before = {h: _hashes(r) for h, r in roots.items()}
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    for i, site in enumerate(SITES):
+        p = _create(world, keys, site, stick / f"{site}.json", 100 + i)
+        assert p.returncode == 0, p.stderr
+    assert {h: _hashes(r) for h, r in roots.items()} == before  # creating a receipt changes nothing
+    doc = json.loads((stick / "site-b.json").read_bytes())
+    b1 = doc["hosts"]["b1"]["models"][MODEL]
+    assert b1["active"] == "1.2.0" and b1["versions"]["1.0.0"]["state"] == "pruned"
+    assert b1["versions"]["1.1.0"]["bundle_id"] == "rel-2"
+    assert b1["deltas"] == [["1.0.0", "1.1.0"], ["1.1.0", "1.2.0"]]
+    assert doc["hosts"]["b1"]["audit_head"]["seq"] > 0 and str(tmp) not in (stick / "site-b.json").read_text()
+    assert doc["hosts"]["b1"]["bundle_sequence"] == 3
+
+    # release side: pinned site key, anti-replay state
+    site_key = keys.keyring("other")
+    state = tmp_path / "state"
+    accepted = tmp_path / "accepted"
+    accepted.mkdir()
+    pins = ["--trust", keys.fpr["other"], "--keyring", str(site_key), "--state", str(state)]
+    for site in SITES:
+        p = airlock("receipt", "verify", str(stick / f"{site}.json"), *pins, "--json")
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["site"] == site
+        for suffix in ("", ".asc"):
+            shutil.copy(stick / f"{site}.json{suffix}", accepted / f"{site}.json{suffix}")
+
+    # replayed: the same receipt again, and an older one of site-a, are refused (16)
+    p = airlock("receipt", "verify", str(stick / "site-a.json"), *pins)
+    assert p.returncode == 16 and "[replay]" in p.stderr, p.stderr
+    old = tmp_path / "old"
+    old.mkdir()
+    assert _create(world, keys, "site-a", old / "site-a.json", 50).returncode == 0
+    p = airlock("receipt", "verify", str(old / "site-a.json"), *pins)
+    assert p.returncode == 16, p.stderr
+    # tampered: one byte of the signed receipt changed (a host claims 1.2.0), refused (10), state kept
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    data = (stick / "site-b.json").read_bytes().replace(b'"active":"1.2.0"', b'"active":"1.3.0"', 1)
+    (bad / "site-b.json").write_bytes(data)
+    shutil.copy(stick / "site-b.json.asc", bad / "site-b.json.asc")
+    state_before = (state / "site-b.json").read_bytes()
+    p = airlock("receipt", "verify", str(bad / "site-b.json"), *pins)
+    assert p.returncode == 10 and "bad-signature" in p.stderr, p.stderr
+    assert (state / "site-b.json").read_bytes() == state_before
+    # a site key pinned to another site is refused for this one (10)
+    p = airlock("receipt", "verify", str(old / "site-a.json"), "--trust", f"site-z={keys.fpr['other']}",
+                "--keyring", str(site_key), "--state", str(tmp_path / "state2"))
+    assert p.returncode == 10 and "untrusted-signer" in p.stderr, p.stderr
+
+    # plan: the minimal content per site
+    plan_path = tmp_path / "plan.json"
+    p = airlock("bundle", "plan", "--receipts", str(accepted), "--target", f"{MODEL}=1.3.0", "--release",
+                str(world["release"]), *pins, "-o", str(plan_path), "--json")
+    assert p.returncode == 0, p.stderr
+    plan = json.loads(plan_path.read_text())
+    d01 = versions.deltas[("1.0.0", "1.1.0")].stat().st_size
+    d12 = versions.deltas[("1.1.0", "1.2.0")].stat().st_size
+    d23 = world["d23"].stat().st_size  # type: ignore[attr-defined]
+    v13: Path = world["v13"]  # type: ignore[assignment]
+    full = sum((v13 / r).stat().st_size for r in tree_files(v13))
+    sites = plan["sites"]
+    assert sites["site-a"]["bytes"] == d01 + d12 + d23  # a1 needs every delta, a2 the last two
+    assert sites["site-b"]["bytes"] == d23  # from the active 1.2.0 (1.0.0 is pruned there)
+    assert sites["site-c"]["bytes"] == full  # nothing usable: the full model
+    for s in sites.values():
+        assert s["bytes_full_models"] == full and s["bytes_every_delta"] == d01 + d12 + d23
+    assert sites["site-a"]["models"][MODEL]["hosts"]["a2"]["route"] == ["1.1.0->1.2.0", "1.2.0->1.3.0"]
+    assert plan["layout"] == "per-site" and len(plan["bundles"]) == 3
+    assert sites["site-b"]["bundle_sequence"] == 4
+    (tmp / "bytes.json").write_text(json.dumps({s: {k: v for k, v in p.items() if k.startswith("bytes")}
+                                                for s, p in sites.items()}))
+
+    # a plan refuses receipts that are not the last accepted ones
+    p = airlock("bundle", "plan", "--receipts", str(old), "--target", f"{MODEL}=1.3.0", "--release",
+                str(world["release"]), *pins, "-o", str(tmp_path / "plan2.json"))
+    assert p.returncode == 16, p.stderr
+
+    # build one bundle per site and install it on every host of the site
+    out = tmp_path / "bundles"
+    p = airlock("bundle", "build", "--plan", str(plan_path), "-o", str(out), "--signer", keys.fpr["signer"],
+                "--gnupghome", str(keys.home), "--json")
+    assert p.returncode == 0, p.stderr
+    want = _hashes(v13)
+    for site, hosts in SITES.items():
+        for h in hosts:
+            repo = _install(roots[h], out / site, keys, tmp_path)
+            st = repo.state()["models"][MODEL]
+            assert st["active"] == "1.3.0", (site, h, st)
+            assert _hashes(roots[h] / "model_repo" / MODEL / "1.3.0") == want
+            assert repo.verify(MODEL)["ok"]
+            repo.close()
