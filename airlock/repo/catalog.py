@@ -19,7 +19,9 @@ from airlock.errors import RepositoryError
 from airlock.faults import fault_point
 from airlock.repo.layout import CATALOG_MODE
 
-STATES = ("staged", "active", "previous", "failed", "pruned")
+STATES = ("staged", "active", "previous", "failed", "rolled_back", "pruned")
+"""``failed``: left by an automatic rollback (its apply or health gate failed); ``rolled_back``: left by
+an operator's rollback, still good and available to roll forward (``activate``)."""
 
 MIGRATIONS: list[str] = [
     # 0 -> 1
@@ -71,6 +73,34 @@ MIGRATIONS: list[str] = [
     # 1 -> 2: encryption at rest; NULL = plaintext, else the key reference ("hsm:models-kek")
     """
     ALTER TABLE versions ADD COLUMN encryption TEXT
+    """,
+    # 2 -> 3: state 'rolled_back' (a manual rollback is not a failure). SQLite cannot change a CHECK
+    # constraint: the table is rebuilt (migrate() turns foreign keys off around it, as SQLite's
+    # documented procedure asks, so dropping the old table does not cascade into files).
+    """
+    CREATE TABLE versions_new (
+        id INTEGER PRIMARY KEY,
+        model TEXT NOT NULL REFERENCES models(name),
+        version TEXT NOT NULL,
+        path TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('staged','active','previous','failed','rolled_back','pruned')),
+        created TEXT NOT NULL,
+        activated TEXT,
+        description TEXT NOT NULL DEFAULT '',
+        dependencies TEXT NOT NULL DEFAULT '{}',
+        bundle_id TEXT,
+        manifest_sha256 TEXT,
+        sequence INTEGER,
+        source TEXT NOT NULL DEFAULT '',
+        encryption TEXT,
+        UNIQUE (model, version)
+    );
+    INSERT INTO versions_new (id, model, version, path, state, created, activated, description,
+        dependencies, bundle_id, manifest_sha256, sequence, source, encryption)
+        SELECT id, model, version, path, state, created, activated, description, dependencies,
+               bundle_id, manifest_sha256, sequence, source, encryption FROM versions;
+    DROP TABLE versions;
+    ALTER TABLE versions_new RENAME TO versions
     """,
 ]
 
@@ -165,6 +195,15 @@ class Catalog:
         if current > len(MIGRATIONS):
             raise RepositoryError(f"{self.path}: catalog schema {current} is newer than this Airlock "
                                   f"({len(MIGRATIONS)})", path=str(self.path), rule="catalog-schema")
+        if current == len(MIGRATIONS):
+            return
+        self.db.execute("PRAGMA foreign_keys=OFF")  # table rebuilds (2 -> 3); no-op inside a transaction
+        try:
+            self._migrate_from(current)
+        finally:
+            self.db.execute("PRAGMA foreign_keys=ON")
+
+    def _migrate_from(self, current: int) -> None:
         for target in range(current, len(MIGRATIONS)):
             with self.transaction():
                 # under the write lock now: another process may have migrated since the read above
@@ -173,6 +212,9 @@ class Catalog:
                 self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
                 for stmt in _statements(MIGRATIONS[target]):
                     self.db.execute(stmt)
+                if self.db.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                    raise RepositoryError(f"{self.path}: catalog migration {target} -> {target + 1} broke "
+                                          "a foreign key", path=str(self.path), rule="catalog-schema")
                 self.db.execute("DELETE FROM schema_version")
                 self.db.execute("INSERT INTO schema_version (version) VALUES (?)", (target + 1,))
 
@@ -289,7 +331,7 @@ class Catalog:
         """States after the ``current`` swap to ``version`` (inside the caller's transaction)."""
         for r in self.versions(model):
             # a rollback keeps the previous-good version; a forward activation replaces it
-            if r.state == "previous" and r.version != old and mark_old != "failed":
+            if r.state == "previous" and r.version != old and mark_old not in ("failed", "rolled_back"):
                 self.set_state(model, r.version, "staged")
         if old and old != version:
             self.set_state(model, old, mark_old)

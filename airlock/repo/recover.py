@@ -19,7 +19,7 @@ from airlock.repo.layout import CURRENT, STAGING_PREFIX, TRASH_PREFIX, SemVer
 if TYPE_CHECKING:
     from airlock.repo.repository import Repository
 
-PRESENT = ("staged", "active", "previous", "failed")
+PRESENT = ("staged", "active", "previous", "failed", "rolled_back")
 LEFTOVER_PREFIXES = (STAGING_PREFIX, TRASH_PREFIX, ".delta-staging-", ".delta-chain-", f".{CURRENT}.tmp-")
 
 

@@ -36,7 +36,8 @@ options:
         (O(state=rolled_back); default the previous good version).
       - With O(state=rolled_back) and O(version) set, a model already on O(version) is unchanged.
       - With O(state=rolled_back) and no O(version), a model already rolled back (no previous good
-        version left, the newer versions marked failed) is unchanged, so a repeated rollback is C(ok).
+        version left, the newer versions marked C(rolled_back) or C(failed)) is unchanged, so a repeated
+        rollback is C(ok).
       - O(state=rolled_back) first runs the repository's crash recovery (a killed apply's staging
         leftovers are removed, catalog and C(current) link aligned), then plans from that state.
     type: str
@@ -47,6 +48,13 @@ options:
     type: str
     choices: [present, active, rolled_back, pruned]
     default: active
+  failed:
+    description:
+      - With O(state=rolled_back), mark the version rolled back from C(failed) (the automatic rollback
+        after a failed apply or health gate) instead of C(rolled_back) (an operator's rollback: the
+        version stays good and available to roll forward with O(state=active)).
+    type: bool
+    default: false
   bundle:
     description:
       - A bundle directory already verified and staged by M(airlock.appliance.airlock_bundle). It is
@@ -209,14 +217,14 @@ def _bundle(module, repo):
 
 def _rolled_back_already(before):
     """No previous good version left, and a version newer than the active one was rolled back
-    from (marked failed): a rollback already happened, so a repeated one has nothing to do."""
+    from (marked rolled_back or failed): a rollback already happened, so a repeated one has nothing to do."""
     from airlock.repo.layout import version_key
 
     active = before.get("active")
     if not active or before.get("previous") or before.get("current") != active:
         return False
     newer = [v for v in before.get("versions", []) if version_key(v["version"]) > version_key(active)]
-    return bool(newer) and all(v["state"] == "failed" for v in newer)
+    return bool(newer) and all(v["state"] in ("failed", "rolled_back") for v in newer)
 
 
 def _single(module, repo):
@@ -249,7 +257,7 @@ def _single(module, repo):
             plan.notes.extend(recovered)
         return [plan]
     if state == "rolled_back":
-        return [repo.rollback(name, to=plan.version)]
+        return [repo.rollback(name, to=plan.version, failed=p["failed"])]
     return [repo.execute(plan)]
 
 
@@ -259,7 +267,7 @@ def run_module():
         state=dict(type="str", default="active", choices=["present", "active", "rolled_back", "pruned"]),
         bundle=dict(type="path"), trust=dict(type="list", elements="str"), keyring=dict(type="path"),
         gnupghome=dict(type="path"), compatible=dict(type="str"), keep=dict(type="int", default=2),
-        encrypt=dict(type="str"), **dict(repo_argument_spec(), **keys_argument_spec()))
+        encrypt=dict(type="str"), failed=dict(type="bool", default=False), **dict(repo_argument_spec(), **keys_argument_spec()))
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
                            required_if=[("state", "present", ("bundle",)), ("state", "pruned", ("name",)),
                                         ("state", "rolled_back", ("name",))])

@@ -88,6 +88,27 @@ def test_model_check_diff_install_idempotent(bundles: Bundles, tmp_path: Path) -
     assert snapshot(root) == settled  # the two checks above wrote nothing
 
 
+def test_manual_rollback_is_recorded_as_rolled_back(bundles: Bundles, tmp_path: Path) -> None:
+    """state=rolled_back marks the version left rolled_back (an operator's decision, still good: activate
+    rolls forward); failed=true (the update role's rescue) marks it failed; a repeated rollback is ok."""
+    root = tmp_path / "root"
+    for b in (bundles.full, bundles.delta):
+        staged = run_module("airlock_bundle", {"src": str(b), "root": str(root), **trust(bundles)})["path"]
+        assert not run_module("airlock_model", {"root": str(root), "bundle": staged, "state": "active",
+                                                **trust(bundles)}).get("failed")
+    args = {"root": str(root), "name": "tiny", "state": "rolled_back"}
+    first = run_module("airlock_model", args)
+    assert first["changed"] and (root / "model_repo" / "tiny" / "current").resolve().name == "1.0.0"
+    info = run_module("airlock_model_info", {"root": str(root)})
+    assert info["airlock_repo"]["models"]["tiny"]["versions"]["1.1.0"] == "rolled_back"
+    assert not run_module("airlock_model", args)["changed"]
+    assert run_module("airlock_model", {"root": str(root), "name": "tiny", "version": "1.1.0",
+                                        "state": "active"})["changed"]  # rolled forward
+    assert run_module("airlock_model", {**args, "failed": True})["changed"]
+    info = run_module("airlock_model_info", {"root": str(root)})
+    assert info["airlock_repo"]["models"]["tiny"]["versions"]["1.1.0"] == "failed"
+
+
 def test_model_argument_errors_are_clear(tmp_path: Path) -> None:
     r = run_module("airlock_model", {"root": str(tmp_path), "name": "tiny", "state": "active"})
     assert r["failed"] and "version is required" in r["msg"]

@@ -43,3 +43,38 @@ def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert cat.version("m", "1.0.0") is None and cat.models() == []
     cat.close()
+
+
+def test_schema_2_catalog_migrates_to_rolled_back_state_keeping_every_row(tmp_path: Path) -> None:
+    """2 -> 3 rebuilds the versions table (SQLite cannot alter a CHECK): versions, their files (whose
+    foreign key must not cascade on the drop), history and meta survive, and 'rolled_back' is accepted."""
+    path = tmp_path / "catalog.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for script in MIGRATIONS[:2]:
+        db.executescript(script)
+    db.execute("INSERT INTO schema_version VALUES (2)")
+    db.execute("INSERT INTO models VALUES ('m', 'now')")
+    for i, (v, state) in enumerate((("1.0.0", "previous"), ("1.1.0", "active")), 1):
+        db.execute("INSERT INTO versions (id, model, version, path, state, created, encryption) "
+                   "VALUES (?, 'm', ?, ?, ?, 'now', ?)", (i, v, f"m/{v}", state, "hsm:k" if i == 2 else None))
+        db.execute("INSERT INTO files VALUES (?, 'w.safetensors', 10, ?)", (i, f"{i:064x}"))
+    db.execute("INSERT INTO meta VALUES ('sequence', '7')")
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("UPDATE versions SET state='rolled_back' WHERE id=2")
+    db.close()
+
+    cat = Catalog(path)
+    assert cat.schema_version() == len(MIGRATIONS) == 3
+    rows = {r.version: r for r in cat.versions("m")}
+    assert {v: r.state for v, r in rows.items()} == {"1.0.0": "previous", "1.1.0": "active"}
+    assert rows["1.1.0"].encryption == "hsm:k"
+    assert {v: list(cat.version("m", v).files) for v in rows} == {  # type: ignore[union-attr]
+        "1.0.0": ["w.safetensors"], "1.1.0": ["w.safetensors"]}
+    assert cat.get_meta("sequence") == "7"
+    with cat.transaction():
+        cat.set_state("m", "1.1.0", "rolled_back")
+    assert cat.version("m", "1.1.0").state == "rolled_back"  # type: ignore[union-attr]
+    assert cat.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    cat.close()

@@ -124,8 +124,8 @@ def test_kill9_at_write_boundary(tmp_path: Path, versions: Versions, op: str, fa
         report = repo.verify("m")
         assert report["ok"], report
         assert repo.state()["models"]["m"]["active"] == final
-        if op == "rollback":  # also when the swap was finished by recovery: what was left is failed
-            assert repo.state()["models"]["m"]["versions"]["1.1.0"] == "failed"
+        if op == "rollback":  # also when the swap was finished by recovery: what was left is rolled back
+            assert repo.state()["models"]["m"]["versions"]["1.1.0"] == "rolled_back"
         assert repo.catalog().get_meta("pending-activation:m") is None
         repo.audit_verify()
         assert leftovers(root) == []

@@ -74,7 +74,7 @@ def test_activate_and_rollback_by_swap(repo: Repository, versions: Versions) -> 
     plan = repo.rollback("m")
     assert plan.version == "1.0.0" and os.readlink(repo.layout.current("m")) == "1.0.0"
     states = repo.state()["models"]["m"]["versions"]
-    assert states == {"1.0.0": "active", "1.1.0": "failed"}
+    assert states == {"1.0.0": "active", "1.1.0": "rolled_back"}  # an operator's rollback is no failure
     with pytest.raises(RepositoryError, match="no previous version"):
         repo.rollback("m")
     assert repo.activate("m", "1.1.0").changed
@@ -125,7 +125,7 @@ def test_rollback_after_prune_rebuilds_from_reverse_deltas(repo: Repository, ver
     assert_same_tree(v0, versions.src["1.0.0"])
     assert os.readlink(repo.layout.current("m")) == "1.0.0"
     st = repo.state()["models"]["m"]["versions"]
-    assert st == {"1.0.0": "active", "1.1.0": "previous", "1.2.0": "failed"}
+    assert st == {"1.0.0": "active", "1.1.0": "previous", "1.2.0": "rolled_back"}
     report = repo.verify("m")
     assert report["ok"], report
     assert leftovers(repo.root) == []
