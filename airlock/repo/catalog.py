@@ -105,6 +105,11 @@ MIGRATIONS: list[str] = [
 ]
 
 
+READABLE = (2, 3)
+"""Schema versions a read-only open (verify) accepts as they are: 3 only added a state value, and
+verify must not be the command that migrates an appliance's catalog."""
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -173,7 +178,7 @@ class Catalog:
         self.db.row_factory = sqlite3.Row
         if not readonly:
             self.migrate()
-        elif self.schema_version() != len(MIGRATIONS):
+        elif self.schema_version() not in READABLE:
             raise RepositoryError(f"{path}: catalog schema {self.schema_version()} is not the current "
                                   f"{len(MIGRATIONS)}; run a mutating command to migrate", path=str(path),
                                   rule="catalog-schema")

@@ -65,6 +65,9 @@ def test_schema_2_catalog_migrates_to_rolled_back_state_keeping_every_row(tmp_pa
         db.execute("UPDATE versions SET state='rolled_back' WHERE id=2")
     db.close()
 
+    ro = Catalog(path, readonly=True)  # verify reads a schema-2 catalog as it is, and migrates nothing
+    assert ro.schema_version() == 2 and ro.version("m", "1.1.0").state == "active"  # type: ignore[union-attr]
+    ro.close()
     cat = Catalog(path)
     assert cat.schema_version() == len(MIGRATIONS) == 3
     rows = {r.version: r for r in cat.versions("m")}
