@@ -61,8 +61,9 @@ def _created() -> str:
 
 
 def hosts_from_json(data: bytes, name: str) -> dict[str, HostState]:
-    """``{host: facts}`` where facts is a host part of a receipt, or an ``airlock_model_info`` result
-    (``{"airlock_repo": {"receipt": facts}}``) as ``playbooks/receipt.yml`` collects them."""
+    """``{host: facts}`` where facts is a host part of a receipt, or ``airlock_model_info``'s
+    ``airlock_repo`` (``{"receipt": facts, ...}``; ``{"exists": false}`` for a host without a
+    repository) as ``playbooks/receipt.yml`` collects them."""
     from airlock.receipt.model import parse_hosts_json
 
     raw = parse_hosts_json(data, name)
@@ -70,6 +71,9 @@ def hosts_from_json(data: bytes, name: str) -> dict[str, HostState]:
     for host, value in raw.items():
         if isinstance(value, Mapping) and "airlock_repo" in value:
             value = value["airlock_repo"]
+        if isinstance(value, Mapping) and value.get("exists") is False:
+            out[host] = HostState()  # no repository on this host yet: it has nothing
+            continue
         if isinstance(value, Mapping) and "receipt" in value:
             value = value["receipt"]
         out[host] = host_from_raw(host, value)

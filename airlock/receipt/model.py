@@ -17,6 +17,7 @@ from typing import Any
 from airlock import names
 from airlock.bundle import manifest as mf
 from airlock.errors import ManifestError, UnsafePathError
+from airlock.repo.catalog import STATES  # the catalog's version states, whatever they are
 
 FORMAT_VERSION = 1
 KIND = "airlock-receipt"
@@ -25,7 +26,6 @@ MAX_DEPTH = 8
 MAX_HOSTS = 10_000
 MAX_MODELS = 1_000
 MAX_VERSIONS = 1_000
-STATES = ("staged", "active", "previous", "failed", "pruned")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 

@@ -198,3 +198,37 @@ def test_three_sites(world: dict[str, object], keys: Keys, versions: Versions, t
             assert _hashes(roots[h] / "model_repo" / MODEL / "1.3.0") == want
             assert repo.verify(MODEL)["ok"]
             repo.close()
+
+
+def test_playbook_receipt_from_the_local_fleet(world: dict[str, object], keys: Keys, tmp_path: Path) -> None:
+    """playbooks/receipt.yml on the embedded local fleet: airlock_model_info gathers each host's facts
+    (read-only), the control node writes and signs the receipt; it verifies with the site key."""
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    _install(fleet / "local-a", world["rel"]["b1"], keys, tmp_path).close()  # type: ignore[index]
+    repo = _install(fleet / "local-b", world["rel"]["b1"], keys, tmp_path)  # type: ignore[index]
+    _install(fleet / "local-b", world["rel"]["b2"], keys, tmp_path).close()  # type: ignore[index]
+    repo.close()
+    out = tmp_path / "stick" / "site-l.json"
+    out.parent.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
+           "ANSIBLE_COLLECTIONS_PATH": str(REPO_ROOT / ".collections"), "ANSIBLE_NOCOLOR": "1",
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    extra = {"airlock_fleet_dir": fleet, "airlock_receipt_site": "site-l", "airlock_receipt_out": out,
+             "airlock_receipt_signer": keys.fpr["other"], "airlock_receipt_gnupghome": keys.home,
+             "airlock_compatible": PROFILE}
+    p = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i",
+                        str(REPO_ROOT / "inventories" / "local"),
+                        str(REPO_ROOT / "playbooks" / "receipt.yml"),
+                        *[a for k, v in extra.items() for a in ("-e", f"{k}={v}")]],
+                       env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    doc = json.loads(out.read_bytes())
+    hosts = doc["hosts"]
+    assert sorted(hosts) == ["local-a", "local-b", "local-c"]
+    assert hosts["local-a"]["models"][MODEL]["active"] == "1.0.0"
+    assert hosts["local-b"]["models"][MODEL]["active"] == "1.1.0" and hosts["local-c"]["models"] == {}
+    assert not Path(f"{out}.hosts.json").exists() and str(fleet) not in out.read_text()
+    v = airlock("receipt", "verify", str(out), "--trust", f"site-l={keys.fpr['other']}", "--keyring",
+                str(keys.keyring("other")), "--state", str(tmp_path / "state"), "--json")
+    assert v.returncode == 0 and json.loads(v.stdout)["hosts"] == ["local-a", "local-b", "local-c"], v.stderr
