@@ -12,7 +12,8 @@ short_description: Report the state of an Airlock model repository, optionally w
 version_added: "0.1.0"
 description:
   - Returns the repository state (models, active and previous versions, every version's state, the
-    installed bundle sequence and the audit log head) as RV(airlock_repo).
+    installed bundle sequence and the audit log head) as RV(airlock_repo); its C(receipt) key is this
+    host's part of a signed site receipt (C(playbooks/receipt.yml), docs/receipts.md).
   - With O(verify=true), the read-only compliance check (C(airlock.repo.verify)) of every present
     version of the selected models against the kept signed manifests and the catalog (hashes,
     sizes, modes, owner, missing, extra and stray files, provenance, the C(current) link), the
