@@ -25,6 +25,8 @@ GrpcOpt = typer.Option(None, "--grpc-url", envvar="AIRLOCK_TRITON_GRPC_URL",
 KeyOpt = typer.Option(None, "--control-key-file", envvar="AIRLOCK_TRITON_CONTROL_KEY_FILE",
                       help="Triton's model-control credential (file, mode 0600); needed when the server "
                       "restricts its control APIs (roles/triton_server does by default).")
+GrpcCaOpt = typer.Option(None, "--grpc-ca", envvar="AIRLOCK_TRITON_GRPC_CA",
+                         help="GRPC over TLS: the CA (PEM) that signed Triton's GRPC certificate.")
 TimeoutOpt = typer.Option(30.0, "--timeout", help="Seconds to wait for one Triton answer.")
 TritonRepoOpt = typer.Option(..., "--triton-repo", envvar="AIRLOCK_TRITON_REPO",
                              help="The Triton model repository directory (generated).")
@@ -36,12 +38,13 @@ GoldenOpt = typer.Option(None, "--golden", help="Golden record JSON, or a staged
 
 
 def _client(url: str, timeout: float, grpc_url: str | None = None,  # type: ignore[no-untyped-def]
-            key_file: Path | None = None):
+            key_file: Path | None = None, grpc_ca: Path | None = None):
     from airlock.serving.auth import read_control_key
     from airlock.serving.client import TritonClient
 
     key = read_control_key(key_file) if key_file is not None else None
-    return TritonClient(url, timeout=timeout, grpc_url=grpc_url, control_key=key)
+    return TritonClient(url, timeout=timeout, grpc_url=grpc_url, control_key=key,
+                        grpc_ca=str(grpc_ca) if grpc_ca is not None else None)
 
 
 def _backends(specs: list[str]) -> dict[str, str]:
@@ -156,11 +159,11 @@ def generate(
 @app.command()
 def load(model: str, url: str = UrlOpt,
          version: int | None = typer.Option(None, "--version", help="Triton version."),
-         grpc_url: str | None = GrpcOpt, control_key_file: Path | None = KeyOpt, timeout: float = TimeoutOpt,
-         as_json: bool = JsonOpt) -> None:
+         grpc_url: str | None = GrpcOpt, control_key_file: Path | None = KeyOpt,
+         grpc_ca: Path | None = GrpcCaOpt, timeout: float = TimeoutOpt, as_json: bool = JsonOpt) -> None:
     """Load (or reload) MODEL as its config.pbtxt says, and wait until READY."""
     with handle_errors(as_json):
-        c = _client(url, timeout, grpc_url, control_key_file)
+        c = _client(url, timeout, grpc_url, control_key_file, grpc_ca)
         c.load(model)
         c.wait_ready(model, version, timeout=max(timeout, 60.0))
         result = {"model": model, "loaded": c.loaded_versions(model)}
@@ -169,11 +172,11 @@ def load(model: str, url: str = UrlOpt,
 
 @app.command()
 def unload(model: str, url: str = UrlOpt, grpc_url: str | None = GrpcOpt,
-           control_key_file: Path | None = KeyOpt, timeout: float = TimeoutOpt,
-           as_json: bool = JsonOpt) -> None:
+           control_key_file: Path | None = KeyOpt, grpc_ca: Path | None = GrpcCaOpt,
+           timeout: float = TimeoutOpt, as_json: bool = JsonOpt) -> None:
     """Unload MODEL and poll until Triton reports no version loaded."""
     with handle_errors(as_json):
-        c = _client(url, timeout, grpc_url, control_key_file)
+        c = _client(url, timeout, grpc_url, control_key_file, grpc_ca)
         c.unload(model, timeout=max(timeout, 60.0))
         emit_json({"model": model, "unloaded": True}) if as_json else out.print(f"{model}: unloaded")
 
@@ -206,6 +209,7 @@ def reload(
     url: str = UrlOpt,
     grpc_url: str | None = GrpcOpt,
     control_key_file: Path | None = KeyOpt,
+    grpc_ca: Path | None = GrpcCaOpt,
     timeout: float = TimeoutOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -227,7 +231,7 @@ def reload(
             if not path.is_dir():
                 raise RepositoryError(f"{path}: no such model version", path=str(path))
         record = load_golden(golden, model, version)
-        client = _client(url, timeout, grpc_url, control_key_file)
+        client = _client(url, timeout, grpc_url, control_key_file, grpc_ca)
         result = Reloader(client, triton_repo, airlock_root=root).reload(
             model, version, path, record)
         if as_json:
@@ -250,6 +254,7 @@ def restore(
     url: str = UrlOpt,
     grpc_url: str | None = GrpcOpt,
     control_key_file: Path | None = KeyOpt,
+    grpc_ca: Path | None = GrpcCaOpt,
     wait_live: float = typer.Option(120.0, "--wait-live", help="Seconds to wait for Triton to come up."),
     timeout: float = TimeoutOpt,
     as_json: bool = JsonOpt,
@@ -260,7 +265,7 @@ def restore(
     from airlock.serving.restore import restore as run_restore
 
     with handle_errors(as_json):
-        report = run_restore(_client(url, timeout, grpc_url, control_key_file), triton_repo, root,
+        report = run_restore(_client(url, timeout, grpc_url, control_key_file, grpc_ca), triton_repo, root,
                              models=model or None,
                              wait_live_s=wait_live)
         if as_json:
@@ -298,6 +303,7 @@ def smoke(
     golden: Path | None = typer.Option(None, "--golden", help="Golden record JSON."),
     url: str = UrlOpt,
     grpc_url: str | None = GrpcOpt,
+    grpc_ca: Path | None = GrpcCaOpt,
     timeout: float = TimeoutOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -314,7 +320,7 @@ def smoke(
             except (OSError, ValueError) as exc:
                 raise ManifestError(f"{golden}: cannot read golden record: {exc}", path=str(golden),
                                     rule="golden") from exc
-        result = smoke_test(_client(url, timeout, grpc_url), model, version, record)
+        result = smoke_test(_client(url, timeout, grpc_url, grpc_ca=grpc_ca), model, version, record)
         if as_json:
             emit_json({"model": model, "version": version, **result.as_dict()})
         else:

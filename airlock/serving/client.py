@@ -62,11 +62,13 @@ class TritonClient:
     """HTTP/REST client for one Triton server (e.g. ``http://127.0.0.1:8000``)."""
 
     def __init__(self, url: str, *, timeout: float = 30.0, load_timeout: float = 300.0,
-                 grpc_url: str | None = None, control_key: str | None = None) -> None:
+                 grpc_url: str | None = None, control_key: str | None = None,
+                 grpc_ca: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.load_timeout = load_timeout
         self.grpc_url = grpc_url
+        self.grpc_ca = grpc_ca  # GRPC over TLS, server certificate checked against this CA (PEM file)
         self._grpc: Any = None
         # Triton's restricted APIs (airlock.serving.auth): sent with control-plane requests only
         self._control = {HEADER: control_key} if control_key else {}
@@ -83,11 +85,11 @@ class TritonClient:
             return None
         if self._grpc is None:
             try:
-                import tritonclient.grpc as grpcclient
+                import tritonclient.grpc  # noqa: F401  (optional: the stdlib HTTP path otherwise)
             except ImportError:
                 self.grpc_url = None
                 return None
-            self._grpc = grpcclient.InferenceServerClient(self.grpc_url)
+            self._grpc = grpc_client(self.grpc_url, self.grpc_ca)
         return self._grpc
 
     def _grpc_call(self, what: str, model: str, call: Any) -> None:
@@ -268,9 +270,18 @@ class StreamResult:
     error: str | None = None
 
 
+def grpc_client(grpc_url: str, ca: str | None = None) -> Any:
+    """tritonclient's GRPC client; with ``ca`` (PEM file) over TLS, the server's certificate checked."""
+    import tritonclient.grpc as grpcclient
+
+    if ca is None:
+        return grpcclient.InferenceServerClient(grpc_url)
+    return grpcclient.InferenceServerClient(grpc_url, ssl=True, root_certificates=ca)
+
+
 def stream_generate(grpc_url: str, model: str, input_ids: list[int], *, max_tokens: int = 16,
                     version: int | str | None = None, timeout: float = 120.0,
-                    control_key: str | None = None) -> StreamResult:
+                    control_key: str | None = None, grpc_ca: str | None = None) -> StreamResult:
     """Greedy generation from a decoupled model over GRPC streaming (Triton's ``ModelStreamInfer``):
     ``INPUT_IDS`` (INT64 [seq]) and ``MAX_TOKENS`` in, one ``OUTPUT_IDS`` per response until the
     final flag. Every failure is in ``error`` (the caller decides); an unreachable server raises."""
@@ -280,7 +291,7 @@ def stream_generate(grpc_url: str, model: str, input_ids: list[int], *, max_toke
     from tritonclient.utils import InferenceServerException
 
     events: queue.Queue[tuple[float, Any, Any]] = queue.Queue()
-    client = grpcclient.InferenceServerClient(grpc_url)
+    client = grpc_client(grpc_url, grpc_ca)
     inputs = [grpcclient.InferInput("INPUT_IDS", [len(input_ids)], "INT64"),
               grpcclient.InferInput("MAX_TOKENS", [1], "INT32")]
     inputs[0].set_data_from_numpy(np.asarray(input_ids, dtype=np.int64))

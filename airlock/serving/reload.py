@@ -104,7 +104,7 @@ def _stream_smoke(client: TritonClient, model: str, version: int | str | None,
                            "a generation model is gated over GRPC streaming: give --grpc-url")
     ids = [int(t) for t in g.inputs["INPUT_IDS"].reshape(-1)] if g else list(DEFAULT_PROMPT)
     r = stream_generate(client.grpc_url, model, ids, max_tokens=g.max_tokens if g else 4, version=version,
-                        control_key=client.control_key)
+                        control_key=client.control_key, grpc_ca=client.grpc_ca)
     if r.error is not None:
         return SmokeResult(False, float("inf"), f"generation stream failed: {r.error}")
     if g is None:

@@ -110,6 +110,7 @@ class ServerConfig:
     threads: int = 1  # numpy/BLAS threads per python model (2-core machines)
     extra_args: list[str] = field(default_factory=list)
     control_key_file: Path | None = None  # Triton's restricted APIs (airlock.serving.auth)
+    grpc_tls: tuple[Path, Path, Path] | None = None  # GRPC over TLS: (server cert, key, CA) PEM files
 
     def resolved(self) -> ServerConfig:
         """Fill port 0 with free ports."""
@@ -117,12 +118,24 @@ class ServerConfig:
         return ServerConfig(self.model_repository, self.workdir, addr,
                             self.http_port or free_port(addr), self.grpc_port or free_port(addr),
                             self.metrics_port or free_port(addr), self.threads, list(self.extra_args),
-                            self.control_key_file)
+                            self.control_key_file, self.grpc_tls)
+
+    @property
+    def grpc_ca(self) -> str | None:
+        return str(self.grpc_tls[2]) if self.grpc_tls else None
 
     def control_key(self) -> str | None:
         from airlock.serving.auth import read_control_key
 
         return read_control_key(self.control_key_file) if self.control_key_file else None
+
+
+def tls_args(cfg: ServerConfig) -> list[str]:
+    """GRPC over TLS (Triton 2.51's HTTP endpoint has no TLS: keep it on localhost or behind HAProxy)."""
+    if cfg.grpc_tls is None:
+        return []
+    cert, key, _ = cfg.grpc_tls
+    return ["--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
 
 
 def command(cfg: ServerConfig, install: TritonInstall, backends: Path) -> list[str]:
@@ -137,6 +150,7 @@ def command(cfg: ServerConfig, install: TritonInstall, backends: Path) -> list[s
         f"--metrics-address={cfg.address}", f"--metrics-port={cfg.metrics_port}",
         "--strict-readiness=true", "--exit-timeout-secs=10", "--log-verbose=0",
         *(server_args(key) if (key := cfg.control_key()) else []),
+        *tls_args(cfg),
         *cfg.extra_args,
     ]
 
@@ -174,7 +188,7 @@ class TritonServer:
     def client(self, timeout: float = 30.0, *, grpc_control: bool = True) -> TritonClient:
         """A client for this server; model control over GRPC unless ``grpc_control`` is False."""
         return TritonClient(self.url, timeout=timeout, grpc_url=self.grpc_url if grpc_control else None,
-                            control_key=self.cfg.control_key())
+                            control_key=self.cfg.control_key(), grpc_ca=self.cfg.grpc_ca)
 
     def start(self, wait_s: float = 60.0) -> TritonServer:
         self.cfg.workdir.mkdir(parents=True, exist_ok=True)
@@ -276,7 +290,7 @@ def supervise(cfg: ServerConfig, *, airlock_root: Path | None, models: list[str]
             _log(f"tritonserver {server.proc.pid} live")
             if airlock_root is not None and not stopping:
                 client = TritonClient(server.url, grpc_url=local_url(cfg.address, cfg.grpc_port),
-                                      control_key=cfg.control_key())
+                                      control_key=cfg.control_key(), grpc_ca=cfg.grpc_ca)
                 try:
                     report = restore(client, cfg.model_repository, airlock_root, models=models)
                     _log("restore " + json.dumps(report.as_dict(), sort_keys=True))
@@ -308,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--threads", type=int, default=1)
     run.add_argument("--control-key-file", type=Path, default=None,
                      help="restrict model control to holders of this key (mode 0600)")
+    run.add_argument("--grpc-tls", type=Path, nargs=3, metavar=("CERT", "KEY", "CA"), default=None,
+                     help="GRPC over TLS: server certificate, its key, and the CA clients check it with")
     sup = sub.add_parser("supervise", help="run tritonserver, restart it when it dies, restore after start")
     sup.add_argument("--model-repository", type=Path, required=True)
     sup.add_argument("--workdir", type=Path, required=True)
@@ -318,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     sup.add_argument("--threads", type=int, default=1)
     sup.add_argument("--control-key-file", type=Path, default=None,
                      help="restrict model control to holders of this key (mode 0600)")
+    sup.add_argument("--grpc-tls", type=Path, nargs=3, metavar=("CERT", "KEY", "CA"), default=None,
+                     help="GRPC over TLS: server certificate, its key, and the CA clients check it with")
     sup.add_argument("--airlock-root", type=Path, default=None,
                      help="restore the verified current versions of this Airlock root after every start")
     sup.add_argument("--model", action="append", default=None, help="restore only this model (repeatable)")
@@ -329,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         print(prepare_backends(args.workdir / "backends", inst))
         return 0
     cfg = ServerConfig(args.model_repository, args.workdir, args.address, args.http_port, args.grpc_port,
-                       args.metrics_port, args.threads, control_key_file=args.control_key_file)
+                       args.metrics_port, args.threads, control_key_file=args.control_key_file,
+                       grpc_tls=tuple(args.grpc_tls) if args.grpc_tls else None)
     if args.cmd == "supervise":
         return supervise(cfg, airlock_root=args.airlock_root, models=args.model)
     backends = prepare_backends(args.workdir / "backends", inst)

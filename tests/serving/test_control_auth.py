@@ -16,6 +16,7 @@ from airlock.serving.errors import ServingError
 from airlock.serving.server import ServerConfig, TritonServer
 from airlock.serving.triton_repo import generate
 from tests.serving.conftest import _require_triton, add_model, ids
+from tests.support import require_tool
 
 
 def _airlock(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -83,3 +84,55 @@ def test_unload_without_the_credential_is_refused_inference_still_works(tmp_path
                           env={"AIRLOCK_TRITON_CONTROL_KEY_FILE": str(key)})
         assert cli_ok.returncode == 0, cli_ok.stderr
         assert owner.loaded_versions("auth_m") == {}
+
+
+def _pki(tmp: Path) -> tuple[Path, Path, Path]:
+    """A throwaway site CA and a server certificate for 127.0.0.1 signed by it (openssl)."""
+    openssl = require_tool("openssl", "apt-get install openssl")
+    ca_key, ca, key, csr, cert = (tmp / n for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem"))
+    run = [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+           "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=airlock test site CA"]
+    subprocess.run(run, check=True, capture_output=True)
+    subprocess.run([openssl, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1"],
+                   check=True, capture_output=True)
+    ext = tmp / "san.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    subprocess.run([openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+                    "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext)],
+                   check=True, capture_output=True)
+    return cert, key, ca
+
+
+def test_grpc_control_over_tls_with_the_credential(tmp_path: Path, airlock_root: Path) -> None:
+    """Triton's GRPC endpoint with a site CA's certificate: Airlock's client (CA + key) loads and
+    unloads over TLS; a plaintext client and a client trusting another CA get nothing."""
+    _require_triton()
+    cert, key_pem, ca = _pki(tmp_path)
+    control = tmp_path / "control.key"
+    make_control_key(control)
+    add_model(airlock_root, "tls_m", current="1.0.0")
+    (tmp_path / "models").mkdir()
+    generate(airlock_root, tmp_path / "models", models=["tls_m"])
+    cfg = ServerConfig(tmp_path / "models", tmp_path / "work", control_key_file=control,
+                       grpc_tls=(cert, key_pem, ca))
+    with TritonServer(cfg) as server:
+        owner = server.client()
+        assert owner.grpc_ca == str(ca)
+        owner.load("tls_m")
+        owner.wait_ready("tls_m", 1)
+        plain = TritonClient(server.url, grpc_url=server.grpc_url, control_key=read_control_key(control))
+        with pytest.raises(ServingError):
+            plain.unload("tls_m", timeout=10)  # no TLS handshake, no control
+        other_dir = tmp_path / "other"
+        other_dir.mkdir()
+        _, _, other_ca = _pki(other_dir)
+        stranger = TritonClient(server.url, grpc_url=server.grpc_url,
+                                control_key=read_control_key(control), grpc_ca=str(other_ca))
+        with pytest.raises(ServingError):
+            stranger.unload("tls_m", timeout=10)  # the server's certificate does not verify
+        assert owner.loaded_versions("tls_m") == {"1": "READY"}
+        cli = _airlock("serve", "unload", "tls_m", "--url", server.url, "--grpc-url", server.grpc_url,
+                       "--grpc-ca", str(ca), "--control-key-file", str(control))
+        assert cli.returncode == 0, cli.stderr
+        assert owner.loaded_versions("tls_m") == {}

@@ -79,6 +79,23 @@ def test_container_unit_runs_the_image_in_explicit_mode_with_metrics() -> None:
     assert ":ro" in cmd and unit["ExecStop"] == "/usr/bin/docker stop -t 30 airlock-triton"
 
 
+def test_units_put_grpc_on_tls_when_certificates_are_given() -> None:
+    tls = {"triton_server_grpc_tls_cert": "/etc/airlock/tls/triton.pem",
+           "triton_server_grpc_tls_key": "/etc/airlock/tls/triton.key",
+           "triton_server_grpc_tls_ca": "/etc/airlock/ca.pem"}
+    unit = _unit(_render("triton_server", "airlock-triton.service.j2", **tls))
+    want = "--grpc-tls /etc/airlock/tls/triton.pem /etc/airlock/tls/triton.key /etc/airlock/ca.pem"
+    assert want in unit["ExecStart"]
+    assert "--grpc-ca /etc/airlock/ca.pem" in unit["ExecStartPost"]
+    container = _unit(_render("triton_server", "airlock-triton-container.service.j2", **tls))["ExecStart"]
+    assert "--grpc-use-ssl=true --grpc-server-cert=/etc/airlock/tls/triton.pem" in container
+    assert "-v /etc/airlock/tls:/etc/airlock/tls:ro" in container
+    script = _render("triton_server", "run-process.sh.j2", **tls)
+    assert want in script
+    plain = _unit(_render("triton_server", "airlock-triton.service.j2"))
+    assert "--grpc-tls" not in plain["ExecStart"] and "--grpc-ca" not in plain["ExecStartPost"]
+
+
 def _playbook(tmp: Path, body: list[dict]) -> Path:
     path = tmp / f"play-{len(list(tmp.glob('play-*')))}.yml"
     path.write_text(yaml.safe_dump(body, sort_keys=False))
