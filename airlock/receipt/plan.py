@@ -275,7 +275,7 @@ def _bundles(sites: dict[str, Any], releases: dict[str, Release], hosts: dict[st
     per_total = sum(b["bytes"] for b in per_site)
     shared = None
     profiles = {p["compatible"] for p in sites.values()}
-    if len(profiles) == 1 and layout != "per-site":
+    if len(profiles) == 1 and (layout == "shared" or (layout == "auto" and len(sites) > 1)):
         all_hosts = {f"{s}/{n}": h for s, hs in hosts.items() for n, h in hs.items()}
         entries: list[Entry] = []
         for m, rel in releases.items():

@@ -17,7 +17,13 @@ import pytest
 import yaml
 
 from airlock.bundle import build_bundle, stage_bundle
+from airlock.bundle.signing import SignerInfo
+from airlock.errors import RepositoryError
 from airlock.hashing import sha256_file, tree_files
+from airlock.receipt import Receipt
+from airlock.receipt.create import host_facts
+from airlock.receipt.plan import _release, build_from_plan, make_plan, simulate
+from airlock.receipt.verify import VerifiedReceipt
 from airlock.repo import Repository
 from tests.bundle.conftest import Keys
 from tests.repo.conftest import Versions
@@ -232,3 +238,75 @@ def test_playbook_receipt_from_the_local_fleet(world: dict[str, object], keys: K
     v = airlock("receipt", "verify", str(out), "--trust", f"site-l={keys.fpr['other']}", "--keyring",
                 str(keys.keyring("other")), "--state", str(tmp_path / "state"), "--json")
     assert v.returncode == 0 and json.loads(v.stdout)["hosts"] == ["local-a", "local-b", "local-c"], v.stderr
+
+
+def _verified(site: str, roots: dict[str, Path]) -> VerifiedReceipt:
+    """A receipt of these hosts as `receipt verify` returns it (the planner reads only the receipt)."""
+    hosts = {}
+    for name, root in roots.items():
+        repo = Repository(root, lock_timeout=5)
+        hosts[name] = host_facts(repo)
+        repo.close()
+    r = Receipt(site=site, sequence=1, created="2026-12-03T10:00:00Z", airlock_version="0.1.0",
+                compatible=PROFILE, hosts=hosts)
+    return VerifiedReceipt(r, SignerInfo("F" * 40, "F" * 40, None, None), "0" * 64, Path(site), None)
+
+
+def _host(world: dict[str, object], keys: Keys, root: Path, bundles: list[str]) -> Path:
+    for b in bundles:
+        _install(root, world["rel"][b], keys, root.parent).close()  # type: ignore[index]
+    return root
+
+
+def test_mixed_site_gets_what_every_host_can_install(world: dict[str, object], keys: Keys,
+                                                     tmp_path: Path) -> None:
+    """x serves the target (1.0.0 and 1.1.0 pruned), y has only 1.0.0: the union of chains would
+    not install on x (proved with a real bundle), so the plan ships the full target, which does."""
+    x = _host(world, keys, tmp_path / "x", ["b1", "b2", "b3", "b4"])
+    repo = Repository(x, lock_timeout=5)
+    repo.prune(MODEL, keep=2)
+    repo.close()
+    y = _host(world, keys, tmp_path / "y", ["b1"])
+    vr = _verified("mixed", {"x": x, "y": y})
+    release = _release(world["release"], MODEL, "1.3.0")  # type: ignore[arg-type]
+    union = release.chain("1.0.0")
+    assert union is not None and [e.version for e in union] == ["1.1.0", "1.2.0", "1.3.0"]
+    assert not simulate(vr.receipt.hosts["x"], MODEL, union, "1.3.0").ok
+    # reality agrees with the simulation: a bundle of that chain is refused on x
+    spec = tmp_path / "union.yml"
+    spec.write_text(yaml.safe_dump({"bundle_id": "union", "compatible": PROFILE, "sequence": 9, "models": [
+        {"name": MODEL, "version": e.version, "from_version": e.from_version, "delta_file": e.source}
+        for e in union]}))
+    build_bundle(spec, tmp_path / "union", signer=keys.fpr["signer"], gnupghome=keys.home)
+    with pytest.raises(RepositoryError):
+        _install(x, tmp_path / "union", keys, tmp_path)
+    plan = make_plan([vr], world["release"], {MODEL: "1.3.0"})  # type: ignore[arg-type]
+    site = plan["sites"]["mixed"]
+    assert [e["kind"] for e in site["models"][MODEL]["entries"]] == ["full"]
+    assert site["models"][MODEL]["hosts"]["x"]["how"] == "current"
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    built = build_from_plan(tmp_path / "plan.json", tmp_path / "out", signer=keys.fpr["signer"],
+                            gnupghome=keys.home)
+    assert [b["name"] for b in built] == ["mixed"]
+    for root in (x, y):
+        repo = _install(root, tmp_path / "out" / "mixed", keys, tmp_path)
+        assert repo.state()["models"][MODEL]["active"] == "1.3.0" and repo.verify(MODEL)["ok"]
+        repo.close()
+
+
+def test_shared_bundle_when_every_site_needs_the_same(world: dict[str, object], keys: Keys,
+                                                     tmp_path: Path) -> None:
+    roots = {s: _host(world, keys, tmp_path / s, ["b1", "b2", "b3"]) for s in ("s1", "s2")}
+    vrs = [_verified(s, {f"{s}-h": root}) for s, root in roots.items()]
+    plan = make_plan(vrs, world["release"], {MODEL: "1.3.0"})  # type: ignore[arg-type]
+    d23 = world["d23"].stat().st_size  # type: ignore[attr-defined]
+    assert plan["layout"] == "shared" and plan["totals"]["shared_bytes_per_site"] == d23
+    assert plan["bundles"][0]["sites"] == ["s1", "s2"] and plan["bundles"][0]["sequence"] == 4
+    per_site = make_plan(vrs, world["release"], {MODEL: "1.3.0"}, layout="per-site")  # type: ignore[arg-type]
+    assert [b["name"] for b in per_site["bundles"]] == ["s1", "s2"]
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    build_from_plan(tmp_path / "plan.json", tmp_path / "out", signer=keys.fpr["signer"], gnupghome=keys.home)
+    for root in roots.values():
+        repo = _install(root, tmp_path / "out" / "shared", keys, tmp_path)
+        assert repo.state()["models"][MODEL]["active"] == "1.3.0"
+        repo.close()
