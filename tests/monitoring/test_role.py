@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -15,8 +16,9 @@ from tests.support import require_tool
 
 
 def test_scrape_configs_from_inventory(tmp_path: Path) -> None:
-    hosts = {"gpu-01": {"ansible_host": "10.20.0.11"}, "gpu-02": {"ansible_host": "10.20.0.12",
-                                                                  "triton_server_metrics_port": 9002}}
+    hosts: dict[str, dict[str, Any]] = {
+        "gpu-01": {"ansible_host": "10.20.0.11"},
+        "gpu-02": {"ansible_host": "10.20.0.12", "triton_server_metrics_port": 9002}}
     r = render_monitoring(tmp_path / "out", hosts, monitoring_critical_webhook_url="http://127.0.0.1:1/page")
     p = subprocess.run([promtool(), "check", "config", str(r.prometheus)], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr

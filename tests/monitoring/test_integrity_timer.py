@@ -1,0 +1,65 @@
+"""roles/integrity_check: the rendered service and timer pass ``systemd-analyze verify`` (a unit whose
+command is missing does not), and the service's ExecStart, run by hand (systemd is not PID 1 here),
+verifies the real repository read-only and writes the metrics node_exporter reads."""
+
+from __future__ import annotations
+
+import configparser
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from airlock.repo import Repository
+from tests.fleet.bundles import Bundles
+from tests.monitoring.render import render_integrity_check
+from tests.monitoring.test_metrics import samples
+from tests.repo.test_verify_readonly import tree_state
+from tests.support import require_tool
+
+AIRLOCK = str(Path(sys.executable).parent / "airlock")
+
+
+def analyze(*units: Path) -> subprocess.CompletedProcess[str]:
+    tool = require_tool("systemd-analyze", "apt-get install systemd")
+    return subprocess.run([tool, "verify", "--man=no", *(u.name for u in units)], cwd=units[0].parent,
+                          capture_output=True, text=True, timeout=60)
+
+
+def unit(path: Path) -> configparser.ConfigParser:
+    cp = configparser.ConfigParser(interpolation=None, strict=False)
+    cp.optionxform = str  # type: ignore[assignment,method-assign]
+    cp.read_string(path.read_text())
+    return cp
+
+
+def test_units_verify_and_run(appliance: Repository, textfile_dir: Path, mon_bundles: Bundles,
+                              tmp_path: Path) -> None:
+    root = appliance.layout.root
+    service, timer = render_integrity_check(
+        tmp_path / "units", integrity_check_airlock=AIRLOCK, integrity_check_root=str(root),
+        integrity_check_textfile_dir=str(textfile_dir), integrity_check_user="root",
+        integrity_check_group="root", integrity_check_trust=[mon_bundles.fingerprint],
+        integrity_check_keyring=str(mon_bundles.keyring))
+    r = analyze(service, timer)
+    assert r.returncode == 0, r.stdout + r.stderr
+    t = unit(timer)
+    assert t["Timer"]["OnCalendar"] == "hourly" and t["Timer"]["Unit"] == service.name
+    s = unit(service)["Service"]
+    assert s["Type"] == "oneshot" and s["ReadOnlyPaths"] == str(root)
+    assert s["ReadWritePaths"] == str(textfile_dir) and s["ProtectSystem"] == "strict"
+
+    before = tree_state(root)
+    run = subprocess.run(shlex.split(s["ExecStart"]), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    got = samples(textfile_dir / "airlock.prom")
+    assert got[("airlock_verify_ok", ())] == 1 and got[("airlock_verify_signatures_checked", ())] == 1
+    assert tree_state(root) == before
+
+
+def test_broken_unit_is_caught(tmp_path: Path) -> None:
+    service, timer = render_integrity_check(tmp_path / "units", integrity_check_user="root",
+                                            integrity_check_airlock="/nonexistent/airlock",
+                                            integrity_check_group="root")
+    r = analyze(service, timer)
+    assert r.returncode != 0 and "/nonexistent/airlock" in r.stdout + r.stderr
