@@ -34,26 +34,34 @@ def _delta_versions(model: str, filename: str) -> tuple[str, str] | None:
 
 
 def host_facts(repo: Repository) -> HostState:
-    """What this host has, from its catalog and kept deltas (reads only; no path, no key ref)."""
+    """What this host has, from its catalog (opened read-only, under the readers' shared lock: no
+    byte changes, no migration) and its kept deltas' names. No path, no key ref."""
+    from airlock.repo.audit import parse_head
+    from airlock.repo.verify import highest_signed_sequence
+
     layout = repo.layout
     if not layout.catalog.exists():
         return HostState()
-    cat = repo.catalog()
     models: dict[str, ModelState] = {}
-    for model in cat.models():
-        rows = cat.versions(model)
-        active = next((r.version for r in rows if r.state == "active"), None)
-        versions = {r.version: KeptVersion(r.state, r.bundle_id, r.manifest_sha256) for r in rows}
-        kept = layout.model_packages(model)
-        deltas = []
-        if kept.is_dir():
-            for p in sorted(kept.iterdir()):
-                pair = _delta_versions(model, p.name) if p.is_file() else None
-                if pair is not None:
-                    deltas.append(pair)
-        models[model] = ModelState(active, versions, deltas)
-    head = repo.audit_head()
-    return HostState(repo.installed_sequence(), (head.seq, head.hash) if head else None, models)
+    with repo._reading() as cat:  # verify's read-only view of the catalog
+        for model in cat.models():
+            rows = cat.versions(model)
+            active = next((r.version for r in rows if r.state == "active"), None)
+            versions = {r.version: KeptVersion(r.state, r.bundle_id, r.manifest_sha256) for r in rows}
+            kept = layout.model_packages(model)
+            deltas = []
+            if kept.is_dir():
+                for p in sorted(kept.iterdir()):
+                    pair = _delta_versions(model, p.name) if p.is_file() else None
+                    if pair is not None:
+                        deltas.append(pair)
+            models[model] = ModelState(active, versions, deltas)
+        raw_seq = cat.get_meta("sequence")
+        head = parse_head(cat.get_meta("audit_head"))
+    # the anti-downgrade floor as Repository.installed_sequence computes it (kept manifests win)
+    known = [s for s in (int(raw_seq) if raw_seq is not None else None, highest_signed_sequence(layout))
+             if s is not None]
+    return HostState(max(known) if known else None, (head.seq, head.hash) if head else None, models)
 
 
 def _created() -> str:
