@@ -50,7 +50,7 @@ def create(
 ) -> None:
     """Write a signed receipt of the site's state (read-only on the repositories)."""
     from airlock.bundle.profile import recorded_profile
-    from airlock.errors import ManifestError
+    from airlock.errors import ManifestError, RepositoryError
     from airlock.receipt.create import create_receipt, host_facts, hosts_from_json, write_receipt
     from airlock.repo import Repository
 
@@ -62,6 +62,9 @@ def create(
         else:
             hosts = {}
             for name, path in _roots(root).items():
+                if not path.is_dir():  # a typo must not report a host with nothing installed
+                    raise RepositoryError(f"{path}: no such appliance root (host {name})", path=str(path),
+                                          rule="repository-missing")
                 repo = Repository(path, lock_timeout=30)
                 try:
                     hosts[name] = host_facts(repo)

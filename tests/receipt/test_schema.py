@@ -126,3 +126,15 @@ def test_anti_replay_state(keys: Keys, tmp_path: Path) -> None:
     with pytest.raises(ReplayError):
         verify_receipt(_signed(tmp_path, keys, canonical_bytes(_receipt(sequence=9))), [keys.fpr["other"]],
                        keyring=ring, state_dir=st)
+
+
+def test_create_refuses_a_missing_root_and_writes_nothing(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from airlock.cli import app
+
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(app, ["receipt", "create", "-o", str(out), "--site", "s", "--signer", "A" * 40,
+                                 "--root", f"h1={tmp_path / 'typo'}", "--compatible", "p"])
+    assert r.exit_code == 30 and "no such appliance root" in r.output
+    assert not out.exists() and not (tmp_path / "r.json.asc").exists()
