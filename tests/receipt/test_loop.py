@@ -310,3 +310,26 @@ def test_shared_bundle_when_every_site_needs_the_same(world: dict[str, object], 
         repo = _install(root, tmp_path / "out" / "shared", keys, tmp_path)
         assert repo.state()["models"][MODEL]["active"] == "1.3.0"
         repo.close()
+
+
+def test_plan_refusals_and_untrusted_digests(world: dict[str, object], keys: Keys, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from airlock.receipt.plan import PlanError
+
+    # a host running a newer version than the target: a rollback is not planned silently
+    ahead = _verified("r", {"rel": world["release"]})  # type: ignore[dict-item]
+    with pytest.raises(PlanError) as e:
+        make_plan([ahead], world["release"], {MODEL: "1.2.0"})  # type: ignore[arg-type]
+    assert e.value.rule == "plan-ahead"
+    with pytest.raises(PlanError) as e:  # a target the release side does not hold
+        make_plan([ahead], world["release"], {MODEL: "9.0.0"})  # type: ignore[arg-type]
+    assert e.value.rule == "plan-target"
+    # a host whose 1.0.0 claims another signed manifest under a known bundle id is not a delta source
+    y = _host(world, keys, tmp_path / "y", ["b1"])
+    vr = _verified("odd", {"y": y})
+    ms = vr.receipt.hosts["y"].models[MODEL]
+    ms.versions["1.0.0"] = replace(ms.versions["1.0.0"], manifest_sha256="cd" * 32)
+    plan = make_plan([vr], world["release"], {MODEL: "1.3.0"})  # type: ignore[arg-type]
+    host = plan["sites"]["odd"]["models"][MODEL]["hosts"]["y"]
+    assert host["how"] == "full" and "differs from the release side's" in host["notes"][0]
