@@ -35,7 +35,8 @@ PLAYBOOKS = ROLES.parent / "playbooks"
 def _render(role: str, template: str, **extra: object) -> str:
     defaults = yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    env.filters["default"] = lambda v, d="": d if isinstance(v, jinja2.Undefined) or v is None else v
+    env.filters["default"] = lambda v, d="", boolean=False: (
+        d if isinstance(v, jinja2.Undefined) or v is None or (boolean and not v) else v)
     env.filters["dirname"] = os.path.dirname
     ctx = {**defaults, **extra}
     # defaults may reference other variables: render them to a fixed point
@@ -77,6 +78,14 @@ def test_container_unit_runs_the_image_in_explicit_mode_with_metrics() -> None:
                  "nvcr.io/nvidia/tritonserver:24.10-vllm-python-py3 tritonserver"):
         assert flag in cmd
     assert ":ro" in cmd and unit["ExecStop"] == "/usr/bin/docker stop -t 30 airlock-triton"
+
+
+def test_triton_runs_as_the_repository_service_user() -> None:
+    unit = _unit(_render("triton_server", "airlock-triton.service.j2", airlock_owner="airlock",
+                         airlock_group="airlock"))
+    assert (unit["User"], unit["Group"]) == ("airlock", "airlock")
+    local = _unit(_render("triton_server", "airlock-triton.service.j2"))  # root-owned local fleet
+    assert (local["User"], local["Group"]) == ("root", "root")
 
 
 def test_units_put_grpc_on_tls_when_certificates_are_given() -> None:
