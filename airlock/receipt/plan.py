@@ -326,6 +326,18 @@ def load_plan(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict) or raw.get("kind") != PLAN_KIND or raw.get("format_version") != PLAN_VERSION:
         raise ManifestError(f"{path}: not a bundle plan (airlock bundle plan -o FILE)", path=str(path),
                             rule="plan")
+    bundles = raw.get("bundles")
+    ok = isinstance(bundles, list) and all(
+        isinstance(b, dict) and isinstance(b.get("name"), str) and isinstance(b.get("sites"), list)
+        and isinstance(b.get("compatible"), str) and isinstance(b.get("sequence"), int)
+        and isinstance(b.get("entries"), list) and all(
+            isinstance(e, dict) and e.get("kind") in ("full", "delta") and isinstance(e.get("model"), str)
+            and isinstance(e.get("version"), str) and isinstance(e.get("source"), str)
+            and (e["kind"] == "full" or isinstance(e.get("from_version"), str)) for e in b["entries"])
+        for b in bundles)
+    if not ok:
+        raise ManifestError(f"{path}: malformed plan (bundles/entries); make it again (airlock bundle plan)",
+                            path=str(path), rule="plan")
     return raw
 
 

@@ -138,3 +138,22 @@ def test_create_refuses_a_missing_root_and_writes_nothing(tmp_path: Path) -> Non
                                  "--root", f"h1={tmp_path / 'typo'}", "--compatible", "p"])
     assert r.exit_code == 30 and "no such appliance root" in r.output
     assert not out.exists() and not (tmp_path / "r.json.asc").exists()
+
+
+@pytest.mark.parametrize("doc", [
+    {"kind": "airlock-bundle-plan", "format_version": 1, "bundles": [{"name": "a"}]},
+    {"kind": "airlock-bundle-plan", "format_version": 1, "bundles": [{
+        "name": "a", "sites": ["a"], "compatible": "p", "sequence": 1,
+        "entries": [{"kind": "delta", "model": "m", "version": "1.1.0", "source": "/x"}]}]},
+    {"kind": "something-else", "format_version": 1, "bundles": []},
+])
+def test_build_refuses_a_malformed_plan(doc: dict[str, object], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from airlock.cli import app
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(doc))
+    r = CliRunner().invoke(app, ["bundle", "build", "--plan", str(plan), "-o", str(tmp_path / "out"),
+                                 "--signer", "A" * 40])
+    assert r.exit_code == 11 and "plan" in r.output and not (tmp_path / "out").exists()
