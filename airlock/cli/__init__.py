@@ -8,7 +8,20 @@ import sys
 import typer
 
 from airlock import __version__
-from airlock.cli import audit, bundle, common, delta, fleet, keys, metrics, model, preflight, receipt, serve
+from airlock.cli import (
+    audit,
+    bundle,
+    common,
+    delta,
+    fleet,
+    keys,
+    metrics,
+    model,
+    preflight,
+    receipt,
+    report,
+    serve,
+)
 from airlock.errors import from_exception
 
 app = typer.Typer(
@@ -29,6 +42,7 @@ app.add_typer(receipt.app, name="receipt", help="Signed site receipts: create at
 fleet.register(app)
 preflight.register(app)
 metrics.register(app)
+report.register(app)
 
 
 def _version(value: bool) -> None:
