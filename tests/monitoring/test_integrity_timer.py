@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from airlock.repo import Repository
-from tests.fleet.bundles import Bundles
-from tests.monitoring.render import render_integrity_check
+from tests.fleet.bundles import MODEL, Bundles
+from tests.monitoring.render import LOCAL, render_integrity_check, run_playbook
 from tests.monitoring.test_metrics import samples
 from tests.repo.test_verify_readonly import tree_state
 from tests.support import require_tool
@@ -63,3 +65,27 @@ def test_broken_unit_is_caught(tmp_path: Path) -> None:
                                             integrity_check_group="root")
     r = analyze(service, timer)
     assert r.returncode != 0 and "/nonexistent/airlock" in r.stdout + r.stderr
+
+
+def test_refresh_after_an_operation(appliance: Repository, textfile_dir: Path, tmp_path: Path) -> None:
+    """roles/integrity_check tasks/refresh.yml, included from a play, rewrites airlock.prom (keeping
+    the last verify result) with the state after an operation, here a rollback to 1.0.0."""
+    root = appliance.layout.root
+    first = subprocess.run([AIRLOCK, "metrics", "--root", str(root), "--textfile-dir", str(textfile_dir),
+                            "--verify"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    appliance.rollback(MODEL)
+    play = tmp_path / "refresh.yml"
+    play.write_text(yaml.safe_dump([{"name": "refresh", "hosts": "appliances", "gather_facts": False,
+                                     "tasks": [{"name": "metrics", "ansible.builtin.include_role": {
+                                         "name": "integrity_check", "tasks_from": "refresh"}}]}]))
+    run_playbook(tmp_path / "play", str(play), {"appliances": {"app": LOCAL}},
+                 {"integrity_check_airlock": AIRLOCK, "integrity_check_root": str(root),
+                  "integrity_check_textfile_dir": str(textfile_dir),
+                  "integrity_check_tiers": {"scratch": str(tmp_path)}})
+    got = samples(textfile_dir / "airlock.prom")
+    assert got[("airlock_model_active_info", (("bundle_id", str(appliance.show(MODEL, "1.0.0")["bundle_id"])),
+                                              ("model", MODEL), ("version", "1.0.0")))] == 1
+    assert got[("airlock_operation_last_success", (("action", "rollback"),))] == 1
+    assert got[("airlock_verify_ok", ())] == 1  # the last verify's result, kept
+    assert ("airlock_tier_filesystem_size_bytes", (("tier", "scratch"),)) in got
