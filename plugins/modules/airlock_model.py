@@ -51,8 +51,8 @@ options:
   failed:
     description:
       - With O(state=rolled_back), mark the version rolled back from C(failed) (the automatic rollback
-        after a failed apply or health gate) instead of C(rolled_back) (an operator's rollback: the
-        version stays good and available to roll forward with O(state=active)).
+        after a failed apply or health gate) instead of C(rolled_back) (an operator's rollback, after
+        which the version stays good and available to roll forward with O(state=active)).
     type: bool
     default: false
   bundle:
