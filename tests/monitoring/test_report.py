@@ -18,6 +18,13 @@ from tests.fleet.bundles import MODEL, Bundles
 from tests.monitoring.test_metrics import flip_byte
 from tests.repo.conftest import cli
 from tests.repo.test_anchors import install_host
+from tests.repo.test_verify_readonly import (  # noqa: F401 - bundles, fleet: fixtures
+    Fleet,
+    _drift_on_h1,
+    airlock,
+    bundles,
+    fleet,
+)
 from tests.support import require_tool
 
 HOSTILE = '<img src=x onerror="document.title=1">'
@@ -103,3 +110,24 @@ def test_report_bad_input(tmp_path: Path) -> None:
         assert r.returncode == 11, (f, r.stderr)
         assert "Traceback" not in r.stderr and f in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_report_from_the_fleet_verify(fleet: Fleet, tmp_path: Path) -> None:  # noqa: F811
+    """The fleet's own ``airlock verify --json`` (Ansible, local-connection hosts h1 with drift, h2
+    clean) merged with h2's compliance report: both hosts, h1's drift items whole, h2's versions."""
+    _drift_on_h1(fleet)
+    r = airlock("verify", "-i", str(fleet.inventory), "--json", "--runner-dir", str(fleet.base / "runner"),
+                *fleet.trust_args())
+    assert r.returncode == 40, r.stderr
+    (tmp_path / "fleet.json").write_text(r.stdout)
+    h2 = verify_json(fleet.root("h2"), fleet.bundles, tmp_path / "h2.json")
+    out = tmp_path / "report"
+    rep = cli(tmp_path, "report", str(tmp_path / "fleet.json"), f"h2={h2}", "--out", str(out))
+    assert rep.returncode == 0, rep.stderr
+    doc = json.loads((out / "fleet-report.json").read_text())
+    hosts = {h["host"]: h for h in doc["hosts"]}
+    assert sorted(hosts) == ["h1", "h2"] and not (out / "fleet-report.json.asc").exists()
+    assert not hosts["h1"]["ok"] and {d["rule"] for d in hosts["h1"]["drift"]} == {"mode", "stray-version"}
+    assert hosts["h2"]["ok"] and hosts["h2"]["models"][MODEL]["active"] == "1.1.0"
+    dom = chromium(tmp_path, "--dump-dom", (out / "fleet-report.html").as_uri())
+    assert dom.returncode == 0 and '<span id="hosts-ok">1/2 hosts OK</span>' in dom.stdout
