@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Gauge, Info, write_to_textfile
 from airlock.errors import RepositoryError as MetricsError  # exit 30: a path Airlock cannot use
 from airlock.repo import audit
 from airlock.repo.layout import Layout
+from airlock.repo.verify import highest_signed_sequence
 
 if TYPE_CHECKING:
     from airlock.bundle import Trust
@@ -120,15 +121,20 @@ def build_registry(repo: Repository, verify: VerifySummary | None, *,
                   ["model"], registry=reg)
     versions = g("airlock_model_versions", "Versions in the catalog by state and tier.",
                  ["model", "state", "tier"], registry=reg)
-    for m in repo.list_models():
-        name = str(m["model"])
-        row = next((v for v in m["versions"] if v["state"] == "active"), None)
-        if row is not None:
-            shown = repo.show(name, str(row["version"]))
-            active.labels(model=name).info({"version": str(row["version"]),
-                                            "bundle_id": str(shown.get("bundle_id") or "")})
-        for state, n in Counter(str(v["state"]) for v in m["versions"]).items():
-            versions.labels(model=name, state=state, tier="hot").set(n)
+    # the verify's view of the catalog: opened read-only, no migration, the readers' shared lock
+    with repo._reading() as cat:
+        for name in cat.models():
+            rows = cat.versions(name)
+            for row in rows:
+                if row.state == "active":
+                    active.labels(model=name).info({"version": row.version, "bundle_id": row.bundle_id or ""})
+            for state, n in Counter(r.state for r in rows).items():
+                versions.labels(model=name, state=state, tier="hot").set(n)
+        raw = cat.get_meta("sequence")
+    # the anti-downgrade floor as Repository.installed_sequence computes it (kept manifests, catalog)
+    floors = [int(raw)] if raw is not None else []
+    signed = highest_signed_sequence(layout)
+    seq = max([*floors, signed] if signed is not None else floors, default=None)
 
     # audit log: chain, last result and time of each operation, key rotation
     report = repo.audit_report()
@@ -154,7 +160,6 @@ def build_registry(repo: Repository, verify: VerifySummary | None, *,
         g("airlock_kek_last_rotation_timestamp_seconds",
           "When the key-encryption key was last rotated (audit log key-rotate record).",
           registry=reg).set(_parse_time(rotated.get("time")) or 0)
-    seq = repo.installed_sequence()
     if seq is not None:
         g("airlock_bundle_sequence", "Sequence of the newest installed signed bundle.", registry=reg).set(seq)
 

@@ -77,6 +77,8 @@ def test_metrics_clean_then_drift(appliance: Repository, textfile_dir: Path, mon
     r = cli(root, "metrics", "--textfile-dir", str(textfile_dir))
     assert r.returncode == 0, r.stderr
     assert samples(prom)[("airlock_verify_ok", ())] == 0
+    assert samples(prom)[("airlock_bundle_sequence", ())] == 2
+    assert tree_state(root) == drifted
     assert [p.name for p in textfile_dir.iterdir() if p.name.startswith(".")] == []  # no temp file left
 
 
