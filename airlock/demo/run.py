@@ -235,8 +235,25 @@ class Demo:
         full_size, delta_size = _tree_size(full), _tree_size(delta)
         console.print(f"full bundle {_mb(full_size)}; delta bundle {_mb(delta_size)} "
                       f"({100 * delta_size / full_size:.1f}% of the full bundle)")
+        page = self.report(out, trust, fpr, gnupghome)
         console.print(f"[bold green]demo complete[/] in {time.monotonic() - self.started:.0f} s; "
                       f"everything is under {out}")
+        console.print(f"fleet report: {page} (signed JSON twin beside it)", highlight=False)
+
+    def report(self, out: Path, trust: list[str], fpr: str, gnupghome: Path) -> Path:
+        """Each host's read-only compliance report, then ``airlock report``: one self-contained HTML
+        page and its JSON twin, signed (here with the demo key; a site has its own key)."""
+        self.step("Fleet report: a self-contained HTML page and a signed JSON twin")
+        reports = out / "report"
+        reports.mkdir(exist_ok=True)
+        inputs = []
+        for host_root in sorted(p for p in (out / "fleet").iterdir() if (p / "model_repo").is_dir()):
+            data = self.airlock("model", "verify", "--root", str(host_root), *trust, "--json", want_json=True)
+            verified = reports / f"{host_root.name}.verify.json"
+            verified.write_text(json.dumps(data))
+            inputs.append(f"{host_root.name}={verified}")
+        self.airlock("report", *inputs, "--out", str(reports), "--sign", fpr, "--gnupghome", str(gnupghome))
+        return reports / "fleet-report.html"
 
 
 def main(argv: list[str] | None = None) -> None:
