@@ -193,8 +193,9 @@ def render_html(doc: dict[str, Any]) -> str:
         cells = []
         for m in models:
             s = h["models"].get(m)
-            cells.append("<td>" + (f"<b>{_e(s['active'])}</b> (previous {_e(s['previous'] or '-')})<br>"
-                                   f"<code>{_e(s['bundle_id'])}</code>" if s else "-") + "</td>")
+            others = ", ".join(f"{v} {st}" for v, st in s["versions"].items() if st != "active") if s else ""
+            cells.append("<td>" + (f"<b>{_e(s['active'] or 'none active')}</b> ({_e(others or 'no other')})"
+                                   f"<br><code>{_e(s['bundle_id'])}</code>" if s else "-") + "</td>")
         sig = {True: "checked", False: '<span class="warn">NOT checked</span>',
                None: "-"}[h["signatures_checked"]]
         grid.append(f'<tr class="{"ok" if h["ok"] else "bad"}"><td>{_e(h["host"])}</td>'

@@ -86,6 +86,7 @@ def test_report_in_headless_chromium(appliance: Repository, mon_bundles: Bundles
     assert '<span id="hosts-ok">1/2 hosts OK</span>' in html
     assert "appliance-a" in html and "appliance-b" in html and ">sha256<" in html and ">stray-file<" in html
     assert "<svg" in html and 'aria-label="Active versions across the fleet"' in html
+    assert html.count("<b>1.1.0</b> (1.0.0 previous)") == 2  # hosts x models: active and the others
     assert "<title>Airlock fleet report" in html  # the hostile onerror never ran (it would set title 1)
     assert "&lt;img src=x onerror" in html and "<img" not in html
 
