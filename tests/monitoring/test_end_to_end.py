@@ -3,7 +3,8 @@
 receiver run by the test. A byte flipped in a weight file of a real signed repository is found by
 the scheduled check (the integrity_check unit's ExecStart), IntegrityDrift fires in Prometheus and
 Alertmanager delivers it to the webhook; the time from the flip to delivery is measured. Stopping
-Triton fires TritonDown the same way."""
+Triton fires TritonDown the same way; a Triton serving no model fires ModelNotReady for the model
+the inventory expects; a real rollback followed by a metrics refresh fires UpdateRolledBack."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from airlock.repo import Repository
-from tests.fleet.bundles import Bundles
+from tests.fleet.bundles import MODEL, Bundles
 from tests.monitoring.render import render_integrity_check, render_monitoring
 from tests.monitoring.stack import Stack, Webhook, wait_for
 from tests.monitoring.test_integrity_timer import AIRLOCK, unit
@@ -69,7 +70,7 @@ def test_drift_and_triton_down_reach_the_webhook(appliance: Repository, textfile
             "ansible_host": "127.0.0.1", "monitoring_node_exporter_port": stack.node_port,
             "triton_server_metrics_port": triton.cfg.metrics_port}},
             monitoring_alertmanagers=[f"127.0.0.1:{stack.am_port}"], monitoring_webhook_url=webhook.url,
-            **FAST)
+            monitoring_models=[MODEL], **FAST)
         stack.start_node_exporter(textfile_dir)
         stack.start_alertmanager(cfg.alertmanager)
         stack.start_prometheus(cfg.prometheus)
@@ -78,6 +79,9 @@ def test_drift_and_triton_down_reach_the_webhook(appliance: Repository, textfile
             wait_for("the clean verify in Prometheus",
                      lambda: stack.query('airlock_verify_ok{host="app"} == 1'))
             assert stack.firing("IntegrityDrift") == [] and stack.firing("TritonDown") == []
+            # Triton is up but serves no model: the model the inventory expects is not ready
+            wait_for("ModelNotReady at the webhook", lambda: webhook.delivered("ModelNotReady"), timeout=60)
+            assert stack.firing("ModelNotReady")[0]["labels"]["model"] == MODEL
 
             t0 = time.time()
             flip_byte(appliance)
@@ -96,6 +100,13 @@ def test_drift_and_triton_down_reach_the_webhook(appliance: Repository, textfile
             triton.stop()
             wait_for("TritonDown firing", lambda: stack.firing("TritonDown"), timeout=60)
             down = wait_for("TritonDown at the webhook", lambda: webhook.delivered("TritonDown"), timeout=60)
+            # a real rollback, then the refresh a play runs after an operation: UpdateRolledBack
+            appliance.rollback(MODEL)
+            refresh = subprocess.run([AIRLOCK, "metrics", "--root", str(root), "--textfile-dir",
+                                      str(textfile_dir)], capture_output=True, text=True, timeout=300)
+            assert refresh.returncode == 0, refresh.stderr
+            wait_for("UpdateRolledBack at the webhook", lambda: webhook.delivered("UpdateRolledBack"),
+                     timeout=60)
             timings = {"drift_to_check_done_s": round(t_check - t0, 2),
                        "drift_to_firing_s": round(t_fire - t0, 2),
                        "drift_to_webhook_s": round(delivered - t0, 2),
