@@ -112,9 +112,15 @@ def target_hosts(inventory: Path, pattern: str, limit: str | None) -> list[str]:
         inv = InventoryManager(loader=DataLoader(), sources=[str(inventory)])
         if limit:
             inv.subset(limit)
-        return sorted(h.name for h in inv.get_hosts(pattern))
+        return [h.name for h in inv.get_hosts(pattern)]  # inventory order: the order of serial's batches
     except Exception:  # the summary is best effort; the run itself reports real errors
         return []
+
+
+def _in_order(hosts: list[str], order: list[str]) -> list[str]:
+    """A batch's hosts in inventory order (runner events arrive in whatever order the forks finish)."""
+    rank = {h: i for i, h in enumerate(order)}
+    return sorted(hosts, key=lambda h: (rank.get(h, len(rank)), h))
 
 
 @dataclass(frozen=True)
@@ -190,12 +196,14 @@ def run_playbook(name: str, inventory: Path, extravars: dict[str, Any], *, limit
     seen = {h.host for h in tracker.summary()}
     pattern = str(extravars.get("airlock_hosts", "appliances"))
     error = tracker.error
-    for host in target_hosts(inventory, pattern, limit):
+    targets = target_hosts(inventory, pattern, limit)
+    for host in targets:
         if host not in seen:  # never reached: the rollout stopped earlier, or Ansible itself failed
             tracker.hosts[host] = HostSummary(host, result="not started",
                                               message=error.splitlines()[0] if error else None)
     return FleetResult(rc=int(r.rc if r.rc is not None else 1), status=str(r.status), hosts=tracker.summary(),
-                       batches=[b.hosts for b in tracker.batches if b.hosts], stats=tracker.stats,
+                       batches=[_in_order(b.hosts, targets) for b in tracker.batches if b.hosts],
+                       stats=tracker.stats,
                        artifacts=Path(r.config.artifact_dir) if getattr(r, "config", None) else None,
                        events=events, error=error, check=check)
 
