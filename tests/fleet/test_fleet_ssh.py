@@ -60,7 +60,9 @@ class Env:
 def env(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("fleet-run")
     bundles = make_bundles(tmp / "bundles")
-    inv = fleet.inventory(tmp / "inventory.yml", ansible_python_interpreter=str(REPO / ".venv/bin/python"))
+    # the control node's audit-head anchors live with the hosts' state: wiped and restored with them
+    inv = fleet.inventory(tmp / "inventory.yml", ansible_python_interpreter=str(REPO / ".venv/bin/python"),
+                          airlock_state_dir=str(tmp / "control"))
     yield Env(fleet, bundles, tmp, inv)
 
 
@@ -68,6 +70,7 @@ def _wipe(env: Env) -> None:
     for h in env.fleet.hosts:
         shutil.rmtree(h.root)
         h.root.mkdir()
+    shutil.rmtree(env.tmp / "control", ignore_errors=True)  # fresh hosts: no anchor to hold them to
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +83,7 @@ def installed_snapshot(env: Env) -> Path:
     shutil.rmtree(snap, ignore_errors=True)
     for h in env.fleet.hosts:
         shutil.copytree(h.root, snap / h.name, symlinks=True)
+    shutil.copytree(env.tmp / "control", snap / "control")
     return snap
 
 
@@ -94,6 +98,8 @@ def installed(env: Env, installed_snapshot: Path) -> Env:
     for h in env.fleet.hosts:
         shutil.rmtree(h.root)
         shutil.copytree(installed_snapshot / h.name, h.root, symlinks=True)
+    shutil.rmtree(env.tmp / "control", ignore_errors=True)  # the anchors as they were at the snapshot
+    shutil.copytree(installed_snapshot / "control", env.tmp / "control")
     return env
 
 

@@ -58,7 +58,9 @@ class LocalFleet:
         lb = "sh -c 'echo {{ inventory_hostname }} %s " + current + f" >> {self.lb_log}'"
         inv = {"all": {
             "children": {"appliances": {"hosts": hosts}, "loadbalancer": {"hosts": {"lb": {}}}},
+            # the control node's audit-head anchors sit in the snapshotted tree: restored with the hosts
             "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                     "airlock_state_dir": str(self.base / "fleet" / "control"),
                      "airlock_lb_drain_command": lb % "drain", "airlock_lb_enable_command": lb % "enable",
                      **groupvars}}}
         path = self.base / "inventory.yml"
