@@ -157,7 +157,7 @@ class Demo:
         keyring = export_public_key(gnupghome, fpr, out / "release.asc")
         console.print(f"signer {fpr}; public key for the field: {keyring}")
 
-        for stale in ("bundles", "fleet"):
+        for stale in ("bundles", "fleet", "control"):  # control: the audit-head anchors of the old fleet
             if (out / stale).exists():
                 rmtree_writable(out / stale)
         bundles = out / "bundles"
