@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from airlock.serving.auth import read_control_key
 from airlock.serving.client import TritonClient
 from airlock.serving.server import free_port
 from tests.serving.test_roles import ROLES, _ansible
@@ -72,13 +73,15 @@ def test_health_gate_stops_the_rollout_at_the_canary_then_promotes_batch_by_batc
             "triton_server_workdir": str(base / "srv"),
             "triton_models_airlock": str(Path(sys.executable).with_name("airlock")),
             "triton_models_root": str(base / "root"),
+            # model control is restricted by default: the role makes this key (0600) and uses it
+            "triton_server_control_key_file": str(base / "etc" / "triton-control.key"),
         }
     good, bad = tmp_path / "staged-good", tmp_path / "staged-bad"  # bad: v1.0's answers as golden
     for staged, record in ((good, goldens["1.1.0"]), (bad, goldens["1.0.0"])):
         staged.mkdir()
         (staged / "MANIFEST.json").write_text(json.dumps(
             {"models": [{"name": "fleet_m", "version": "1.1.0", "golden": record}]}))
-    clients = {h: TritonClient(f"http://127.0.0.1:{v['triton_server_http_port']}") for h, v in hosts.items()}
+    clients: dict[str, TritonClient] = {}
 
     def run(manifests: dict[str, Path], plays: list[dict]) -> subprocess.CompletedProcess[str]:
         for host, path in manifests.items():
@@ -95,6 +98,9 @@ def test_health_gate_stops_the_rollout_at_the_canary_then_promotes_batch_by_batc
         setup = run({}, [{"hosts": "appliances", "gather_facts": False,
                           "roles": ["triton_server", "triton_models"]}])
         assert setup.returncode == 0, setup.stdout[-3000:]
+        clients.update({h: TritonClient(f"http://127.0.0.1:{v['triton_server_http_port']}",
+                                        control_key=read_control_key(Path(v["triton_server_control_key_file"])))
+                        for h, v in hosts.items()})
         assert all(c.loaded_versions("fleet_m") == {"1": "READY"} for c in clients.values())
 
         # canary's signed golden record does not match: the canary stays on v1.0, the rollout stops
