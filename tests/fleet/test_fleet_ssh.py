@@ -36,8 +36,11 @@ class Env:
 
     def run(self, name: str, bundle: Path | None = None, *, inventory: Path | None = None,
             control: str = "cp", **kw: Any) -> FleetResult:
+        # every inventory of this module (the fault one too) shares the one anchor dir that
+        # _wipe/installed reset with the hosts
         ev: dict[str, Any] = {"airlock_trust": [self.bundles.fingerprint],
-                              "airlock_keyring": str(self.bundles.keyring)}
+                              "airlock_keyring": str(self.bundles.keyring),
+                              "airlock_state_dir": str(self.tmp / "control")}
         if bundle is not None:
             ev["airlock_bundle"] = str(bundle)
         ev.update(kw.pop("extravars", {}))
