@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -51,6 +52,19 @@ DEFAULT_WORKERS = DECRYPT_WORKERS
 Progress = Callable[[int], None]
 KeySource = KeyProvider | ProviderRegistry
 
+
+
+class HashingWriter:
+    """Writes through to ``out`` while hashing (sha256) and counting what was written: the plaintext a
+    decrypt hands out is checked against the catalog's hash without a second read."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out, self.hash, self.size = out, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.out.write(data)
 
 def _read_exact(src: BinaryIO, n: int) -> bytes:
     parts: list[bytes] = []
@@ -276,10 +290,9 @@ def decrypt_file(src: Path, dst: Path, keys: KeySource, *, expect: tuple[int, st
                  **kw: object) -> EncryptedHeader:
     """Decrypt a file; ``dst`` appears only when every chunk verified (nothing left on failure) and,
     with ``expect`` (size, sha256: the catalog's), the plaintext is exactly that."""
-    import hashlib
 
     def run(out: BinaryIO) -> EncryptedHeader:
-        sink = _Hashing(out)
+        sink = HashingWriter(out)
         with open(src, "rb") as f:
             header = decrypt_stream(f, cast(BinaryIO, sink), keys, path=str(src), **kw)  # type: ignore[arg-type]
         if expect is not None and (sink.size, sink.hash.hexdigest()) != expect:
@@ -287,15 +300,6 @@ def decrypt_file(src: Path, dst: Path, keys: KeySource, *, expect: tuple[int, st
                                  "file's ciphertext in this place; refusing to hand it out", path=str(src),
                                  rule="plaintext-hash")
         return header
-
-    class _Hashing:
-        def __init__(self, out: BinaryIO) -> None:
-            self.out, self.hash, self.size = out, hashlib.sha256(), 0
-
-        def write(self, data: bytes) -> int:
-            self.hash.update(data)
-            self.size += len(data)
-            return self.out.write(data)
 
     return _atomic(dst, run)
 

@@ -26,6 +26,7 @@ from airlock.crypto.reader import is_encrypted
 from airlock.crypto.stream import (
     DEFAULT_WORKERS,
     ENCRYPT_WORKERS,
+    HashingWriter,
     KeySource,
     check_identity,
     decrypt_file,
@@ -52,16 +53,6 @@ class PlainFile:
 
     size: int
     sha256: str
-
-
-class _HashingWriter:
-    def __init__(self, out: BinaryIO) -> None:
-        self.out, self.hash, self.size = out, hashlib.sha256(), 0
-
-    def write(self, data: bytes) -> int:
-        self.hash.update(data)
-        self.size += len(data)
-        return self.out.write(data)
 
 
 class _HashingReader:
@@ -190,7 +181,7 @@ def decrypt_tree(
             dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with open(src, "rb") as f, os.fdopen(fd, "wb") as out:
-                writer = _HashingWriter(out)
+                writer = HashingWriter(out)
                 header = decrypt_stream(f, cast(BinaryIO, writer), keys, workers=workers, path=str(src),
                                         identity=None if model is None else FileIdentity(model, rel))
             if header.identity is not None and header.identity.path:  # "" : encrypted unbound (one file)
