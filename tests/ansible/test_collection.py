@@ -18,9 +18,14 @@ FORBIDDEN = (".hypothesis", ".ci", ".git", ".venv", ".cache", ".collections", ".
              ".mypy_cache", ".ruff_cache", "tests", "benchmarks", "demo-out")
 
 
-def _clean_env() -> dict[str, str]:
+def _clean_env(home: Path | None = None) -> dict[str, str]:
+    """No ANSIBLE_* settings; with `home`, also no ~/.ansible of this machine (ansible-lint installs
+    the checkout's collection into ~/.ansible/collections, which would shadow the tarball)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("ANSIBLE_") and k not in ("AIRLOCK_ANSIBLE_DIR", "AIRLOCK_FAULT")}
+    if home is not None:
+        home.mkdir(parents=True, exist_ok=True)
+        env["HOME"] = str(home)
     return env
 
 
@@ -48,8 +53,9 @@ def test_tarball_packs_no_development_state(tarball: Path) -> None:
 
 def test_cli_runs_against_the_installed_collection(tarball: Path, tmp_path: Path) -> None:
     dest = tmp_path / "collections"
-    env = _clean_env()
-    r = subprocess.run([str(GALAXY), "collection", "install", "--offline", "-p", str(dest), str(tarball)],
+    env = _clean_env(home=tmp_path / "home")
+    r = subprocess.run([str(GALAXY), "collection", "install", "--offline", "--force", "-p", str(dest),
+                        str(tarball)],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     installed = dest / "ansible_collections" / "airlock" / "appliance"
