@@ -3,7 +3,7 @@
 #
 # ansible-test wants the collection at .../ansible_collections/<ns>/<name>/ and a git or plain tree
 # it can list; it bootstraps pip in its test venvs with a get-pip script from the internet, which
-# the offline shim in scripts/ansible-test-get-pip.py replaces (DESIGN.md section 8).
+# the offline shim in scripts/ansible-test-get-pip.py replaces (docs/ansible.md, "Offline tooling").
 # Usage: scripts/ansible-sanity.sh [extra ansible-test args, e.g. --test validate-modules]
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"

@@ -1,4 +1,4 @@
-"""Offline stand-in for ansible-test's get-pip bootstrap script (DESIGN.md section 8).
+"""Offline stand-in for ansible-test's get-pip bootstrap script (docs/ansible.md, "Offline tooling").
 
 ansible-test downloads ``get-pip-<version>.py`` from the internet to put pip into the virtualenvs it
 creates for sanity tests. Here there is no internet: this shim installs the bundled pip with

@@ -1,4 +1,4 @@
-"""``Repository``: the model repository on an appliance (DESIGN.md section 4).
+"""``Repository``: the model repository on an appliance (docs/repository.md).
 
 Every mutating operation runs under the repository lock, starts with ``recover()`` and is split
 into ``plan_*`` (reads only; Ansible check mode / --diff) and ``execute(plan)``. Write ordering,

@@ -8,7 +8,7 @@ One JSON file per model, written atomically::
      "gpu_memory_utilization": 0.85}
 
 Why a file and not a catalog table: the catalog is an index of installed versions that is
-cross-checked against signed data and rebuilt from it (DESIGN.md §10); serving settings are
+cross-checked against signed data and rebuilt from it (docs/repository.md, "Verify"); serving settings are
 operator configuration that no signed manifest carries and that must survive a catalog rebuild.
 A small file per model is written atomically, diffed and backed up with the repository, and read by
 every path that writes ``config.pbtxt`` (``serve generate``, ``serve reload``, the roles' sync and

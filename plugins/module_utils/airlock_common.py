@@ -3,7 +3,7 @@
 # Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
 """Shared plumbing of the Airlock modules: the guarded engine import, common options, errors.
 
-The modules are thin: every behaviour lives in the ``airlock`` engine (DESIGN.md section 1). On a
+The modules are thin: every behaviour lives in the ``airlock`` engine (docs/ansible.md, "Modules"). On a
 target they run with the Python of Airlock's venv (``ansible_python_interpreter``)."""
 
 from __future__ import annotations
