@@ -1,4 +1,4 @@
-"""Start and stop a local ``tritonserver`` from the ``nvidia-pytriton`` wheel (docs/serving.md, "Running Triton").
+"""Start and stop a local ``tritonserver`` from the ``nvidia-pytriton`` wheel (docs/serving.md).
 
 The wheel ships the server binary, its shared libraries and the python backend, but the python
 backend's stub lives in ``python_backend_stubs/<py>/``. ``prepare_backends`` builds a private backend
