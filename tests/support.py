@@ -1,13 +1,28 @@
-"""Test helpers: tools and privileges a test needs. In CI (CI=true) a missing one fails, never skips."""
+"""Shared test helpers, importable from every test package (fixtures live in conftest.py files):
+
+- tools and privileges a test needs (in CI, CI=true, a missing one fails, never skips);
+- ``tree_state``: the one snapshot of a tree (to prove an operation changed no byte, mode or owner),
+  and ``file_hashes``: the content of a tree's files (to compare two trees);
+- the one way to run Ansible from a test: ``ansible_env`` (the repository's ansible.cfg, private temp
+  and control-path dirs, no injected fault) and ``run_ansible_tool`` (``ansible``,
+  ``ansible-playbook``, ... of this checkout's venv)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from airlock.hashing import sha256_file, tree_files
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO / ".venv" / "bin"
 
 
 def require_tool(tool: str, install: str) -> str:
@@ -30,3 +45,64 @@ def require_root(reason: str) -> None:
     pytest.skip(message)
 
 
+# --- snapshots -------------------------------------------------------------------------------------
+
+TreeState = dict[str, tuple[Any, ...]]
+
+
+def tree_state(root: Path) -> TreeState:
+    """Every path under ``root`` (itself included, as "."): type, content hash and size or link
+    target, mode, owner and group. Equal before and after = not one byte, mode or owner changed.
+    A missing root is the empty state."""
+    out: TreeState = {}
+    if not os.path.lexists(root):
+        return out
+    for dirpath, dirs, files in os.walk(root):
+        for p in [Path(dirpath), *(Path(dirpath) / n for n in [*dirs, *files])]:
+            rel = p.relative_to(root).as_posix()
+            if rel in out:
+                continue
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                what: tuple[Any, ...] = ("link", os.readlink(p))
+            elif stat.S_ISREG(st.st_mode):
+                what = ("file", sha256_file(p), st.st_size)
+            else:
+                what = ("dir",)
+            out[rel] = (*what, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    return out
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every regular file under ``root`` (two trees with equal contents
+    compare equal whatever their modes and owners)."""
+    return {rel: sha256_file(root / rel) for rel in tree_files(root)}
+
+
+# --- Ansible ---------------------------------------------------------------------------------------
+
+
+def ansible_bin(name: str) -> str:
+    """``ansible``, ``ansible-playbook``, ... of this checkout's venv."""
+    return str(VENV_BIN / name)
+
+
+def ansible_env(tmp: Path | None = None, **extra: str) -> dict[str, str]:
+    """Environment for ansible-* subprocesses: the repository's ansible.cfg (collection and roles from
+    the checkout), no colour, the engine importable, no fault injected unless ``extra`` sets one;
+    with ``tmp``, private local-temp and SSH control-path directories under it."""
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_RETRY_FILES_ENABLED": "0", "PYTHONPATH": str(REPO)}
+    env.pop("AIRLOCK_FAULT", None)
+    if tmp is not None:
+        env["ANSIBLE_LOCAL_TEMP"] = str(tmp / "ansible-tmp")
+        env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(tmp / "cp")
+    env.update(extra)
+    return env
+
+
+def run_ansible_tool(tool: str, *args: str, tmp: Path | None = None, env: dict[str, str] | None = None,
+                     cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``tool`` (``ansible``, ``ansible-playbook``) from the venv with ``ansible_env``."""
+    return subprocess.run([ansible_bin(tool), *args], env={**ansible_env(tmp), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
