@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import tarfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,6 +285,7 @@ def stage_archive(tar_path: Path, staging: Path, trust: Trust, *, compatible: st
     A tar is read from its start anyway, so a re-run starts the stage over (no block reuse)."""
     from airlock.bundle.stage import STAGING_MARKER, StageCounters, StagedBundle, _prepare
 
+    started = time.monotonic()
     stage = Path(staging)
     _prepare(stage)  # new, empty, or an earlier Airlock stage (marked): anything else is refused
     for entry in os.listdir(stage):
@@ -296,5 +298,6 @@ def stage_archive(tar_path: Path, staging: Path, trust: Trust, *, compatible: st
     fsync_tree(stage)
     m = signed.manifest
     blocks = sum(len(e.blocks) for e in m.files.values())
-    counters = StageCounters(files_copied=len(m.files), blocks_copied=blocks, bytes_copied=total)
+    counters = StageCounters(files_copied=len(m.files), blocks_copied=blocks, bytes_copied=total,
+                             seconds=time.monotonic() - started)
     return StagedBundle(path=stage, manifest=m, signer=signed.signer, counters=counters)

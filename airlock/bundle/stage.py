@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +48,12 @@ class StageCounters:
     blocks_reused: int = 0
     bytes_copied: int = 0
     bytes_reused: int = 0
+    seconds: float = 0.0  # wall time of the stage (signature, copy, hashes)
+
+    def audit(self) -> dict[str, float]:
+        """What the install's audit record keeps of the stage (airlock metrics: staging throughput)."""
+        return {"bytes": self.bytes_copied + self.bytes_reused, "bytes_copied": self.bytes_copied,
+                "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -257,6 +264,7 @@ def _copy_one(root: Path, stage: Path, rel: str, entry: FileEntry, counters: Sta
 def stage_bundle(bundle_dir: Path, staging_dir: Path, trust: Trust, *, compatible: str | None = None,
                  installed_sequence: int | None = None, progress: Progress | None = None) -> StagedBundle:
     """Copy a bundle into ``staging_dir`` (fresh, or an earlier interrupted stage to resume)."""
+    started = time.monotonic()
     root, stage = Path(bundle_dir), Path(staging_dir)
     if not root.is_dir() or root.is_symlink():
         raise IntegrityError(f"{root}: not a bundle directory", path=str(root), rule="missing")
@@ -269,4 +277,5 @@ def stage_bundle(bundle_dir: Path, staging_dir: Path, trust: Trust, *, compatibl
     for rel, entry in manifest.files.items():
         _copy_one(root, stage, rel, entry, counters, tick)
     fsync_dir(stage)
+    counters.seconds = time.monotonic() - started
     return StagedBundle(path=stage, manifest=manifest, signer=signer, counters=counters)

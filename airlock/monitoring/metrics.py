@@ -109,6 +109,21 @@ def _cert_not_after(path: Path) -> float:
     return cert.not_valid_after_utc.timestamp()
 
 
+def _staging_metrics(reg: CollectorRegistry, staging: dict[str, Any]) -> None:
+    """The last bundle's stage (kept in its install/update audit record): bytes, time, throughput."""
+    size, seconds = staging.get("bytes"), staging.get("seconds")
+    if not isinstance(size, (int, float)) or not isinstance(seconds, (int, float)):
+        return
+    bid = staging["bundle_id"]
+    Gauge("airlock_bundle_stage_bytes", "Bytes of the last staged bundle (copied or reused).", ["bundle_id"],
+          registry=reg).labels(bundle_id=bid).set(size)
+    Gauge("airlock_bundle_stage_duration_seconds", "How long staging the last bundle took.", ["bundle_id"],
+          registry=reg).labels(bundle_id=bid).set(seconds)
+    if seconds > 0:
+        Gauge("airlock_bundle_stage_throughput_bytes_per_second", "Staging throughput of the last bundle.",
+              ["bundle_id"], registry=reg).labels(bundle_id=bid).set(size / seconds)
+
+
 def build_registry(repo: Repository, verify: VerifySummary | None, *,
                    tiers: dict[str, Path] | None = None, tls_certs: list[Path] | None = None
                    ) -> CollectorRegistry:
@@ -142,19 +157,29 @@ def build_registry(repo: Repository, verify: VerifySummary | None, *,
       registry=reg).set(1 if report.ok else 0)
     g("airlock_audit_records", "Records in the audit log.", registry=reg).set(report.records)
     last: dict[str, dict[str, Any]] = {}
+    staging: dict[str, Any] = {}
     for rec in audit.records(layout.audit_log):
         action = str(rec.get("action"))
         if action in OPERATIONS:
             last[action] = rec
+        details = rec.get("details")
+        if isinstance(details, dict) and isinstance(details.get("staging"), dict):
+            staging = {**details["staging"], "bundle_id": str(details.get("bundle_id") or "")}
     ok_g = g("airlock_operation_last_success", "1 if the last operation of this kind succeeded.",
              ["action"], registry=reg)
     ts_g = g("airlock_operation_last_timestamp_seconds", "When the last operation of this kind ran.",
              ["action"], registry=reg)
+    dur_g = g("airlock_operation_last_duration_seconds", "How long the last operation of this kind took "
+              "(audit record duration_s).", ["action"], registry=reg)
     for action, rec in sorted(last.items()):
         ok_g.labels(action=action).set(1 if rec.get("result") == "ok" else 0)
         when = _parse_time(rec.get("time"))
         if when is not None:
             ts_g.labels(action=action).set(when)
+        if isinstance(rec.get("duration_s"), (int, float)):
+            dur_g.labels(action=action).set(rec["duration_s"])
+    if staging:
+        _staging_metrics(reg, staging)
     rotated = last.get("key-rotate")
     if rotated is not None and rotated.get("result") == "ok" and _parse_time(rotated.get("time")):
         g("airlock_kek_last_rotation_timestamp_seconds",

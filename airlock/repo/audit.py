@@ -168,9 +168,10 @@ def tail_head(path: Path) -> AuditHead:
 
 
 def append(path: Path, action: str, *, model: str | None = None, from_version: str | None = None,
-           to_version: str | None = None, result: str = "ok", details: dict[str, Any] | None = None
-           ) -> AuditHead:
-    """Append one record (caller holds the repository lock) and fsync it; returns the new head."""
+           to_version: str | None = None, result: str = "ok", details: dict[str, Any] | None = None,
+           duration: float | None = None) -> AuditHead:
+    """Append one record (caller holds the repository lock) and fsync it; returns the new head.
+    ``duration``: the operation's wall time in seconds (``duration_s``; exported by airlock metrics)."""
     head = tail_head(path)
     rec = {
         "seq": head.seq + 1, "prev": head.hash,
@@ -178,6 +179,8 @@ def append(path: Path, action: str, *, model: str | None = None, from_version: s
         "actor": actor(), "pid": os.getpid(), "action": action, "model": model,
         "from": from_version, "to": to_version, "result": result, "details": details or {},
     }
+    if duration is not None:
+        rec["duration_s"] = round(duration, 3)
     line = json.dumps(rec, sort_keys=True, separators=(",", ":"), default=str).encode()
     new = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, AUDIT_MODE)

@@ -21,6 +21,7 @@ import json
 import os
 import pwd
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -146,24 +147,27 @@ class Repository:
                 self._depth = 0
 
     def audit_record(self, action: str, model: str | None, frm: str | None, to: str | None, result: str,
-               details: dict[str, Any]) -> None:
+               details: dict[str, Any], *, started: float | None = None) -> None:
+        """``started``: ``time.monotonic()`` when the operation began (the record's ``duration_s``)."""
         cat = self.catalog()
         with cat.transaction():
             cat.record_history(audit.actor(), action, model, frm, to, result, details)
         head = audit.append(self.layout.audit_log, action, model=model, from_version=frm, to_version=to,
-                            result=result, details=details)
+                            result=result, details=details,
+                            duration=None if started is None else time.monotonic() - started)
         with cat.transaction():
             cat.set_meta("audit_head", f"{head.seq}:{head.hash}")
 
     @contextlib.contextmanager
     def _recording_failure(self, action: str, model: str, frm: str | None, to: str | None) -> Iterator[None]:
+        started = time.monotonic()
         try:
             yield
         except (AirlockError, OSError, KeyboardInterrupt) as exc:
             result = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             with contextlib.suppress(Exception, KeyboardInterrupt):
                 self.audit_record(action, model, frm, to, result,
-                            {"error": type(exc).__name__, "message": str(exc)})
+                            {"error": type(exc).__name__, "message": str(exc)}, started=started)
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise DiskSpaceError(f"{self.layout.repo}: no space left on device during {action} "
                                      f"({exc})", path=str(self.layout.repo),
@@ -503,11 +507,13 @@ class Repository:
                         description: str = "", dependencies: dict[str, str] | None = None,
                         bundle_id: str | None = None, manifest_sha256: str | None = None,
                         sequence: int | None = None, progress: Progress = no_progress,
-                        encrypt: KeyRef | str | None = None, keys: ProviderRegistry | None = None) -> Plan:
+                        encrypt: KeyRef | str | None = None, keys: ProviderRegistry | None = None,
+                        staging: dict[str, Any] | None = None) -> Plan:
         """Install a full version from a directory (hashes from ``target_files`` when given, e.g. the
         signed manifest's; else hashed from the source). ``encrypt`` (``provider:key_id``): store
         every file encrypted, the plaintext hashed while encrypting; the catalog keeps plaintext
-        hashes and the key ref."""
+        hashes and the key ref. ``staging``: the bundle's staging figures, kept in the audit record."""
+        started = time.monotonic()
         with self._mutating() as cat, self._recording_failure("install", model, None, version):
             plan = self.plan_install(model, version, src_dir, target_files=target_files, activate=activate,
                                      description=description, dependencies=dependencies, bundle_id=bundle_id,
@@ -530,7 +536,8 @@ class Repository:
                 self.audit_record("install", model, plan.before["active"], version, "ok",
                             {"files": len(plan.files), "copied": stats.copied, "linked": stats.linked,
                              "bytes_copied": stats.bytes_copied, "bundle_id": bundle_id,
-                             "encryption": plan.args["encrypt"]})
+                             "encryption": plan.args["encrypt"], **({"staging": staging} if staging else {})},
+                                  started=started)
             if activate and plan.changed:
                 self.activate(model, version)
             return plan
@@ -572,7 +579,8 @@ class Repository:
                           description: str = "", dependencies: dict[str, str] | None = None,
                           bundle_id: str | None = None, manifest_sha256: str | None = None,
                           sequence: int | None = None, progress: Progress = no_progress,
-                          encrypt: KeyRef | str | None = None, keys: ProviderRegistry | None = None) -> Plan:
+                          encrypt: KeyRef | str | None = None, keys: ProviderRegistry | None = None,
+                          staging: dict[str, Any] | None = None) -> Plan:
         """Build the delta's target version from the installed source version; unchanged files are
         hard links to the source's; the delta is kept for rollback. An encrypted source (or
         ``encrypt``) goes through ``apply_chain_encrypted``: plaintext only in a tmpfs workspace,
@@ -580,6 +588,7 @@ class Repository:
         from airlock.crypto.tree import apply_chain_encrypted
         from airlock.delta import ChainStep, apply_delta
 
+        started = time.monotonic()
         with self._mutating() as cat:
             with self._recording_failure("update", model, None, None):
                 plan = self.plan_update(model, delta_path, target_files=target_files, activate=activate,
@@ -597,7 +606,8 @@ class Repository:
                     kept = self._keep_delta(model, Path(delta_path), frm, to, enc or src_keys)
                     fault_point("repo.update.after-keep-delta")
                     details: dict[str, Any] = {"delta": kept.name, "bundle_id": bundle_id,
-                                               "encryption": str(enc) if enc else None}
+                                               "encryption": str(enc) if enc else None,
+                                               **({"staging": staging} if staging else {})}
                     with staging_dir(final, prefix=STAGING_PREFIX) as work:
                         if enc or src_enc:
                             apply_chain_encrypted(
@@ -614,14 +624,16 @@ class Repository:
                             details.update(files=summary.files, linked=summary.linked,
                                            bytes_written=summary.bytes_written)
                         self._register(cat, plan, work / "tree", final, f"delta:{kept.name}", enc)
-                    self.audit_record("update", model, frm, to, "ok", details)
+                    self.audit_record("update", model, frm, to, "ok", details, started=started)
             if activate and plan.changed:
                 self.activate(model, to)
             return plan
 
     def activate(self, model: str, version: str, *, action: str = "activate",
-                 mark_old: str = "previous") -> Plan:
-        """Atomic symlink swap to ``version``; the version it replaces becomes ``mark_old``."""
+                 mark_old: str = "previous", started: float | None = None) -> Plan:
+        """Atomic symlink swap to ``version``; the version it replaces becomes ``mark_old``.
+        ``started``: when the operation began (a rollback's rebuild counts in its duration)."""
+        started = time.monotonic() if started is None else started
         with self._mutating() as cat, self._recording_failure(action, model, None, version):
             plan = self.plan_activate(model, version, action=action)
             if not plan.changed:
@@ -636,7 +648,8 @@ class Repository:
             fault_point(f"repo.{action}.after-swap")
             with cat.transaction():
                 cat.apply_activation(model, version, old, mark_old)
-            self.audit_record(action, model, old, version, "ok", {"marked": {old: mark_old} if old else {}})
+            self.audit_record(action, model, old, version, "ok", {"marked": {old: mark_old} if old else {}},
+                              started=started)
             return plan
 
     def rollback(self, model: str, to: str | None = None, *, progress: Progress = no_progress,
@@ -650,6 +663,7 @@ class Repository:
         from airlock.crypto.tree import apply_chain_encrypted
         from airlock.delta import ChainStep, apply_chain
 
+        started = time.monotonic()
         with self._mutating() as cat:
             with self._recording_failure("rollback", model, None, to):
                 plan = self.plan_rollback(model, to)
@@ -686,7 +700,8 @@ class Repository:
                     from airlock.repo.encryption import check_stored_headers
 
                     check_stored_headers(self.layout.version_dir(model, target), cat.version(model, target))
-            self.activate(model, target, action="rollback", mark_old="failed" if failed else "rolled_back")
+            self.activate(model, target, action="rollback", mark_old="failed" if failed else "rolled_back",
+                          started=started)
             return plan
 
     @staticmethod
@@ -788,7 +803,7 @@ class Repository:
                         "target_files": me.target_files, "activate": activate, "description": me.description,
                         "dependencies": dict(me.dependencies), "bundle_id": m.bundle_id,
                         "manifest_sha256": msha, "sequence": m.sequence, "progress": progress,
-                        "encrypt": encrypt, "keys": keys}
+                        "encrypt": encrypt, "keys": keys, "staging": staged.counters.audit()}
                     if me.kind == "full":
                         plans.append(self.install_version(me.name, me.version, staged.path / me.path,
                                                           **common))

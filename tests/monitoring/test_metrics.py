@@ -10,6 +10,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from airlock.bundle.locate import signed_manifest
+from airlock.bundle.signing import Trust
 from airlock.repo import Repository
 from tests.fleet.bundles import MODEL, Bundles
 from tests.monitoring.conftest import promtool
@@ -57,6 +59,16 @@ def test_metrics_clean_then_drift(appliance: Repository, textfile_dir: Path, mon
     assert s[("airlock_verify_signatures_checked", ())] == 1
     assert s[("airlock_audit_chain_ok", ())] == 1
     assert s[("airlock_operation_last_success", (("action", "update"),))] == 1
+    # durations and the last bundle's staging, from the audit records the install and update wrote
+    for action in ("install", "update", "activate"):
+        assert 0 < s[("airlock_operation_last_duration_seconds", (("action", action),))] < 60, action
+    delta_id = (("bundle_id", bid),)
+    staged = s[("airlock_bundle_stage_bytes", delta_id)]
+    trust = Trust([mon_bundles.fingerprint], keyring=mon_bundles.keyring)
+    assert staged == signed_manifest(mon_bundles.delta, trust).manifest.total_bytes > 0  # all staged
+    assert 0 < s[("airlock_bundle_stage_duration_seconds", delta_id)] < 60
+    assert s[("airlock_bundle_stage_throughput_bytes_per_second", delta_id)] == \
+        staged / s[("airlock_bundle_stage_duration_seconds", delta_id)]
     assert s[("airlock_repository_bytes", ())] > 0
     assert 0 < s[("airlock_tier_filesystem_avail_bytes", (("tier", "hot"),))] <= \
         s[("airlock_tier_filesystem_size_bytes", (("tier", "hot"),))]
