@@ -23,29 +23,40 @@ STATES = ("staged", "active", "previous", "failed", "rolled_back", "pruned")
 """``failed``: left by an automatic rollback (its apply or health gate failed); ``rolled_back``: left by
 an operator's rollback, still good and available to roll forward (``activate``)."""
 
+def _versions_table(name: str, states: tuple[str, ...], extra: str = "") -> str:
+    """The ``versions`` table's definition, one spelling for its creation (0 -> 1) and its rebuild
+    (2 -> 3, SQLite's procedure to change a CHECK): only the name, the states and later columns vary."""
+    allowed = ",".join(f"'{s}'" for s in states)
+    return f"""
+    CREATE TABLE {name} (
+        id INTEGER PRIMARY KEY,
+        model TEXT NOT NULL REFERENCES models(name),
+        version TEXT NOT NULL,
+        path TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ({allowed})),
+        created TEXT NOT NULL,
+        activated TEXT,
+        description TEXT NOT NULL DEFAULT '',
+        dependencies TEXT NOT NULL DEFAULT '{{}}',
+        bundle_id TEXT,
+        manifest_sha256 TEXT,
+        sequence INTEGER,
+        source TEXT NOT NULL DEFAULT '',{extra}
+        UNIQUE (model, version)
+    )"""
+
+
+_STATES_1 = ("staged", "active", "previous", "failed", "pruned")
+_COLS_3 = ("id, model, version, path, state, created, activated, description, dependencies, bundle_id, "
+           "manifest_sha256, sequence, source, encryption")
+
 MIGRATIONS: list[str] = [
     # 0 -> 1
     """
     CREATE TABLE models (
         name TEXT PRIMARY KEY,
         created TEXT NOT NULL
-    );
-    CREATE TABLE versions (
-        id INTEGER PRIMARY KEY,
-        model TEXT NOT NULL REFERENCES models(name),
-        version TEXT NOT NULL,
-        path TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('staged','active','previous','failed','pruned')),
-        created TEXT NOT NULL,
-        activated TEXT,
-        description TEXT NOT NULL DEFAULT '',
-        dependencies TEXT NOT NULL DEFAULT '{}',
-        bundle_id TEXT,
-        manifest_sha256 TEXT,
-        sequence INTEGER,
-        source TEXT NOT NULL DEFAULT '',
-        UNIQUE (model, version)
-    );
+    );""" + _versions_table("versions", _STATES_1) + """;
     CREATE TABLE files (
         version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
         relpath TEXT NOT NULL,
@@ -77,37 +88,25 @@ MIGRATIONS: list[str] = [
     # 2 -> 3: state 'rolled_back' (a manual rollback is not a failure). SQLite cannot change a CHECK
     # constraint: the table is rebuilt (migrate() turns foreign keys off around it, as SQLite's
     # documented procedure asks, so dropping the old table does not cascade into files).
-    """
-    CREATE TABLE versions_new (
-        id INTEGER PRIMARY KEY,
-        model TEXT NOT NULL REFERENCES models(name),
-        version TEXT NOT NULL,
-        path TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('staged','active','previous','failed','rolled_back','pruned')),
-        created TEXT NOT NULL,
-        activated TEXT,
-        description TEXT NOT NULL DEFAULT '',
-        dependencies TEXT NOT NULL DEFAULT '{}',
-        bundle_id TEXT,
-        manifest_sha256 TEXT,
-        sequence INTEGER,
-        source TEXT NOT NULL DEFAULT '',
-        encryption TEXT,
-        UNIQUE (model, version)
-    );
-    INSERT INTO versions_new (id, model, version, path, state, created, activated, description,
-        dependencies, bundle_id, manifest_sha256, sequence, source, encryption)
-        SELECT id, model, version, path, state, created, activated, description, dependencies,
-               bundle_id, manifest_sha256, sequence, source, encryption FROM versions;
+    _versions_table("versions_new", STATES, "\n        encryption TEXT,") + f""";
+    INSERT INTO versions_new ({_COLS_3}) SELECT {_COLS_3} FROM versions;
     DROP TABLE versions;
     ALTER TABLE versions_new RENAME TO versions
     """,
+    # 3 -> 4: storage tiers (docs/tiers.md): where the version's files are; 'hot' = the repository's
+    # <model>/<version>/, 'warm'/'cold' = the tier directory configured in meta (tier.warm / tier.cold)
+    """
+    ALTER TABLE versions ADD COLUMN location TEXT NOT NULL DEFAULT 'hot'
+        CHECK (location IN ('hot','warm','cold'))
+    """,
 ]
 
+LOCATIONS = ("hot", "warm", "cold")
 
-READABLE = (2, 3)
-"""Schema versions a read-only open (verify) accepts as they are: 3 only added a state value, and
-verify must not be the command that migrates an appliance's catalog."""
+READABLE = (2, 3, 4)
+"""Schema versions a read-only open (verify) accepts as they are: 3 only added a state value, 4 a
+location that is 'hot' for every version of an older catalog, and verify must not be the command
+that migrates an appliance's catalog."""
 
 
 def now() -> str:
@@ -138,6 +137,7 @@ class VersionRow:
     source: str
     files: dict[str, FileRow] = field(default_factory=dict)
     encryption: str | None = None  # key reference when stored encrypted (files hold plaintext hashes)
+    location: str = "hot"  # storage tier holding the files (airlock.repo.tier)
 
     def as_dict(self, with_files: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -145,15 +145,14 @@ class VersionRow:
             "created": self.created, "activated": self.activated, "description": self.description,
             "dependencies": self.dependencies, "bundle_id": self.bundle_id,
             "manifest_sha256": self.manifest_sha256, "sequence": self.sequence, "source": self.source,
-            "encrypted": self.encryption is not None, "key_ref": self.encryption,
+            "encrypted": self.encryption is not None, "key_ref": self.encryption, "location": self.location,
         }
         if with_files:
             d["files"] = {r: {"size": f.size, "sha256": f.sha256} for r, f in sorted(self.files.items())}
         return d
 
 
-_VCOLS = ("id, model, version, path, state, created, activated, description, dependencies, bundle_id, "
-          "manifest_sha256, sequence, source, encryption")
+_VCOLS = _COLS_3 + ", location"
 
 
 class Catalog:
@@ -176,12 +175,15 @@ class Catalog:
             self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.row_factory = sqlite3.Row
+        self._vcols = _VCOLS
         if not readonly:
             self.migrate()
         elif self.schema_version() not in READABLE:
             raise RepositoryError(f"{path}: catalog schema {self.schema_version()} is not the current "
                                   f"{len(MIGRATIONS)}; run a mutating command to migrate", path=str(path),
                                   rule="catalog-schema")
+        elif self.schema_version() < 4:  # read as it is: every version of an older catalog is hot
+            self._vcols = _COLS_3 + ", 'hot' AS location"
 
     def close(self) -> None:
         self.db.close()
@@ -210,7 +212,7 @@ class Catalog:
 
     def _migrate_from(self, current: int) -> None:
         for target in range(current, len(MIGRATIONS)):
-            with self.transaction():
+            with self.transaction(f"repo.catalog.migrate-{target + 1}"):
                 # under the write lock now: another process may have migrated since the read above
                 if self.schema_version() > target:
                     continue
@@ -251,7 +253,7 @@ class Catalog:
     def _row(self, r: sqlite3.Row, with_files: bool) -> VersionRow:
         v = VersionRow(r["id"], r["model"], r["version"], r["path"], r["state"], r["created"], r["activated"],
                        r["description"], json.loads(r["dependencies"]), r["bundle_id"], r["manifest_sha256"],
-                       r["sequence"], r["source"], encryption=r["encryption"])
+                       r["sequence"], r["source"], encryption=r["encryption"], location=r["location"])
         if with_files:
             for f in self.db.execute("SELECT relpath, size, sha256 FROM files WHERE version_id=?", (v.id,)):
                 v.files[f["relpath"]] = FileRow(f["relpath"], f["size"], f["sha256"])
@@ -261,16 +263,16 @@ class Catalog:
         return [r[0] for r in self.db.execute("SELECT name FROM models ORDER BY name")]
 
     def version(self, model: str, version: str, with_files: bool = True) -> VersionRow | None:
-        r = self.db.execute(f"SELECT {_VCOLS} FROM versions WHERE model=? AND version=?",
+        r = self.db.execute(f"SELECT {self._vcols} FROM versions WHERE model=? AND version=?",
                             (model, version)).fetchone()
         return self._row(r, with_files) if r else None
 
     def versions(self, model: str, with_files: bool = False) -> list[VersionRow]:
-        rows = self.db.execute(f"SELECT {_VCOLS} FROM versions WHERE model=? ORDER BY id", (model,))
+        rows = self.db.execute(f"SELECT {self._vcols} FROM versions WHERE model=? ORDER BY id", (model,))
         return [self._row(r, with_files) for r in rows.fetchall()]
 
     def in_state(self, model: str, state: str) -> VersionRow | None:
-        r = self.db.execute(f"SELECT {_VCOLS} FROM versions WHERE model=? AND state=? ORDER BY id DESC",
+        r = self.db.execute(f"SELECT {self._vcols} FROM versions WHERE model=? AND state=? ORDER BY id DESC",
                             (model, state)).fetchone()
         return self._row(r, False) if r else None
 
@@ -326,6 +328,13 @@ class Catalog:
         else:
             self.db.execute("UPDATE versions SET state=? WHERE model=? AND version=?",
                             (state, model, version))
+
+    def set_location(self, model: str, version: str, location: str) -> None:
+        """The tier now holding the version's files (``airlock.repo.tier`` moves them first)."""
+        if location not in LOCATIONS:
+            raise ValueError(location)
+        self.db.execute("UPDATE versions SET location=? WHERE model=? AND version=?",
+                        (location, model, version))
 
     def set_encryption(self, model: str, version: str, key_ref: str) -> None:
         """The key reference an encrypted version's files are now wrapped under (key rotation)."""
