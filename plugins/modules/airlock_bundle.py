@@ -20,6 +20,7 @@ description:
     source, so a following M(airlock.appliance.airlock_model) task can plan against it.
   - Refuses a bundle for another appliance profile (O(compatible)) and a bundle whose sequence is
     lower than the one installed in the repository at O(root) unless it is a signed rollback.
+  - O(owner) and O(group) are used only to open the repository; staging files stay root-owned.
 options:
   src:
     description: The bundle directory on the target (for example a mounted USB stick).
@@ -30,41 +31,21 @@ options:
       - The staging directory to create. Defaults to
         C(<root>/model_repo/update_packages/staged/<bundle directory name>).
     type: path
-  root:
-    description: Root of the model repository (its installed sequence is the anti-downgrade floor).
-    type: path
-    required: true
   trust:
     description: Pinned primary-key fingerprints of the accepted signers (fail closed on any other).
     type: list
     elements: str
     required: true
-  keyring:
-    description: Public keyring file holding the trusted keys (imported into a throwaway GnuPG home).
-    type: path
-  gnupghome:
-    description: An existing GnuPG home holding the trusted public keys (used when O(keyring) is unset).
-    type: path
   compatible:
     description:
       - The profile the bundle must match. Default is the appliance's recorded profile
         (C(/etc/airlock/appliance.yaml)); a value given must agree with it.
     type: str
-  owner:
-    description: Owner of the repository (used only to open it; staging files stay root-owned).
-    type: str
-  group:
-    description: Group of the repository.
-    type: str
-  lock_timeout:
-    description: Seconds to wait for the repository lock.
-    type: float
-    default: 600.0
+extends_documentation_fragment:
+  - airlock.appliance.airlock
+  - airlock.appliance.airlock.trust
 author:
   - Airlock maintainers (@airlock)
-requirements:
-  - airlock (the engine, installed from the bundle's wheelhouse by the airlock_runtime role)
-  - gpg
 attributes:
   check_mode:
     support: full

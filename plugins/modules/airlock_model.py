@@ -23,10 +23,6 @@ description:
     identical content and already active is C(ok).
   - The engine is crash-safe; a kill at any point leaves the previously active version serving.
 options:
-  root:
-    description: Root of the model repository on the target.
-    type: path
-    required: true
   name:
     description: The model. Required unless O(bundle) is given (then every model of the bundle is handled).
     type: str
@@ -59,16 +55,7 @@ options:
     description:
       - A bundle directory already verified and staged by M(airlock.appliance.airlock_bundle). It is
         verified again (signature and hashes) before use, since it sits on the target's disk.
-    type: path
-  trust:
-    description: Pinned signer fingerprints; required with O(bundle).
-    type: list
-    elements: str
-  keyring:
-    description: Public keyring file holding the trusted keys.
-    type: path
-  gnupghome:
-    description: An existing GnuPG home holding the trusted public keys.
+      - O(trust) is required with O(bundle).
     type: path
   compatible:
     description: This appliance's profile; a bundle built for another profile is refused.
@@ -77,32 +64,18 @@ options:
     description: With O(state=pruned), how many versions to keep.
     type: int
     default: 2
-  owner:
-    description: Owner of new version files (applied when the module runs as root).
-    type: str
-  group:
-    description: Group of new version files (applied when the module runs as root).
-    type: str
-  keys_config:
-    description:
-      - Key provider config for versions stored encrypted at rest (docs/security.md). Default
-        C(/etc/airlock/keys.yaml) (or C($AIRLOCK_KEYS_CONFIG)) when that file exists. PINs and
-        tokens live in files it names, never in this option.
-    type: path
   encrypt:
     description:
       - Store the installed versions encrypted at rest under this key, C(PROVIDER:KEY_ID) (for
         example C(hsm:models-kek)); the manifest's hashes stay the plaintext hashes. Needs the
         providers of O(keys_config).
     type: str
-  lock_timeout:
-    description: Seconds to wait for the repository lock.
-    type: float
-    default: 600.0
+extends_documentation_fragment:
+  - airlock.appliance.airlock
+  - airlock.appliance.airlock.trust
+  - airlock.appliance.airlock.keys
 author:
   - Airlock maintainers (@airlock)
-requirements:
-  - airlock (the engine, installed from the bundle's wheelhouse by the airlock_runtime role)
 attributes:
   check_mode:
     support: full

@@ -21,13 +21,11 @@ description:
     (with O(trust); without it the result says loudly that they were NOT checked), the audit log's
     hash chain against the catalog's head and O(audit_anchor), deleted history rows, and with
     O(loadable=true) that the active versions' safetensors load.
+  - With O(verify=true) and O(trust), the signature of every signed manifest kept in the repository
+    (one per installed bundle) is checked again against the pinned fingerprints.
   - Drift is reported, never repaired, and nothing is written on the target, not even an audit
     record (the catalog is opened read-only); the control node keeps the result and the audit head.
 options:
-  root:
-    description: Root of the model repository on the target.
-    type: path
-    required: true
   models:
     description: Models to verify (default all) when O(verify=true).
     type: list
@@ -45,12 +43,6 @@ options:
     description: "Expected active version per model (C({model: version})); a difference is drift."
     type: dict
     default: {}
-  trust:
-    description:
-      - Pinned signer fingerprints. With O(verify=true), the signature of every signed manifest kept
-        in the repository (one per installed bundle) is checked again against them.
-    type: list
-    elements: str
   audit_anchor:
     description:
       - The audit head (C({seq, hash})) the control node recorded on its last run. The log must
@@ -59,32 +51,12 @@ options:
       - Without O(verify), only the audit log is checked (chain, catalog head, this anchor), cheap
         enough for the end of every run (C(playbooks/tasks/audit_head.yml)).
     type: dict
-  keyring:
-    description: Public keyring file holding the trusted keys.
-    type: path
-  gnupghome:
-    description: An existing GnuPG home holding the trusted public keys.
-    type: path
-  owner:
-    description: Expected owner of version files (checked when the module runs as root).
-    type: str
-  group:
-    description: Expected group of version files (checked when the module runs as root).
-    type: str
-  keys_config:
-    description:
-      - Key provider config for versions stored encrypted at rest (docs/security.md). Default
-        C(/etc/airlock/keys.yaml) (or C($AIRLOCK_KEYS_CONFIG)) when that file exists. PINs and
-        tokens live in files it names, never in this option.
-    type: path
-  lock_timeout:
-    description: Seconds to wait for the repository lock.
-    type: float
-    default: 600.0
+extends_documentation_fragment:
+  - airlock.appliance.airlock
+  - airlock.appliance.airlock.trust
+  - airlock.appliance.airlock.keys
 author:
   - Airlock maintainers (@airlock)
-requirements:
-  - airlock (the engine, installed from the bundle's wheelhouse by the airlock_runtime role)
 attributes:
   check_mode:
     support: full

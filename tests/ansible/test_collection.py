@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 GALAXY = REPO / ".venv" / "bin" / "ansible-galaxy"
@@ -72,3 +73,59 @@ def test_cli_runs_against_the_installed_collection(tarball: Path, tmp_path: Path
     assert r.returncode == 0, out[-4000:]
     report = json.loads(r.stdout)
     assert [h["result"] for h in report["hosts"]] == ["ok"]
+
+
+def _role_references(play_file: Path) -> list[str]:
+    """Every role a playbook names: ``roles:`` entries and include_role/import_role tasks."""
+    out: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "roles" and isinstance(value, list):
+                    out.extend(r if isinstance(r, str) else r.get("role", r.get("name")) for r in value)
+                elif key in ("ansible.builtin.include_role", "ansible.builtin.import_role",
+                             "include_role", "import_role"):
+                    out.append(value["name"])
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(yaml.safe_load(play_file.read_text()))
+    return out
+
+
+def test_playbooks_name_roles_by_fqcn() -> None:
+    plays = sorted((REPO / "playbooks").rglob("*.yml"))
+    refs = {p.relative_to(REPO).as_posix(): _role_references(p) for p in plays}
+    assert sum(map(len, refs.values())) >= 15
+    bare = {p: [r for r in rs if not r.startswith("airlock.appliance.")] for p, rs in refs.items()}
+    assert {p: rs for p, rs in bare.items() if rs} == {}
+    roles = {r.name for r in (REPO / "roles").iterdir()}
+    assert {r.removeprefix("airlock.appliance.") for rs in refs.values() for r in rs} <= roles
+
+
+@pytest.mark.parametrize("where", ["checkout", "installed"])
+def test_a_role_runs_by_fqcn(where: str, tarball: Path, tmp_path: Path) -> None:
+    """install.yml's model_repo step (include_role airlock.appliance.model_repo) from the checkout
+    (ansible.cfg: the .collections symlink) and from the installed tarball (no roles_path at all)."""
+    env = _clean_env(home=tmp_path / "home")
+    if where == "checkout":
+        content, env["ANSIBLE_CONFIG"] = REPO, str(REPO / "ansible.cfg")
+    else:
+        dest = tmp_path / "collections"
+        r = subprocess.run([str(GALAXY), "collection", "install", "--offline", "--force", "-p", str(dest),
+                            str(tarball)], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        content = dest / "ansible_collections" / "airlock" / "appliance"
+        env["ANSIBLE_COLLECTIONS_PATH"] = str(dest)
+    fleet = tmp_path / "fleet"
+    r = subprocess.run([str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i",
+                        str(content / "inventories" / "local"), str(content / "playbooks" / "install.yml"),
+                        "--tags", "model_repo", "--limit", "local-a", "-e", f"airlock_fleet_dir={fleet}"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "airlock.appliance.model_repo" in r.stdout
+    assert (fleet / "local-a" / "model_repo").is_dir()
