@@ -82,10 +82,35 @@ def test_refresh_after_an_operation(appliance: Repository, textfile_dir: Path, t
     run_playbook(tmp_path / "play", str(play), {"appliances": {"app": LOCAL}},
                  {"integrity_check_airlock": AIRLOCK, "integrity_check_root": str(root),
                   "integrity_check_textfile_dir": str(textfile_dir),
-                  "integrity_check_tiers": {"scratch": str(tmp_path)}})
+                  "integrity_check_tiers": {"scratch": str(tmp_path)}, "integrity_check_refresh": True})
     got = samples(textfile_dir / "airlock.prom")
     assert got[("airlock_model_active_info", (("bundle_id", str(appliance.show(MODEL, "1.0.0")["bundle_id"])),
                                               ("model", MODEL), ("version", "1.0.0")))] == 1
     assert got[("airlock_operation_last_success", (("action", "rollback"),))] == 1
     assert got[("airlock_verify_ok", ())] == 1  # the last verify's result, kept
     assert ("airlock_tier_filesystem_size_bytes", (("tier", "scratch"),)) in got
+
+
+def test_rollback_playbook_refreshes(appliance: Repository, textfile_dir: Path, tmp_path: Path) -> None:
+    """playbooks/rollback.yml (as install.yml and update.yml) ends with the refresh where the scheduled
+    check is installed (integrity_check_refresh: auto finds its service unit): airlock.prom then shows
+    the version rolled back to and the rollback's result and duration."""
+    root = appliance.layout.root
+    units = tmp_path / "units"
+    render_integrity_check(units, integrity_check_airlock=AIRLOCK, integrity_check_root=str(root),
+                           integrity_check_textfile_dir=str(textfile_dir), integrity_check_user="root",
+                           integrity_check_group="root")
+    common = {"airlock_root": str(root), "airlock_state_dir": str(tmp_path / "state"),
+              "integrity_check_airlock": AIRLOCK, "integrity_check_textfile_dir": str(textfile_dir)}
+    # no unit in the directory looked at: auto leaves the metrics alone
+    run_playbook(tmp_path / "play0", "rollback.yml", {"appliances": {"app": LOCAL}},
+                 {**common, "integrity_check_unit_dir": str(tmp_path / "none")})
+    assert not (textfile_dir / "airlock.prom").exists()
+    appliance.activate(MODEL, "1.1.0")
+    run_playbook(tmp_path / "play", "rollback.yml", {"appliances": {"app": LOCAL}},
+                 {**common, "integrity_check_unit_dir": str(units)})
+    got = samples(textfile_dir / "airlock.prom")
+    assert got[("airlock_model_active_info", (("bundle_id", str(appliance.show(MODEL, "1.0.0")["bundle_id"])),
+                                              ("model", MODEL), ("version", "1.0.0")))] == 1
+    assert got[("airlock_operation_last_success", (("action", "rollback"),))] == 1
+    assert 0 < got[("airlock_operation_last_duration_seconds", (("action", "rollback"),))] < 60
