@@ -283,7 +283,7 @@ def stage_archive(tar_path: Path, staging: Path, trust: Trust, *, compatible: st
     """Stage a packed bundle as ``stage_bundle`` stages a directory: streamed once, the signature
     verified before any payload byte is written, parts reassembled, every block and file hash checked.
     A tar is read from its start anyway, so a re-run starts the stage over (no block reuse)."""
-    from airlock.bundle.stage import STAGING_MARKER, StageCounters, StagedBundle, _prepare
+    from airlock.bundle.stage import STAGING_MARKER, StageCounters, _prepare, complete_stage
 
     started = time.monotonic()
     stage = Path(staging)
@@ -300,4 +300,4 @@ def stage_archive(tar_path: Path, staging: Path, trust: Trust, *, compatible: st
     blocks = sum(len(e.blocks) for e in m.files.values())
     counters = StageCounters(files_copied=len(m.files), blocks_copied=blocks, bytes_copied=total,
                              seconds=time.monotonic() - started)
-    return StagedBundle(path=stage, manifest=m, signer=signed.signer, counters=counters)
+    return complete_stage(stage, signed, counters)

@@ -14,7 +14,7 @@ import shutil
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from airlock.bundle.manifest import (
@@ -25,18 +25,18 @@ from airlock.bundle.manifest import (
     FileEntry,
     Manifest,
 )
-from airlock.bundle.safeio import PartsReader, read_limited
+from airlock.bundle.safeio import STAGING_MARKER, PartsReader, payload_files, read_limited
 from airlock.bundle.signing import SignerInfo, Trust
-from airlock.bundle.verify import BlockChecker, check_policy, check_signed, check_sizes
+from airlock.bundle.verify import BlockChecker, SignedManifest, check_policy, check_signed, check_sizes
 from airlock.errors import IntegrityError, ManifestError, SignatureError, UnsafePathError
 from airlock.faults import fault_point
 from airlock.fsutil import atomic_write_bytes, fsync_dir
-from airlock.hashing import iter_chunks, no_progress
+from airlock.hashing import iter_chunks, no_progress, sha256_bytes
 from airlock.names import PATH_MAX
 
 Progress = Callable[[int], None]
 PARTIAL_SUFFIX = ".airlock-partial"
-STAGING_MARKER = ".airlock-staging"  # written into every staging directory Airlock makes
+COMPLETE_MARKER = ".airlock-staged"  # written last: the sha256 of the staged manifest bytes
 _INCOMING = ".incoming-"
 
 
@@ -56,12 +56,31 @@ class StageCounters:
                 "seconds": round(self.seconds, 3)}
 
 
+_FROM_STAGING = object()  # only this module (staging, reopening a stage) makes a StagedBundle
+
+
 @dataclass
 class StagedBundle:
+    """A bundle copied into ``path`` and verified there (``stage_bundle``, ``pack.stage_archive``) or
+    a completed stage reopened (``open_staged``). It carries the verified manifest and signature bytes
+    (``signed``): nothing downstream reads MANIFEST.json or its signature again or re-checks them."""
+
     path: Path
-    manifest: Manifest
-    signer: SignerInfo
+    signed: SignedManifest
     counters: StageCounters
+    _origin: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._origin is not _FROM_STAGING:
+            raise TypeError("a StagedBundle comes from staging (stage_bundle, stage_archive) or open_staged")
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.signed.manifest
+
+    @property
+    def signer(self) -> SignerInfo:
+        return self.signed.signer
 
     def as_dict(self) -> dict[str, object]:
         m = self.manifest
@@ -93,6 +112,9 @@ def _prepare(stage: Path) -> None:
     else:
         stage.mkdir(parents=True, mode=0o700)
         os.chmod(stage, 0o700)  # whatever the umask
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(stage / COMPLETE_MARKER)  # incomplete again until complete_stage()
+        fsync_dir(stage)
     marker = stage / STAGING_MARKER
     if not os.path.lexists(marker):
         atomic_write_bytes(marker, b"airlock staging directory\n", 0o600)
@@ -130,7 +152,7 @@ def _open_partial(partial: Path) -> int:
 
 
 def _stage_manifest(root: Path, stage: Path, trust: Trust, compatible: str | None,
-                    installed_sequence: int | None) -> tuple[Manifest, SignerInfo]:
+                    installed_sequence: int | None) -> SignedManifest:
     data = read_limited(root, MANIFEST_NAME, MAX_MANIFEST_BYTES, ManifestError, "manifest-size")
     try:
         sig: bytes | None = read_limited(root, SIGNATURE_NAME, MAX_SIGNATURE_BYTES, SignatureError,
@@ -156,7 +178,7 @@ def _stage_manifest(root: Path, stage: Path, trust: Trust, compatible: str | Non
     os.replace(tmp_m, stage / MANIFEST_NAME)
     fsync_dir(stage)
     fault_point("stage-after-manifest")
-    return signed.manifest, signed.signer
+    return signed
 
 
 def _clean(stage: Path, m: Manifest) -> None:
@@ -205,8 +227,8 @@ def _copy_one(root: Path, stage: Path, rel: str, entry: FileEntry, counters: Sta
     if os.path.lexists(partial) and not stat.S_ISREG(os.lstat(partial).st_mode):
         os.unlink(partial)
     fd = _open_partial(partial)
-    names = [f"{rel}.part{i:03d}" for i in range(len(entry.parts))] if entry.parts else [rel]
-    sizes = [p.size for p in entry.parts] if entry.parts else [entry.size]
+    files = payload_files(root, rel, entry.size, [p.size for p in entry.parts])  # parts, or whole when staged
+    names, sizes = [n for n, _ in files], [s for _, s in files]
     raw = PartsReader(root, names, sizes, rel)
     checker = BlockChecker(rel, entry)
     bs = entry.block_size
@@ -269,7 +291,8 @@ def stage_bundle(bundle_dir: Path, staging_dir: Path, trust: Trust, *, compatibl
     if not root.is_dir() or root.is_symlink():
         raise IntegrityError(f"{root}: not a bundle directory", path=str(root), rule="missing")
     _prepare(stage)
-    manifest, signer = _stage_manifest(root, stage, trust, compatible, installed_sequence)
+    signed = _stage_manifest(root, stage, trust, compatible, installed_sequence)
+    manifest = signed.manifest
     _clean(stage, manifest)
     check_sizes(root, manifest)  # same refusals as verify (extra or missing bytes) before any copy
     counters = StageCounters()
@@ -278,4 +301,60 @@ def stage_bundle(bundle_dir: Path, staging_dir: Path, trust: Trust, *, compatibl
         _copy_one(root, stage, rel, entry, counters, tick)
     fsync_dir(stage)
     counters.seconds = time.monotonic() - started
-    return StagedBundle(path=stage, manifest=manifest, signer=signer, counters=counters)
+    return complete_stage(stage, signed, counters)
+
+
+def complete_stage(stage: Path, signed: SignedManifest, counters: StageCounters) -> StagedBundle:
+    """Mark ``stage`` complete (every payload staged and verified) and return it as a StagedBundle:
+    the marker holds the sha256 of the staged manifest bytes and is written last, after an fsync of
+    everything it vouches for."""
+    fsync_dir(stage)
+    atomic_write_bytes(stage / COMPLETE_MARKER, _marker(signed.data), 0o400)
+    return StagedBundle(stage, signed, counters, _FROM_STAGING)
+
+
+def _marker(manifest_bytes: bytes) -> bytes:
+    return f"sha256:{sha256_bytes(manifest_bytes)}\n".encode()
+
+
+def open_staged(staging_dir: Path, trust: Trust, *, compatible: str | None = None) -> StagedBundle:
+    """Reopen a completed stage (e.g. staged by an earlier Ansible task) without copying or hashing
+    a payload again: the directory must be an Airlock staging directory (ours, 0700, marked), its
+    completion marker must name the staged manifest's sha256, the signature over the staged manifest
+    is checked against ``trust``, then the profile; every payload must be the sealed file staging
+    left (regular, one link, ours, 0400, its manifest size). The install hashes every byte it writes
+    against the signed hashes anyway (a copied file, an applied delta's output)."""
+    stage = Path(staging_dir)
+    try:
+        st = os.lstat(stage)
+    except FileNotFoundError as exc:
+        raise IntegrityError(f"{stage}: no such staging directory", path=str(stage), rule="missing") from exc
+    if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077
+            or not os.path.isfile(stage / STAGING_MARKER)):
+        raise UnsafePathError(f"{stage}: not an Airlock staging directory (a directory of ours, mode 0700, "
+                              f"holding {STAGING_MARKER}); stage the bundle first", path=str(stage),
+                              rule="staging")
+    data = read_limited(stage, MANIFEST_NAME, MAX_MANIFEST_BYTES, ManifestError, "manifest-size")
+    try:
+        marker = read_limited(stage, COMPLETE_MARKER, 128, IntegrityError, "staging-incomplete")
+    except IntegrityError as exc:
+        raise IntegrityError(f"{stage}: staging did not complete (no {COMPLETE_MARKER}); stage the bundle "
+                             "again (it resumes)", path=str(stage), rule="staging-incomplete") from exc
+    if marker != _marker(data):
+        raise IntegrityError(f"{stage}: {COMPLETE_MARKER} does not match the staged {MANIFEST_NAME}; stage "
+                             "the bundle again", path=str(stage), rule="staging-incomplete")
+    sig = read_limited(stage, SIGNATURE_NAME, MAX_SIGNATURE_BYTES, SignatureError, "signature-size")
+    signed = check_signed(data, sig or None, trust)
+    check_policy(signed.manifest, compatible=compatible, installed_sequence=None)
+    for rel, entry in signed.manifest.files.items():
+        try:
+            pst = os.lstat(stage / rel)
+        except FileNotFoundError as exc:
+            raise IntegrityError(f"{stage / rel}: staged payload missing; stage the bundle again", path=rel,
+                                 rule="missing") from exc
+        if (not stat.S_ISREG(pst.st_mode) or pst.st_nlink != 1 or pst.st_uid != os.geteuid()
+                or stat.S_IMODE(pst.st_mode) != 0o400 or pst.st_size != entry.size):
+            raise IntegrityError(f"{stage / rel}: not the sealed copy staging left ({pst.st_size} bytes, "
+                                 f"{pst.st_nlink} link(s), mode {stat.S_IMODE(pst.st_mode):04o}); stage the "
+                                 "bundle again", path=rel, rule="staging-changed")
+    return StagedBundle(stage, signed, StageCounters(), _FROM_STAGING)

@@ -21,7 +21,13 @@ from airlock.bundle.manifest import (
     Manifest,
     parse_manifest,
 )
-from airlock.bundle.safeio import open_beneath, open_payload, read_limited
+from airlock.bundle.safeio import (
+    open_beneath,
+    open_payload,
+    payload_files,
+    read_limited,
+    staged_layout,
+)
 from airlock.bundle.signing import SignerInfo, Trust, verify_signature
 from airlock.errors import (
     CompatibilityError,
@@ -92,10 +98,15 @@ def check_policy(m: Manifest, *, compatible: str | None, installed_sequence: int
     if compatible is not None and compatible != ANY_PROFILE and m.compatible != compatible:
         raise CompatibilityError(f"{MANIFEST_NAME}: bundle is for {m.compatible!r}, this appliance is "
                                  f"{compatible!r}", path=MANIFEST_NAME)
+    check_sequence(m, installed_sequence)
+
+
+def check_sequence(m: Manifest, installed_sequence: int | None, where: str = MANIFEST_NAME) -> None:
+    """The anti-downgrade rule, written once: a sequence below the installed one needs a signed
+    rollback. Staging applies it before a byte is copied, the repository again under its lock."""
     if installed_sequence is not None and m.sequence < installed_sequence and not m.rollback:
-        raise DowngradeError(f"{MANIFEST_NAME}: sequence {m.sequence} is lower than the installed "
-                             f"{installed_sequence} and the bundle is not a signed rollback",
-                             path=MANIFEST_NAME)
+        raise DowngradeError(f"{where}: sequence {m.sequence} is lower than the installed "
+                             f"{installed_sequence} and the bundle is not a signed rollback", path=where)
 
 
 _PARALLEL_MIN = 1024 * 1024
@@ -227,9 +238,7 @@ def check_stream(fh: BinaryIO, rel: str, entry: FileEntry, progress: Progress = 
 def check_sizes(root: Path, m: Manifest) -> None:
     """Cheap pre-pass: every named file exists, is regular, has its size (before hashing anything)."""
     for rel, entry in m.files.items():
-        names = ([(f"{rel}.part{i:03d}", p.size) for i, p in enumerate(entry.parts)] if entry.parts
-                 else [(rel, entry.size)])
-        for name, size in names:
+        for name, size in payload_files(root, rel, entry.size, [p.size for p in entry.parts]):
             fd = open_beneath(root, name)
             try:
                 actual = os.fstat(fd).st_size
@@ -241,7 +250,11 @@ def check_sizes(root: Path, m: Manifest) -> None:
 
 def extra_files(root: Path, m: Manifest) -> list[str]:
     """Entries present but not named by the manifest (listed with lstat only; never opened)."""
-    expected = set(m.physical_files()) | {MANIFEST_NAME, SIGNATURE_NAME}
+    expected = {name for rel, e in m.files.items()
+                for name, _ in payload_files(root, rel, e.size, [p.size for p in e.parts])}
+    expected |= {MANIFEST_NAME, SIGNATURE_NAME}
+    if staged_layout(root):  # a staged bundle (e.g. in the site depot): staging's own marker files
+        expected |= {n for n in os.listdir(root) if n.startswith(".airlock-")}
     expected_dirs = {str(Path(n).parent) for n in expected}
     expected_dirs = {p for n in expected_dirs for p in [n, *map(str, Path(n).parents)]}
     extras: list[str] = []

@@ -60,10 +60,9 @@ def install_bundle(bundle: Path, *, trust: list[str], keyring: Path | None, gnup
                    compatible: str | None, activate: bool, stage_dir: Path | None, encrypt: str | None,
                    keys_config: Path | None, check: bool, repo_factory: Callable[[], Any],
                    as_json: bool) -> None:
-    from airlock.bundle import StagedBundle, Trust, stage_bundle
+    from airlock.bundle import Trust, stage_bundle
     from airlock.bundle.locate import bundle_kind, signed_manifest
     from airlock.bundle.pack import stage_archive
-    from airlock.bundle.stage import StageCounters
     from airlock.bundle.verify import check_policy
     from airlock.fsutil import rmtree_writable
     from airlock.repo.space import bundle_space
@@ -82,8 +81,7 @@ def install_bundle(bundle: Path, *, trust: list[str], keyring: Path | None, gnup
         check_policy(m, compatible=compatible, installed_sequence=repo.installed_sequence())
         space = bundle_space(repo, m, stage)
         if check:
-            view = StagedBundle(path=bundle, manifest=m, signer=signed.signer, counters=StageCounters())
-            plans = repo.plan_from_bundle(view, activate=activate, encrypt=encrypt)
+            plans = repo.plan_bundle(m, bundle, activate=activate, encrypt=encrypt)
             if not as_json:
                 check_banner()
             try:

@@ -25,10 +25,10 @@ from airlock.errors import AirlockError, DeltaFormatError, DeltaSourceError, Int
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_dir, fsync_tree, safe_relpath, staging_dir
 from airlock.hashing import CHUNK, BlockHasher, copy_hashing, digest_file, no_progress
+from airlock.names import DELTA_STAGING_PREFIX
 from airlock.parallel import ordered_map
 
 Progress = Callable[[int], None]
-STAGING_PREFIX = ".delta-staging-"
 OWNER_FILE = ".airlock-delta-owner"
 
 
@@ -92,7 +92,7 @@ def _process_token(pid: int) -> str | None:
 def _cleanup_stale(out_dir: Path) -> None:
     """Remove staging directories of earlier applies to the same output whose process is gone
     (killed): the owner token inside names a process that no longer runs."""
-    for d in out_dir.parent.glob(f"{STAGING_PREFIX}{out_dir.name}-*"):
+    for d in out_dir.parent.glob(f"{DELTA_STAGING_PREFIX}{out_dir.name}-*"):
         try:
             token = (d / OWNER_FILE).read_text()
         except OSError:
@@ -297,8 +297,12 @@ def _build_all(job: _Job, progress: Progress | None) -> tuple[int, int]:
 
 
 def apply_delta(src_dir: Path, delta_path: Path, out_dir: Path, *, reverse: bool = False,
-                link_unchanged: bool = True, progress: Progress | None = None) -> ApplySummary:
-    """Rebuild the target (or, with ``reverse``, the source) version of the delta into ``out_dir``."""
+                link_unchanged: bool = True, progress: Progress | None = None,
+                records_checked: bool = False) -> ApplySummary:
+    """Rebuild the target (or, with ``reverse``, the source) version of the delta into ``out_dir``.
+    ``records_checked``: the whole delta was just hashed against a signed manifest (a staged
+    bundle's), so the sequential pre-pass over every record is skipped; each record used is still
+    checked against its own sha256 when read."""
     src_dir, delta_path, out_dir = Path(src_dir), Path(delta_path), Path(out_dir)
     header = read_delta_header(delta_path)
     recipes = header.recipes(reverse)
@@ -315,13 +319,14 @@ def apply_delta(src_dir: Path, delta_path: Path, out_dir: Path, *, reverse: bool
     for recipe in recipes:
         if safe_relpath(recipe.path).as_posix() == OWNER_FILE:
             raise DeltaFormatError(f"{delta_path}: reserved output name {OWNER_FILE}", rule="delta-format")
-    verify_records(delta_path, header.records)
+    if not records_checked:
+        verify_records(delta_path, header.records)
     verify_source(src_dir, in_files, in_tensors, progress)
     _cleanup_stale(out_dir)
     reader = RecordReader(delta_path, header.records)
     builder = _Builder(header, reader, src_dir, reverse)
     try:
-        with staging_dir(out_dir, prefix=STAGING_PREFIX) as stage:
+        with staging_dir(out_dir, prefix=DELTA_STAGING_PREFIX) as stage:
             (stage / OWNER_FILE).write_text(_process_token(os.getpid()) or str(os.getpid()))
             try:
                 job = _Job(builder, stage, recipes, out_files, link_unchanged)

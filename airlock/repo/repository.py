@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airlock import settings
 from airlock.errors import (
     AirlockError,
     DiskSpaceError,
-    DowngradeError,
     IntegrityError,
     RepositoryError,
 )
@@ -59,6 +59,7 @@ from airlock.repo.install import (
 )
 from airlock.repo.layout import (
     DEFAULT_ROOT,
+    KEEP_PREFIX,
     STAGING_PREFIX,
     TRASH_PREFIX,
     Layout,
@@ -68,15 +69,14 @@ from airlock.repo.layout import (
 from airlock.repo.loadable import check_loadable
 from airlock.repo.lock import repo_lock
 from airlock.repo.plan import FileAction, Plan
-from airlock.repo.recover import PRESENT
+from airlock.repo.recover import PRESENT, recover
 from airlock.repo.verify import check_model, check_repository
 
 if TYPE_CHECKING:
-    from airlock.bundle import StagedBundle, Trust
+    from airlock.bundle import Manifest, StagedBundle, Trust
     from airlock.crypto import KeyRef, ProviderRegistry
 
 Progress = Callable[[int], None]
-SKIP_PREFLIGHT_ENV = "AIRLOCK_TEST_SKIP_PREFLIGHT"  # tests only: reach a real ENOSPC mid-write
 
 
 class Repository:
@@ -149,14 +149,8 @@ class Repository:
     def audit_record(self, action: str, model: str | None, frm: str | None, to: str | None, result: str,
                details: dict[str, Any], *, started: float | None = None) -> None:
         """``started``: ``time.monotonic()`` when the operation began (the record's ``duration_s``)."""
-        cat = self.catalog()
-        with cat.transaction():
-            cat.record_history(audit.actor(), action, model, frm, to, result, details)
-        head = audit.append(self.layout.audit_log, action, model=model, from_version=frm, to_version=to,
-                            result=result, details=details,
-                            duration=None if started is None else time.monotonic() - started)
-        with cat.transaction():
-            cat.set_meta("audit_head", f"{head.seq}:{head.hash}")
+        audit.record(self.catalog(), self.layout.audit_log, action, model, frm, to, result, details,
+                     duration=None if started is None else time.monotonic() - started)
 
     @contextlib.contextmanager
     def _recording_failure(self, action: str, model: str, frm: str | None, to: str | None) -> Iterator[None]:
@@ -189,8 +183,7 @@ class Repository:
         return audit.parse_head(raw)
 
     def link_target(self, model: str) -> str | None:
-        link = self.layout.current(model)
-        return os.readlink(link) if link.is_symlink() else None
+        return self.layout.link_target(model)
 
     def _present(self, row: VersionRow | None) -> bool:
         return bool(row and row.state in PRESENT and self.layout.version_dir(row.model, row.version).is_dir())
@@ -199,9 +192,7 @@ class Repository:
     def recover(self) -> list[str]:
         """Bring disk and catalog back to a consistent state after a crash (caller holds the lock);
         see ``airlock.repo.recover``."""
-        from airlock.repo.recover import recover
-
-        return recover(self)
+        return recover(self.layout, self.catalog())
 
     def recover_now(self) -> list[str]:
         """Crash recovery on its own, under the lock (what every mutating operation starts with): so
@@ -349,7 +340,7 @@ class Repository:
             else:
                 files.append(FileAction(rel, size, sha, "delta+encrypt" if enc else "delta"))
                 need += disk_bytes(size, block)
-        kept = self._kept_delta_path(model, h.from_version, h.to_version)
+        kept = self.layout.kept_delta(model, h.from_version, h.to_version)
         if not kept.exists():
             need += disk_bytes(delta_path.stat().st_size, block)
         after = {"active": h.to_version, "previous": before["active"]} if activate else dict(before)
@@ -445,7 +436,7 @@ class Repository:
 
     # ------------------------------------------------------------------------------------ execution
     def _preflight(self, plan: Plan, where: Path) -> None:
-        if os.environ.get(SKIP_PREFLIGHT_ENV) == "1":
+        if settings.skip_space_preflight():
             return
         free = free_bytes(where)
         plan.bytes_free = free
@@ -542,23 +533,32 @@ class Repository:
                 self.activate(model, version)
             return plan
 
-    def _kept_delta_path(self, model: str, frm: str, to: str) -> Path:
-        return self.layout.model_packages(model) / f"{model}-{frm}-{to}.aldelta"
-
     def _keep_delta(self, model: str, delta_path: Path, frm: str, to: str,
-                    enc: Encryption | None = None) -> Path:
+                    enc: Encryption | None = None, signed_sha256: str | None = None) -> Path:
         """Copy the delta into ``update_packages/<model>/`` (atomically) so rollback can reverse it;
         for an encrypted version (``enc``) the kept copy is stored encrypted under the same key: it
-        holds the version's tensors (docs/security.md)."""
+        holds the version's tensors (docs/security.md). ``signed_sha256``: the delta is a staged
+        copy already hashed against this signed hash, so it is not hashed again; a plaintext keep is
+        then a hard link (no byte read; a copy, hashed while copying, across file systems)."""
         from airlock.repo.encryption import keep_encrypted, kept_matches
 
-        kept = self._kept_delta_path(model, frm, to)
+        kept = self.layout.kept_delta(model, frm, to)
         kept.parent.mkdir(parents=True, exist_ok=True)
-        want = sha256_file(delta_path)
+        want = signed_sha256 or sha256_file(delta_path)
         if kept.exists() and kept_matches(kept, want, enc):
             return kept
-        tmp = kept.parent / f".keep-{uuid.uuid4().hex}"
-        if enc is not None:
+        tmp = kept.parent / f"{KEEP_PREFIX}{uuid.uuid4().hex}"
+        linked = False
+        if enc is None and signed_sha256 is not None:
+            try:
+                os.link(delta_path, tmp)
+                linked = True
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+        if linked:
+            got = want
+        elif enc is not None:
             got = keep_encrypted(delta_path, tmp, enc, model, kept.name)
         else:
             with open(delta_path, "rb") as fi, open(tmp, "wb") as fo:
@@ -580,11 +580,14 @@ class Repository:
                           bundle_id: str | None = None, manifest_sha256: str | None = None,
                           sequence: int | None = None, progress: Progress = no_progress,
                           encrypt: KeyRef | str | None = None, keys: ProviderRegistry | None = None,
-                          staging: dict[str, Any] | None = None) -> Plan:
+                          staging: dict[str, Any] | None = None, signed_sha256: str | None = None) -> Plan:
         """Build the delta's target version from the installed source version; unchanged files are
         hard links to the source's; the delta is kept for rollback. An encrypted source (or
         ``encrypt``) goes through ``apply_chain_encrypted``: plaintext only in a tmpfs workspace,
-        the result encrypted under ``encrypt`` or the source's key ref."""
+        the result encrypted under ``encrypt`` or the source's key ref. ``signed_sha256``: the delta
+        is a staged copy hashed against the signed manifest (``install_from_bundle``): it is kept
+        without hashing it again and applied without the records pre-pass (every record used is
+        still checked against its own hash)."""
         from airlock.crypto.tree import apply_chain_encrypted
         from airlock.delta import ChainStep, apply_delta
 
@@ -603,7 +606,7 @@ class Repository:
                     src_enc = plan.args.get("source_encryption")
                     enc = self._enc(plan.args.get("encrypt"), keys, str(final))
                     src_keys = self._enc(src_enc, keys, str(final))
-                    kept = self._keep_delta(model, Path(delta_path), frm, to, enc or src_keys)
+                    kept = self._keep_delta(model, Path(delta_path), frm, to, enc or src_keys, signed_sha256)
                     fault_point("repo.update.after-keep-delta")
                     details: dict[str, Any] = {"delta": kept.name, "bundle_id": bundle_id,
                                                "encryption": str(enc) if enc else None,
@@ -620,7 +623,8 @@ class Repository:
                             details["files"] = len(plan.args["expected"])
                         else:
                             summary = apply_delta(self.layout.version_dir(model, frm), kept, work / "tree",
-                                                  link_unchanged=True, progress=progress)
+                                                  link_unchanged=True, progress=progress,
+                                                  records_checked=signed_sha256 is not None)
                             details.update(files=summary.files, linked=summary.linked,
                                            bytes_written=summary.bytes_written)
                         self._register(cat, plan, work / "tree", final, f"delta:{kept.name}", enc)
@@ -750,20 +754,23 @@ class Repository:
                          encrypt: KeyRef | str | None = None,
                          keys: ProviderRegistry | None = None) -> list[Plan]:
         """Check-mode view of ``install_from_bundle``: one plan per model entry; writes nothing."""
-        installed = self.installed_sequence()
-        m = staged.manifest
-        if installed is not None and m.sequence < installed and not m.rollback:
-            raise DowngradeError(f"{staged.path}: bundle sequence {m.sequence} is below the installed "
-                                 f"{installed} and the bundle is not a signed rollback",
-                                 path=str(staged.path), rule="downgrade")
+        return self.plan_bundle(staged.manifest, staged.path, activate=activate, encrypt=encrypt, keys=keys)
+
+    def plan_bundle(self, m: Manifest, root: Path, *, activate: bool = True,
+                    encrypt: KeyRef | str | None = None, keys: ProviderRegistry | None = None) -> list[Plan]:
+        """One plan per model entry of the signed manifest ``m`` whose payloads are under ``root`` (a
+        stage, or the source itself in check mode); writes nothing."""
+        from airlock.bundle.verify import check_sequence
+
+        check_sequence(m, self.installed_sequence(), str(root))
         plans = []
         for me in m.models:
             if me.kind == "full":
-                plans.append(self.plan_install(me.name, me.version, staged.path / me.path,
+                plans.append(self.plan_install(me.name, me.version, root / me.path,
                                                target_files=me.target_files, activate=activate,
                                                encrypt=encrypt, keys=keys))
             else:
-                plans.append(self.plan_update(me.name, staged.path / me.path, target_files=me.target_files,
+                plans.append(self.plan_update(me.name, root / me.path, target_files=me.target_files,
                                               activate=activate, encrypt=encrypt, keys=keys))
         return plans
 
@@ -771,29 +778,26 @@ class Repository:
                             progress: Progress = no_progress, encrypt: KeyRef | str | None = None,
                             keys: ProviderRegistry | None = None) -> list[Plan]:
         """Install every model of a staged (verified) bundle: full versions and deltas, refusing a
-        sequence below the installed one unless the bundle is a signed rollback. ``encrypt``: store
-        the installed versions encrypted under this key ref (the manifest's hashes are plaintext)."""
+        sequence below the installed one (checked here, under the lock) unless the bundle is a signed
+        rollback. The manifest and signature kept are the bytes the stage verified (``staged.signed``),
+        never read again. ``encrypt``: store the installed versions encrypted under this key ref (the
+        manifest's hashes are plaintext)."""
         from airlock.bundle import MANIFEST_NAME, SIGNATURE_NAME
+        from airlock.bundle.verify import check_sequence
 
         m = staged.manifest
         with self._mutating() as cat:
             installed = self.installed_sequence()
-            if installed is not None and m.sequence < installed and not m.rollback:
-                raise DowngradeError(f"{staged.path}: bundle sequence {m.sequence} is below the installed "
-                                     f"{installed} and the bundle is not a signed rollback",
-                                     path=str(staged.path), rule="downgrade")
+            check_sequence(m, installed, str(staged.path))
             record = self.layout.bundle_record(m.bundle_id)
             kept_before = (record / MANIFEST_NAME).exists()
             floor_before = cat.get_meta("sequence")
-            manifest_bytes = (staged.path / MANIFEST_NAME).read_bytes()
-            msha = hashlib.sha256(manifest_bytes).hexdigest()
+            msha = hashlib.sha256(staged.signed.data).hexdigest()
             # The manifest is kept before any version refers to it (a crash mid-install leaves no version
             # whose provenance is missing); it is the anti-downgrade floor, so a bundle that installed
             # nothing takes it back out below: a refused bundle must not raise the floor.
-            atomic_write_bytes(record / MANIFEST_NAME, manifest_bytes, 0o444)
-            sig = staged.path / SIGNATURE_NAME
-            if sig.exists():
-                atomic_write_bytes(record / SIGNATURE_NAME, sig.read_bytes(), 0o444)
+            atomic_write_bytes(record / MANIFEST_NAME, staged.signed.data, 0o444)
+            atomic_write_bytes(record / SIGNATURE_NAME, staged.signed.signature, 0o444)
             with cat.transaction():
                 cat.set_meta("sequence", str(max(m.sequence, installed or 0)))
             plans: list[Plan] = []
@@ -808,7 +812,8 @@ class Repository:
                         plans.append(self.install_version(me.name, me.version, staged.path / me.path,
                                                           **common))
                     else:
-                        p = self.update_from_delta(me.name, staged.path / me.path, **common)
+                        p = self.update_from_delta(me.name, staged.path / me.path, **common,
+                                                   signed_sha256=m.files[me.path].sha256)
                         if p.version != me.version:
                             raise IntegrityError(f"{me.path}: delta leads to {p.version}, manifest says "
                                                  f"{me.version}", path=me.path, rule="delta-version")
@@ -939,24 +944,30 @@ class Repository:
         return self.catalog().history(model, limit) if self.layout.catalog.exists() else []
 
     def state(self) -> dict[str, Any]:
-        """JSON-able repository state (for an Ansible _info module)."""
-        models: dict[str, Any] = {}
-        if self.layout.catalog.exists():
-            cat = self.catalog()
-            for model in cat.models():
-                rows = cat.versions(model)
-                models[model] = {**self._before(model), "current": self.link_target(model),
-                                 "versions": {r.version: r.state for r in rows}}
-                encrypted = {r.version: r.encryption for r in rows if r.encryption}
-                if encrypted:  # version -> key ref of versions stored encrypted
-                    models[model]["encrypted"] = encrypted
-        head = self.audit_head()
+        """JSON-able repository state (for the Ansible _info module). Read-only like verify: the
+        catalog opened read-only under the readers' shared lock, no migration, no recovery, not one
+        byte written (a writer holding the lock is waited for, other readers are not)."""
         from airlock.receipt.create import host_facts
         from airlock.receipt.model import host_to_dict
 
-        return {"root": str(self.root), "repo": str(self.layout.repo), "sequence": self.installed_sequence(),
-                "models": models, "audit_head": {"seq": head.seq, "hash": head.hash} if head else None,
-                "receipt": host_to_dict(host_facts(self))}  # this host's part of a site receipt
+        models: dict[str, Any] = {}
+        if self.layout.catalog.exists():
+            with self._reading() as cat:
+                for model in cat.models():
+                    rows = cat.versions(model)
+                    active, prev = cat.in_state(model, "active"), cat.in_state(model, "previous")
+                    models[model] = {"active": active.version if active else None,
+                                     "previous": prev.version if prev else None,
+                                     "current": self.link_target(model),
+                                     "versions": {r.version: r.state for r in rows}}
+                    encrypted = {r.version: r.encryption for r in rows if r.encryption}
+                    if encrypted:  # version -> key ref of versions stored encrypted
+                        models[model]["encrypted"] = encrypted
+        facts = host_facts(self)  # the anti-downgrade floor and the audit head, read the same way
+        head = facts.audit_head
+        return {"root": str(self.root), "repo": str(self.layout.repo), "sequence": facts.bundle_sequence,
+                "models": models, "audit_head": {"seq": head[0], "hash": head[1]} if head else None,
+                "receipt": host_to_dict(facts)}  # this host's part of a site receipt
 
     def _catalog_head(self) -> audit.AuditHead | None:
         if not self.layout.catalog.exists():
