@@ -14,6 +14,7 @@ from airlock.errors import AirlockError, IntegrityError, UnsafePathError
 from airlock.fsutil import rmtree_writable, safe_relpath
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+STAGING_MARKER = ".airlock-staging"  # written into every staging directory Airlock makes
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -166,11 +167,25 @@ class PartsReader(io.RawIOBase):
         super().close()
 
 
+def staged_layout(root: Path) -> bool:
+    """A staged bundle (marked by ``STAGING_MARKER``: a staging directory, a site depot entry) holds
+    each payload whole, its parts reassembled; a bundle as built (on a stick) holds the parts the
+    manifest lists. Either way every byte read is checked against the signed block hashes."""
+    try:
+        return stat.S_ISREG(os.lstat(root / STAGING_MARKER).st_mode)
+    except OSError:
+        return False
+
+
+def payload_files(root: Path, rel: str, size: int, part_sizes: Sequence[int] | None) -> list[tuple[str, int]]:
+    """The files under ``root`` holding payload ``rel``, with their sizes, in order."""
+    if part_sizes and not staged_layout(root):
+        return [(f"{rel}.part{i:03d}", s) for i, s in enumerate(part_sizes)]
+    return [(rel, size)]
+
+
 def open_payload(root: Path, rel: str, size: int, part_sizes: Sequence[int] | None) -> io.BufferedReader:
     """A reader of the logical payload ``rel`` (reassembling parts) that fails on size mismatch."""
-    if part_sizes:
-        names = [f"{rel}.part{i:03d}" for i in range(len(part_sizes))]
-        sizes = list(part_sizes)
-    else:
-        names, sizes = [rel], [size]
+    files = payload_files(root, rel, size, part_sizes)
+    names, sizes = [n for n, _ in files], [s for _, s in files]
     return io.BufferedReader(PartsReader(root, names, sizes, rel), buffer_size=1024 * 1024)
