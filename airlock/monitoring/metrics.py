@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Gauge, Info, write_to_textfile
 from airlock.errors import RepositoryError as MetricsError  # exit 30: a path Airlock cannot use
 from airlock.repo import audit
 from airlock.repo.layout import Layout
+from airlock.repo.recover import PRESENT
 from airlock.repo.verify import highest_signed_sequence
 
 if TYPE_CHECKING:
@@ -124,6 +125,30 @@ def _staging_metrics(reg: CollectorRegistry, staging: dict[str, Any]) -> None:
               ["bundle_id"], registry=reg).labels(bundle_id=bid).set(size / seconds)
 
 
+def _key_created_metrics(reg: CollectorRegistry, repo: Repository, refs: set[str],
+                         first_use: dict[str, float | None]) -> None:
+    """When each key-encryption key in use was created: the provider's word (key file: its mtime),
+    else the first audit record that used it; the key's age before its first rotation."""
+    from airlock.crypto import KeyRef
+    from airlock.errors import AirlockError
+
+    created = Gauge("airlock_kek_created_timestamp_seconds", "When each key-encryption key in use was "
+                    "created (source: provider, or first-use from the audit log).", ["key", "source"],
+                    registry=reg)
+    for ref in sorted(refs):
+        when: float | None = None
+        if repo.keys is not None:
+            try:
+                kr = KeyRef.parse(ref)
+                when = repo.keys.get(kr.provider).created(kr.key_id)
+            except AirlockError:
+                when = None
+        if when is not None:
+            created.labels(key=ref, source="provider").set(when)
+        elif first_use.get(ref) is not None:
+            created.labels(key=ref, source="first-use").set(first_use[ref] or 0)
+
+
 def build_registry(repo: Repository, verify: VerifySummary | None, *,
                    tiers: dict[str, Path] | None = None, tls_certs: list[Path] | None = None
                    ) -> CollectorRegistry:
@@ -137,9 +162,11 @@ def build_registry(repo: Repository, verify: VerifySummary | None, *,
     versions = g("airlock_model_versions", "Versions in the catalog by state and tier.",
                  ["model", "state", "tier"], registry=reg)
     # the verify's view of the catalog: opened read-only, no migration, the readers' shared lock
+    key_refs: set[str] = set()  # key-encryption keys the present versions are stored under
     with repo._reading() as cat:
         for name in cat.models():
             rows = cat.versions(name)
+            key_refs.update(r.encryption for r in rows if r.encryption and r.state in PRESENT)
             for row in rows:
                 if row.state == "active":
                     active.labels(model=name).info({"version": row.version, "bundle_id": row.bundle_id or ""})
@@ -158,6 +185,7 @@ def build_registry(repo: Repository, verify: VerifySummary | None, *,
     g("airlock_audit_records", "Records in the audit log.", registry=reg).set(report.records)
     last: dict[str, dict[str, Any]] = {}
     staging: dict[str, Any] = {}
+    first_use: dict[str, float | None] = {}
     for rec in audit.records(layout.audit_log):
         action = str(rec.get("action"))
         if action in OPERATIONS:
@@ -165,6 +193,9 @@ def build_registry(repo: Repository, verify: VerifySummary | None, *,
         details = rec.get("details")
         if isinstance(details, dict) and isinstance(details.get("staging"), dict):
             staging = {**details["staging"], "bundle_id": str(details.get("bundle_id") or "")}
+        if isinstance(details, dict) and rec.get("result") == "ok":
+            for ref in {details.get("encryption"), details.get("new")} & key_refs:
+                first_use.setdefault(str(ref), _parse_time(rec.get("time")))
     ok_g = g("airlock_operation_last_success", "1 if the last operation of this kind succeeded.",
              ["action"], registry=reg)
     ts_g = g("airlock_operation_last_timestamp_seconds", "When the last operation of this kind ran.",
@@ -185,6 +216,7 @@ def build_registry(repo: Repository, verify: VerifySummary | None, *,
         g("airlock_kek_last_rotation_timestamp_seconds",
           "When the key-encryption key was last rotated (audit log key-rotate record).",
           registry=reg).set(_parse_time(rotated.get("time")) or 0)
+    _key_created_metrics(reg, repo, key_refs, first_use)
     if seq is not None:
         g("airlock_bundle_sequence", "Sequence of the newest installed signed bundle.", registry=reg).set(seq)
 

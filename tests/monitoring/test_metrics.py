@@ -12,6 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from airlock.bundle.locate import signed_manifest
 from airlock.bundle.signing import Trust
+from airlock.crypto import ProviderRegistry
+from airlock.monitoring.metrics import write_metrics
 from airlock.repo import Repository
 from tests.fleet.bundles import MODEL, Bundles
 from tests.monitoring.conftest import promtool
@@ -110,3 +112,32 @@ def test_metrics_bad_input(appliance: Repository, tmp_path: Path) -> None:
     r = cli(tmp_path / "empty", "metrics", "--textfile-dir", str(tmp_path))
     assert r.returncode == 30 and "no model repository" in r.stderr, r.stderr
     assert tree_state(root) == before
+
+
+def test_key_age_before_first_rotation(tmp_path: Path, textfile_dir: Path) -> None:
+    """A never-rotated key-encryption key has an age: its creation time from the provider (a key
+    file's mtime), else the first audit record that used it; KeyRotationOverdue reads either."""
+    keydir = tmp_path / "keys"
+    reg = ProviderRegistry({"providers": {"dev": {"type": "keyfile", "dir": str(keydir),
+                                                  "allow_development_keyfile": True}}})
+    reg.get("dev").generate("kek1")
+    created = 1_700_000_000.0
+    os.utime(keydir / "kek1.kek", (created, created))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "weights.bin").write_bytes(os.urandom(4096))
+    repo = Repository(tmp_path / "root", keys=reg)
+    repo.install_version("m", "1.0.0", src, encrypt="dev:kek1")
+    write_metrics(repo, textfile_dir)
+    s = samples(textfile_dir / "airlock.prom")
+    key = ("key", "dev:kek1")
+    assert s[("airlock_kek_created_timestamp_seconds", (key, ("source", "provider")))] == created
+    assert not any(n == "airlock_kek_last_rotation_timestamp_seconds" for n, _ in s)
+    # without the provider config: the first use in the audit log (the install)
+    r = cli(repo.layout.root, "metrics", "--textfile-dir", str(textfile_dir))
+    assert r.returncode == 0, r.stderr
+    s = samples(textfile_dir / "airlock.prom")
+    first = s[("airlock_kek_created_timestamp_seconds", (key, ("source", "first-use")))]
+    install = s[("airlock_operation_last_timestamp_seconds", (("action", "install"),))]
+    assert first == install > created
+    repo.close()

@@ -66,6 +66,11 @@ class KeyProvider(ABC):
         new floor, or None when the provider keeps no key versions."""
         return None
 
+    def created(self, key_id: str) -> float | None:
+        """When ``key_id`` was created (Unix time; airlock metrics: the key's age before its first
+        rotation). None when the provider does not say."""
+        return None
+
     def rewrap(self, key_id: str, wrapped: bytes) -> bytes | None:
         """Provider-side re-wrap to the newest version of the same KEK without exposing the data key
         (Vault transit). None when the provider has no such operation."""

@@ -92,6 +92,13 @@ class KeyFileProvider(KeyProvider):
         finally:
             os.close(fd)
 
+    def created(self, key_id: str) -> float | None:
+        """The key file's modification time: it is written once, by ``generate`` (O_EXCL)."""
+        try:
+            return os.stat(self._path(key_id), follow_symlinks=False).st_mtime
+        except OSError:
+            return None
+
     def check(self) -> ProviderStatus:
         if not self.dir.is_dir():
             return ProviderStatus(self.name, self.kind, False, f"key directory {self.dir} missing")
