@@ -122,6 +122,13 @@ class AuditError(AirlockError):
     rule = "audit"
 
 
+class BackupError(AirlockError):
+    """restic failed: backup repository unreachable, not initialised, locked, or a snapshot missing."""
+
+    exit_code = 60
+    rule = "backup"
+
+
 class FleetError(AirlockError):
     """A playbook run failed on one or more hosts."""
 

@@ -10,6 +10,7 @@ import typer
 from airlock import __version__
 from airlock.cli import (
     audit,
+    backup,
     bundle,
     common,
     delta,
@@ -22,6 +23,7 @@ from airlock.cli import (
     receipt,
     report,
     serve,
+    tier,
 )
 from airlock.errors import from_exception
 
@@ -40,6 +42,8 @@ app.add_typer(audit.app, name="audit", help="The hash-chained audit log.")
 app.add_typer(keys.app, name="keys", help="Encryption at rest: key providers, rotation.")
 app.add_typer(serve.app, name="serve", help="Triton serving: repository generation, reload, smoke test.")
 app.add_typer(receipt.app, name="receipt", help="Signed site receipts: create at a site, verify them here.")
+app.add_typer(tier.app, name="tier", help="Storage tiers: hot, warm (site share), cold; demote/promote.")
+app.add_typer(backup.app, name="backup", help="Backups with restic: create, list, restore, check, drill.")
 app.add_typer(depot.app, name="depot", help="The site depot: import a bundle once, appliances stage from it.")
 fleet.register(app)
 preflight.register(app)

@@ -1,0 +1,151 @@
+"""Backups with real restic of a host with two versions installed from real signed bundles: a second
+backup after the delta update adds little (dedup); retention forgets; the host's root is destroyed
+(rm -rf) and restored: byte-identical versions, kept manifests and deltas, the same active version,
+the audit chain intact, `airlock model verify` (signatures re-checked) ok; the restore drill; a
+tampered pack file is refused by `restic check` and by the restore; bad input changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airlock.repo import audit
+from tests.backup.conftest import PASSWORD, Host, flip_byte, install
+from tests.support import file_hashes, tree_state
+
+
+@dataclass
+class BackedUp:
+    first: dict[str, Any]
+    second: dict[str, Any]
+
+
+def _create(h: Host, *extra: str) -> dict[str, Any]:
+    r = h.airlock("backup", "create", "--root", str(h.root), "--repo", str(h.repo), "--password-file",
+                  str(h.password), "--json", *extra)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def backed_up(host: Host) -> BackedUp:
+    first = _create(host)
+    install(host.root, host.delta, host.keys, host.keyring)  # the delta update: 1.1.0 becomes active
+    second = _create(host, "--keep-last", "1", "--check-read-data-subset", "100%")
+    return BackedUp(first, second)
+
+
+def _repo_view(root: Path) -> dict[str, str]:
+    """Every file of the model repository but the catalog and the audit log (compared apart)."""
+    return {k: v for k, v in file_hashes(root / "model_repo").items()
+            if not k.startswith("metadata/") and k != "update_history.log"}
+
+
+def test_backup_destroy_restore_verify(host: Host, backed_up: BackedUp, tmp_path: Path) -> None:
+    first, second = backed_up.first, backed_up.second
+    assert first["ok"] and first["checked"] and first["active"] == {"m": "1.0.0"}
+    assert second["active"] == {"m": "1.1.0"} and second["forgotten"] == [first["snapshot"][:8]]
+    # dedup: 1.1.0's model differs from 1.0.0's in one small layer at its start; restic's chunks
+    # (8 MiB at most) of the 16 MiB tensor after it are stored once
+    new_model = (host.root / "model_repo" / "m" / "1.1.0" / "model.safetensors").stat().st_size
+    assert new_model > 16 << 20 and second["bytes_added"] < 0.6 * new_model, second
+    # the password went through a pipe: never on restic's command line nor in its environment
+    spy = host.spy.read_text()
+    assert PASSWORD not in spy and "RESTIC_PASSWORD_FILE=/dev/fd/" in spy and "RESTIC_PASSWORD=" not in spy
+
+    records = audit.records(host.root / "model_repo" / "update_history.log")
+    assert [r["action"] for r in records][-1] == "backup" and records[-1]["result"] == "ok"
+    before = _repo_view(host.root)
+    log_before = (host.root / "model_repo" / "update_history.log").read_bytes().splitlines()
+    assert len(before) > 6 and any(k.endswith(".aldelta") for k in before)  # versions, manifests, delta
+
+    shutil.rmtree(host.root)  # the disk is gone
+    r = host.airlock("backup", "restore", "--repo", str(host.repo), "--root", str(host.root),
+                     "--password-file", str(host.password), "--trust", host.fpr, "--keyring",
+                     str(host.keyring), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(r.stdout)
+    assert res["verified"] and res["active"] == {"m": "1.1.0"}
+    assert res["snapshot"].startswith(second["snapshot"])
+
+    assert _repo_view(host.root) == before  # byte-identical versions, kept manifests and deltas
+    assert os.readlink(host.root / "model_repo" / "m" / "current") == "1.1.0"
+    log_after = (host.root / "model_repo" / "update_history.log").read_bytes().splitlines()
+    # the chain up to the snapshot, then the restore's own record (the live 'backup' record came after)
+    assert log_after[:-1] == log_before[:-1] and json.loads(log_after[-1])["action"] == "restore"
+    assert host.airlock("audit", "verify", "--root", str(host.root)).returncode == 0
+    v = host.airlock("model", "verify", "--root", str(host.root), "--trust", host.fpr, "--keyring",
+                     str(host.keyring), "--json")
+    assert v.returncode == 0, v.stdout[-2000:]
+    assert json.loads(v.stdout)["signatures_checked"]
+    listed = json.loads(host.airlock("model", "list", "--root", str(host.root), "--json").stdout)
+    assert listed["models"][0]["active"] == "1.1.0" and listed["models"][0]["previous"] == "1.0.0"
+    db = sqlite3.connect(host.root / "model_repo" / "metadata" / "model_catalog.db")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+
+    # the restore drill: onto a scratch root, compared with the live host, audited there
+    scratch = tmp_path / "scratch"
+    d = host.airlock("backup", "drill", "--root", str(host.root), "--repo", str(host.repo), "--password-file",
+                     str(host.password), "--scratch", str(scratch), "--json")
+    assert d.returncode == 0, d.stdout + d.stderr
+    rep = json.loads(d.stdout)
+    assert rep["ok"] and rep["compare"]["identical"] and rep["compare"]["files_compared"] == len(before)
+    assert rep["compare"]["active_live"] == {"m": "1.1.0"} and not scratch.exists()
+    last = audit.records(host.root / "model_repo" / "update_history.log", 1)[0]
+    assert last["action"] == "restore-drill" and last["result"] == "ok"
+
+
+def test_tampered_pack_refused(host: Host, backed_up: BackedUp, tmp_path: Path) -> None:
+    bad = tmp_path / "tampered-repo"
+    shutil.copytree(host.repo, bad)
+    pack = max((p for p in (bad / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    flip_byte(pack, pack.stat().st_size // 2)  # inside the biggest pack: a model's data
+    pw = ["--password-file", str(host.password)]
+    c = host.airlock("backup", "check", "--repo", str(bad), *pw)
+    assert c.returncode == 13 and "tampered" in c.stderr, c.stderr
+    target = tmp_path / "restored"
+    r = host.airlock("backup", "restore", "--repo", str(bad), "--root", str(target), *pw)
+    assert r.returncode == 13, r.stderr
+    assert not target.exists() and not list(tmp_path.glob(".restored.restoring-*"))  # nothing left behind
+    assert host.airlock("backup", "check", "--repo", str(host.repo), *pw).returncode == 0  # the original
+
+
+def test_bad_input_changes_nothing(host: Host, backed_up: BackedUp, tmp_path: Path) -> None:
+    state = tree_state(host.root)
+    loose = tmp_path / "loose.pw"
+    loose.write_text(PASSWORD)
+    loose.chmod(0o644)
+    fresh = tmp_path / "never-created"
+    r = host.airlock("backup", "create", "--root", str(host.root), "--repo", str(fresh), "--password-file",
+                     str(loose))
+    assert r.returncode == 34 and "chmod 0600" in r.stderr and not fresh.exists(), r.stderr
+
+    wrong = tmp_path / "wrong.pw"
+    wrong.write_text("not the password")
+    wrong.chmod(0o600)
+    r = host.airlock("backup", "list", "--repo", str(host.repo), "--password-file", str(wrong))
+    assert r.returncode == 35 and "password" in r.stderr, r.stderr
+
+    busy = tmp_path / "busy"
+    (busy / "x").mkdir(parents=True)
+    r = host.airlock("backup", "restore", "--repo", str(host.repo), "--root", str(busy), "--password-file",
+                     str(host.password), "--json")
+    assert r.returncode == 30 and json.loads(r.stdout)["rule"] == "restore-target"
+    assert sorted(p.name for p in busy.iterdir()) == ["x"]
+
+    r = host.airlock("backup", "restore", "--repo", str(tmp_path / "nothing"), "--root", str(tmp_path / "t"),
+                     "--password-file", str(host.password))
+    assert r.returncode == 60 and "no restic repository" in r.stderr and "Traceback" not in r.stderr
+    assert tree_state(host.root) == state  # refused commands wrote nothing, not even an audit record
+
+    listed = host.airlock("backup", "list", "--repo", str(host.repo), "--password-file", str(host.password),
+                          "--json")
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)["snapshots"]) == 1  # retention kept 1
