@@ -14,10 +14,10 @@ description:
   - With O(bundle), installs every model of a verified, staged bundle (full versions are copied,
     deltas are applied to the installed source version with unchanged files hard-linked) and, with
     O(state=active), switches each model's C(current) link to the new version atomically.
-  - Without O(bundle), O(state=active) activates an installed O(version) of O(name),
-    O(state=rolled_back) goes back to the previous good version (or O(version)), rebuilding it from
-    the kept reverse delta if it was pruned, and O(state=pruned) removes all but the O(keep) newest
-    versions (never the active or previous-good one).
+  - Without O(bundle), O(state=active) activates an installed O(version) of O(name);
+    O(state=active) with O(rollback=true) makes the previous good version (or O(version)) active again,
+    rebuilding it from the kept reverse delta if it was pruned; O(state=pruned) removes all but the
+    O(keep) newest versions (never the active or previous-good one).
   - The repository plans first (reads only) and reports whether anything changes, with a diff of
     what would change; in check mode nothing is written. A version already installed with
     identical content and already active is C(ok).
@@ -29,24 +29,33 @@ options:
   version:
     description:
       - The version to activate (O(state=active) without O(bundle)) or to roll back to
-        (O(state=rolled_back); default the previous good version).
-      - With O(state=rolled_back) and O(version) set, a model already on O(version) is unchanged.
-      - With O(state=rolled_back) and no O(version), a model already rolled back (no previous good
+        (O(rollback=true); default the previous good version).
+      - With O(rollback=true) and O(version) set, a model already on O(version) is unchanged.
+      - With O(rollback=true) and no O(version), a model already rolled back (no previous good
         version left, the newer versions marked C(rolled_back) or C(failed)) is unchanged, so a repeated
         rollback is C(ok).
-      - O(state=rolled_back) first runs the repository's crash recovery (a killed apply's staging
+      - O(rollback=true) first runs the repository's crash recovery (a killed apply's staging
         leftovers are removed, catalog and C(current) link aligned), then plans from that state.
     type: str
   state:
     description:
-      - C(present) installs without activating; C(active) installs and activates;
-        C(rolled_back) switches back; C(pruned) removes old versions.
+      - The state the model ends in. C(present) installed, not activated; C(active) installed and
+        active (with O(rollback=true), the version rolled back to is active); C(pruned) old
+        versions removed.
+      - C(rolled_back) is deprecated (it is an action, not a state) and will be removed in 1.0.0;
+        it means O(state=active) with O(rollback=true) and warns.
     type: str
     choices: [present, active, rolled_back, pruned]
     default: active
+  rollback:
+    description:
+      - With O(state=active) and no O(bundle), switch O(name) back to its previous good version (or
+        to O(version)) instead of activating a newer one.
+    type: bool
+    default: false
   failed:
     description:
-      - With O(state=rolled_back), mark the version rolled back from C(failed) (the automatic rollback
+      - With O(rollback=true), mark the version rolled back from C(failed) (the automatic rollback
         after a failed apply or health gate) instead of C(rolled_back) (an operator's rollback, after
         which the version stays good and available to roll forward with O(state=active)).
     type: bool
@@ -101,7 +110,7 @@ EXAMPLES = r"""
     root: /srv/airlock
     name: minilm
     version: 1.0.0
-    state: rolled_back
+    rollback: true
 
 - name: Keep the two newest versions of minilm
   airlock.appliance.airlock_model:
@@ -202,17 +211,15 @@ def _rolled_back_already(before):
 
 def _single(module, repo):
     p = module.params
-    name, version, state = p["name"], p["version"], p["state"]
+    name, version, state, rollback = p["name"], p["version"], p["state"], p["rollback"]
     recovered = []
     if not name:
         module.fail_json(msg="name is required without bundle")
     if state == "present":
         module.fail_json(msg="state=present needs a bundle to install from")
-    if state == "active":
-        if not version:
-            module.fail_json(msg="version is required for state=active without bundle")
-        plan = repo.plan_activate(name, version)
-    elif state == "rolled_back":
+    if rollback and state != "active":
+        module.fail_json(msg="rollback=true goes with state=active (the version rolled back to is active)")
+    if rollback:
         if not module.check_mode and repo.layout.catalog.exists():
             recovered = repo.recover_now()  # a killed apply's leftovers; plan from the recovered state
         before = repo.show(name) if repo.layout.catalog.exists() else {}
@@ -222,14 +229,18 @@ def _single(module, repo):
             plan = repo.plan_activate(name, before["active"], action="rollback")
         else:
             plan = repo.plan_rollback(name, to=version)
+    elif state == "active":
+        if not version:
+            module.fail_json(msg="version is required for state=active without bundle")
+        plan = repo.plan_activate(name, version)
     else:
         plan = repo.plan_prune(name, keep=p["keep"])
     if module.check_mode or not plan.changed:
-        if state == "rolled_back" and recovered:  # only crash leftovers to clean up: that is a change
+        if rollback and recovered:  # only crash leftovers to clean up: that is a change
             plan.changed = True
             plan.notes.extend(recovered)
         return [plan]
-    if state == "rolled_back":
+    if rollback:
         return [repo.rollback(name, to=plan.version, failed=p["failed"])]
     return [repo.execute(plan)]
 
@@ -240,10 +251,18 @@ def run_module():
         state=dict(type="str", default="active", choices=["present", "active", "rolled_back", "pruned"]),
         bundle=dict(type="path"), trust=dict(type="list", elements="str"), keyring=dict(type="path"),
         gnupghome=dict(type="path"), compatible=dict(type="str"), keep=dict(type="int", default=2),
-        encrypt=dict(type="str"), failed=dict(type="bool", default=False), **dict(repo_argument_spec(), **keys_argument_spec()))
+        encrypt=dict(type="str"), failed=dict(type="bool", default=False),
+        rollback=dict(type="bool", default=False), **dict(repo_argument_spec(), **keys_argument_spec()))
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
                            required_if=[("state", "present", ("bundle",)), ("state", "pruned", ("name",)),
-                                        ("state", "rolled_back", ("name",))])
+                                        ("state", "rolled_back", ("name",)), ("rollback", True, ("name",))])
+    p = module.params
+    if p["state"] == "rolled_back":  # the old spelling of an action as a state
+        module.deprecate("state=rolled_back is an action, not a state: use state=active with rollback=true",
+                         version="1.0.0", collection_name="airlock.appliance")
+        p["state"], p["rollback"] = "active", True
+    if p["rollback"] and p["bundle"]:
+        module.fail_json(msg="rollback=true takes no bundle (it switches back to an installed version)")
     require_airlock(module)
     repo = open_repository(module)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from airlock.crypto import ProviderRegistry, is_encrypted
 from tests.ansible.modules import run_module
 from tests.crypto.conftest import SoftHsm, softhsm  # noqa: F401 - the fixture, reused
 from tests.fleet.bundles import Bundles, make_bundles
-from tests.fleet.test_fleet_ssh import snapshot
+from tests.support import tree_state
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +67,16 @@ def test_model_check_diff_install_idempotent(bundles: Bundles, tmp_path: Path) -
     staged = run_module("airlock_bundle", {"src": str(bundles.full), "root": str(root),
                                            **trust(bundles)})["path"]
     args = {"root": str(root), "bundle": staged, "state": "active", **trust(bundles)}
-    before = snapshot(root)
+    before = tree_state(root)
     plan = run_module("airlock_model", args, check=True, diff=True)
     assert plan["changed"] and plan["models"] == {"tiny": {"from": None, "to": "1.0.0"}}
     assert "+ model.safetensors (25088 bytes, copy)" in plan["plans"][0]["diff"]
-    assert snapshot(root) == before
+    assert tree_state(root) == before
     done = run_module("airlock_model", args)
     assert done["changed"] and (root / "model_repo" / "tiny" / "current").resolve().name == "1.0.0"
     again = run_module("airlock_model", args)
     assert not again["changed"]
-    settled = snapshot(root)
+    settled = tree_state(root)
     info = run_module("airlock_model_info", {"root": str(root), "verify": True, "loadable": True,
                                              "expected": {"tiny": "1.0.0"}, **trust(bundles)})
     assert info["airlock_repo"]["models"]["tiny"]["active"] == "1.0.0" and info["drift"] == []
@@ -85,18 +87,18 @@ def test_model_check_diff_install_idempotent(bundles: Bundles, tmp_path: Path) -
     assert wrong["drift"] == [f"tiny 1.0.0: {root}/model_repo/tiny/current: expected-version "
                               "(expected 9.9.9, found 1.0.0)"]
     assert not wrong["signatures_checked"] and "signatures NOT checked" in wrong["verify_warnings"][0]
-    assert snapshot(root) == settled  # the two checks above wrote nothing
+    assert tree_state(root) == settled  # the two checks above wrote nothing
 
 
 def test_manual_rollback_is_recorded_as_rolled_back(bundles: Bundles, tmp_path: Path) -> None:
-    """state=rolled_back marks the version left rolled_back (an operator's decision, still good: activate
+    """rollback=true marks the version left rolled_back (an operator's decision, still good: activate
     rolls forward); failed=true (the update role's rescue) marks it failed; a repeated rollback is ok."""
     root = tmp_path / "root"
     for b in (bundles.full, bundles.delta):
         staged = run_module("airlock_bundle", {"src": str(b), "root": str(root), **trust(bundles)})["path"]
         assert not run_module("airlock_model", {"root": str(root), "bundle": staged, "state": "active",
                                                 **trust(bundles)}).get("failed")
-    args = {"root": str(root), "name": "tiny", "state": "rolled_back"}
+    args = {"root": str(root), "name": "tiny", "rollback": True}
     first = run_module("airlock_model", args)
     assert first["changed"] and (root / "model_repo" / "tiny" / "current").resolve().name == "1.0.0"
     info = run_module("airlock_model_info", {"root": str(root)})
@@ -156,3 +158,45 @@ def test_model_encrypted_at_rest_install_update_verify(bundles: Bundles, tmp_pat
     missing = run_module("airlock_model_info",
                          {"root": str(root), "keys_config": str(tmp_path / "none.yaml")}, env=env)
     assert missing["failed"] and "key provider config" in missing["msg"], missing
+
+
+def test_old_state_rolled_back_still_rolls_back_with_a_deprecation(bundles: Bundles, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    for b in (bundles.full, bundles.delta):
+        assert not run_module("airlock_model", {"root": str(root), "bundle": str(b), "state": "active",
+                                                **trust(bundles)}).get("failed")
+    old = run_module("airlock_model", {"root": str(root), "name": "tiny", "state": "rolled_back"})
+    assert old["changed"] and old["models"] == {"tiny": {"from": "1.1.0", "to": "1.0.0"}}, old
+    assert ["state=rolled_back is an action, not a state" in d["msg"] for d in old["deprecations"]] == [True]
+    both = run_module("airlock_model", {"root": str(root), "name": "tiny", "rollback": True,
+                                        "bundle": str(bundles.full), **trust(bundles)})
+    assert both["failed"] and "rollback=true takes no bundle" in both["msg"]
+    pruned = run_module("airlock_model", {"root": str(root), "name": "tiny", "rollback": True,
+                                          "state": "pruned"})
+    assert pruned["failed"] and "rollback=true goes with state=active" in pruned["msg"]
+    assert (root / "model_repo" / "tiny" / "current").resolve().name == "1.0.0"
+
+
+def test_info_never_writes_and_takes_only_the_readers_lock(bundles: Bundles, tmp_path: Path) -> None:
+    """airlock_model_info (state, audit anchor, full verify) changes not one byte, mode or owner; it
+    runs beside another reader's shared lock and waits for a writer's exclusive one."""
+    root = tmp_path / "root"
+    for b in (bundles.full, bundles.delta):
+        assert not run_module("airlock_model", {"root": str(root), "bundle": str(b), "state": "active",
+                                                **trust(bundles)}).get("failed")
+    head = run_module("airlock_model_info", {"root": str(root)})["airlock_repo"]["audit_head"]
+    before = tree_state(root)
+    lock = os.open(root / "model_repo" / "metadata" / ".lock", os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # another reader (verify, a receipt) is running
+        for extra in ({}, {"audit_anchor": head}, {"verify": True, "loadable": True, **trust(bundles)}):
+            r = run_module("airlock_model_info", {"root": str(root), "lock_timeout": 2, **extra})
+            assert not r["failed"] and not r["changed"], r
+            assert r["airlock_repo"]["models"]["tiny"]["active"] == "1.1.0"
+            assert r.get("drift", []) == [], r
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a writer is installing: the reader waits, then gives up
+        busy = run_module("airlock_model_info", {"root": str(root), "lock_timeout": 1})
+        assert busy["failed"] and busy["airlock_error"]["error"] == "LockBusyError", busy
+    finally:
+        os.close(lock)
+    assert tree_state(root) == before
