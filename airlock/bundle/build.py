@@ -14,6 +14,8 @@ from pathlib import Path
 
 from airlock import __version__
 from airlock.bundle.manifest import (
+    CODED_FORMAT_VERSION,
+    FORMAT_VERSION,
     MANIFEST_NAME,
     SIGNATURE_NAME,
     FileEntry,
@@ -35,12 +37,18 @@ Progress = Callable[[int], None]
 
 
 def write_payload(src: Path, root: Path, rel: str, *, block_size: int, split_size: int,
-                  progress: Progress = no_progress) -> FileEntry:
+                  progress: Progress = no_progress, compress: bool = False) -> FileEntry:
     """Copy ``src`` to ``root/rel`` (or ``rel.partNNN`` pieces of at most ``split_size`` bytes) while
-    hashing: whole file, fixed-size blocks, and each part."""
+    hashing: whole file, fixed-size blocks, and each part; with ``compress`` the stored bytes are
+    its coded frames (``airlock.codec.stored``)."""
     safe_relpath(rel)
     if src.is_symlink() or not src.is_file():
         raise UnsafePathError(f"{src}: payload source is not a regular file", path=str(src), rule="path-type")
+    if compress:
+        from airlock.codec.stored import write_coded_payload
+
+        return write_coded_payload(src, root, rel, block_size=block_size, split_size=split_size,
+                                   progress=progress)
     size = src.stat().st_size
     split = size > split_size
     whole = BlockHasher(block_size)
@@ -94,12 +102,12 @@ class _Builder:
         self.files: dict[str, FileEntry] = {}
         self.models: list[ModelEntry] = []
 
-    def add(self, src: Path, rel: str) -> FileEntry:
+    def add(self, src: Path, rel: str, compress: bool = False) -> FileEntry:
         if rel in self.files or rel in (MANIFEST_NAME, SIGNATURE_NAME):
             raise ManifestError(f"{self.spec.source}: two payloads would be written to {rel}",
                                 path=str(self.spec.source), rule="spec")
         entry = write_payload(src, self.root, rel, block_size=self.spec.block_size,
-                              split_size=self.spec.split_size, progress=self.progress)
+                              split_size=self.spec.split_size, progress=self.progress, compress=compress)
         self.files[rel] = entry
         return entry
 
@@ -109,7 +117,7 @@ class _Builder:
             base = f"models/{ms.name}/{ms.version}"
             targets: dict[str, dict[str, object]] = {}
             for rel in tree_files(ms.path):
-                entry = self.add(ms.path / rel, f"{base}/{rel}")
+                entry = self.add(ms.path / rel, f"{base}/{rel}", compress=self.spec.compress)
                 targets[rel] = {"size": entry.size, "sha256": entry.sha256}
             self.models.append(ModelEntry(name=ms.name, version=ms.version, kind="full", path=base,
                                           target_files=targets, description=ms.description,
@@ -156,9 +164,11 @@ def _created() -> str:
 
 def build_bundle(spec_path: Path, out_dir: Path, *, signer: str, gnupghome: Path | None = None,
                  passphrase_file: Path | None = None, progress: Progress | None = None,
-                 split_size: int | None = None, block_size: int | None = None) -> Manifest:
-    """Build ``out_dir`` (must not exist) from the spec; returns the signed manifest."""
-    spec = load_spec(Path(spec_path), split_size=split_size, block_size=block_size)
+                 split_size: int | None = None, block_size: int | None = None,
+                 compress: bool | None = None) -> Manifest:
+    """Build ``out_dir`` (must not exist) from the spec; returns the signed manifest. ``compress``
+    (default: the spec's ``compress``) stores full models' files coded (manifest format 2)."""
+    spec = load_spec(Path(spec_path), split_size=split_size, block_size=block_size, compress=compress)
     out_dir = Path(out_dir)
     if os.path.lexists(out_dir) and not _unfinished(out_dir):
         raise ManifestError(f"{out_dir}: output directory already exists", path=str(out_dir), rule="output")
@@ -182,6 +192,8 @@ def build_bundle(spec_path: Path, out_dir: Path, *, signer: str, gnupghome: Path
             kind="delta" if any(m.kind == "delta" for m in builder.models) else "full",
             compatible=spec.compatible, sequence=spec.sequence, created=_created(),
             builder_version=__version__, files=builder.files, models=builder.models, rollback=spec.rollback,
+            format_version=(CODED_FORMAT_VERSION if any(e.coding for e in builder.files.values())
+                            else FORMAT_VERSION),
         )
         data = canonical_bytes(manifest)
         signature = sign_bytes(data, signer, gnupghome=gnupghome, passphrase_file=passphrase_file)

@@ -18,6 +18,9 @@ from airlock.errors import ManifestError, UnsafePathError
 from airlock.fsutil import safe_relpath
 
 FORMAT_VERSION = 1
+CODED_FORMAT_VERSION = 2  # a manifest with compressed payloads (``coding``); raw bundles stay 1
+FORMAT_VERSIONS = (FORMAT_VERSION, CODED_FORMAT_VERSION)
+CODECS = ("alz1",)  # airlock/codec/frame.py
 MANIFEST_NAME = "MANIFEST.json"
 SIGNATURE_NAME = "MANIFEST.json.asc"
 RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
@@ -41,16 +44,35 @@ class PartEntry:
     sha256: str
 
 
+@dataclass(frozen=True)
+class Coding:
+    """How a compressed payload is stored: ``size``/``sha256`` of the stored (coded) stream and one
+    frame per block of the uncompressed file (``frames[i]`` decodes to block ``i``)."""
+
+    codec: str
+    size: int
+    sha256: str
+    frames: list[PartEntry] = field(default_factory=list)
+
+
 @dataclass
 class FileEntry:
     """One payload file. ``blocks`` hash consecutive ``block_size`` ranges of the whole file;
-    ``parts`` (when split for FAT32) are stored as ``<path>.part000``, ``.part001``, ..."""
+    ``parts`` (when split for FAT32) are stored as ``<path>.part000``, ``.part001``, ...; with
+    ``coding`` the stored bytes (and the parts) are the coded stream, ``size``/``sha256``/``blocks``
+    still describe the uncompressed file."""
 
     size: int
     sha256: str
     block_size: int
     blocks: list[str] = field(default_factory=list)
     parts: list[PartEntry] = field(default_factory=list)
+    coding: Coding | None = None
+
+    @property
+    def stored_size(self) -> int:
+        """Bytes on the bundle medium (the coded stream for a compressed payload)."""
+        return self.coding.size if self.coding is not None else self.size
 
 
 @dataclass
@@ -109,6 +131,9 @@ def to_dict(m: Manifest) -> dict[str, Any]:
                               "blocks": list(e.blocks)}
         if e.parts:
             fd["parts"] = [{"size": p.size, "sha256": p.sha256} for p in e.parts]
+        if e.coding is not None:
+            fd["coding"] = {"codec": e.coding.codec, "size": e.coding.size, "sha256": e.coding.sha256,
+                            "frames": [{"size": f.size, "sha256": f.sha256} for f in e.coding.frames]}
         files[rel] = fd
     models = []
     for me in m.models:
@@ -232,20 +257,31 @@ def _file_entry(rel: str, raw: Any) -> FileEntry:
     if not isinstance(raw, dict):
         raise _fail(f"files[{rel!r}] is not an object")
     _take(raw, f"files[{rel!r}]", {"size": int, "sha256": str, "block_size": int, "blocks": list},
-          {"parts": list})
-    parts = []
-    for i, p in enumerate(raw.get("parts", [])):
-        if not isinstance(p, dict):
-            raise _fail(f"files[{rel!r}].parts[{i}] is not an object")
-        _take(p, f"files[{rel!r}].parts[{i}]", {"size": int, "sha256": str})
-        parts.append(PartEntry(_nonneg(p["size"], rel), _hex(p["sha256"], rel)))
+          {"parts": list, "coding": dict})
+    parts = _part_list(rel, "parts", raw.get("parts", []))
+    coding = None
+    if "coding" in raw:
+        c = _take(raw["coding"], f"files[{rel!r}].coding", {"codec": str, "size": int, "sha256": str,
+                                                             "frames": list})
+        coding = Coding(c["codec"], _nonneg(c["size"], rel), _hex(c["sha256"], rel),
+                        _part_list(rel, "coding.frames", c["frames"]))
     blocks = raw["blocks"]
     for b in blocks:
         if not isinstance(b, str):
             raise _fail(f"files[{rel!r}].blocks: not a string")
         _hex(b, rel)
     return FileEntry(_nonneg(raw["size"], rel), _hex(raw["sha256"], rel), raw["block_size"], list(blocks),
-                     parts)
+                     parts, coding)
+
+
+def _part_list(rel: str, what: str, raw: list[Any]) -> list[PartEntry]:
+    out = []
+    for i, p in enumerate(raw):
+        if not isinstance(p, dict):
+            raise _fail(f"files[{rel!r}].{what}[{i}] is not an object")
+        _take(p, f"files[{rel!r}].{what}[{i}]", {"size": int, "sha256": str})
+        out.append(PartEntry(_nonneg(p["size"], rel), _hex(p["sha256"], rel)))
+    return out
 
 
 def _model_entry(i: int, raw: Any) -> ModelEntry:
@@ -285,7 +321,7 @@ def parse_manifest(data: bytes) -> Manifest:
     _take(raw, "manifest", {"format_version": int, "bundle_id": str, "kind": str, "compatible": str,
                             "sequence": int, "created": str, "builder_version": str, "rollback": bool,
                             "files": dict, "models": list})
-    if raw["format_version"] != FORMAT_VERSION:
+    if raw["format_version"] not in FORMAT_VERSIONS:
         raise ManifestError(f"{MANIFEST_NAME}: unsupported format_version {raw['format_version']}",
                             path=MANIFEST_NAME, rule="manifest-version")
     files = {rel: _file_entry(rel, entry) for rel, entry in raw["files"].items()}
@@ -295,6 +331,21 @@ def parse_manifest(data: bytes) -> Manifest:
                  files=files, models=models, rollback=raw["rollback"], format_version=raw["format_version"])
     validate(m)
     return m
+
+
+def _check_coding(m: Manifest, rel: str, e: FileEntry) -> None:
+    c = e.coding
+    assert c is not None
+    if m.format_version < CODED_FORMAT_VERSION:
+        raise _fail(f"files[{rel!r}]: coding needs format_version {CODED_FORMAT_VERSION}")
+    if c.codec not in CODECS:
+        raise _fail(f"files[{rel!r}]: unknown codec {c.codec[:40]!r} (known: {', '.join(CODECS)})")
+    if not 0 <= c.size <= INT_MAX:
+        raise _fail(f"files[{rel!r}]: coding size outside 0..2**63-1")
+    if len(c.frames) != len(e.blocks):
+        raise _fail(f"files[{rel!r}]: {len(c.frames)} coded frames for {len(e.blocks)} blocks")
+    if sum(f.size for f in c.frames) != c.size:
+        raise _fail(f"files[{rel!r}]: coded frame sizes do not add up to the coding size")
 
 
 # ------------------------------------------------------------------------------------- names
@@ -375,13 +426,15 @@ def validate(m: Manifest) -> None:
             raise _fail(f"files[{rel!r}]: block_size must be 1..{MAX_BLOCK_SIZE}")
         if not 0 <= e.size <= INT_MAX:
             raise _fail(f"files[{rel!r}]: size outside 0..2**63-1")
+        if e.coding is not None:
+            _check_coding(m, rel, e)
         if len(e.blocks) != -(-e.size // e.block_size):
             raise _fail(f"files[{rel!r}]: {len(e.blocks)} block hashes for {e.size} bytes")
         if e.parts:
             if len(e.parts) < 2 or len(e.parts) > 1000:
                 raise _fail(f"files[{rel!r}]: a split file has 2..1000 parts")
-            if sum(p.size for p in e.parts) != e.size:
-                raise _fail(f"files[{rel!r}]: part sizes do not add up to the file size")
+            if sum(p.size for p in e.parts) != e.stored_size:
+                raise _fail(f"files[{rel!r}]: part sizes do not add up to the stored size")
             physical.update(part_name(rel, i) for i in range(len(e.parts)))
         else:
             physical.add(rel)

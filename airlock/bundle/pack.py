@@ -32,6 +32,7 @@ from airlock.bundle.verify import (
     check_signed,
     load_signed_manifest,
 )
+from airlock.codec.stored import FrameStream
 from airlock.errors import IntegrityError, ManifestError, SignatureError, UnsafePathError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_tree, rmtree_writable, safe_relpath, staging_dir
@@ -215,21 +216,23 @@ def _stream_members(tar: tarfile.TarFile, trust: Trust, compatible: str | None,
     expected = manifest.physical_files()
     seen: set[str] = set()
     next_part: dict[str, int] = {}
-    checkers: dict[str, BlockChecker] = {}
+    checkers: dict[str, BlockChecker | FrameStream] = {}
     total = 0
     while (member := tar.next()) is not None:
         _check_member(member, expected, seen)
         name = member.name
         rel, index = expected[name]
         entry = manifest.files[rel]
-        want = entry.parts[index].size if index is not None else entry.size
+        want = entry.parts[index].size if index is not None else entry.stored_size
         if member.size != want:
             raise IntegrityError(f"{name}: {member.size} bytes, manifest says {want}", path=name, rule="size")
         if index is not None and index != next_part.get(rel, 0):
             raise UnsafePathError(f"{name}: parts out of order", path=name, rule="pack-order")
         next_part[rel] = (index or 0) + 1
         seen.add(name)
-        checker = checkers.setdefault(rel, BlockChecker(rel, entry))
+        decode = assemble and entry.coding is not None  # a compressed payload is staged decoded
+        checker = checkers.setdefault(rel, BlockChecker(rel, entry) if entry.coding is None
+                                      else FrameStream(rel, entry, decode=decode))
         part_hash = hashlib.sha256()
         src = tar.extractfile(member)
         assert src is not None
@@ -242,9 +245,11 @@ def _stream_members(tar: tarfile.TarFile, trust: Trust, compatible: str | None,
             else:
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             out = os.fdopen(os.open(dest, flags, 0o600 if assemble else 0o644), "wb")
+        if isinstance(checker, FrameStream):
+            checker.sink = out
         try:
             while chunk := src.read(CHUNK):
-                if out is not None:
+                if out is not None and not decode:
                     out.write(chunk)
                 checker.update(chunk)
                 part_hash.update(chunk)

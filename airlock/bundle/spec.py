@@ -67,6 +67,8 @@ class BundleSpec:
     rollback: bool = False
     block_size: int = DEFAULT_BLOCK_SIZE
     split_size: int = DEFAULT_SPLIT_SIZE
+    compress: bool = False
+    """Store full models' files compressed (codec alz1, manifest format 2; airlock/codec)."""
     models: list[ModelSpec] = field(default_factory=list)
     files: list[ExtraFile] = field(default_factory=list)
 
@@ -174,7 +176,8 @@ def _model(base: Path, spec: Path, raw: Any, i: int) -> ModelSpec:
     return m
 
 
-def load_spec(path: Path, *, split_size: int | None = None, block_size: int | None = None) -> BundleSpec:
+def load_spec(path: Path, *, split_size: int | None = None, block_size: int | None = None,
+              compress: bool | None = None) -> BundleSpec:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -182,8 +185,8 @@ def load_spec(path: Path, *, split_size: int | None = None, block_size: int | No
         raise _err(path, f"cannot read spec ({exc})") from exc
     if not isinstance(raw, dict):
         raise _err(path, "top level is not a mapping")
-    known = {"bundle_id", "compatible", "sequence", "rollback", "block_size", "split_size", "models",
-             "wheels", "debs", "images", "files"}
+    known = {"bundle_id", "compatible", "sequence", "rollback", "block_size", "split_size", "compress",
+             "models", "wheels", "debs", "images", "files"}
     unknown = set(raw) - known
     if unknown:
         raise _err(path, f"unknown key(s) {sorted(unknown)}")
@@ -200,6 +203,7 @@ def load_spec(path: Path, *, split_size: int | None = None, block_size: int | No
             rollback=bool(raw.get("rollback", False)),
             block_size=block_size or parse_size(raw.get("block_size", DEFAULT_BLOCK_SIZE)),
             split_size=split_size or parse_size(raw.get("split_size", DEFAULT_SPLIT_SIZE)),
+            compress=bool(raw.get("compress", False)) if compress is None else compress,
         )
     except ValueError as exc:
         raise _err(path, str(exc)) from exc

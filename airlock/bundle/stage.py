@@ -28,6 +28,7 @@ from airlock.bundle.manifest import (
 from airlock.bundle.safeio import STAGING_MARKER, PartsReader, payload_files, read_limited
 from airlock.bundle.signing import SignerInfo, Trust
 from airlock.bundle.verify import BlockChecker, SignedManifest, check_policy, check_signed, check_sizes
+from airlock.codec.stored import coded_here, stage_coded
 from airlock.errors import IntegrityError, ManifestError, SignatureError, UnsafePathError
 from airlock.faults import fault_point
 from airlock.fsutil import atomic_write_bytes, fsync_dir
@@ -235,8 +236,11 @@ def _copy_one(root: Path, stage: Path, rel: str, entry: FileEntry, counters: Sta
     copied = 0
     with raw, os.fdopen(fd, "r+b", buffering=0) as out:
         have = os.fstat(out.fileno()).st_size
+        coded = coded_here(root, entry)
+        if coded:  # compressed (airlock/codec): frames checked, decoded, blocks checked, on all cores
+            copied = stage_coded(root, rel, entry, out, have, counters, tick)
         src_pos = -1
-        for i in range(len(entry.blocks)):
+        for i in range(0 if coded else len(entry.blocks)):
             start = i * bs
             length = min(bs, entry.size - start)
             if start + length <= have:
@@ -268,7 +272,8 @@ def _copy_one(root: Path, stage: Path, rel: str, entry: FileEntry, counters: Sta
             fault_point("stage-mid-copy")
         out.truncate(entry.size)
         try:
-            checker.finish()
+            if not coded:
+                checker.finish()
         except IntegrityError:
             out.truncate(0)
             raise

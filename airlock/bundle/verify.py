@@ -29,6 +29,7 @@ from airlock.bundle.safeio import (
     staged_layout,
 )
 from airlock.bundle.signing import SignerInfo, Trust, verify_signature
+from airlock.codec.stored import check_stored, coded_here
 from airlock.errors import (
     CompatibilityError,
     DowngradeError,
@@ -238,7 +239,8 @@ def check_stream(fh: BinaryIO, rel: str, entry: FileEntry, progress: Progress = 
 def check_sizes(root: Path, m: Manifest) -> None:
     """Cheap pre-pass: every named file exists, is regular, has its size (before hashing anything)."""
     for rel, entry in m.files.items():
-        for name, size in payload_files(root, rel, entry.size, [p.size for p in entry.parts]):
+        stored = entry.stored_size if coded_here(root, entry) else entry.size
+        for name, size in payload_files(root, rel, stored, [p.size for p in entry.parts]):
             fd = open_beneath(root, name)
             try:
                 actual = os.fstat(fd).st_size
@@ -251,7 +253,7 @@ def check_sizes(root: Path, m: Manifest) -> None:
 def extra_files(root: Path, m: Manifest) -> list[str]:
     """Entries present but not named by the manifest (listed with lstat only; never opened)."""
     expected = {name for rel, e in m.files.items()
-                for name, _ in payload_files(root, rel, e.size, [p.size for p in e.parts])}
+                for name, _ in payload_files(root, rel, e.stored_size, [p.size for p in e.parts])}
     expected |= {MANIFEST_NAME, SIGNATURE_NAME}
     if staged_layout(root):  # a staged bundle (e.g. in the site depot): staging's own marker files
         expected |= {n for n in os.listdir(root) if n.startswith(".airlock-")}
@@ -287,6 +289,11 @@ def verify_bundle(bundle_dir: Path, trust: Trust, *, compatible: str | None = No
     report = VerifyReport(manifest=m, signer=signed.signer, extra_files=extra_files(root, m))
     tick = progress or no_progress
     for rel, entry in m.files.items():
+        if coded_here(root, entry):  # compressed: every stored frame against its signed hash
+            check_stored(root, rel, entry, tick)
+            report.files_checked += 1
+            report.bytes_checked += entry.size
+            continue
         with open_payload(root, rel, entry.size, [p.size for p in entry.parts]) as fh:
             check_stream(fh, rel, entry, tick)
         report.files_checked += 1

@@ -110,6 +110,8 @@ def build(
     split_size: str | None = typer.Option(None, "--split-size", help="Split payloads above this size "
                                           "(default 4GiB-1MiB, for FAT32), e.g. 2GiB."),
     block_size: str | None = typer.Option(None, "--block-size", help="Block hash size (default 64MiB)."),
+    compress: bool | None = typer.Option(None, "--compress/--no-compress", help="Store full models' files "
+                                         "compressed (lossless, per dtype; default: the spec's 'compress')."),
     as_json: bool = JsonOpt,
     progress: bool = ProgressOpt,
 ) -> None:
@@ -127,7 +129,8 @@ def build(
         total = _spec_total(spec) if _show(progress, as_json) else None
     with handle_errors(as_json), progress_bytes("building", total, _show(progress, as_json)) as tick:
         m = build_bundle(spec, output, signer=signer, gnupghome=gnupghome, passphrase_file=passphrase_file,
-                         progress=tick, split_size=_size(split_size), block_size=_size(block_size))
+                         progress=tick, split_size=_size(split_size), block_size=_size(block_size),
+                         compress=compress)
     if as_json:
         emit_json({"ok": True, "path": str(output), "bundle_id": m.bundle_id, "kind": m.kind,
                    "sequence": m.sequence, "files": len(m.files), "bytes": m.total_bytes})

@@ -1,0 +1,350 @@
+"""Compressed payloads on the bundle medium: build (code while hashing), verify (stored frames) and
+stage (read, check, decode, hash and write in one streaming pass on all cores).
+
+A coded payload's manifest entry keeps the uncompressed file's ``size``, ``sha256`` and block hashes
+and adds ``coding``: the stored stream's size and sha256 and one ``{size, sha256}`` per frame, frame
+``i`` coding block ``i``. FAT32 parts split the stored stream. Every frame is checked against its
+signed hash before it is decoded, every decoded block against its signed block hash before it is
+written, and the whole file against its sha256 before it gets its final name: a damaged, truncated
+or wrongly decoding part is an IntegrityError (exit 13), like a damaged raw part."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, BinaryIO, Protocol
+
+from airlock.bundle.manifest import Coding, FileEntry, PartEntry, part_name
+from airlock.bundle.safeio import PartsReader, staged_layout
+from airlock.codec.frame import CODEC, FrameError, Segment, decode_block, encode_block, split_block
+from airlock.codec.layout import file_layout
+from airlock.errors import IntegrityError, ManifestError
+from airlock.faults import fault_point
+from airlock.parallel import ordered_map
+
+Progress = Callable[[int], None]
+MEMORY_BUDGET = 1 << 30
+"""Blocks in flight (read, coded, decoded) are bounded to about this many bytes: with 64 MiB blocks
+about five at once, whatever the model's size."""
+
+
+def workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _window(block_size: int) -> tuple[int, int]:
+    """(workers, blocks in flight) for blocks of ``block_size``: all cores, memory bounded."""
+    in_flight = max(2, MEMORY_BUDGET // max(3 * block_size, 1))
+    n = max(1, min(workers(), in_flight))
+    return n, max(n, min(in_flight, 2 * n))
+
+
+def stored_files(rel: str, entry: FileEntry) -> list[tuple[str, int]]:
+    """The files holding a coded payload on the bundle medium, with their sizes, in order."""
+    if entry.parts:
+        return [(part_name(rel, i), p.size) for i, p in enumerate(entry.parts)]
+    return [(rel, entry.stored_size)]
+
+
+class _Reader(Protocol):
+    def readinto(self, buf: memoryview, /) -> int | None: ...
+
+
+def _read_exact(fh: _Reader, n: int, name: str) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = fh.readinto(view[got:])
+        if not k:
+            raise IntegrityError(f"{name}: stored stream ends {n - got} bytes early", path=name, rule="size")
+        got += k
+    return bytes(buf)
+
+
+def _bad_frame(rel: str, i: int, entry: FileEntry, why: str) -> IntegrityError:
+    start = i * entry.block_size
+    return IntegrityError(f"{rel}: coded block {i} (bytes {start}..{start + entry.block_size}) {why}",
+                          path=rel, rule="block-hash")
+
+
+# ------------------------------------------------------------------------------------------- build
+
+
+@dataclass
+class _Coded:
+    index: int
+    data: bytes
+    frame: bytes
+    block_sha: str
+    frame_sha: str
+
+
+class _PartWriter:
+    """Write the stored stream as ``rel.part000, .part001, ...`` of at most ``split_size`` bytes; a
+    stream that fits one part is renamed to ``rel`` at the end (no parts)."""
+
+    def __init__(self, root: Path, rel: str, split_size: int) -> None:
+        self.root, self.rel, self.split = root, rel, split_size
+        self.parts: list[PartEntry] = []
+        self._fh: BinaryIO | None = None
+        self._hash = hashlib.sha256()
+        self._n = 0
+
+    def _close_part(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self.parts.append(PartEntry(self._n, self._hash.hexdigest()))
+            self._fh, self._hash, self._n = None, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._fh is None:
+                self._fh = open(self.root / part_name(self.rel, len(self.parts)), "wb")  # noqa: SIM115
+            take = min(len(view), self.split - self._n)
+            self._fh.write(view[:take])
+            self._hash.update(view[:take])
+            self._n += take
+            view = view[take:]
+            if self._n >= self.split:
+                self._close_part()
+
+    def finish(self) -> list[PartEntry]:
+        self._close_part()
+        if len(self.parts) <= 1:
+            first = self.root / part_name(self.rel, 0)
+            if self.parts:
+                os.replace(first, self.root / self.rel)
+            else:
+                (self.root / self.rel).write_bytes(b"")
+            return []
+        return self.parts
+
+
+def write_coded_payload(src: Path, root: Path, rel: str, *, block_size: int, split_size: int,
+                        progress: Progress) -> FileEntry:
+    """Code ``src`` into ``root/rel`` (or parts) block by block on all cores, hashing the source
+    (whole file and blocks), each frame, each part and the whole stored stream."""
+    size = src.stat().st_size
+    layout = file_layout(src, size)
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    n_workers, window = _window(block_size)
+
+    def blocks(fh: io.BufferedReader) -> Iterator[tuple[int, bytes]]:
+        for i in range(-(-size // block_size)):
+            data = _read_exact(fh, min(block_size, size - i * block_size), str(src))
+            yield i, data
+
+    def code(item: tuple[int, bytes]) -> _Coded:
+        i, data = item
+        start = i * block_size
+        segments: list[Segment] = list(split_block(layout, start, start + len(data)))
+        frame = encode_block(data, segments, start)
+        return _Coded(i, data, frame, hashlib.sha256(data).hexdigest(), hashlib.sha256(frame).hexdigest())
+
+    whole, stored = hashlib.sha256(), hashlib.sha256()
+    out = _PartWriter(root, rel, split_size)
+    block_hashes: list[str] = []
+    frames: list[PartEntry] = []
+    with open(src, "rb") as fh:
+        for c in ordered_map(code, blocks(fh), n_workers, window):
+            whole.update(c.data)
+            stored.update(c.frame)
+            out.write(c.frame)
+            block_hashes.append(c.block_sha)
+            frames.append(PartEntry(len(c.frame), c.frame_sha))
+            progress(len(c.data))
+            fault_point("bundle-build-mid-copy")
+        if fh.read(1):
+            raise ManifestError(f"{src}: changed size while being coded", path=str(src), rule="spec")
+    parts = out.finish()
+    coding = Coding(CODEC, sum(f.size for f in frames), stored.hexdigest(), frames)
+    return FileEntry(size=size, sha256=whole.hexdigest(), block_size=block_size, blocks=block_hashes,
+                     parts=parts, coding=coding)
+
+
+# ------------------------------------------------------------------------------------------ verify
+
+
+def check_stored(root: Path, rel: str, entry: FileEntry, progress: Progress) -> None:
+    """Verify a coded payload on the medium: every frame against its signed hash (fail at the first
+    bad one), then the whole stored stream's sha256. Decoding is staging's job (``stage_coded``)."""
+    assert entry.coding is not None
+    files = stored_files(rel, entry)
+    whole = hashlib.sha256()
+    with PartsReader(root, [n for n, _ in files], [s for _, s in files], rel) as raw:
+        for i, f in enumerate(entry.coding.frames):
+            frame = _read_exact(raw, f.size, rel)
+            if hashlib.sha256(frame).hexdigest() != f.sha256:
+                raise _bad_frame(rel, i, entry, "does not match its manifest hash")
+            whole.update(frame)
+            progress(len(frame))
+    if whole.hexdigest() != entry.coding.sha256:
+        raise IntegrityError(f"{rel}: stored sha256 does not match the manifest", path=rel, rule="sha256")
+
+
+# ------------------------------------------------------------------------------------------- stage
+
+
+class Counters(Protocol):
+    """What staging counts (``airlock.bundle.stage.StageCounters``)."""
+
+    blocks_copied: int
+    blocks_reused: int
+    bytes_copied: int
+    bytes_reused: int
+
+
+def coded_here(root: Path, entry: FileEntry) -> bool:
+    """Whether ``root`` holds this payload coded: a bundle as built does; a staged bundle (a staging
+    directory, a depot entry: marked by staging) holds it decoded."""
+    return entry.coding is not None and not staged_layout(root)
+
+
+def _decode_checked(rel: str, entry: FileEntry, i: int, frame: bytes) -> bytes | memoryview:
+    assert entry.coding is not None
+    if hashlib.sha256(frame).hexdigest() != entry.coding.frames[i].sha256:
+        raise _bad_frame(rel, i, entry, "does not match its manifest hash")
+    length = min(entry.block_size, entry.size - i * entry.block_size)
+    try:
+        data = decode_block(frame, length)
+    except FrameError as exc:
+        raise _bad_frame(rel, i, entry, f"does not decode ({exc})") from exc
+    if hashlib.sha256(data).hexdigest() != entry.blocks[i]:
+        raise _bad_frame(rel, i, entry, "decodes to bytes that do not match the block hash")
+    return data
+
+
+def stage_coded(root: Path, rel: str, entry: FileEntry, out: io.FileIO, have: int, count: Counters,
+                progress: Progress) -> int:
+    """Fill ``out`` (the partial copy, ``have`` bytes long) with the decoded payload: blocks already
+    there that hash to the manifest are kept, every other block is read as its frame, checked,
+    decoded, checked and written; frames are decoded and hashed on all cores while the whole-file
+    sha256 runs here, in order. Returns the blocks copied; raises IntegrityError (``out`` cut back to
+    the last good block)."""
+    assert entry.coding is not None
+    bs = entry.block_size
+    files = stored_files(rel, entry)
+    offsets = [0]
+    for f in entry.coding.frames:
+        offsets.append(offsets[-1] + f.size)
+    n_workers, window = _window(bs)
+    whole = hashlib.sha256()
+    copied = 0
+
+    with PartsReader(root, [n for n, _ in files], [s for _, s in files], rel) as raw:
+        pos = [-1]
+
+        def frame_at(i: int) -> bytes:
+            if pos[0] != offsets[i]:
+                raw.seek_to(offsets[i])
+            data = _read_exact(raw, entry.coding.frames[i].size, rel)  # type: ignore[union-attr]
+            pos[0] = offsets[i + 1]
+            return data
+
+        def tasks() -> Iterator[tuple[int, bytes, bool]]:
+            for i in range(len(entry.blocks)):
+                start = i * bs
+                length = min(bs, entry.size - start)
+                if start + length <= have:
+                    out.seek(start)
+                    yield i, _read_exact(out, length, rel), True
+                else:
+                    yield i, frame_at(i), False
+
+        def work(task: tuple[int, bytes, bool]) -> tuple[int, bytes | memoryview | None, bool]:
+            i, data, existing = task
+            if existing:
+                ok = hashlib.sha256(data).hexdigest() == entry.blocks[i]
+                return i, (data if ok else None), True
+            return i, _decode_checked(rel, entry, i, data), False
+
+        for i, data, existing in ordered_map(work, tasks(), n_workers, window):
+            start = i * bs
+            try:
+                if existing and data is not None:
+                    count.blocks_reused += 1
+                    count.bytes_reused += len(data)
+                else:
+                    if data is None:  # a damaged block of an earlier copy: from the medium again
+                        data = _decode_checked(rel, entry, i, frame_at(i))
+                    out.seek(start)
+                    out.write(data)
+                    copied += 1
+                    count.blocks_copied += 1
+                    count.bytes_copied += len(data)
+                    fault_point("stage-mid-copy")
+            except BaseException:
+                out.truncate(start)  # never keep unverified bytes for a later resume
+                raise
+            whole.update(data)
+            progress(len(data))
+    out.truncate(entry.size)
+    if whole.hexdigest() != entry.sha256:
+        out.truncate(0)
+        raise IntegrityError(f"{rel}: sha256 does not match the manifest", path=rel, rule="sha256")
+    return copied
+
+
+# ------------------------------------------------------------------------------------ packed (tar)
+
+
+class FrameStream:
+    """A coded payload arriving as a stream (the members of a packed bundle): ``update`` takes the
+    stored bytes in any piece size, checks each frame against its signed hash as soon as it is whole
+    and, with ``decode``, decodes it, checks the block hash and writes the block to ``sink``;
+    ``finish`` checks the stored stream's sha256 (and, decoding, the whole file's). Memory: one frame."""
+
+    def __init__(self, rel: str, entry: FileEntry, *, decode: bool = False) -> None:
+        assert entry.coding is not None
+        self.rel, self.entry, self.decode = rel, entry, decode
+        self.frames = entry.coding.frames
+        self.sink: IO[bytes] | None = None
+        self._buf = bytearray()
+        self._i = 0
+        self._stored = hashlib.sha256()
+        self._whole = hashlib.sha256()
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._stored.update(data)
+        view = memoryview(data)
+        while view:
+            if self._i >= len(self.frames):
+                raise IntegrityError(f"{self.rel}: larger than its stored size {self.entry.stored_size}",
+                                     path=self.rel, rule="size")
+            take = min(len(view), self.frames[self._i].size - len(self._buf))
+            self._buf += view[:take]
+            view = view[take:]
+            if len(self._buf) == self.frames[self._i].size:
+                self._frame_done(bytes(self._buf))
+                self._buf.clear()
+
+    def _frame_done(self, frame: bytes) -> None:
+        i = self._i
+        if not self.decode:
+            if hashlib.sha256(frame).hexdigest() != self.frames[i].sha256:
+                raise _bad_frame(self.rel, i, self.entry, "does not match its manifest hash")
+        else:
+            block = _decode_checked(self.rel, self.entry, i, frame)
+            self._whole.update(block)
+            if self.sink is not None:
+                self.sink.write(block)
+        self._i += 1
+
+    def finish(self) -> str:
+        if self._i != len(self.frames) or self._buf:
+            raise IntegrityError(f"{self.rel}: stored stream ends inside frame {self._i}", path=self.rel,
+                                 rule="size")
+        assert self.entry.coding is not None
+        if self._stored.hexdigest() != self.entry.coding.sha256:
+            raise IntegrityError(f"{self.rel}: stored sha256 does not match the manifest", path=self.rel,
+                                 rule="sha256")
+        if self.decode and self._whole.hexdigest() != self.entry.sha256:
+            raise IntegrityError(f"{self.rel}: sha256 does not match the manifest", path=self.rel,
+                                 rule="sha256")
+        return self.entry.sha256
