@@ -359,6 +359,9 @@ def inspect(
                   highlight=False)
     for rel, e in m.files.items():
         parts = f" in {len(e.parts)} parts" if e.parts else ""
+        if e.coding is not None:
+            ratio = e.coding.size / max(e.size, 1)
+            parts += f", stored {e.coding.codec} {e.coding.size} bytes ({ratio:.2f}x)"
         out.print(f"  {e.size:>14}  {e.sha256[:16]}  {safe(rel)}{parts}", highlight=False)
 
 
