@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.bundle.conftest import Keys, keys  # noqa: F401 - session fixture: real gpg keys
+from airlock.bundle import build_bundle
+from tests.gpg import Keys
 from tests.repo.conftest import cli
 from tests.repo.models import make_model
-from tests.repo.test_bundle_install import _bundle
 from tests.support import require_tool
 
 PASSWORD = "correct horse battery staple 7f3a"
@@ -35,6 +36,13 @@ class Host:
 
     def airlock(self, *args: str, root: Path | None = None, timeout: float = 180):  # type: ignore[no-untyped-def]
         return cli(root or self.root, *args, env=self.env, timeout=timeout)
+
+
+def _bundle(tmp: Path, keys: Keys, name: str, model: dict[str, object], sequence: int) -> Path:
+    spec = tmp / f"{name}.yml"
+    spec.write_text(yaml.safe_dump({"compatible": "appliance-test", "sequence": sequence, "models": [model]}))
+    build_bundle(spec, tmp / name, signer=keys.fpr["signer"], gnupghome=keys.home)
+    return tmp / name
 
 
 def fine_tune(base: Path) -> tuple[Path, Path]:
@@ -58,7 +66,7 @@ def install(root: Path, bundle: Path, k: Keys, ring: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Host]:  # noqa: F811
+def host(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Host]:
     restic = require_tool("restic", "apt-get install restic (scripts/apt-packages.txt)")
     base = tmp_path_factory.mktemp("backup")
     v1, v2 = fine_tune(base)

@@ -6,10 +6,14 @@ tampered pack file is refused by `restic check` and by the restore; bad input ch
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
+import shlex
 import shutil
 import sqlite3
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,10 @@ import pytest
 
 from airlock.repo import audit
 from tests.backup.conftest import PASSWORD, Host, flip_byte, install
-from tests.support import file_hashes, tree_state
+from tests.monitoring.render import LOCAL, run_playbook
+from tests.support import file_hashes, require_tool, tree_state
+
+AIRLOCK = str(Path(sys.executable).parent / "airlock")
 
 
 @dataclass
@@ -149,3 +156,52 @@ def test_bad_input_changes_nothing(host: Host, backed_up: BackedUp, tmp_path: Pa
     listed = host.airlock("backup", "list", "--repo", str(host.repo), "--password-file", str(host.password),
                           "--json")
     assert listed.returncode == 0 and len(json.loads(listed.stdout)["snapshots"]) == 1  # retention kept 1
+
+
+def test_role_units_verify_and_run(host: Host, backed_up: BackedUp, tmp_path: Path) -> None:
+    """roles/backup rendered by playbooks/backup.yml: the units pass ``systemd-analyze verify``; the
+    service's ExecStart, run by hand (systemd is not PID 1 here), takes a real backup with the
+    retention policy, and the password never appears in the unit."""
+    units = tmp_path / "units"
+    units.mkdir()
+    ev = {"backup_manage_services": False, "backup_unit_dir": str(units), "backup_airlock": AIRLOCK,
+          "backup_root": str(host.root), "backup_repo": str(host.repo), "backup_password": PASSWORD,
+          "backup_password_file": str(tmp_path / "role.pw"), "backup_cache_dir": str(tmp_path / "cache"),
+          "backup_keep_last": 2, "backup_check_read_data_subset": "50%"}
+    run_playbook(tmp_path / "play", "backup.yml", {"appliances": {"app": LOCAL}}, ev)
+    service, timer = units / "airlock-backup.service", units / "airlock-backup.timer"
+    tool = require_tool("systemd-analyze", "apt-get install systemd")
+    r = subprocess.run([tool, "verify", "--man=no", service.name, timer.name], cwd=units, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert PASSWORD not in service.read_text() and (tmp_path / "role.pw").stat().st_mode & 0o777 == 0o600
+    cp = configparser.ConfigParser(interpolation=None, strict=False)
+    cp.optionxform = str  # type: ignore[assignment,method-assign]
+    cp.read_string(timer.read_text())
+    assert cp["Timer"]["OnCalendar"] == "daily" and cp["Timer"]["Unit"] == service.name
+    exec_start = next(ln.split("=", 1)[1] for ln in service.read_text().splitlines()
+                      if ln.startswith("ExecStart="))
+    assert "--keep-last 2" in exec_start and "--check-read-data-subset 50%%" in exec_start
+    run = subprocess.run(shlex.split(exec_start.replace("%%", "%")), capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert run.returncode == 0, run.stderr
+    snaps = json.loads(host.airlock("backup", "list", "--repo", str(host.repo), "--password-file",
+                                    str(host.password), "--json").stdout)["snapshots"]
+    assert len(snaps) == 2
+
+
+def test_restore_drill_playbook(host: Host, backed_up: BackedUp, tmp_path: Path) -> None:
+    """playbooks/restore-drill.yml on a local-connection host: drill ok, model and audit verify of the
+    restored scratch root ok, scratch removed, the report on the control node, audited on the host."""
+    scratch, reports = tmp_path / "scratch", tmp_path / "reports"
+    run_playbook(tmp_path / "play", "restore-drill.yml", {"appliances": {"app": LOCAL}},
+                 {"restore_drill_airlock": AIRLOCK, "airlock_root": str(host.root),
+                  "backup_repo": str(host.repo),
+                  "backup_password_file": str(host.password), "restore_drill_scratch": str(scratch),
+                  "restore_drill_report_dir": str(reports), "restore_drill_trust": [host.fpr],
+                  "restore_drill_keyring": str(host.keyring)})
+    rep = json.loads((reports / "app.json").read_text())
+    assert rep["passed"] and rep["ok"] and rep["model_verify_rc"] == 0 and rep["audit_verify_rc"] == 0
+    assert rep["compare"]["identical"] and not scratch.exists()
+    last = audit.records(host.root / "model_repo" / "update_history.log", 1)[0]
+    assert last["action"] == "restore-drill" and last["result"] == "ok"
