@@ -4,17 +4,20 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 BENCH_ARGS ?= --sample 32M --bsdiff-full-max 100M
+FULL_BENCH_ARGS ?= --fp8-size 256M
 
 FUZZ_SECONDS ?= 1800
 FUZZ_TARGETS ?= manifest manifest_struct signature safetensors delta_index delta_file tar
 
-.PHONY: help bootstrap demo test lint bench fixtures fuzz clean
+.PHONY: help bootstrap demo test lint bench bench-scale fixtures fuzz clean
 
 help:
 	@echo "make demo    build a signed bundle of a real model, install it on a local fleet, delta update, verify, roll back"
 	@echo "make test    run the whole test suite (CI=true makes any skip a failure)"
 	@echo "make lint    ruff + mypy (+ ansible-lint / ansible-test sanity)"
-	@echo "make bench   delta benchmark vs bsdiff / xdelta3 / zstd, writes benchmarks/RESULTS.md"
+	@echo "make bench   delta benchmark vs bsdiff / xdelta3 / zstd, writes benchmarks/RESULTS.md;"
+	@echo "             full bundles vs ZipNN / zstd -19, staging vs sha256sum: benchmarks/FULL_BUNDLE.md"
+	@echo "make bench-scale  build..rollback at SCALE_SIZE (default 16G) vs sha256/zstd/cp: benchmarks/scale.*"
 	@echo "make fuzz    fuzz every untrusted-input parser for FUZZ_SECONDS each (default 1800), corpus in .cache/fuzz"
 
 bootstrap:
@@ -33,6 +36,8 @@ lint: bootstrap
 
 bench: bootstrap
 	nice -n 10 $(PY) -m benchmarks.run $(BENCH_ARGS)
+	$(PY) -c 'import zipnn' 2>/dev/null || $(VENV)/bin/pip install -q -e '.[bench]'
+	nice -n 10 $(PY) -m benchmarks.full_bundle $(FULL_BENCH_ARGS)
 
 # each target in turn; a finding stops the run (crash input under .cache/fuzz/<target>-crashes/)
 fuzz: bootstrap
@@ -42,6 +47,12 @@ fuzz: bootstrap
 		grep -E '^fuzz |^Done|exec_per_sec|ERROR|SUMMARY' .cache/fuzz/$$t.log; \
 		[ $$rc -eq 0 ] || { echo "fuzz $$t: finding (rc $$rc): .cache/fuzz/$$t.log"; exit 1; }; \
 	done
+
+# not part of make test: the whole path (build .. rollback) on a synthetic DeepSeek-V3-shaped model of
+# SCALE_SIZE, each step against sha256sum / zstd / cp in the same run; writes benchmarks/scale.{md,png,json}
+SCALE_SIZE ?= 16G
+bench-scale: bootstrap
+	nice -n 10 $(PY) -m benchmarks.scale --size $(SCALE_SIZE)
 
 fixtures: bootstrap
 	$(PY) -m airlock.fixtures --all

@@ -1,0 +1,207 @@
+"""Full-bundle benchmark (issue 18): compressed bundle size against ZipNN and ``zstd -19`` on the same
+tensors, and staging throughput against ``sha256sum`` of the uncompressed model, in one run.
+
+    nice -n 10 .venv/bin/python -m benchmarks.full_bundle [--fp8-size 256M] [--work benchmarks/work/full]
+
+Models: the real all-MiniLM-L6-v2 in fp32 and bf16 (``airlock.fixtures``) and a synthetic
+DeepSeek-V3-shaped model (fp8 e4m3 weights with fp32 scales, bf16 norms and embeddings) of
+``--fp8-size``. For each: the raw model bytes; ``airlock bundle build --compress`` (whole bundle
+directory: stored payloads, manifest, signature), ZipNN 0.5 on every tensor with its dtype (header and
+non-tensor files counted at their zstd -19 size, as for Airlock), ``zstd -19 -T0`` per file; then
+``sha256sum`` of the uncompressed files and ``airlock bundle stage`` of the compressed and of the raw
+bundle (CLI, fresh staging directory, page cache warm), with peak RSS (``/usr/bin/time -v``).
+Writes ``benchmarks/FULL_BUNDLE.md`` and prints it. Ratios, not seconds, are the result: the
+machine's load changes the seconds, all columns of a row are measured in the same run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from airlock.fixtures.__main__ import parse_size
+from benchmarks.run import AIRLOCK, Run, timed
+
+ROOT = Path(__file__).resolve().parents[1]
+ZIPNN_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F8_E4M3": "float8_e4m3fn",
+                "F8_E5M2": "float8_e5m2"}
+
+
+@dataclass
+class Row:
+    model: str
+    raw: int
+    airlock: int
+    zipnn: int
+    zstd19: int
+    build: Run
+    sha256sum: float
+    stage: Run
+    stage_raw: Run
+
+
+def throwaway_signer(work: Path) -> tuple[str, Path, Path]:
+    """(fingerprint, GNUPGHOME, exported public key) of a fresh ed25519 signing key."""
+    home = work / "gnupg"
+    home.mkdir(mode=0o700)
+    gpg = ["gpg", "--batch", "--homedir", str(home)]
+    subprocess.run([*gpg, "--passphrase", "", "--quick-gen-key", "Bench <b@airlock.test>", "ed25519", "sign",
+                    "never"], check=True, capture_output=True)
+    listing = subprocess.run([*gpg, "--with-colons", "--list-keys"], check=True, capture_output=True,
+                             text=True)
+    fpr = next(line.split(":")[9] for line in listing.stdout.splitlines() if line.startswith("fpr:"))
+    ring = work / "signer.asc"
+    exported = subprocess.run([*gpg, "--armor", "--export", fpr], check=True, capture_output=True)
+    ring.write_bytes(exported.stdout)
+    return fpr, home, ring
+
+
+def files_of(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in files_of(root))
+
+
+def zstd19(path: Path) -> int:
+    out = subprocess.run(["zstd", "-19", "-T0", "-q", "-c", str(path)], check=True, capture_output=True)
+    return len(out.stdout)
+
+
+def zipnn_size(model: Path) -> int:
+    """ZipNN on every tensor with its dtype; the safetensors header and other files at zstd -19."""
+    import zipnn
+
+    from airlock.safetensors_io import read_header
+
+    total = 0
+    for f in files_of(model):
+        if not f.name.endswith(".safetensors"):
+            total += zstd19(f)
+            continue
+        h = read_header(f)
+        total += len(subprocess.run(["zstd", "-19", "-q", "-c"], input=h.raw, check=True,
+                                    capture_output=True).stdout)
+        with open(f, "rb") as fh:
+            for t in h.tensors:
+                fh.seek(h.data_start + t.start)
+                data = fh.read(t.nbytes)
+                dtype = ZIPNN_DTYPES.get(t.dtype)
+                if dtype is None or not data:  # ZipNN 0.5 codes float tensors only (int64 ids: raw)
+                    total += len(data)
+                    continue
+                z = zipnn.ZipNN(input_format="byte", bytearray_dtype=dtype, threads=os.cpu_count() or 1)
+                total += len(z.compress(data))
+    return total
+
+
+def warm(paths: list[Path]) -> None:
+    for p in paths:
+        with open(p, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+
+
+def bench_model(name: str, model: Path, work: Path, signer: tuple[str, Path, Path]) -> Row:
+    fpr, home, ring = signer
+    d = work / name
+    d.mkdir()
+    spec = d / "spec.yml"
+    spec.write_text(yaml.safe_dump({"compatible": "bench", "sequence": 1,
+                                    "models": [{"name": name, "version": "1.0.0", "path": str(model)}]}))
+    sign = ["--signer", fpr, "--gnupghome", str(home)]
+    trust = ["--trust", fpr, "--keyring", str(ring)]
+    build = timed([AIRLOCK, "bundle", "build", str(spec), "-o", str(d / "z"), "--compress", *sign], 7200,
+                  d / "build.log")
+    assert build.rc == 0, (d / "build.log").read_text()
+    raw_build = timed([AIRLOCK, "bundle", "build", str(spec), "-o", str(d / "raw"), *sign], 7200,
+                      d / "raw.log")
+    assert raw_build.rc == 0, (d / "raw.log").read_text()
+    files = files_of(model)
+    print(f"{name}: built ({tree_bytes(d / 'z') / tree_bytes(model):.3f}x); zipnn, zstd -19 ...", flush=True)
+    zn = zipnn_size(model)
+    zs = sum(zstd19(f) for f in files)
+    warm(files + files_of(d / "z") + files_of(d / "raw"))
+    t = time.monotonic()
+    subprocess.run(["sha256sum", *map(str, files)], check=True, capture_output=True)
+    sha = time.monotonic() - t
+    stage = timed([AIRLOCK, "bundle", "stage", str(d / "z"), "--to", str(d / "st-z"), *trust], 7200,
+                  d / "stage.log")
+    assert stage.rc == 0, (d / "stage.log").read_text()
+    stage_raw = timed([AIRLOCK, "bundle", "stage", str(d / "raw"), "--to", str(d / "st-raw"), *trust], 7200,
+                      d / "stage-raw.log")
+    assert stage_raw.rc == 0, (d / "stage-raw.log").read_text()
+    for f in files:  # the staged model is the model
+        rel = f.relative_to(model)
+        assert (d / "st-z" / "models" / name / "1.0.0" / rel).read_bytes() == f.read_bytes(), rel
+    row = Row(name, tree_bytes(model), tree_bytes(d / "z"), zn, zs, build, sha, stage, stage_raw)
+    for sub in ("z", "raw", "st-z", "st-raw"):
+        shutil.rmtree(d / sub, ignore_errors=True)
+    return row
+
+
+def render(rows: list[Row], note: str) -> str:
+    def mb(n: int) -> str:
+        return f"{n / 1e6:.1f}"
+
+    out = ["# Full bundles: size and staging (issue 18)", "",
+           f"Measured by `make bench` (`python -m benchmarks.full_bundle`), {note}. MB = 10^6 bytes; "
+           "sizes of the whole bundle directory (payloads, manifest, signature). Staging = `airlock bundle "
+           "stage` (CLI, fresh directory, warm page cache: decode, check every frame, block and file hash, "
+           "write, fsync) compared with `sha256sum` of the uncompressed model files in the same run "
+           "(throughput ratio: > 1 is faster than sha256sum).", "",
+           "| model | raw MB | Airlock MB | ratio | ZipNN | Airlock / ZipNN | zstd -19 | Airlock / zstd -19 "
+           "| stage vs sha256sum | raw-bundle stage vs sha256sum | stage peak RSS MB | build peak RSS MB |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(
+            f"| {r.model} | {mb(r.raw)} | {mb(r.airlock)} | {r.airlock / r.raw:.3f}x | {mb(r.zipnn)} "
+            f"({r.zipnn / r.raw:.3f}x) | {r.airlock / r.zipnn:.3f} | {mb(r.zstd19)} "
+            f"({r.zstd19 / r.raw:.3f}x) | {r.airlock / r.zstd19:.3f} | {r.sha256sum / r.stage.wall:.2f}x | "
+            f"{r.sha256sum / r.stage_raw.wall:.2f}x | {r.stage.rss / 1e6:.0f} | {r.build.rss / 1e6:.0f} |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--fp8-size", type=parse_size, default=parse_size("256M"))
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks/work/full")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/FULL_BUNDLE.md")
+    ap.add_argument("--models", default="minilm-fp32,minilm-bf16,deepseek-fp8")
+    args = ap.parse_args()
+    from airlock.fixtures.minilm import ensure_minilm_pair
+    from airlock.fixtures.synthetic import generate_synthetic
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=args.work))
+    try:
+        signer = throwaway_signer(work)
+        rows = []
+        for name in args.models.split(","):
+            if name.startswith("minilm-"):
+                model = ensure_minilm_pair(name.split("-")[1]).old
+            else:
+                model = generate_synthetic(work / "src" / name, size_bytes=args.fp8_size)
+            rows.append(bench_model(name, model, work, signer))
+            print(json.dumps({"model": name, "raw": rows[-1].raw, "airlock": rows[-1].airlock,
+                              "zipnn": rows[-1].zipnn, "zstd19": rows[-1].zstd19}), flush=True)
+        cpus = len(os.sched_getaffinity(0))
+        text = render(rows, f"{cpus} CPUs, DeepSeek-shaped fp8 model of {args.fp8_size / 1e6:.0f} MB")
+        args.out.write_text(text)
+        sys.stdout.write(text)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
