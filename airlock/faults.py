@@ -9,6 +9,8 @@ import os
 import signal
 import time
 
+from airlock import settings
+
 _parent: int | None = None
 _paused: set[str] = set()
 
@@ -22,15 +24,14 @@ def worker_of(parent: int) -> None:
 
 def fault_point(name: str) -> None:
     """A named write boundary. Tests set AIRLOCK_FAULT to kill -9 the process exactly here."""
-    wanted = os.environ.get("AIRLOCK_FAULT")
-    if wanted and name in wanted.split(","):
+    if name in settings.faults():
         if _parent is not None:
             os.kill(_parent, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
-    pause = os.environ.get("AIRLOCK_PAUSE")
-    if pause and pause.split(":", 1)[0] == name and name not in _paused:
+    pause = settings.pause()
+    if pause and pause[0] == name and name not in _paused:
         _paused.add(name)
-        flag = pause.split(":", 1)[1]
+        flag = pause[1]
         with open(flag, "w") as fh:
             fh.write(str(os.getpid()))
         deadline = time.monotonic() + 60

@@ -20,6 +20,12 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 PROFILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
 RESERVED_MODELS = frozenset({"update_packages", "metadata", "current"})
+# Prefixes of the work directories a write builds beside its final directory (renamed into place when
+# complete; a killed write leaves one behind, which crash recovery removes). Spelled here, the
+# low-level module the delta package can import; ``airlock.repo.layout`` owns the repository's use.
+VERSION_STAGING_PREFIX = ".staging-"  # a version built by install/update/rollback
+DELTA_STAGING_PREFIX = ".delta-staging-"  # a delta applied (airlock.delta.apply)
+CHAIN_STAGING_PREFIX = ".delta-chain-"  # a chain of deltas applied (airlock.delta.chain)
 
 NAME_MAX = 255  # bytes in one path component (ext4, xfs, FAT32 long names)
 PATH_MAX = 4096  # bytes in a whole path including the terminating NUL (Linux)

@@ -8,13 +8,12 @@ skips the check, and install-bundle writes that override to the repository's aud
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from airlock import names
+from airlock import names, settings
 from airlock.errors import CompatibilityError
 from airlock.fsutil import atomic_write_bytes
 
@@ -29,7 +28,7 @@ class Recorded:
 
 
 def system_file() -> Path:
-    return Path(os.environ.get("AIRLOCK_PROFILE_FILE") or SYSTEM_FILE)
+    return settings.profile_file() or SYSTEM_FILE
 
 
 def _read(path: Path) -> Recorded | None:

@@ -20,8 +20,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from airlock import settings
 from airlock.errors import AirlockError, from_exception
-from airlock.repo.layout import DEFAULT_ROOT
 from airlock.textsafe import safe
 
 # usage errors (exit 2) belong to typer/click, whichever click it bundles
@@ -31,9 +31,21 @@ console = Console(stderr=True, emoji=False)
 out = Console(emoji=False)
 
 JsonOpt = typer.Option(False, "--json", help="Print a machine-readable JSON report on stdout.")
-# the one default root of every command (model, audit, preflight): --root, else $AIRLOCK_ROOT
-RootOpt = typer.Option(DEFAULT_ROOT, "--root", envvar="AIRLOCK_ROOT",
-                       help="Appliance root holding model_repo/.")
+
+
+def root_option(default: Any = settings.DEFAULT_ROOT,
+                help: str = "Appliance root holding model_repo/.", *,
+                envvar: str | None = settings.ROOT_ENV) -> Any:
+    """The one ``--root`` option: every CLI group declares it through here (a group whose root means
+    something else, e.g. the fleet's targets or a receipt's NAME=PATH list, passes its default/help)."""
+    return typer.Option(default, "--root", envvar=envvar, help=help)
+
+
+# the default root of every command on this host (model, audit, metrics, preflight, serve)
+RootOpt = root_option()
+LockOpt = typer.Option(None, "--lock-timeout",
+                       help=f"Seconds to wait for the repository lock (default {settings.LOCK_TIMEOUT:g}, "
+                       f"env {settings.LOCK_TIMEOUT_ENV}).")
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from airlock.cli.common import JsonOpt, check_banner, console, emit_json, handle_errors, out
+from airlock.cli.common import JsonOpt, check_banner, console, emit_json, handle_errors, out, root_option
 from airlock.errors import FleetError
 
 RESULT_STYLE = {"ok": "green", "changed": "yellow", "failed": "bold red", "failed (rolled back)": "bold red",
@@ -231,7 +231,7 @@ BundleOpt = typer.Option(None, "--bundle", "-b", help="Bundle directory (path on
 TrustOpt = typer.Option([], "--trust", "-t", help="Pinned signer fingerprint; repeatable.")
 KeyringOpt = typer.Option(None, "--keyring",
                           help="Public keyring with the trusted keys (path on the targets).")
-RootOpt = typer.Option(None, "--root", help="Repository root on every target (default: the inventory's).")
+RootOpt = root_option(None, "Repository root on every target (default: the inventory's).", envvar=None)
 LimitOpt = typer.Option(None, "--limit", "-l", help="Ansible host pattern to limit to.")
 CheckOpt = typer.Option(False, "--check", help="Check mode: report what would change, change nothing.")
 DiffOpt = typer.Option(False, "--diff", help="Show what changes (implied by --check).")

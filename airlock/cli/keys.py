@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from airlock.cli.common import JsonOpt, emit_json, handle_errors, out, progress_bytes
+from airlock.cli.common import JsonOpt, emit_json, handle_errors, out, progress_bytes, root_option
 from airlock.crypto.harden import harden_process
 
 app = typer.Typer(no_args_is_help=True, help="Encryption at rest: key providers, encrypt, decrypt, rotate.")
@@ -230,7 +230,7 @@ def verify_cmd(paths: list[Path] = typer.Argument(..., help="Encrypted files or 
 
 
 RotatePathsOpt = typer.Option(None, "--path", "-p", help="Encrypted file or directory tree (repeatable).")
-RotateRootOpt = typer.Option(None, "--root", help="Airlock root (e.g. /srv/airlock): its whole model "
+RotateRootOpt = root_option(None, envvar=None, help="Airlock root (e.g. /srv/airlock): its whole model "
                              "repository (versions and kept deltas) under the repository lock, auditing "
                              "into its update_history.log; the catalog then records the new key.")
 NewKeyOpt = typer.Option(..., "--new-key", "--new-key-id", "-k",

@@ -10,14 +10,21 @@ from typing import Any
 
 import typer
 
-from airlock.cli.common import JsonOpt, RootOpt, check_banner, emit_json, handle_errors, out, progress_bytes
+from airlock.cli.common import (
+    JsonOpt,
+    LockOpt,
+    RootOpt,
+    check_banner,
+    emit_json,
+    handle_errors,
+    out,
+    progress_bytes,
+)
 from airlock.errors import AirlockError, IntegrityError
 from airlock.textsafe import visible
 
 app = typer.Typer(no_args_is_help=True, help="The model repository on an appliance.")
 
-LockOpt = typer.Option(None, "--lock-timeout", help="Seconds to wait for the repository lock (default 30, "
-                       "env AIRLOCK_LOCK_TIMEOUT).")
 CheckOpt = typer.Option(False, "--check", "--dry-run", help="Only show what would change (writes nothing).")
 TorchOpt = typer.Option(False, "--torch-check", help="Also open the shards with safetensors' torch API.")
 OwnerOpt = typer.Option(None, "--owner", help="Owner of installed version files (applied when run as root).")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from airlock.cli.common import JsonOpt, emit_json, handle_errors, out
+from airlock.cli.common import JsonOpt, emit_json, handle_errors, out, root_option
 from airlock.textsafe import safe
 
 app = typer.Typer(no_args_is_help=True, help="Signed site receipts: what a site runs, for the next bundle.")
@@ -35,8 +35,8 @@ def create(
     output: Path = typer.Option(..., "--output", "-o", help="Receipt file to write (FILE and FILE.asc)."),
     site: str = typer.Option(..., "--site", help="Site id (letters, digits, '.', '_', '+', '-')."),
     signer: str = typer.Option(..., "--signer", help="Fingerprint of the site's signing key."),
-    root: list[str] = typer.Option([], "--root", help="Appliance root to report: PATH (this host) or "
-                                   "NAME=PATH; repeatable."),
+    root: list[str] = root_option([], "Appliance root to report: PATH (this host) or NAME=PATH; "
+                                  "repeatable.", envvar=None),
     from_json: Path | None = typer.Option(None, "--from-json", help="Host facts collected by "
                                           "playbooks/receipt.yml ({host: airlock_model_info result})."),
     compatible: str | None = typer.Option(None, "--compatible", help="Appliance profile (default: the "
@@ -65,7 +65,7 @@ def create(
                 if not path.is_dir():  # a typo must not report a host with nothing installed
                     raise RepositoryError(f"{path}: no such appliance root (host {name})", path=str(path),
                                           rule="repository-missing")
-                repo = Repository(path, lock_timeout=30)
+                repo = Repository(path)
                 try:
                     hosts[name] = host_facts(repo)
                 finally:

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from airlock.cli.common import JsonOpt, emit_json, handle_errors, out
+from airlock.cli.common import JsonOpt, RootOpt, emit_json, handle_errors, out
 from airlock.errors import ManifestError
 
 app = typer.Typer(no_args_is_help=True, help="Triton serving: repository generation, reload, smoke test.")
@@ -30,7 +30,6 @@ GrpcCaOpt = typer.Option(None, "--grpc-ca", envvar="AIRLOCK_TRITON_GRPC_CA",
 TimeoutOpt = typer.Option(30.0, "--timeout", help="Seconds to wait for one Triton answer.")
 TritonRepoOpt = typer.Option(..., "--triton-repo", envvar="AIRLOCK_TRITON_REPO",
                              help="The Triton model repository directory (generated).")
-RootOpt = typer.Option(..., "--root", envvar="AIRLOCK_ROOT", help="Airlock root (holds model_repo/).")
 BackendOpt = typer.Option([], "--backend", help="MODEL=python|vllm|tensorrtllm: stored in the model's "
                           "serving settings first (as `serve configure MODEL --backend B`); repeatable.")
 GoldenOpt = typer.Option(None, "--golden", help="Golden record JSON, or a staged (verified) MANIFEST.json "

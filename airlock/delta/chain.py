@@ -13,6 +13,7 @@ from airlock.delta.apply import ApplySummary, apply_delta
 from airlock.delta.header import read_delta_header
 from airlock.errors import AirlockError, DeltaFormatError
 from airlock.fsutil import staging_dir
+from airlock.names import CHAIN_STAGING_PREFIX
 
 Progress = Callable[[int], None]
 
@@ -109,7 +110,7 @@ def apply_chain(src_dir: Path, steps: list[ChainStep], out_dir: Path, *, link_un
         raise AirlockError(f"{out_dir}: output directory already exists; refusing to overwrite",
                            path=str(out_dir), rule="delta-output-exists")
     results: list[ApplySummary] = []
-    with staging_dir(out_dir, prefix=".delta-chain-") as work:
+    with staging_dir(out_dir, prefix=CHAIN_STAGING_PREFIX) as work:
         current = Path(src_dir)
         for i, step in enumerate(steps):
             last = i == len(steps) - 1

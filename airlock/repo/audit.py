@@ -16,11 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airlock.errors import AuditError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_dir
+
+if TYPE_CHECKING:
+    from airlock.repo.catalog import Catalog
 
 GENESIS = "0" * 64
 AUDIT_MODE = 0o640  # the log's mode (verify reports drift from it)
@@ -195,6 +198,19 @@ def append(path: Path, action: str, *, model: str | None = None, from_version: s
         fsync_dir(path.parent)
     fault_point("repo.audit.after-append")
     return AuditHead(head.seq + 1, line_hash(line))
+
+
+def record(cat: Catalog, log: Path, action: str, model: str | None, frm: str | None, to: str | None,
+           result: str, details: dict[str, Any], *, duration: float | None = None) -> AuditHead:
+    """Record one operation (the caller holds the repository lock): its history row in the catalog,
+    its line in the log, then the log's new head in the catalog."""
+    with cat.transaction():
+        cat.record_history(actor(), action, model, frm, to, result, details)
+    head = append(log, action, model=model, from_version=frm, to_version=to, result=result,
+                  details=details, duration=duration)
+    with cat.transaction():
+        cat.set_meta("audit_head", f"{head.seq}:{head.hash}")
+    return head
 
 
 def records(path: Path, tail: int = 0) -> list[dict[str, Any]]:

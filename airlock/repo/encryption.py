@@ -14,6 +14,7 @@ from typing import Any
 from airlock.crypto import KeyProvider, KeyRef, ProviderRegistry, is_encrypted, plaintext_sha256
 from airlock.crypto.reader import read_encrypted_header
 from airlock.errors import RepositoryError
+from airlock.repo.layout import KEEP_PREFIX
 
 
 @dataclass(frozen=True)
@@ -309,13 +310,13 @@ def seal_kept_deltas(layout: Any, enc: Encryption) -> list[str]:
     sealed: list[str] = []
     for model in sorted({m for m, _v in encrypted}):
         pk = layout.model_packages(model)
-        for kept in sorted(pk.glob(f"{model}-*.aldelta")) if pk.is_dir() else []:
+        for kept in layout.kept_deltas(model):
             if kept.is_symlink() or not kept.is_file() or is_encrypted(kept):
                 continue
             h = read_delta_header(kept)
             if (model, h.from_version) not in encrypted and (model, h.to_version) not in encrypted:
                 continue
-            tmp = pk / f".keep-{uuid.uuid4().hex}"
+            tmp = pk / f"{KEEP_PREFIX}{uuid.uuid4().hex}"
             try:
                 if keep_encrypted(kept, tmp, enc, model, kept.name) != sha256_file(kept):
                     raise RepositoryError(f"{kept}: changed while being sealed", path=str(kept),

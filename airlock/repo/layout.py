@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from airlock import names
 from airlock.errors import RepositoryError
+from airlock.settings import DEFAULT_ROOT as DEFAULT_ROOT  # the one default root (re-exported)
 
-DEFAULT_ROOT = Path("/srv/airlock")
-STAGING_PREFIX = ".staging-"
-TRASH_PREFIX = ".trash-"
 CURRENT = "current"
+STAGED = "staged"  # update_packages/staged/<bundle>: verified copies of bundles being installed
+BUNDLES = "bundles"  # update_packages/bundles/<id>: kept signed manifests (the anti-downgrade anchors)
+KEPT_DELTA_SUFFIX = ".aldelta"
+# work names beside their final place; a killed write leaves them behind and ``recover`` removes them
+STAGING_PREFIX = names.VERSION_STAGING_PREFIX  # a version being built beside <model>/<version>
+TRASH_PREFIX = ".trash-"  # a pruned version between its rename and its removal
+KEEP_PREFIX = ".keep-"  # a kept delta being copied into update_packages/<model>/
+LEFTOVER_PREFIXES = (STAGING_PREFIX, TRASH_PREFIX, names.DELTA_STAGING_PREFIX, names.CHAIN_STAGING_PREFIX,
+                     f".{CURRENT}.tmp-")  # the last: fsutil.atomic_symlink's temporary link
 FILE_MODE = 0o444
 DIR_MODE = 0o700
 # modes of the repository's own paths (roles/model_repo sets the same); verify reports drift from them
@@ -107,11 +115,40 @@ class Layout:
     def bundle_record(self, bundle_id: str) -> Path:
         if not names.is_bundle_id(bundle_id):  # defence in depth: the manifest parser refused it already
             raise RepositoryError(f"{bundle_id!r}: invalid bundle id", rule="bundle-id")
-        return self.packages / "bundles" / bundle_id
+        return self.bundle_records / bundle_id
 
     @property
     def bundle_records(self) -> Path:
-        return self.packages / "bundles"
+        return self.packages / BUNDLES
+
+    @property
+    def staged(self) -> Path:
+        """Where bundles are staged (verified copies) unless the caller names another directory."""
+        return self.packages / STAGED
+
+    def staged_bundle(self, source: Path) -> Path:
+        """The default staging directory of the bundle at ``source`` (named after its directory)."""
+        return self.staged / Path(source).resolve().name
+
+    def kept_delta(self, model: str, frm: str, to: str) -> Path:
+        """The delta kept for rollback (``update_packages/<model>/<model>-<from>-<to>.aldelta``)."""
+        return self.model_packages(model) / f"{model}-{frm}-{to}{KEPT_DELTA_SUFFIX}"
+
+    def kept_deltas(self, model: str) -> list[Path]:
+        pk = self.model_packages(model)
+        return sorted(pk.glob(f"{model}-*{KEPT_DELTA_SUFFIX}")) if pk.is_dir() else []
+
+    def link_target(self, model: str) -> str | None:
+        """What ``<model>/current`` points at (a version name), None without the link."""
+        link = self.current(model)
+        return os.readlink(link) if link.is_symlink() else None
+
+    def model_dirs(self) -> list[Path]:
+        """The model directories present on disk (not metadata/, update_packages/ or dot entries)."""
+        if not self.repo.exists():
+            return []
+        return [d for d in self.repo.iterdir() if d.is_dir() and not d.is_symlink()
+                and d.name not in (self.metadata.name, self.packages.name) and not d.name.startswith(".")]
 
     def create_dirs(self) -> None:
         """Create the repository directories that do not exist yet, with their modes whatever the

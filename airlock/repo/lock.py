@@ -9,9 +9,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from airlock import settings
 from airlock.errors import LockBusyError
-
-DEFAULT_TIMEOUT = float(os.environ.get("AIRLOCK_LOCK_TIMEOUT", "30"))
 
 
 def _holder(path: Path) -> str:
@@ -25,10 +24,11 @@ def _holder(path: Path) -> str:
 def repo_lock(path: Path, timeout: float | None = None, poll: float = 0.05, *,
               shared: bool = False) -> Iterator[None]:
     """Hold the lock for the duration of the block; wait up to ``timeout`` seconds, then raise
-    LockBusyError naming the holder. The kernel drops a flock when its process dies (kill -9 safe).
+    LockBusyError naming the holder (default ``settings.lock_timeout()``). The kernel drops a
+    flock when its process dies (kill -9 safe).
     ``shared``: a reader's lock (verify): opened read-only, nothing created or written; readers
     share it and keep writers out. No lock file yet: no writer ever ran, nothing to wait for."""
-    wait = DEFAULT_TIMEOUT if timeout is None else timeout
+    wait = settings.lock_timeout() if timeout is None else timeout
     if shared:
         try:
             fd = os.open(path, os.O_RDONLY)

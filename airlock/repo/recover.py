@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from airlock.errors import RepositoryError
 from airlock.fsutil import atomic_symlink, rmtree_writable
-from airlock.repo.layout import CURRENT, STAGING_PREFIX, TRASH_PREFIX, SemVer
-
-if TYPE_CHECKING:
-    from airlock.repo.repository import Repository
+from airlock.repo import audit
+from airlock.repo.catalog import Catalog
+from airlock.repo.layout import CURRENT, KEEP_PREFIX, LEFTOVER_PREFIXES, Layout, SemVer
 
 PRESENT = ("staged", "active", "previous", "failed", "rolled_back")
-LEFTOVER_PREFIXES = (STAGING_PREFIX, TRASH_PREFIX, ".delta-staging-", ".delta-chain-", f".{CURRENT}.tmp-")
 
 
 def _is_version_dir(entry: Path) -> bool:
@@ -33,17 +30,13 @@ def _is_version_dir(entry: Path) -> bool:
     return True
 
 
-def recover(repo: Repository) -> list[str]:
-    """Bring disk and catalog back to a consistent state after a crash (caller holds the lock).
-    Returns what was done (also recorded in the audit log)."""
-    cat = repo.catalog()
+def recover(layout: Layout, cat: Catalog) -> list[str]:
+    """Bring disk and catalog back to a consistent state after a crash (the caller holds the lock
+    and has the catalog open for writing). Returns what was done (also recorded in the audit log)."""
     actions: list[str] = []
-    base = repo.layout.repo
-    model_dirs = [d for d in base.iterdir() if d.is_dir() and not d.is_symlink()
-                  and d.name not in ("metadata", "update_packages") and not d.name.startswith(".")] \
-        if base.exists() else []
-    for pk in [repo.layout.packages, *[p for p in repo.layout.packages.glob("*") if p.is_dir()]]:
-        for leftover in pk.glob(".keep-*"):
+    model_dirs = layout.model_dirs()
+    for pk in [layout.packages, *[p for p in layout.packages.glob("*") if p.is_dir()]]:
+        for leftover in pk.glob(f"{KEEP_PREFIX}*"):
             rmtree_writable(leftover)
             actions.append(f"removed {leftover}")
     for mdir in model_dirs:
@@ -58,16 +51,16 @@ def recover(repo: Repository) -> list[str]:
                 continue  # not ours to judge: only version directories are cleaned up
             row = rows.get(entry.name)
             if row is None or row.state == "pruned":
-                if repo.link_target(model) == entry.name:
+                if layout.link_target(model) == entry.name:
                     continue  # never remove what serves; verify reports it
                 rmtree_writable(entry)
                 actions.append(f"removed {entry} (not recorded in the catalog)")
         with cat.transaction("repo.recover.before-commit"):
             for row in rows.values():
-                if row.state in PRESENT and not (mdir / row.version).is_dir():
+                if row.state in PRESENT and row.location == "hot" and not (mdir / row.version).is_dir():
                     cat.set_state(model, row.version, "pruned")
                     actions.append(f"{model} {row.version}: directory gone, marked pruned")
-            target = repo.link_target(model)
+            target = layout.link_target(model)
             pending = cat.get_meta(f"pending-activation:{model}")
             if pending is not None:
                 intent = json.loads(pending)
@@ -89,16 +82,19 @@ def recover(repo: Repository) -> list[str]:
                     cat.set_state(model, target, "active", activated=True)
                     actions.append(f"{model}: catalog aligned with current -> {target}")
             elif target is None and active is not None and (mdir / active.version).is_dir():
-                atomic_symlink(active.version, repo.layout.current(model))
+                atomic_symlink(active.version, layout.current(model))
                 actions.append(f"{model}: current link restored -> {active.version}")
+    from airlock.repo import tier
+
+    actions.extend(tier.recover(layout, cat))  # copies outside a version's recorded tier
     from airlock.crypto.tree import sweep_workspaces
     from airlock.repo.encryption import sweep_plaintext_stages
 
     # plaintext of encrypted versions left on tmpfs by a killed update/rollback, or staged by a
     # killed install-bundle --encrypt
     actions.extend(f"removed plaintext workspace {p}" for p in sweep_workspaces())
-    staged = sweep_plaintext_stages(repo.layout.packages / "staged")
+    staged = sweep_plaintext_stages(layout.staged)
     actions.extend(f"removed staged plaintext {p}" for p in staged)
     if actions:
-        repo.audit_record("recover", None, None, None, "ok", {"actions": actions})
+        audit.record(cat, layout.audit_log, "recover", None, None, None, "ok", {"actions": actions})
     return actions

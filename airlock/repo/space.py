@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from airlock import settings
 from airlock.errors import DiskSpaceError, human_bytes
 from airlock.fsutil import free_bytes
 from airlock.repo.install import disk_bytes
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
     from airlock.bundle.manifest import Manifest
     from airlock.repo.repository import Repository
 
-SKIP_ENV = "AIRLOCK_TEST_SKIP_PREFLIGHT"
 
 
 @dataclass
@@ -30,16 +30,18 @@ class BundleSpace:
     stage_free: int
     install_free: int
     same_fs: bool
+    kept_bytes: int = 0  # deltas kept for rollback that cannot be hard links of their staged copies
 
     def as_dict(self) -> dict[str, object]:
         return {"stage_dir": str(self.stage_dir), "stage_bytes": self.stage_bytes,
                 "staged_bytes": self.staged_bytes, "install_bytes": self.install_bytes,
                 "linked_bytes": self.linked_bytes, "stage_free": self.stage_free,
-                "install_free": self.install_free, "same_filesystem": self.same_fs}
+                "install_free": self.install_free, "same_filesystem": self.same_fs,
+                "kept_bytes": self.kept_bytes}
 
     def check(self, repo_dir: Path) -> None:
         """Raise ``DiskSpaceError`` (exit 31) naming the shortfall and what uses the space."""
-        if os.environ.get(SKIP_ENV) == "1":
+        if settings.skip_space_preflight():
             return
         stage = (f"{human_bytes(self.stage_bytes)} for the staged copy in {self.stage_dir} (verified "
                  "there, removed after install)")
@@ -90,25 +92,35 @@ def _already_staged(stage: Path, rel: str) -> int:
     return 0
 
 
-def bundle_space(repo: Repository, manifest: Manifest, stage_dir: Path) -> BundleSpace:
-    """What installing ``manifest`` through ``stage_dir`` takes (reads only; writes nothing)."""
+def bundle_space(repo: Repository, manifest: Manifest, stage_dir: Path, *,
+                 encrypt: str | None = None) -> BundleSpace:
+    """What installing ``manifest`` through ``stage_dir`` takes at its peak (reads only; writes
+    nothing): the staged copy (removed after the install) plus the new version files, plus the
+    deltas kept for rollback where they cannot be hard links of their staged copies (another file
+    system, or stored encrypted). ``encrypt``: the key ref the versions will be stored under."""
     sblock, rblock = _block(stage_dir), _block(repo.layout.repo)
     staged = stage_bytes = 0
     for rel, entry in manifest.files.items():
         have = min(_already_staged(stage_dir, rel), entry.size)
         staged += have
         stage_bytes += disk_bytes(entry.size, sblock) - disk_bytes(have, sblock)
-    install = linked = 0
+    install = linked = kept = 0
     has_cat = repo.layout.catalog.exists()
+    same_fs = _dev(stage_dir) == _dev(repo.layout.repo)
     for me in manifest.models:
-        cands = repo._link_candidates(me.name) if has_cat else {}
+        # an encrypted install writes every file of a delta's result anew (plaintext only in a tmpfs)
+        cands = (repo._link_candidates(me.name, encrypt) if has_cat and not (encrypt and me.kind == "delta")
+                 else {})
         for info in me.target_files.values():
             size, sha = int(info["size"]), str(info["sha256"])
             if sha in cands:
                 linked += size
             else:
                 install += disk_bytes(size, rblock)
+        # kept for rollback: a hard link of the staged copy when it can be one, else a copy
+        if (me.kind == "delta" and (encrypt or not same_fs) and me.from_version is not None
+                and not repo.layout.kept_delta(me.name, me.from_version, me.version).exists()):
+            kept += disk_bytes(manifest.files[me.path].size, rblock)
     return BundleSpace(stage_dir=stage_dir, stage_bytes=stage_bytes, staged_bytes=staged,
-                       install_bytes=install, linked_bytes=linked, stage_free=free_bytes(stage_dir),
-                       install_free=free_bytes(repo.layout.repo),
-                       same_fs=_dev(stage_dir) == _dev(repo.layout.repo))
+                       install_bytes=install + kept, linked_bytes=linked, stage_free=free_bytes(stage_dir),
+                       install_free=free_bytes(repo.layout.repo), same_fs=same_fs, kept_bytes=kept)

@@ -13,13 +13,13 @@ The registry is built from a YAML/JSON config file (``--config``, ``$AIRLOCK_KEY
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from airlock import settings
 from airlock.crypto.errors import KeyProviderError
 from airlock.crypto.providers.base import KeyProvider, ProviderStatus, check_private
 from airlock.crypto.providers.keyfile import KeyFileProvider
@@ -37,7 +37,7 @@ KINDS: dict[str, Any] = {  # type name -> provider class taking (name, config)
 
 
 def default_config_path() -> Path:
-    return Path(os.environ.get("AIRLOCK_KEYS_CONFIG", "/etc/airlock/keys.yaml"))
+    return settings.keys_config()
 
 
 def load_registry(path: Path | str | None = None, *, required: bool = False) -> ProviderRegistry | None:
