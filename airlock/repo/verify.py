@@ -345,7 +345,7 @@ def check_model(layout: Layout, cat: Catalog, model: str, version: str | None = 
     index = index if index is not None else signed_index(layout)
     all_rows = cat.versions(model, with_files=True)
     rows = [r for r in all_rows if r.version == version] if version else \
-        [r for r in all_rows if r.state in PRESENT]
+        [r for r in all_rows if r.state in PRESENT and r.location == "hot"]  # warm/cold: docs/tiers.md
     if not rows:
         raise RepositoryError(f"{layout.model_dir(model)}: {model} {version or ''} is not installed",
                               path=str(layout.model_dir(model)), rule="version-missing")
@@ -354,7 +354,7 @@ def check_model(layout: Layout, cat: Catalog, model: str, version: str | None = 
     drift = [d for r in reports for d in version_drift(r)]
     if version is None:
         for r in all_rows:
-            if r.state not in PRESENT:
+            if r.state not in PRESENT or r.location != "hot":
                 drift.extend(version_drift({"path": str(layout.version_dir(model, r.version)), "model": model,
                                             "version": r.version, "problems": provenance(r, index)[0]}))
         drift.extend(_stray(layout, model, all_rows))
