@@ -9,7 +9,7 @@ FULL_BENCH_ARGS ?= --fp8-size 256M
 FUZZ_SECONDS ?= 1800
 FUZZ_TARGETS ?= manifest manifest_struct signature safetensors delta_index delta_file tar
 
-.PHONY: help bootstrap demo test lint bench bench-scale fixtures fuzz clean
+.PHONY: help bootstrap demo test lint bench bench-scale bench-depot fixtures fuzz clean
 
 help:
 	@echo "make demo    build a signed bundle of a real model, install it on a local fleet, delta update, verify, roll back"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench   delta benchmark vs bsdiff / xdelta3 / zstd, writes benchmarks/RESULTS.md;"
 	@echo "             full bundles vs ZipNN / zstd -19, staging vs sha256sum: benchmarks/FULL_BUNDLE.md"
 	@echo "make bench-scale  build..rollback at SCALE_SIZE (default 16G) vs sha256/zstd/cp: benchmarks/scale.*"
+	@echo "make bench-depot  a bundle onto 3 and 6 local hosts: copy mode vs the site depot (ratio)"
 	@echo "make fuzz    fuzz every untrusted-input parser for FUZZ_SECONDS each (default 1800), corpus in .cache/fuzz"
 
 bootstrap:
@@ -53,6 +54,10 @@ fuzz: bootstrap
 SCALE_SIZE ?= 16G
 bench-scale: bootstrap
 	nice -n 10 $(PY) -m benchmarks.scale --size $(SCALE_SIZE)
+
+# not part of make test: a full bundle onto 3 and 6 local hosts, copy mode vs the site depot (docs/depot.md)
+bench-depot: bootstrap
+	nice -n 10 $(PY) -m benchmarks.depot_fleet $(DEPOT_BENCH_ARGS)
 
 fixtures: bootstrap
 	$(PY) -m airlock.fixtures --all
