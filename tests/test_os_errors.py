@@ -21,10 +21,9 @@ from airlock.bundle import build_bundle
 from airlock.errors import from_exception, from_os_error
 from airlock.repo import Repository
 from tests.ansible.modules import run_module
-from tests.bundle.conftest import Keys, keys  # noqa: F401 - session fixture: real gpg keys
 from tests.bundle.field import airlock, airlock_env, paused_at, write_spec
-from tests.repo.conftest import Versions, versions  # noqa: F401 - session fixture: small models
-from tests.repo.models import make_model
+from tests.gpg import Keys
+from tests.repo.models import Versions, make_model
 from tests.support import require_root, require_tool
 
 MIB = 1 << 20
@@ -72,7 +71,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def big_bundle(tmp_path: Path, keys: Keys) -> Path:  # noqa: F811
+def big_bundle(tmp_path: Path, keys: Keys) -> Path:
     src = make_model(tmp_path / "model", extra_bytes=3 * MIB, seed=5)
     spec = write_spec(tmp_path / "big.yml", [{"name": "m", "version": "1.0.0", "path": str(src)}], sequence=1,
                       block_size=256 * 1024)
@@ -80,7 +79,7 @@ def big_bundle(tmp_path: Path, keys: Keys) -> Path:  # noqa: F811
     return tmp_path / "big"
 
 
-def _trust(keys: Keys) -> tuple[str, ...]:  # noqa: F811
+def _trust(keys: Keys) -> tuple[str, ...]:
     return ("--trust", keys.fpr["signer"], "--keyring", str(keys.keyring("signer")))
 
 
@@ -89,7 +88,7 @@ def _staged(root: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir()) if d.exists() else []
 
 
-def test_no_space_refused_before_staging_then_stage_dir(tmpfs: Path, big_bundle: Path, keys: Keys,  # noqa: F811
+def test_no_space_refused_before_staging_then_stage_dir(tmpfs: Path, big_bundle: Path, keys: Keys,
                                                         tmp_path: Path) -> None:
     root = tmpfs / "root"
     r = airlock("model", "install-bundle", str(big_bundle), *_trust(keys), root=root)
@@ -110,7 +109,7 @@ def test_no_space_refused_before_staging_then_stage_dir(tmpfs: Path, big_bundle:
     assert list((tmp_path / "other-disk").iterdir()) == []  # removed after install
 
 
-def test_enospc_mid_stage(tmpfs: Path, big_bundle: Path, keys: Keys) -> None:  # noqa: F811
+def test_enospc_mid_stage(tmpfs: Path, big_bundle: Path, keys: Keys) -> None:
     root = tmpfs / "root"
     subprocess.run(["dd", "if=/dev/zero", f"of={tmpfs / 'filler'}", "bs=1M", "count=3"], check=True,
                    capture_output=True)
@@ -122,7 +121,7 @@ def test_enospc_mid_stage(tmpfs: Path, big_bundle: Path, keys: Keys) -> None:  #
     assert _staged(root) == []  # a failed install-bundle leaves no staged copy behind
 
 
-def test_not_root(versions: Versions) -> None:  # noqa: F811
+def test_not_root(versions: Versions) -> None:
     require_root("switching to the nobody user")
     require_tool("setpriv", "apt-get install util-linux")
     base = Path(tempfile.mkdtemp(prefix="airlock-nobody-"))
@@ -145,7 +144,7 @@ def test_not_root(versions: Versions) -> None:  # noqa: F811
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
-def test_sigint_mid_stage_is_audited_and_resumes(big_bundle: Path, keys: Keys, versions: Versions,  # noqa: F811
+def test_sigint_mid_stage_is_audited_and_resumes(big_bundle: Path, keys: Keys, versions: Versions,
                                                  tmp_path: Path) -> None:
     root = tmp_path / "appliance"
     repo = Repository(root)
@@ -181,7 +180,7 @@ def test_usage_errors_exit_2(args: tuple[str, ...], tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr
 
 
-def test_read_only_root_module_and_cli(tmp_path: Path, big_bundle: Path, keys: Keys) -> None:  # noqa: F811
+def test_read_only_root_module_and_cli(tmp_path: Path, big_bundle: Path, keys: Keys) -> None:
     require_root("mounting a read-only tmpfs")
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -227,7 +226,7 @@ def test_preflight_refuses_a_root_the_user_cannot_write() -> None:
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
-def test_check_mode_banner(versions: Versions, tmp_path: Path) -> None:  # noqa: F811
+def test_check_mode_banner(versions: Versions, tmp_path: Path) -> None:
     root = tmp_path / "appliance"
     for v in ("1.0.0", "1.1.0"):
         assert airlock("model", "install", "m", v, str(versions.src[v]), root=root).returncode == 0

@@ -12,8 +12,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.bundle.conftest import Keys, keys  # noqa: F401 - session fixture: real gpg keys
 from tests.bundle.field import REPO_ROOT, airlock_env
+from tests.gpg import Keys
 from tests.repo.models import make_model
 from tests.support import require_tool
 
@@ -38,7 +38,7 @@ def substitute(script: str, values: dict[str, str]) -> str:
     return script.replace("bundle/demo-full.yml", str(REPO_ROOT / "bundle" / "demo-full.yml"))
 
 
-def test_readme_field_journey_runs_as_written(keys: Keys, tmp_path: Path) -> None:  # noqa: F811
+def test_readme_field_journey_runs_as_written(keys: Keys, tmp_path: Path) -> None:
     require_tool("sha256sum", "apt-get install coreutils")
     home, usb, work = tmp_path / "home", tmp_path / "usb", tmp_path / "work"
     for d in (home, usb, work):

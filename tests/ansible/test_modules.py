@@ -12,7 +12,7 @@ import yaml
 
 from airlock.crypto import ProviderRegistry, is_encrypted
 from tests.ansible.modules import run_module
-from tests.crypto.conftest import SoftHsm, softhsm  # noqa: F401 - the fixture, reused
+from tests.crypto.softhsm import SoftHsm
 from tests.fleet.bundles import Bundles, make_bundles
 from tests.support import tree_state
 
@@ -74,8 +74,9 @@ def test_model_check_diff_install_idempotent(bundles: Bundles, tmp_path: Path) -
     assert tree_state(root) == before
     done = run_module("airlock_model", args)
     assert done["changed"] and (root / "model_repo" / "tiny" / "current").resolve().name == "1.0.0"
-    again = run_module("airlock_model", args)
-    assert not again["changed"]
+    assert not Path(staged).exists()  # installed: the staged copy is removed (issue 16 item 5)
+    again = run_module("airlock_model", {**args, "bundle": str(bundles.full)})
+    assert not again["changed"] and not Path(staged).exists()  # installed already: nothing staged
     settled = tree_state(root)
     info = run_module("airlock_model_info", {"root": str(root), "verify": True, "loadable": True,
                                              "expected": {"tiny": "1.0.0"}, **trust(bundles)})
@@ -133,7 +134,7 @@ def test_missing_engine_names_the_library(tmp_path: Path) -> None:
 
 
 def test_model_encrypted_at_rest_install_update_verify(bundles: Bundles, tmp_path: Path,
-                                                       softhsm: SoftHsm) -> None:  # noqa: F811
+                                                       softhsm: SoftHsm) -> None:
     """O(encrypt) stores versions encrypted under a real SoftHSM2 key, O(keys_config) lets the
     modules read them back: install, delta update and drift check; without keys a clear failure."""
     config = tmp_path / "keys.yaml"

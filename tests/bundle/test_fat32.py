@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.bundle.conftest import Keys
 from tests.bundle.field import airlock, fat32_stick, paused_at, write_spec
-from tests.repo.conftest import Versions, versions  # noqa: F401 - session fixture: small models
+from tests.repo.models import Versions
 
 
 def _build(keys: Keys, spec: Path, out: Path) -> None:
@@ -21,7 +21,7 @@ def _build(keys: Keys, spec: Path, out: Path) -> None:
     assert (out / "MANIFEST.json").is_file() and (out / "MANIFEST.json.asc").is_file()
 
 
-def test_fat32_journey_read_only_at_site(keys: Keys, versions: Versions, tmp_path: Path) -> None:  # noqa: F811
+def test_fat32_journey_read_only_at_site(keys: Keys, versions: Versions, tmp_path: Path) -> None:
     full = write_spec(tmp_path / "full.yml", [{"name": "m", "version": "1.0.0",
                                                "path": str(versions.src["1.0.0"])}], sequence=1)
     delta = write_spec(tmp_path / "delta.yml", [{"name": "m", "version": "1.1.0", "from_version": "1.0.0",
@@ -59,7 +59,7 @@ def test_fat32_journey_read_only_at_site(keys: Keys, versions: Versions, tmp_pat
         assert stick.digest() == before  # read-only means no byte changes
 
 
-def test_stick_pulled_mid_stage_then_resumed(keys: Keys, versions: Versions,  # noqa: F811
+def test_stick_pulled_mid_stage_then_resumed(keys: Keys, versions: Versions,
                                              tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "full.yml", [{"name": "m", "version": "1.0.0",
                                                "path": str(versions.src["1.0.0"])}],
@@ -92,7 +92,7 @@ def test_stick_pulled_mid_stage_then_resumed(keys: Keys, versions: Versions,  # 
         assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_build_killed_on_the_stick_is_rebuilt(keys: Keys, versions: Versions, tmp_path: Path) -> None:  # noqa: F811
+def test_build_killed_on_the_stick_is_rebuilt(keys: Keys, versions: Versions, tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "full.yml", [{"name": "m", "version": "1.0.0",
                                                "path": str(versions.src["1.0.0"])}], sequence=1)
     args = ("bundle", "build", str(spec), "-o", "OUT", "--signer", keys.fpr["signer"],

@@ -1,5 +1,6 @@
-"""Fixtures: a development key-file provider, a real SoftHSM2 token per test, the Vault transit edge
-mock, and a provider config file for the CLI. Secrets go into files (mode 0600) or env, never argv."""
+"""Fixtures: a development key-file provider, the Vault transit edge mock, and a provider config file
+for the CLI (the real SoftHSM2 token per test, ``softhsm``, is in tests/conftest.py). Secrets go into
+files (mode 0600) or env, never argv."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import pytest
 import yaml
 
 from airlock.crypto import ProviderRegistry
+from tests.crypto.softhsm import SoftHsm
+from tests.crypto.softhsm import write_secret as _write_secret
 from tests.crypto.vault_edge_mock import TransitEdgeMock
-from tests.support import require_tool
 
-SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 REPO = Path(__file__).resolve().parents[2]
+__all__ = ["REPO", "KeyEnv", "SoftHsm", "airlock_cli"]
 
 
 @dataclass
@@ -35,13 +37,6 @@ class KeyEnv:
         return (self.keydir / f"{key_id}.kek").read_bytes()
 
 
-def _write_secret(path: Path, value: str) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value)
-    return path
-
-
 @pytest.fixture
 def keyfile_env(tmp_path: Path) -> KeyEnv:
     keydir = tmp_path / "dev-keys"
@@ -52,44 +47,6 @@ def keyfile_env(tmp_path: Path) -> KeyEnv:
     for key_id in ("k1", "k2"):
         reg.get("dev").generate(key_id)
     return KeyEnv(config, reg, keydir, {})
-
-
-@dataclass
-class SoftHsm:
-    conf: Path
-    label: str
-    pin: str
-    pin_file: Path
-
-    def provider_config(self) -> dict[str, object]:
-        return {
-            "type": "pkcs11",
-            "module": SOFTHSM_MODULE,
-            "token_label": self.label,
-            "pin_file": str(self.pin_file),
-        }
-
-
-@pytest.fixture
-def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SoftHsm:
-    """A fresh SoftHSM2 token in a per-test token directory (SOFTHSM2_CONF for this test)."""
-    util = require_tool("softhsm2-util", "apt-get install -y softhsm2")
-    tokendir = tmp_path / "tokens"
-    tokendir.mkdir()
-    conf = tmp_path / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokendir}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
-    label = f"airlock-{secrets.token_hex(4)}"
-    pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
-    # softhsm2-util only takes PINs as arguments; this is test setup of a throwaway token, the product
-    # itself reads PINs from files. Run it once, then the PIN lives only in the 0600 file.
-    subprocess.run(
-        [util, "--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", so_pin],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "SOFTHSM2_CONF": str(conf)},
-    )
-    return SoftHsm(conf, label, pin, _write_secret(tmp_path / "hsm.pin", pin))
 
 
 @pytest.fixture
@@ -136,3 +93,13 @@ def airlock_cli(
     if check and proc.returncode != 0:
         raise AssertionError(f"airlock {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def __getattr__(name: str) -> object:
+    """Fixtures that moved to tests/conftest.py, under their old import path for modules not moved
+    yet (a module that imports one registers it again for itself: drop the import instead)."""
+    if name in ("softhsm",):
+        import tests.conftest
+
+        return getattr(tests.conftest, name)
+    raise AttributeError(name)

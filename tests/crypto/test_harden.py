@@ -12,7 +12,7 @@ from pathlib import Path
 from airlock.repo import Repository
 from airlock.repo.lock import repo_lock
 from tests.crypto.conftest import REPO, KeyEnv
-from tests.repo.conftest import Versions, versions  # noqa: F401 - session fixture
+from tests.repo.models import Versions
 
 PROBE = "from airlock.crypto.harden import hardened; print('HARDENED' if hardened() else 'DUMPABLE')"
 
@@ -43,7 +43,7 @@ def test_module_utils_harden_ansible_modules() -> None:
     assert _python(code) == "HARDENED"
 
 
-def test_running_model_verify_cannot_dump_core(keyfile_env: KeyEnv, versions: Versions,  # noqa: F811
+def test_running_model_verify_cannot_dump_core(keyfile_env: KeyEnv, versions: Versions,
                                                tmp_path: Path) -> None:
     """A real ``airlock model verify`` of an encrypted version, caught while it waits for the
     repository lock: its core limit is 0 before it unwraps any data key."""

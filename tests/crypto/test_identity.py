@@ -28,13 +28,13 @@ from airlock.crypto.tree import decrypt_tree, encrypt_tree
 from airlock.errors import AirlockError, IntegrityError
 from airlock.repo import Repository, check_loadable
 from tests.crypto.conftest import KeyEnv, airlock_cli
-from tests.repo.conftest import Versions, hashes, versions  # noqa: F401 - session fixture
+from tests.repo.conftest import Versions
 
 KEY = "dev:k1"
 
 
 @pytest.fixture
-def erepo(tmp_path: Path, keyfile_env: KeyEnv, versions: Versions) -> Iterator[Repository]:  # noqa: F811
+def erepo(tmp_path: Path, keyfile_env: KeyEnv, versions: Versions) -> Iterator[Repository]:
     r = Repository(tmp_path / "root", lock_timeout=5, keys=keyfile_env.registry)
     r.install_version("m", "1.0.0", versions.src["1.0.0"], encrypt=KEY)
     r.install_version("m", "1.1.0", versions.src["1.1.0"], encrypt=KEY)
@@ -73,7 +73,7 @@ def _refused_everywhere(env: KeyEnv, vdir: Path, model: str, expected: dict[str,
         check_loadable(vdir, keys=env.registry, model=model, expected=expected)
 
 
-def test_swapped_ciphertexts_refused(erepo: Repository, keyfile_env: KeyEnv, versions: Versions,  # noqa: F811
+def test_swapped_ciphertexts_refused(erepo: Repository, keyfile_env: KeyEnv, versions: Versions,
                                      tmp_path: Path) -> None:
     vdir = erepo.layout.version_dir("m", "1.1.0")
     expected = {r: (f.size, f.sha256) for r, f in erepo.catalog().version("m", "1.1.0").files.items()}
@@ -102,7 +102,7 @@ def test_older_version_ciphertext_refused(erepo: Repository, keyfile_env: KeyEnv
     assert not erepo.verify("m", "1.1.0")["ok"]
 
 
-def test_ciphertext_of_another_model_refused(keyfile_env: KeyEnv, versions: Versions,  # noqa: F811
+def test_ciphertext_of_another_model_refused(keyfile_env: KeyEnv, versions: Versions,
                                              tmp_path: Path) -> None:
     reg = keyfile_env.registry
     encrypt_tree(versions.src["1.0.0"], tmp_path / "a", reg.get("dev"), "k1", model="alpha")

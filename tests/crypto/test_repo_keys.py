@@ -33,7 +33,7 @@ from airlock.hashing import tree_files
 from airlock.repo import Repository
 from tests.crypto.conftest import REPO, KeyEnv, airlock_cli
 from tests.crypto.vault_edge_mock import TransitEdgeMock
-from tests.repo.conftest import Versions, cli, hashes, versions  # noqa: F401 - session fixture
+from tests.repo.conftest import Versions, cli, hashes
 
 
 def _dead_pid() -> int:
@@ -46,7 +46,7 @@ def _repo_files(root: Path) -> list[Path]:
     return list(encrypted_files(root / "model_repo"))
 
 
-def test_catalog_follows_rotation_and_reencrypt(keyfile_env: KeyEnv, versions: Versions,  # noqa: F811
+def test_catalog_follows_rotation_and_reencrypt(keyfile_env: KeyEnv, versions: Versions,
                                                 tmp_path: Path) -> None:
     root = tmp_path / "root"
     env = {"AIRLOCK_KEYS_CONFIG": str(keyfile_env.config)}
@@ -107,7 +107,7 @@ def test_catalog_follows_rotation_and_reencrypt(keyfile_env: KeyEnv, versions: V
 
 
 def test_vault_rewrap_raises_min_decryption_version(all_env: KeyEnv, vault: TransitEdgeMock,
-                                                    versions: Versions, tmp_path: Path) -> None:  # noqa: F811
+                                                    versions: Versions, tmp_path: Path) -> None:
     import hvac
 
     root = tmp_path / "root"
@@ -129,7 +129,7 @@ def test_vault_rewrap_raises_min_decryption_version(all_env: KeyEnv, vault: Tran
     r.close()
 
 
-def test_workspace_must_be_tmpfs_and_leftovers_swept(keyfile_env: KeyEnv, versions: Versions,  # noqa: F811
+def test_workspace_must_be_tmpfs_and_leftovers_swept(keyfile_env: KeyEnv, versions: Versions,
                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert require_ram_fs(Path("/dev/shm")) == Path("/dev/shm")
     with pytest.raises(WorkspaceError, match="not on tmpfs"):
@@ -266,7 +266,7 @@ def test_rotation_restores_modes_as_non_root_owner(nobody_dir: Path) -> None:
     assert KeyRef.parse("dev:k2").key_id == "k2"
 
 
-def test_rotate_root_seals_legacy_plaintext_kept_deltas(keyfile_env: KeyEnv, versions: Versions,  # noqa: F811
+def test_rotate_root_seals_legacy_plaintext_kept_deltas(keyfile_env: KeyEnv, versions: Versions,
                                                         tmp_path: Path) -> None:
     """A repository from before issue 21 kept plaintext deltas of encrypted versions: the next
     ``keys rotate --root`` encrypts them (under the new key) and rollback still works from them."""
@@ -286,6 +286,6 @@ def test_rotate_root_seals_legacy_plaintext_kept_deltas(keyfile_env: KeyEnv, ver
     assert oct(kept.stat().st_mode & 0o777) == "0o444"
     r.prune("m", keep=2)
     assert not r.layout.version_dir("m", "1.0.0").exists()
-    assert r.rollback("m", to="1.0.0").args["rebuild"]  # through both (now encrypted) kept deltas
+    assert r.rollback("m", to="1.0.0").rebuild  # through both (now encrypted) kept deltas
     assert r.verify("m")["ok"]
     r.close()

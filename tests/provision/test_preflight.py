@@ -20,10 +20,15 @@ from airlock.bundle.manifest import FileEntry, Manifest, ModelEntry, canonical_b
 from airlock.cli.preflight import register
 from airlock.provision import preflight as pf
 from airlock.provision.requirements import requirements_from_bundle
-from tests.bundle import conftest as bundle_conftest
-from tests.bundle.conftest import Keys
+from tests.gpg import Keys
 
-keys = bundle_conftest.keys  # real gpg keys (session fixture): a bundle manifest is read only when signed
+
+@pytest.fixture(scope="session")
+def keys(gpg_keys: Keys) -> Keys:
+    """The bundle signing keys (tests/conftest.py): this package's own ``keys`` are apt signing keys.
+    A bundle manifest is read only when signed."""
+    return gpg_keys
+
 
 PREFLIGHT_PY = Path(pf.__file__)
 H100 = "0, NVIDIA H100 80GB HBM3, 81559, 550.54.15\n1, NVIDIA H100 80GB HBM3, 81559, 550.54.15\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,3 +36,26 @@ def make_model(out: Path, *, seed: int = 0, change_layer: int | None = None, ext
                                                  "num_hidden_layers": layers, "torch_dtype": "float32"}))
     (out / "tokenizer.json").write_text(json.dumps({"vocab": [f"t{i}" for i in range(VOCAB)]}))
     return out
+
+
+@dataclass
+class Versions:
+    src: dict[str, Path]  # version -> source directory
+    deltas: dict[tuple[str, str], Path]  # (from, to) -> .aldelta
+
+
+def make_versions(base: Path) -> Versions:
+    """Three small versions (1.0.0, 1.1.0 and 1.2.0, one layer changed each) and the two deltas
+    between them (the ``versions`` fixture in tests/conftest.py)."""
+    from airlock.delta import make_delta
+
+    src = {
+        "1.0.0": make_model(base / "1.0.0"),
+        "1.1.0": make_model(base / "1.1.0", change_layer=1, seed=3),
+        "1.2.0": make_model(base / "1.2.0", change_layer=0, seed=4),
+    }
+    deltas = {}
+    for a, b in (("1.0.0", "1.1.0"), ("1.1.0", "1.2.0")):
+        deltas[(a, b)] = base / f"m-{a}-{b}.aldelta"
+        make_delta(src[a], src[b], deltas[(a, b)], from_version=a, to_version=b)
+    return Versions(src, deltas)

@@ -14,11 +14,11 @@ import yaml
 from airlock.bundle import Trust, build_bundle, stage_bundle
 from airlock.errors import DowngradeError
 from airlock.repo import Repository
-from tests.bundle.conftest import Keys, keys  # noqa: F401 - session fixture: real gpg keys
+from tests.gpg import Keys
 from tests.repo.conftest import Versions, assert_same_tree, cli
 
 
-def _bundle(tmp: Path, keys: Keys, name: str, model: dict[str, object], sequence: int,  # noqa: F811
+def _bundle(tmp: Path, keys: Keys, name: str, model: dict[str, object], sequence: int,
             rollback: bool = False) -> Path:
     spec = tmp / f"{name}.yml"
     spec.write_text(yaml.safe_dump({"compatible": "appliance-test", "sequence": sequence, "block_size": 4096,
@@ -29,7 +29,7 @@ def _bundle(tmp: Path, keys: Keys, name: str, model: dict[str, object], sequence
 
 
 @pytest.fixture
-def bundles(tmp_path: Path, keys: Keys, versions: Versions) -> dict[str, Path]:  # noqa: F811
+def bundles(tmp_path: Path, keys: Keys, versions: Versions) -> dict[str, Path]:
     return {
         "full": _bundle(tmp_path, keys, "full", {"name": "m", "version": "1.0.0",
                                                   "path": str(versions.src["1.0.0"]),
@@ -40,11 +40,11 @@ def bundles(tmp_path: Path, keys: Keys, versions: Versions) -> dict[str, Path]: 
     }
 
 
-def _trust(keys: Keys) -> Trust:  # noqa: F811
+def _trust(keys: Keys) -> Trust:
     return keys.trust(["signer"], "signer")
 
 
-def test_full_then_delta_bundle(repo: Repository, bundles: dict[str, Path], keys: Keys,  # noqa: F811
+def test_full_then_delta_bundle(repo: Repository, bundles: dict[str, Path], keys: Keys,
                                 versions: Versions, tmp_path: Path) -> None:
     staged = stage_bundle(bundles["full"], tmp_path / "stage-full", _trust(keys))
     planned = repo.plan_from_bundle(staged)
@@ -71,7 +71,7 @@ def test_full_then_delta_bundle(repo: Repository, bundles: dict[str, Path], keys
         repo.install_from_bundle(staged)
 
 
-def test_install_bundle_cli(tmp_path: Path, bundles: dict[str, Path], keys: Keys) -> None:  # noqa: F811
+def test_install_bundle_cli(tmp_path: Path, bundles: dict[str, Path], keys: Keys) -> None:
     root = tmp_path / "root"
     ring = str(keys.keyring("signer"))
     r = cli(root, "model", "install-bundle", str(bundles["full"]), "--trust", keys.fpr["signer"],
@@ -83,7 +83,7 @@ def test_install_bundle_cli(tmp_path: Path, bundles: dict[str, Path], keys: Keys
     assert r.returncode == 10  # unknown signer: refused before anything is read
 
 
-def test_verify_against_signed_manifest(repo: Repository, bundles: dict[str, Path], keys: Keys,  # noqa: F811
+def test_verify_against_signed_manifest(repo: Repository, bundles: dict[str, Path], keys: Keys,
                                         tmp_path: Path) -> None:
     staged = stage_bundle(bundles["full"], tmp_path / "stage", _trust(keys))
     repo.install_from_bundle(staged)
@@ -107,7 +107,7 @@ def test_verify_against_signed_manifest(repo: Repository, bundles: dict[str, Pat
 
 
 def test_install_bundle_cli_removes_its_staged_copy(tmp_path: Path, bundles: dict[str, Path],
-                                                    keys: Keys) -> None:  # noqa: F811
+                                                    keys: Keys) -> None:
     root = tmp_path / "root"
     r = cli(root, "model", "install-bundle", str(bundles["full"]), "--trust", keys.fpr["signer"],
             "--keyring", str(keys.keyring("signer")))
@@ -120,7 +120,7 @@ def test_install_bundle_cli_removes_its_staged_copy(tmp_path: Path, bundles: dic
     assert kept.exists() and os.readlink(root / "model_repo" / "m" / "current") == "1.1.0"
 
 
-def test_refused_bundle_does_not_raise_the_floor(repo: Repository, bundles: dict[str, Path], keys: Keys,  # noqa: F811
+def test_refused_bundle_does_not_raise_the_floor(repo: Repository, bundles: dict[str, Path], keys: Keys,
                                                  versions: Versions, tmp_path: Path) -> None:
     """A signed bundle whose install fails before any model was installed (here: it claims 1.0.0 with
     other content than the installed 1.0.0) keeps no manifest and leaves the anti-downgrade floor where

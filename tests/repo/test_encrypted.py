@@ -18,8 +18,8 @@ from airlock.crypto.tree import decrypt_tree
 from airlock.errors import RepositoryError
 from airlock.hashing import sha256_file, tree_files
 from airlock.repo import Repository
-from tests.bundle.conftest import Keys, keys  # noqa: F401 - session fixture: real gpg keys
-from tests.crypto.conftest import SoftHsm, softhsm  # noqa: F401 - the fixture, reused
+from tests.crypto.softhsm import SoftHsm
+from tests.gpg import Keys
 from tests.repo.conftest import Versions, cli, hashes
 
 KEY = "hsm:models-kek"
@@ -33,7 +33,7 @@ class Hsm:
 
 
 @pytest.fixture
-def hsm(tmp_path: Path, softhsm: SoftHsm) -> Hsm:  # noqa: F811 - pytest fixture injection
+def hsm(tmp_path: Path, softhsm: SoftHsm) -> Hsm:
     """A provider config naming one SoftHSM2 token (PIN in a 0600 file) with key ``models-kek``."""
     config = tmp_path / "keys.yaml"
     config.write_text(yaml.safe_dump({"providers": {"hsm": softhsm.provider_config()}}))
@@ -124,7 +124,7 @@ def test_delta_update_rollback_after_prune_and_idempotent(erepo: Repository, ver
     assert not erepo.layout.version_dir("m", "1.0.0").exists()
     # rollback to the pruned 1.0.0: rebuilt from the kept reverse deltas, encrypted again
     plan = erepo.rollback("m", to="1.0.0")
-    assert plan.args["rebuild"]
+    assert plan.rebuild
     v0 = erepo.layout.version_dir("m", "1.0.0")
     assert all(is_encrypted(v0 / r) for r in tree_files(v0))
     assert _plain_hashes(v0, hsm.keys) == hashes(versions.src["1.0.0"])
@@ -165,7 +165,7 @@ def test_wrong_or_missing_provider_changes_nothing(erepo: Repository, versions: 
 
 
 def test_signed_bundles_installed_encrypted(erepo: Repository, versions: Versions, hsm: Hsm,
-                                            keys: Keys, tmp_path: Path) -> None:  # noqa: F811
+                                            keys: Keys, tmp_path: Path) -> None:
     """A full bundle then a delta bundle, stored encrypted: plaintext equals the signed versions and
     verify checks it against the kept signed manifests' target hashes."""
     from airlock.bundle import stage_bundle
@@ -276,7 +276,7 @@ def _plaintext_under(root: Path, markers: dict[str, bytes]) -> list[str]:
     return found
 
 
-def test_no_plaintext_under_root(versions: Versions, hsm: Hsm, keys: Keys,  # noqa: F811
+def test_no_plaintext_under_root(versions: Versions, hsm: Hsm, keys: Keys,
                                  tmp_path: Path) -> None:
     """Issue 21 item 1: after an encrypted install, a delta update, a rollback rebuilt from the kept
     deltas and failed encrypted bundle installs, no file under the root holds plaintext: kept deltas

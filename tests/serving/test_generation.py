@@ -19,10 +19,7 @@ from airlock.serving.golden import generation_record, parse_golden
 from airlock.serving.reload import Reloader, smoke_test
 from airlock.serving.settings import configure
 from airlock.serving.triton_repo import generate, validate_config
-from tests.bundle import conftest as bundle_conftest
-from tests.bundle.conftest import Keys
-
-keys = bundle_conftest.keys  # the session fixture of real gpg keys (throwaway GNUPGHOME)
+from tests.gpg import Keys
 
 TIMINGS = Path(os.environ.get("AIRLOCK_GENERATION_TIMINGS", "/tmp/airlock-generation-timings.json"))
 PROMPT = [0, 17, 300, 42, 7, 99]
