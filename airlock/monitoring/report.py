@@ -69,10 +69,20 @@ def _read(path: Path) -> dict[str, Any]:
         raise ReportInputError(f"{path}: larger than {MAX_INPUT_BYTES} bytes", path=str(path),
                                rule="report-input-bounds")
     doc = boundedjson.loads(data, max_depth=64, fail=_fail(path))
-    if not isinstance(doc, dict) or not ("hosts" in doc or "models" in doc):
-        raise ReportInputError(f"{path}: not a verify report (neither `airlock verify --json` nor "
-                               "`airlock model verify --json`)", path=str(path), rule="report-input-kind")
+    if not isinstance(doc, dict) or not ("hosts" in doc or "models" in doc or "drift_items" in doc):
+        raise ReportInputError(f"{path}: not a verify report (neither `airlock verify --json`, "
+                               "`airlock model verify --json` nor a registered airlock_model_info result)",
+                               path=str(path), rule="report-input-kind")
     return doc
+
+
+def _from_module(doc: dict[str, Any]) -> dict[str, Any]:
+    """A host's registered ``airlock_model_info`` result with ``verify: true`` (playbooks/verify.yml)
+    as the compliance report it wraps."""
+    items = doc.get("drift_items") if isinstance(doc.get("drift_items"), list) else []
+    return {"ok": not items and not doc.get("failed"), "models": doc.get("verify") or {}, "drift": items,
+            "warnings": doc.get("verify_warnings") or [], "audit_head": doc.get("audit_head"),
+            "sequence": doc.get("sequence"), "signatures_checked": doc.get("signatures_checked")}
 
 
 def _s(v: Any) -> str | None:
@@ -123,7 +133,11 @@ def load_hosts(specs: list[str]) -> list[HostState]:
         name, sep, file = spec.partition("=")
         path = Path(file if sep else spec)
         doc = _read(path)
-        found = _from_fleet(doc) if "hosts" in doc else [_from_compliance(name if sep else path.stem, doc)]
+        if "hosts" in doc:
+            found = _from_fleet(doc)
+        else:
+            compliance = doc if "models" in doc else _from_module(doc)
+            found = [_from_compliance(name if sep else path.stem, compliance)]
         for h in found:
             old = hosts.get(h.host)
             if old is None:

@@ -14,17 +14,10 @@ import subprocess
 from pathlib import Path
 
 from airlock.repo import Repository
-from tests.fleet.bundles import MODEL, Bundles
-from tests.monitoring.test_metrics import flip_byte
+from tests.fleet.bundles import MODEL, Bundles, install_host
+from tests.monitoring.helpers import flip_byte
 from tests.repo.conftest import cli
-from tests.repo.test_anchors import install_host
-from tests.repo.test_verify_readonly import (  # noqa: F401 - bundles, fleet: fixtures
-    Fleet,
-    _drift_on_h1,
-    airlock,
-    bundles,
-    fleet,
-)
+from tests.repo.verify_fleet import Fleet, airlock, drift_on_h1
 from tests.support import require_tool
 
 HOSTILE = '<img src=x onerror="document.title=1">'
@@ -113,12 +106,13 @@ def test_report_bad_input(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_report_from_the_fleet_verify(fleet: Fleet, tmp_path: Path) -> None:  # noqa: F811
+def test_report_from_the_fleet_verify(fleet: Fleet, tmp_path: Path) -> None:
     """The fleet's own ``airlock verify --json`` (Ansible, local-connection hosts h1 with drift, h2
     clean) merged with h2's compliance report: both hosts, h1's drift items whole, h2's versions."""
-    _drift_on_h1(fleet)
+    drift_on_h1(fleet)
     r = airlock("verify", "-i", str(fleet.inventory), "--json", "--runner-dir", str(fleet.base / "runner"),
-                *fleet.trust_args())
+                *fleet.trust_args(), "-e", f"airlock_report_signer={fleet.bundles.fingerprint}",
+                "-e", f"airlock_report_gnupghome={fleet.bundles.gnupghome}")
     assert r.returncode == 40, r.stderr
     (tmp_path / "fleet.json").write_text(r.stdout)
     h2 = verify_json(fleet.root("h2"), fleet.bundles, tmp_path / "h2.json")
@@ -132,3 +126,21 @@ def test_report_from_the_fleet_verify(fleet: Fleet, tmp_path: Path) -> None:  # 
     assert hosts["h2"]["ok"] and hosts["h2"]["models"][MODEL]["active"] == "1.1.0"
     dom = chromium(tmp_path, "--dump-dom", (out / "fleet-report.html").as_uri())
     assert dom.returncode == 0 and '<span id="hosts-ok">1/2 hosts OK</span>' in dom.stdout
+
+    # verify.yml itself wrote the report on the control node (default: <state dir>/report), from each
+    # host's airlock_model_info result, before failing h1 for its drift: both hosts' models, h1's drift
+    written = fleet.base / "control" / "report"
+    doc = json.loads((written / "fleet-report.json").read_text())
+    hosts = {h["host"]: h for h in doc["hosts"]}
+    assert sorted(hosts) == ["h1", "h2"] and doc["summary"]["hosts_ok"] == 1
+    assert {d["rule"] for d in hosts["h1"]["drift"]} == {"mode", "stray-version"}
+    assert all(hosts[h]["models"][MODEL]["active"] == "1.1.0" for h in hosts)
+    assert hosts["h1"]["signatures_checked"] and hosts["h2"]["audit_head"]
+    dom = chromium(tmp_path, "--dump-dom", (written / "fleet-report.html").as_uri())
+    assert dom.returncode == 0 and '<span id="hosts-ok">1/2 hosts OK</span>' in dom.stdout
+    assert dom.stdout.count("<b>1.1.0</b> (1.0.0 previous)") == 2
+    # signed with the site key given (airlock_report_signer): real gpg verifies the twin
+    ok = subprocess.run(["gpg", "--batch", "--no-tty", "--homedir", str(fleet.bundles.gnupghome), "--verify",
+                         str(written / "fleet-report.json.asc"), str(written / "fleet-report.json")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
