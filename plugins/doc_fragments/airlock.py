@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 
-class ModuleDocFragment(object):
+class ModuleDocFragment:
     """The options every Airlock module shares, documented once (the argument specs they document
     are in module_utils/airlock_common.py: repo_argument_spec, trust_argument_spec, keys_argument_spec)."""
 
