@@ -111,6 +111,7 @@ class ServerConfig:
     extra_args: list[str] = field(default_factory=list)
     control_key_file: Path | None = None  # Triton's restricted APIs (airlock.serving.auth)
     grpc_tls: tuple[Path, Path, Path] | None = None  # GRPC over TLS: (server cert, key, CA) PEM files
+    user: str | None = None  # run tritonserver as this dedicated user (``as_user``), not the caller
 
     def resolved(self) -> ServerConfig:
         """Fill port 0 with free ports."""
@@ -118,7 +119,7 @@ class ServerConfig:
         return ServerConfig(self.model_repository, self.workdir, addr,
                             self.http_port or free_port(addr), self.grpc_port or free_port(addr),
                             self.metrics_port or free_port(addr), self.threads, list(self.extra_args),
-                            self.control_key_file, self.grpc_tls)
+                            self.control_key_file, self.grpc_tls, self.user)
 
     @property
     def grpc_ca(self) -> str | None:
@@ -153,6 +154,35 @@ def command(cfg: ServerConfig, install: TritonInstall, backends: Path) -> list[s
         *tls_args(cfg),
         *cfg.extra_args,
     ]
+
+
+# The one capability the dedicated Triton user keeps: read and traverse the repository's 0700
+# version directories (owned by the repository's service user) without any right to write there.
+READ_CAPABILITY = "dac_read_search"
+
+
+def as_user(argv: list[str], user: str) -> list[str]:
+    """``argv`` run as ``user`` (a name, or a numeric uid with the same gid) through util-linux
+    ``setpriv``: its own uid/gid, no supplementary groups, and only CAP_DAC_READ_SEARCH (ambient), as
+    the systemd unit does with User= and AmbientCapabilities= (roles/triton_server)."""
+    import pwd
+
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        uid, gid = entry.pw_uid, entry.pw_gid
+    except KeyError:
+        if not user.isdigit():
+            raise ServingError(f"{user}: no such user to run tritonserver as", rule="triton-user") from None
+        uid = gid = int(user)
+    if uid == 0:
+        raise ServingError(f"{user}: the dedicated Triton user must not be root", rule="triton-user")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise ServingError("setpriv (util-linux) is needed to run tritonserver as another user",
+                           rule="triton-user")
+    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+            f"--inh-caps=-all,+{READ_CAPABILITY}", f"--ambient-caps=-all,+{READ_CAPABILITY}",
+            f"--bounding-set=-all,+{READ_CAPABILITY}", "--", *argv]
 
 
 def environment(install: TritonInstall, threads: int) -> dict[str, str]:
@@ -194,6 +224,8 @@ class TritonServer:
         self.cfg.workdir.mkdir(parents=True, exist_ok=True)
         backends = prepare_backends(self.cfg.workdir / "backends", self.install)
         argv = command(self.cfg, self.install, backends)
+        if self.cfg.user:
+            argv = as_user(argv, self.cfg.user)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                          env=environment(self.install, self.cfg.threads),
@@ -339,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     sup.add_argument("--airlock-root", type=Path, default=None,
                      help="restore the verified current versions of this Airlock root after every start")
     sup.add_argument("--model", action="append", default=None, help="restore only this model (repeatable)")
+    sup.add_argument("--user", default=None, help="run tritonserver as this dedicated user (read-only on the "
+                     "repository); the supervisor and its restore stay the caller")
     prep = sub.add_parser("prepare", help="build the backend directory only")
     prep.add_argument("--workdir", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -348,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg = ServerConfig(args.model_repository, args.workdir, args.address, args.http_port, args.grpc_port,
                        args.metrics_port, args.threads, control_key_file=args.control_key_file,
-                       grpc_tls=tuple(args.grpc_tls) if args.grpc_tls else None)
+                       grpc_tls=tuple(args.grpc_tls) if args.grpc_tls else None,
+                       user=getattr(args, "user", None))
     if args.cmd == "supervise":
         return supervise(cfg, airlock_root=args.airlock_root, models=args.model)
     backends = prepare_backends(args.workdir / "backends", inst)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,9 +40,14 @@ def _render(role: str, template: str, **extra: object) -> str:
         d if isinstance(v, jinja2.Undefined) or v is None or (boolean and not v) else v)
     env.filters["dirname"] = os.path.dirname
     ctx = {**defaults, **extra}
-    # defaults may reference other variables: render them to a fixed point
-    for _ in range(3):
-        ctx = {k: env.from_string(v).render(ctx) if isinstance(v, str) and "{{" in v else v
+
+    def pending(v: object) -> bool:
+        return isinstance(v, str) and "{{" in v
+
+    # defaults may reference other variables: render each once the variables it names are rendered
+    for _ in range(5):
+        ctx = {k: env.from_string(v).render(ctx)
+               if pending(v) and not any(pending(ctx.get(n)) for n in re.findall(r"[a-z_]+", v)) else v
                for k, v in ctx.items()}
     return env.from_string((ROLES / role / "templates" / template).read_text()).render(ctx)
 
@@ -80,12 +86,31 @@ def test_container_unit_runs_the_image_in_explicit_mode_with_metrics() -> None:
     assert ":ro" in cmd and unit["ExecStop"] == "/usr/bin/docker stop -t 30 airlock-triton"
 
 
-def test_triton_runs_as_the_repository_service_user() -> None:
-    unit = _unit(_render("triton_server", "airlock-triton.service.j2", airlock_owner="airlock",
-                         airlock_group="airlock"))
-    assert (unit["User"], unit["Group"]) == ("airlock", "airlock")
+def test_triton_runs_as_a_dedicated_user(tmp_path: Path) -> None:
+    """A repository owned by 'airlock': Triton runs as 'airlock-triton' with CAP_DAC_READ_SEARCH only,
+    the repository read-only for it, the control key handed over by systemd; the restore after start
+    runs as the owner. ``systemd-analyze verify`` accepts the unit (test_triton_user.py runs it)."""
+    text = _render("triton_server", "airlock-triton.service.j2", airlock_owner="airlock",
+                   airlock_group="airlock", triton_server_python=sys.executable,
+                   triton_server_airlock=str(Path(sys.executable).parent / "airlock"))
+    unit = _unit(text)
+    assert (unit["User"], unit["Group"]) == ("airlock-triton", "airlock-triton")
+    assert unit["AmbientCapabilities"] == unit["CapabilityBoundingSet"] == "CAP_DAC_READ_SEARCH"
+    assert unit["ReadOnlyPaths"].split() == ["/srv/airlock", "/var/lib/airlock/triton/models"]
+    assert unit["LoadCredential"] == "airlock-control-key:/etc/airlock/triton-control.key"
+    assert unit["ExecStart"].endswith("--control-key-file %d/airlock-control-key")
+    assert unit["ExecStartPost"].startswith("-+/usr/sbin/runuser -u airlock -- ")
+    assert "--control-key-file /etc/airlock/triton-control.key" in unit["ExecStartPost"]
+    path = tmp_path / "airlock-triton.service"
+    path.write_text(text)
+    tool = require_tool("systemd-analyze", "apt-get install systemd")
+    check = subprocess.run([tool, "verify", "--man=no", path.name], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
     local = _unit(_render("triton_server", "airlock-triton.service.j2"))  # root-owned local fleet
-    assert (local["User"], local["Group"]) == ("root", "root")
+    assert (local["User"], local["Group"]) == ("root", "root") and "AmbientCapabilities" not in local
+    script = _render("triton_server", "run-process.sh.j2", airlock_owner="airlock")
+    assert "--user airlock-triton" in script  # hosts without systemd: the supervisor drops to it
 
 
 def test_units_put_grpc_on_tls_when_certificates_are_given() -> None:
