@@ -108,14 +108,17 @@ class VersionInfo:
     state: str
     location: str
     encrypted: bool
+    where: str | None = None  # the directory holding a version on the warm/cold tier (a reference)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"state": self.state, "location": self.location, "encrypted": self.encrypted}
+        return {"state": self.state, "location": self.location, "encrypted": self.encrypted,
+                **({"path": self.where} if self.where else {})}
 
 
 def catalog_versions(db: Path) -> tuple[list[VersionInfo], str | None]:
     """Every version the catalog copy knows (with its tier when the catalog records one) and the
-    audit head it recorded."""
+    audit head it recorded. A version on the warm or cold tier (airlock.repo.tier: catalog
+    ``location``, tier directories in ``meta``) is referenced by its directory there."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         cols = {r[1] for r in con.execute("PRAGMA table_info(versions)")}
@@ -123,11 +126,16 @@ def catalog_versions(db: Path) -> tuple[list[VersionInfo], str | None]:
         enc = "encryption" if "encryption" in cols else "NULL"
         rows = con.execute(f"SELECT model, version, state, {loc}, {enc} FROM versions "
                            "ORDER BY model, id").fetchall()
-        head = con.execute("SELECT value FROM meta WHERE key='audit_head'").fetchone()
+        meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
     finally:
         con.close()
-    return ([VersionInfo(m, v, s, str(lo or "hot"), e is not None) for m, v, s, lo, e in rows],
-            head[0] if head else None)
+
+    def where(model: str, version: str, loc: str) -> str | None:
+        base = meta.get(f"tier.{loc}") if loc != "hot" else None
+        return str(Path(base) / model / version) if base else None
+
+    return ([VersionInfo(m, v, s, str(lo or "hot"), e is not None, where(m, v, str(lo or "hot")))
+             for m, v, s, lo, e in rows], meta.get("audit_head"))
 
 
 def active_versions(versions: list[VersionInfo]) -> dict[str, str]:

@@ -242,3 +242,26 @@ def test_backup_to_ceph_rgw(host: Host, backed_up: BackedUp, rgw: Rgw, tmp_path:
     assert r.returncode == 0, r.stdout + r.stderr
     assert _repo_view(target) == _repo_view(host.root)
     assert os.readlink(target / "model_repo" / "m" / "current") == "1.1.0"
+
+
+def test_warm_tier_version_is_referenced(host: Host, backed_up: BackedUp, tmp_path: Path) -> None:
+    """A version demoted to the warm tier (airlock tier) is backed up as a reference to its warm
+    directory, not copied: the restored root has no hot copy, its catalog points at the warm copy,
+    and it verifies while the warm tier is there."""
+    warm = tmp_path / "warm"
+    warm.mkdir()
+    assert host.airlock("tier", "configure", "--root", str(host.root), "--warm", str(warm)).returncode == 0
+    r = host.airlock("tier", "demote", "m", "1.0.0", "--root", str(host.root))
+    assert r.returncode == 0, r.stderr
+    repo = ["--repo", str(tmp_path / "repo"), "--password-file", str(host.password)]
+    r = host.airlock("backup", "create", "--root", str(host.root), *repo, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["referenced_only"] == ["m 1.0.0"]
+    target = tmp_path / "restored"
+    r = host.airlock("backup", "restore", "--root", str(target), *repo, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (target / "model_repo" / "m" / "1.0.0").exists()
+    assert _repo_view(target) == _repo_view(host.root)
+    status = json.loads(host.airlock("tier", "status", "--root", str(target), "--json").stdout)
+    where = {(v["version"], v["location"]) for v in status["versions"]}
+    assert where >= {("1.0.0", "warm"), ("1.1.0", "hot")}
