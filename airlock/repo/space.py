@@ -109,8 +109,8 @@ def bundle_space(repo: Repository, manifest: Manifest, stage_dir: Path, *,
     same_fs = _dev(stage_dir) == _dev(repo.layout.repo)
     for me in manifest.models:
         # an encrypted install writes every file of a delta's result anew (plaintext only in a tmpfs)
-        cands = (repo._link_candidates(me.name, encrypt) if has_cat and not (encrypt and me.kind == "delta")
-                 else {})
+        cands = (repo.planner().link_candidates(me.name, encrypt)
+                 if has_cat and not (encrypt and me.kind == "delta") else {})
         for info in me.target_files.values():
             size, sha = int(info["size"]), str(info["sha256"])
             if sha in cands:

@@ -15,7 +15,12 @@ description:
     and every payload's size and SHA-256 (per block), then copies it into a staging directory on the
     target, hashing while copying, so that only the staged, verified copy is used afterwards (no
     time-of-check/time-of-use window when the source is a USB stick).
-  - Staging resumes and repairs by block; a bundle already staged completely is reported unchanged.
+  - Staging resumes and repairs by block; a bundle already staged completely is reported unchanged,
+    and so is a bundle already installed (its signed manifest kept in the repository, every model
+    version present): it is not staged again (RV(installed)).
+  - Runs the engine's stage step (C(airlock.installer.stage_for_install)); the completed stage is
+    marked so that M(airlock.appliance.airlock_model) reopens it without copying or hashing it again
+    and removes it once installed.
   - In check mode the source is verified in place and nothing is written; RV(path) is then the
     source, so a following M(airlock.appliance.airlock_model) task can plan against it.
   - Refuses a bundle for another appliance profile (O(compatible)) and a bundle whose sequence is
@@ -106,8 +111,18 @@ models:
   type: list
   elements: dict
   sample: [{"name": "minilm", "version": "1.1.0", "kind": "delta", "from_version": "1.0.0"}]
+staged_path:
+  description: The staging directory (also in check mode, where nothing is written).
+  returned: success
+  type: str
+  sample: /srv/airlock/model_repo/update_packages/staged/airlock-2026-11
+installed:
+  description: True when this very bundle is installed already, so nothing was staged.
+  returned: success and not check mode
+  type: bool
+  sample: false
 counters:
-  description: What staging copied and reused (absent in check mode).
+  description: What staging copied and reused (absent in check mode and when RV(installed)).
   returned: changed
   type: dict
   sample: {"files_copied": 3, "bytes_copied": 1048576, "files_reused": 0}
@@ -142,51 +157,39 @@ def _summary(manifest, signer):
                         for m in manifest.models])
 
 
-def _already_staged(dest, src_manifest):
-    """A complete earlier staging of the same manifest bytes (the stage writes the manifest first
-    and every payload after; an interrupted one leaves partial files that stage() repairs)."""
-    from airlock.bundle import MANIFEST_NAME
-
-    try:
-        with open(os.path.join(dest, MANIFEST_NAME), "rb") as fh:
-            return fh.read() == src_manifest
-    except OSError:
-        return False
-
-
 def run_module():
     spec = dict(src=dict(type="path", required=True), dest=dict(type="path"),
                 compatible=dict(type="str"), **repo_argument_spec(), **trust_argument_spec())
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     require_airlock(module)
-    from airlock.bundle import MANIFEST_NAME, stage_bundle, verify_bundle
+    from airlock.bundle import verify_bundle
     from airlock.bundle.verify import extra_files
+    from airlock.installer import locate, stage_for_install
 
     p = module.params
     src = p["src"]
-    dest = p["dest"] or os.path.join(p["root"], "model_repo", "update_packages", "staged",
-                                     os.path.basename(os.path.normpath(src)))
     repo = open_repository(module)
     try:
         trust = make_trust(module)
-        sequence = repo.installed_sequence()
+        dest = str(locate(Path(src), repo, stage=p["dest"] and Path(p["dest"]))[1])  # the repository's layout
         if module.check_mode:
-            report = verify_bundle(Path(src), trust, compatible=p["compatible"], installed_sequence=sequence)
+            report = verify_bundle(Path(src), trust, compatible=p["compatible"],
+                                   installed_sequence=repo.installed_sequence())
             module.exit_json(changed=not os.path.isdir(dest), path=src, staged_path=dest,
                              extra_files=report.extra_files, **_summary(report.manifest, report.signer))
-        with open(os.path.join(src, MANIFEST_NAME), "rb") as fh:
-            src_manifest = fh.read()
-        was_staged = _already_staged(dest, src_manifest)
-        staged = stage_bundle(Path(src), Path(dest), trust, compatible=p["compatible"],
-                              installed_sequence=sequence)
-        c = staged.counters
-        changed = not was_staged or c.files_copied > 0 or c.blocks_copied > 0
-        module.exit_json(changed=changed, path=str(staged.path), staged_path=str(staged.path),
+        result = stage_for_install(Path(src), repo, trust, stage=Path(dest), compatible=p["compatible"])
+        summary = dict(_summary(result.manifest, result.signed.signer),
+                       extra_files=extra_files(Path(src), result.manifest) if os.path.isdir(src) else [])
+        if result.staged is None:  # this very bundle is installed already: nothing to stage
+            module.exit_json(changed=False, path=str(result.stage), staged_path=str(result.stage),
+                             installed=True, **summary)
+        c = result.staged.counters
+        module.exit_json(changed=not result.reused, path=str(result.stage), staged_path=str(result.stage),
+                         installed=False,
                          counters=dict(files_copied=c.files_copied, files_reused=c.files_reused,
                                        blocks_copied=c.blocks_copied, blocks_reused=c.blocks_reused,
                                        bytes_copied=c.bytes_copied, bytes_reused=c.bytes_reused),
-                         extra_files=extra_files(Path(src), staged.manifest),
-                         **_summary(staged.manifest, staged.signer))
+                         **summary)
     except AirlockError as exc:
         module.fail_json(msg=str(exc), airlock_error=exc.as_dict())
     except OSError as exc:

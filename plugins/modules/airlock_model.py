@@ -62,9 +62,20 @@ options:
     default: false
   bundle:
     description:
-      - A bundle directory already verified and staged by M(airlock.appliance.airlock_bundle). It is
-        verified again (signature and hashes) before use, since it sits on the target's disk.
+      - The bundle to install, through the engine's one install path (C(airlock.installer.install_bundle)):
+        a bundle directory or packed C(.tar) (verified while staged into O(stage_dir), then installed), or
+        a staging directory completed by M(airlock.appliance.airlock_bundle) (reopened: its completion
+        marker and the signature over the staged manifest are checked, nothing is copied or hashed
+        again; every installed byte is still checked against the signed hashes).
+      - The staged copy is removed once the bundle is installed. This very bundle already installed
+        (its signed manifest kept, every version present and active as asked) is C(ok) without staging.
       - O(trust) is required with O(bundle).
+    type: path
+  stage_dir:
+    description:
+      - With O(bundle), the staging directory itself (for example the C(staged_path) that
+        M(airlock.appliance.airlock_bundle) returned). Default
+        C(<root>/model_repo/update_packages/staged/<bundle directory name>).
     type: path
   compatible:
     description: This appliance's profile; a bundle built for another profile is refused.
@@ -132,6 +143,18 @@ models:
   returned: always
   type: dict
   sample: {"minilm": {"from": "1.0.0", "to": "1.1.0"}}
+bundle_id:
+  description: With O(bundle), the bundle id from its signed manifest.
+  returned: O(bundle) given
+  type: str
+  sample: site-a-2026-11
+manifest:
+  description:
+    - With O(bundle), the bundle's signed manifest as kept in the repository (the staged copy is gone
+      after the install); the health gate reads the golden smoke tests from it.
+  returned: O(bundle) given
+  type: str
+  sample: /srv/airlock/model_repo/update_packages/bundles/site-a-2026-11/MANIFEST.json
 diff:
   description: Before/after repository state of the models handled (with --diff).
   returned: changed
@@ -158,19 +181,6 @@ from ansible_collections.airlock.appliance.plugins.module_utils.airlock_common i
 )
 
 
-def _plans_for_bundle(repo, manifest, root, activate, encrypt):
-    plans = []
-    for me in manifest.models:
-        common = dict(target_files=me.target_files, activate=activate, description=me.description,
-                      dependencies=dict(me.dependencies), bundle_id=manifest.bundle_id,
-                      sequence=manifest.sequence, encrypt=encrypt)
-        if me.kind == "full":
-            plans.append(repo.plan_install(me.name, me.version, root / me.path, **common))
-        else:
-            plans.append(repo.plan_update(me.name, root / me.path, **common))
-    return plans
-
-
 def _state_lines(plans, which):
     lines = []
     for pl in plans:
@@ -180,21 +190,19 @@ def _state_lines(plans, which):
 
 
 def _bundle(module, repo):
-    from airlock.bundle import StageCounters, StagedBundle, Trust, verify_bundle
+    from airlock.bundle import Trust
+    from airlock.installer import install_bundle
 
     p = module.params
     if not p["trust"]:
         module.fail_json(msg="trust (pinned signer fingerprints) is required with bundle")
     trust = Trust(fingerprints=p["trust"], gnupghome=p["gnupghome"], keyring=p["keyring"])
-    root = Path(p["bundle"])
-    report = verify_bundle(root, trust, compatible=p["compatible"],
-                           installed_sequence=repo.installed_sequence())
-    activate = p["state"] == "active"
-    plans = _plans_for_bundle(repo, report.manifest, root, activate, p["encrypt"])
-    if module.check_mode or not any(pl.changed for pl in plans):
-        return plans
-    staged = StagedBundle(root, report.manifest, report.signer, StageCounters())
-    return repo.install_from_bundle(staged, activate=activate, encrypt=p["encrypt"])
+    result = install_bundle(Path(p["bundle"]), repo, trust, stage=p["stage_dir"] and Path(p["stage_dir"]),
+                            compatible=p["compatible"], activate=p["state"] == "active", encrypt=p["encrypt"],
+                            check=module.check_mode)
+    extra = dict(bundle_id=result.manifest.bundle_id,
+                 manifest=str(repo.layout.bundle_record(result.manifest.bundle_id) / "MANIFEST.json"))
+    return result.plans, extra
 
 
 def _rolled_back_already(before):
@@ -249,7 +257,8 @@ def run_module():
     spec = dict(
         name=dict(type="str"), version=dict(type="str"),
         state=dict(type="str", default="active", choices=["present", "active", "rolled_back", "pruned"]),
-        bundle=dict(type="path"), trust=dict(type="list", elements="str"), keyring=dict(type="path"),
+        bundle=dict(type="path"), stage_dir=dict(type="path"), trust=dict(type="list", elements="str"),
+        keyring=dict(type="path"),
         gnupghome=dict(type="path"), compatible=dict(type="str"), keep=dict(type="int", default=2),
         encrypt=dict(type="str"), failed=dict(type="bool", default=False),
         rollback=dict(type="bool", default=False), **dict(repo_argument_spec(), **keys_argument_spec()))
@@ -266,7 +275,10 @@ def run_module():
     require_airlock(module)
     repo = open_repository(module)
     try:
-        plans = _bundle(module, repo) if module.params["bundle"] else _single(module, repo)
+        if module.params["bundle"]:
+            plans, extra = _bundle(module, repo)
+        else:
+            plans, extra = _single(module, repo), {}
     except AirlockError as exc:
         module.fail_json(msg=str(exc), airlock_error=exc.as_dict())
     except OSError as exc:
@@ -276,7 +288,7 @@ def run_module():
     changed = any(pl.changed for pl in plans)
     result = dict(changed=changed, plans=[pl.as_dict() for pl in plans],
                   models=dict((pl.model, {"from": pl.before.get("active"), "to": pl.after.get("active")})
-                              for pl in plans))
+                              for pl in plans), **extra)
     if changed and module._diff:
         result["diff"] = dict(before=_state_lines(plans, "before"), after=_state_lines(plans, "after"),
                               before_header="repository", after_header="repository",

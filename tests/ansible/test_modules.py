@@ -13,13 +13,8 @@ import yaml
 from airlock.crypto import ProviderRegistry, is_encrypted
 from tests.ansible.modules import run_module
 from tests.crypto.softhsm import SoftHsm
-from tests.fleet.bundles import Bundles, make_bundles
+from tests.fleet.bundles import Bundles
 from tests.support import tree_state
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
-    return make_bundles(tmp_path_factory.mktemp("bundles"))
 
 
 def trust(b: Bundles) -> dict[str, object]:
