@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from airlock.bundle import build_bundle
-from tests.bundle.conftest import Keys
+from tests.gpg import Keys
 from tests.repo.models import make_model
 from tests.support import require_tool
 
