@@ -169,6 +169,9 @@ def plan_cmd(
     layout: str = typer.Option("auto", "--layout", help="auto (one shared bundle when every site needs the "
                                "same), per-site or shared."),
     output: Path = typer.Option(..., "--output", "-o", help="Plan file to write (JSON)."),
+    payloads: Path | None = typer.Option(None, "--payloads", help="The release's other payloads: a "
+                                         "directory with wheelhouse/, debs/, images/; a file goes to a site "
+                                         "when a host lacks it (that path, that sha256)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Per site, the minimal content that brings every host in its receipt to the target versions."""
@@ -187,7 +190,7 @@ def plan_cmd(
                        and not p.name.startswith("."))
         verified = [verify_receipt(p, trust, keyring=keyring, gnupghome=gnupghome, state_dir=state,
                                    latest_only=True) for p in files]
-        doc = make_plan(verified, release, targets, layout=layout)
+        doc = make_plan(verified, release, targets, layout=layout, payloads=payloads)
         write_plan(doc, output)
     if as_json:
         emit_json(doc)

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airlock import __version__, names
-from airlock.errors import ManifestError
+from airlock.errors import AirlockError, ManifestError
 from airlock.receipt.model import HostState, KeptVersion, ModelState, Receipt, canonical_bytes, host_from_raw
 
 if TYPE_CHECKING:
-    from airlock.repo import Repository
+    from airlock.repo.layout import Layout
+    from airlock.repo.session import RepoSession as Repository
 
 
 def _delta_versions(model: str, filename: str) -> tuple[str, str] | None:
@@ -47,7 +48,8 @@ def host_facts(repo: Repository) -> HostState:
         for model in cat.models():
             rows = cat.versions(model)
             active = next((r.version for r in rows if r.state == "active"), None)
-            versions = {r.version: KeptVersion(r.state, r.bundle_id, r.manifest_sha256) for r in rows}
+            versions = {r.version: KeptVersion(r.state, r.bundle_id, r.manifest_sha256, r.location)
+                        for r in rows}
             kept = layout.model_packages(model)
             deltas = []
             if kept.is_dir():
@@ -61,7 +63,29 @@ def host_facts(repo: Repository) -> HostState:
     # the anti-downgrade floor as Repository.installed_sequence computes it (kept manifests win)
     known = [s for s in (int(raw_seq) if raw_seq is not None else None, highest_signed_sequence(layout))
              if s is not None]
-    return HostState(max(known) if known else None, (head.seq, head.hash) if head else None, models)
+    return HostState(max(known) if known else None, (head.seq, head.hash) if head else None, models,
+                     kept_payloads(layout))
+
+
+def kept_payloads(layout: Layout) -> dict[str, str]:
+    """The other payloads (wheels, Debian packages, images) of the signed bundles this host installed,
+    from their kept manifests: bundle path -> sha256, the newest bundle's where two name one path."""
+    from airlock.bundle import manifest as mf
+    from airlock.receipt.model import PAYLOAD_DIRS
+
+    found: list[tuple[int, str, dict[str, str]]] = []
+    if layout.bundle_records.is_dir():
+        for rec in sorted(layout.bundle_records.iterdir()):
+            try:
+                m = mf.parse_manifest((rec / mf.MANIFEST_NAME).read_bytes())
+            except (OSError, AirlockError):
+                continue  # verify reports a kept manifest that cannot be read
+            files = {p: e.sha256 for p, e in m.files.items() if p.split("/", 1)[0] in PAYLOAD_DIRS}
+            found.append((m.sequence, rec.name, files))
+    out: dict[str, str] = {}
+    for _seq, _name, files in sorted(found):
+        out.update(files)
+    return out
 
 
 def _created() -> str:

@@ -2,9 +2,11 @@
 separators, UTF-8, final newline) and a strict, size-bounded parser with the manifest's rules
 (bounded JSON, no duplicate keys, no unknown fields, names matched in full against their patterns).
 
-A receipt holds no paths, no secrets: site id, hosts by inventory name, per model the active version
-and every kept version (state, signed manifest digest), the kept deltas (from, to), each host's
-installed bundle sequence and audit head (docs/receipts.md)."""
+A receipt holds no host paths, no secrets: site id, hosts by inventory name, per model the active
+version and every kept version (state, storage tier, signed manifest digest), the kept deltas (from,
+to), each host's installed bundle sequence and audit head, and the other payloads (wheels, Debian
+packages, container images) of the signed bundles it installed, by bundle path and sha256
+(docs/receipts.md)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any
 from airlock import names
 from airlock.bundle import manifest as mf
 from airlock.errors import ManifestError, UnsafePathError
-from airlock.repo.catalog import STATES  # the catalog's version states, whatever they are
+from airlock.repo.catalog import LOCATIONS, STATES  # the catalog's version states and storage tiers
 
 FORMAT_VERSION = 1
 KIND = "airlock-receipt"
@@ -27,6 +29,8 @@ MAX_HOSTS = 10_000
 MAX_MODELS = 1_000
 MAX_VERSIONS = 1_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+PAYLOAD_DIRS = ("wheelhouse", "debs", "images")  # a bundle's other payloads (docs/bundle-format.md)
+MAX_PAYLOADS = 10_000
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class KeptVersion:
     state: str
     bundle_id: str | None = None
     manifest_sha256: str | None = None
+    location: str = "hot"  # the storage tier holding its files (catalog schema 4; docs/tiers.md)
 
 
 @dataclass
@@ -54,6 +59,7 @@ class HostState:
     bundle_sequence: int | None = None
     audit_head: tuple[int, str] | None = None
     models: dict[str, ModelState] = field(default_factory=dict)
+    payloads: dict[str, str] = field(default_factory=dict)  # wheelhouse/x.whl -> sha256 (kept manifests)
 
 
 @dataclass
@@ -75,13 +81,13 @@ def host_to_dict(h: HostState) -> dict[str, Any]:
     for m, ms in h.models.items():
         models[m] = {
             "active": ms.active,
-            "versions": {v: {"state": k.state, "bundle_id": k.bundle_id, "manifest_sha256": k.manifest_sha256}
-                         for v, k in ms.versions.items()},
+            "versions": {v: {"state": k.state, "bundle_id": k.bundle_id, "manifest_sha256": k.manifest_sha256,
+                             "location": k.location} for v, k in ms.versions.items()},
             "deltas": [[a, b] for a, b in sorted(ms.deltas)],
         }
     return {"bundle_sequence": h.bundle_sequence,
             "audit_head": {"seq": h.audit_head[0], "hash": h.audit_head[1]} if h.audit_head else None,
-            "models": models}
+            "models": models, "payloads": dict(sorted(h.payloads.items()))}
 
 
 def to_dict(r: Receipt) -> dict[str, Any]:
@@ -127,13 +133,16 @@ def parse_receipt(data: bytes, name: str = "receipt") -> Receipt:
     return r
 
 
-def _take(obj: Any, where: str, fields: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+def _take(obj: Any, where: str, fields: dict[str, type | tuple[type, ...]],
+          optional: dict[str, type | tuple[type, ...]] | None = None) -> dict[str, Any]:
+    """``obj`` has exactly ``fields`` (each of its type), and may have ``optional`` ones (added to the
+    format later: an older receipt without them still parses)."""
     if not isinstance(obj, dict):
         raise _fail(f"{where} is not an object")
-    unknown = set(obj) - set(fields)
+    unknown = set(obj) - set(fields) - set(optional or {})
     if unknown:
         raise _fail(f"{where}: unknown field(s) {sorted(unknown)}")
-    for key, typ in fields.items():
+    for key, typ in {**fields, **{k: t for k, t in (optional or {}).items() if k in obj}}.items():
         if key not in obj:
             raise _fail(f"{where}: missing field {key!r}")
         types = typ if isinstance(typ, tuple) else (typ,)
@@ -149,7 +158,8 @@ _NONE = type(None)
 def host_from_raw(hname: str, h: Any) -> HostState:
     """One host's part of a receipt (also what ``airlock_model_info`` returns as ``receipt``)."""
     where = f"hosts[{hname[:80]!r}]"
-    _take(h, where, {"bundle_sequence": (int, _NONE), "audit_head": (dict, _NONE), "models": dict})
+    _take(h, where, {"bundle_sequence": (int, _NONE), "audit_head": (dict, _NONE), "models": dict},
+          {"payloads": dict})
     head = None
     if h["audit_head"] is not None:
         _take(h["audit_head"], f"{where}.audit_head", {"seq": int, "hash": str})
@@ -165,15 +175,19 @@ def host_from_raw(hname: str, h: Any) -> HostState:
         versions = {}
         for v, k in m["versions"].items():
             _take(k, f"{mw}.versions[{v[:40]!r}]", {"state": str, "bundle_id": (str, _NONE),
-                                                     "manifest_sha256": (str, _NONE)})
-            versions[v] = KeptVersion(k["state"], k["bundle_id"], k["manifest_sha256"])
+                                                     "manifest_sha256": (str, _NONE)}, {"location": str})
+            versions[v] = KeptVersion(k["state"], k["bundle_id"], k["manifest_sha256"],
+                                      k.get("location", "hot"))
         deltas = []
         for d in m["deltas"]:
             if not isinstance(d, list) or len(d) != 2 or not all(isinstance(x, str) for x in d):
                 raise _fail(f"{mw}.deltas: each entry is [from, to]")
             deltas.append((d[0], d[1]))
         models[mname] = ModelState(m["active"], versions, deltas)
-    return HostState(h["bundle_sequence"], head, models)
+    payloads = h.get("payloads", {})
+    if len(payloads) > MAX_PAYLOADS or not all(isinstance(v, str) for v in payloads.values()):
+        raise _fail(f"{where}.payloads: at most {MAX_PAYLOADS} entries, each path: sha256")
+    return HostState(h["bundle_sequence"], head, models, dict(payloads))
 
 
 def _from_dict(raw: Any) -> Receipt:
@@ -236,6 +250,9 @@ def validate(r: Receipt) -> None:
                                 "state active")
             for v, k in m.versions.items():
                 _word(v, "version", names.is_version(v))
+                if k.location not in LOCATIONS:
+                    raise _fail(f"host {hname}: model {mname} {v}: location {k.location[:40]!r} is not one "
+                                f"of {LOCATIONS}")
                 if k.state not in STATES:
                     raise _fail(f"host {hname}: model {mname} {v}: state {k.state[:40]!r} is not one of "
                                 f"{STATES}")
@@ -247,6 +264,20 @@ def validate(r: Receipt) -> None:
             for a, b in m.deltas:
                 _word(a, "delta version", names.is_version(a))
                 _word(b, "delta version", names.is_version(b))
+        for path, sha in h.payloads.items():
+            check_payload(path, sha, f"host {hname}")
+
+
+def check_payload(path: str, sha: str, where: str) -> None:
+    """A payload of a bundle outside its models: a safe path under wheelhouse/, debs/ or images/."""
+    try:
+        mf.check_payload_name(path)
+    except (ManifestError, UnsafePathError) as exc:
+        raise _fail(f"{where}: payload {path[:80]!r} is not a safe bundle path") from exc
+    if path.split("/", 1)[0] not in PAYLOAD_DIRS or "/" not in path:
+        raise _fail(f"{where}: payload {path[:80]!r} is not under {', '.join(PAYLOAD_DIRS)}")
+    if not _HEX64.fullmatch(sha):
+        raise _fail(f"{where}: payload {path[:80]!r}: sha256 is not a lowercase hex digest")
 
 
 def parse_hosts_json(data: bytes, name: str) -> dict[str, Any]:

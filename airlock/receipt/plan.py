@@ -14,8 +14,13 @@ bundle was installed: its catalog, the full versions, the kept deltas under
    or moves a host that already serves the target;
 3. keeps the smallest candidate that works for every host.
 
+Other payloads (``--payloads DIR``: the release's ``wheelhouse/``, ``debs/``, ``images/``): a file
+goes to a site when any of its hosts lacks that bundle path with that sha256 (the receipt lists what
+each host's kept signed manifests carried).
+
 The plan reports, per site, the bytes of the planned bundle against "ship the full models" and
-"ship every delta" (every forward delta the release side holds up to the target)."""
+"ship every delta" (every forward delta the release side holds up to the target), and the payload
+bytes planned against shipping every payload."""
 
 from __future__ import annotations
 
@@ -43,20 +48,54 @@ class PlanError(RepositoryError):
 
 @dataclass(frozen=True)
 class Entry:
-    kind: str  # full | delta
-    model: str
-    version: str
+    kind: str  # full | delta | payload
+    model: str  # "" for a payload
+    version: str  # "" for a payload
     from_version: str | None
-    source: str  # release-side path: a version directory or a kept .aldelta
+    source: str  # release-side path: a version directory, a kept .aldelta or a payload file
     bytes: int
+    dest: str | None = None  # a payload's path in the bundle (wheelhouse/x.whl)
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "model": self.model, "version": self.version,
-                "from_version": self.from_version, "source": self.source, "bytes": self.bytes}
+                "from_version": self.from_version, "source": self.source, "bytes": self.bytes,
+                "dest": self.dest}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Entry:
-        return cls(d["kind"], d["model"], d["version"], d.get("from_version"), d["source"], int(d["bytes"]))
+        return cls(d["kind"], d["model"], d["version"], d.get("from_version"), d["source"], int(d["bytes"]),
+                   d.get("dest"))
+
+
+def release_payloads(root: Path) -> dict[str, tuple[str, int, Path]]:
+    """The release's other payloads: every file under ``root``'s wheelhouse/, debs/ and images/ as
+    bundle path -> (sha256, size, file), hashed streaming."""
+    from airlock.hashing import sha256_file
+    from airlock.receipt.model import PAYLOAD_DIRS, check_payload
+
+    root = Path(root)
+    if not root.is_dir():
+        raise PlanError(f"{root}: no payload directory here", path=str(root), rule="plan-payloads")
+    out: dict[str, tuple[str, int, Path]] = {}
+    for top in PAYLOAD_DIRS:
+        base = root / top
+        if not base.is_dir():
+            continue
+        for f in sorted(x for x in base.rglob("*") if x.is_file() and not x.is_symlink()):
+            rel = f.relative_to(root).as_posix()
+            sha = sha256_file(f)
+            check_payload(rel, sha, str(root))
+            out[rel] = (sha, f.stat().st_size, f)
+    return out
+
+
+def _plan_payloads(hosts: dict[str, HostState], release: dict[str, tuple[str, int, Path]]) -> dict[str, Any]:
+    """The payloads some host of the site lacks (that path with that sha256)."""
+    entries = [Entry("payload", "", "", None, str(f), size, dest=path)
+               for path, (sha, size, f) in sorted(release.items())
+               if any(h.payloads.get(path) != sha for h in hosts.values())]
+    return {"entries": [e.as_dict() for e in entries], "bytes": sum(e.bytes for e in entries),
+            "bytes_all": sum(size for _sha, size, _f in release.values())}
 
 
 @dataclass
@@ -229,7 +268,7 @@ def _plan_model(hosts: dict[str, HostState], rel: Release) -> dict[str, Any]:
 
 
 def make_plan(receipts: list[VerifiedReceipt], release_root: Path, target: dict[str, str], *,
-              layout: str = "auto") -> dict[str, Any]:
+              layout: str = "auto", payloads: Path | None = None) -> dict[str, Any]:
     """The plan document (JSON-able); see the module docstring."""
     if layout not in LAYOUTS:
         raise ManifestError(f"layout {layout!r} is not one of {LAYOUTS}", rule="plan")
@@ -241,6 +280,7 @@ def make_plan(receipts: list[VerifiedReceipt], release_root: Path, target: dict[
     sites: dict[str, Any] = {}
     seen: set[str] = set()
     releases = {m: _release(Path(release_root), m, v) for m, v in sorted(target.items())}
+    rel_payloads = release_payloads(payloads) if payloads is not None else {}
     for vr in receipts:
         r = vr.receipt
         if r.site in seen:
@@ -248,11 +288,12 @@ def make_plan(receipts: list[VerifiedReceipt], release_root: Path, target: dict[
         seen.add(r.site)
         models = {m: _plan_model(r.hosts, rel) for m, rel in releases.items()}
         needed = [m for m, p in models.items() if p["needed"]]
+        pay = _plan_payloads(r.hosts, rel_payloads)
         seq = max((h.bundle_sequence or 0) for h in r.hosts.values()) + 1
         sites[r.site] = {
             "receipt_sequence": r.sequence, "receipt_sha256": vr.sha256, "compatible": r.compatible,
-            "bundle_sequence": seq, "models": models,
-            "bytes": sum(p["bytes"] for p in models.values()),
+            "bundle_sequence": seq, "models": models, "payloads": pay,
+            "bytes": sum(p["bytes"] for p in models.values()) + pay["bytes"],
             "bytes_full_models": sum(releases[m].full.bytes for m in needed),
             "bytes_every_delta": sum(releases[m].every_delta_bytes for m in needed),
         }
@@ -270,7 +311,9 @@ def _bundles(sites: dict[str, Any], releases: dict[str, Release], hosts: dict[st
     the air gap, summed over sites, are then equal and one bundle is built, signed and tracked);
     ``layout`` forces either. A shared bundle needs one appliance profile."""
     per_site = [{"name": s, "sites": [s], "compatible": p["compatible"], "sequence": p["bundle_sequence"],
-                 "entries": [e for m in p["models"].values() for e in m["entries"]], "bytes": p["bytes"]}
+                 "entries": [*(e for m in p["models"].values() for e in m["entries"]),
+                             *p["payloads"]["entries"]],
+                 "bytes": p["bytes"]}
                 for s, p in sites.items() if p["bytes"]]
     per_total = sum(b["bytes"] for b in per_site)
     shared = None
@@ -286,6 +329,8 @@ def _bundles(sites: dict[str, Any], releases: dict[str, Release], hosts: dict[st
             if not all(simulate(h, m, cand, rel.target).ok for h in all_hosts.values()):
                 cand = [rel.full]
             entries += cand
+        wanted = {e["dest"]: Entry.from_dict(e) for p in sites.values() for e in p["payloads"]["entries"]}
+        entries += [wanted[d] for d in sorted(wanted)]
         size = sum(e.bytes for e in entries)
         shared = {"name": "shared", "sites": sorted(sites), "compatible": profiles.pop(),
                   "sequence": max(p["bundle_sequence"] for p in sites.values()),
@@ -331,9 +376,11 @@ def load_plan(path: Path) -> dict[str, Any]:
         isinstance(b, dict) and isinstance(b.get("name"), str) and isinstance(b.get("sites"), list)
         and isinstance(b.get("compatible"), str) and isinstance(b.get("sequence"), int)
         and isinstance(b.get("entries"), list) and all(
-            isinstance(e, dict) and e.get("kind") in ("full", "delta") and isinstance(e.get("model"), str)
-            and isinstance(e.get("version"), str) and isinstance(e.get("source"), str)
-            and (e["kind"] == "full" or isinstance(e.get("from_version"), str)) for e in b["entries"])
+            isinstance(e, dict) and e.get("kind") in ("full", "delta", "payload")
+            and isinstance(e.get("model"), str) and isinstance(e.get("version"), str)
+            and isinstance(e.get("source"), str)
+            and (e["kind"] != "delta" or isinstance(e.get("from_version"), str))
+            and (e["kind"] != "payload" or isinstance(e.get("dest"), str)) for e in b["entries"])
         for b in bundles)
     if not ok:
         raise ManifestError(f"{path}: malformed plan (bundles/entries); make it again (airlock bundle plan)",
@@ -359,8 +406,11 @@ def build_from_plan(plan_path: Path, out_dir: Path, *, signer: str, gnupghome: P
         if not names.is_bundle_id(b["name"]):
             raise ManifestError(f"{plan_path}: bundle name {b['name']!r}", rule="plan")
         bundle_id = f"{b['name']}-{b['sequence']}"
-        models = []
+        models, files = [], []
         for e in b["entries"]:
+            if e["kind"] == "payload":
+                files.append({"src": e["source"], "dest": e["dest"]})
+                continue
             entry: dict[str, Any] = {"name": e["model"], "version": e["version"]}
             if e["kind"] == "full":
                 entry["path"] = e["source"]
@@ -368,7 +418,7 @@ def build_from_plan(plan_path: Path, out_dir: Path, *, signer: str, gnupghome: P
                 entry.update(delta_file=e["source"], from_version=e["from_version"])
             models.append(entry)
         spec = {"bundle_id": bundle_id, "compatible": b["compatible"], "sequence": b["sequence"],
-                "models": models}
+                "models": models, "files": files}
         with tempfile.TemporaryDirectory(prefix="airlock-plan-") as td:
             spec_path = Path(td) / f"{bundle_id}.yml"
             spec_path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")

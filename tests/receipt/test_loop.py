@@ -333,3 +333,58 @@ def test_plan_refusals_and_untrusted_digests(world: dict[str, object], keys: Key
     plan = make_plan([vr], world["release"], {MODEL: "1.3.0"})  # type: ignore[arg-type]
     host = plan["sites"]["odd"]["models"][MODEL]["hosts"]["y"]
     assert host["how"] == "full" and "differs from the release side's" in host["notes"][0]
+
+
+def test_payloads_and_tier_locations(world: dict[str, object], keys: Keys, versions: Versions,
+                                     tmp_path: Path) -> None:
+    """Receipts carry each host's other payloads (from the kept signed manifests: wheels, Debian
+    packages, images by bundle path and sha256) and each version's storage tier; the plan ships only
+    the payloads a host lacks (--payloads DIR), the bundle built from it carries them, and after the
+    install nothing is missing any more."""
+    from airlock.receipt.model import canonical_bytes, parse_receipt
+
+    src = tmp_path / "src"
+    for rel, data in (("a.whl", b"wheel a"), ("old.deb", b"deb v1")):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    spec = tmp_path / "pay.yml"
+    spec.write_text(yaml.safe_dump({"bundle_id": "pay-2", "compatible": PROFILE, "sequence": 2,
+                                    "block_size": 4096, "wheels": [str(src / "a.whl")],
+                                    "debs": [str(src / "old.deb")],
+                                    "models": [{"name": MODEL, "version": "1.1.0", "from_version": "1.0.0",
+                                                "delta_file": str(versions.deltas[("1.0.0", "1.1.0")])}]}))
+    build_bundle(spec, tmp_path / "pay-2", signer=keys.fpr["signer"], gnupghome=keys.home)
+    host = _host(world, keys, tmp_path / "h", ["b1"])
+    _install(host, tmp_path / "pay-2", keys, tmp_path).close()
+    vr = _verified("site-p", {"h": host})
+    facts = vr.receipt.hosts["h"]
+    assert facts.payloads == {"wheelhouse/a.whl": sha256_file(src / "a.whl"),
+                              "debs/old.deb": sha256_file(src / "old.deb")}
+    assert {k.location for k in facts.models[MODEL].versions.values()} == {"hot"}
+    again = parse_receipt(canonical_bytes(vr.receipt))  # the signed form keeps both
+    assert again.hosts["h"].payloads == facts.payloads
+    assert again.hosts["h"].models[MODEL].versions["1.1.0"].location == "hot"
+
+    # the release's payloads: a.whl unchanged, old.deb rebuilt, a new image
+    rel = tmp_path / "release-payloads"
+    for path, data in (("wheelhouse/a.whl", b"wheel a"), ("debs/old.deb", b"deb v2"),
+                       ("images/triton.tar", b"image" * 100)):
+        (rel / path).parent.mkdir(parents=True, exist_ok=True)
+        (rel / path).write_bytes(data)
+    plan = make_plan([vr], world["release"], {MODEL: "1.3.0"}, payloads=rel)  # type: ignore[arg-type]
+    site = plan["sites"]["site-p"]
+    assert [e["dest"] for e in site["payloads"]["entries"]] == ["debs/old.deb", "images/triton.tar"]
+    assert site["payloads"]["bytes"] == 6 + 500 and site["payloads"]["bytes_all"] == 7 + 6 + 500
+    assert site["bytes"] == site["models"][MODEL]["bytes"] + 506
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    build_from_plan(tmp_path / "plan.json", tmp_path / "out", signer=keys.fpr["signer"], gnupghome=keys.home)
+    bundle = tmp_path / "out" / "site-p"
+    assert (bundle / "debs" / "old.deb").read_bytes() == b"deb v2"
+    assert (bundle / "images" / "triton.tar").exists()
+    assert not (bundle / "wheelhouse").exists()
+    repo = _install(host, bundle, keys, tmp_path)
+    assert repo.state()["models"][MODEL]["active"] == "1.3.0"
+    repo.close()
+    after = make_plan([_verified("site-p", {"h": host})], world["release"], {MODEL: "1.3.0"},  # type: ignore[arg-type]
+                      payloads=rel)
+    assert after["sites"]["site-p"]["payloads"]["entries"] == [] and after["sites"]["site-p"]["bytes"] == 0
