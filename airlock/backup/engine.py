@@ -87,6 +87,7 @@ def create(root: Path, restic: Restic, *, keys_config: Path | None = None, reten
         raise RepositoryError(f"{layout.repo}: no model repository here (nothing to back up)",
                               path=str(layout.repo), rule="repository-missing")
     restic.check_secrets()  # a bad password file mode is refused before anything is written
+    st.keys_config_scan(keys_config)  # so is a key provider config holding a secret inline
     try:
         if not restic.is_initialized():
             restic.init()

@@ -142,9 +142,9 @@ def active_versions(versions: list[VersionInfo]) -> dict[str, str]:
     return {v.model: v.version for v in versions if v.state == "active"}
 
 
-def keys_config_copy(src: Path | None, stage: Path) -> dict[str, Any]:
-    """Copy the key provider configuration into the stage, refusing one that holds a secret inline;
-    the files it names (PIN, token, key directory) are listed and left out."""
+def keys_config_scan(src: Path | None) -> dict[str, Any]:
+    """What of the key provider configuration a backup takes: the file itself, refused when it holds
+    a secret inline; the files it names (PIN, token, key directory) are listed and left out."""
     if src is None or not src.exists():
         return {"included": False, "source": str(src) if src else None, "not_included": []}
     try:
@@ -161,11 +161,19 @@ def keys_config_copy(src: Path | None, stage: Path) -> dict[str, Any]:
                                    "with *_file or *_env instead; not backed up", path=str(src),
                                    rule="backup-keys-inline-secret")
         left_out += [str(v) for k, v in conf.items() if str(k).endswith("_file") or k in SECRET_PATH_KEYS]
-    dest = stage / KEYS_COPY
-    dest.parent.mkdir(mode=0o700)
-    shutil.copyfile(src, dest)
-    os.chmod(dest, 0o600)
     return {"included": True, "source": str(src), "not_included": sorted(set(left_out))}
+
+
+def keys_config_copy(src: Path | None, stage: Path) -> dict[str, Any]:
+    """``keys_config_scan``, then the config copied into the stage (0600)."""
+    info = keys_config_scan(src)
+    if info["included"]:
+        assert src is not None
+        dest = stage / KEYS_COPY
+        dest.parent.mkdir(mode=0o700)
+        shutil.copyfile(src, dest)
+        os.chmod(dest, 0o600)
+    return info
 
 
 def write_manifest(stage: Path, layout: Layout, catalog_sha256: str, versions: list[VersionInfo],

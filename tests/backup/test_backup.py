@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from airlock.crypto.providers import ProviderRegistry
 from airlock.repo import audit
 from tests.backup.conftest import PASSWORD, Host, flip_byte, install
 from tests.backup.rgw import Rgw, start_rgw
@@ -159,6 +161,42 @@ def test_bad_input_changes_nothing(host: Host, backed_up: BackedUp, tmp_path: Pa
     listed = host.airlock("backup", "list", "--repo", str(host.repo), "--password-file", str(host.password),
                           "--json")
     assert listed.returncode == 0 and len(json.loads(listed.stdout)["snapshots"]) == 1  # retention kept 1
+
+
+def test_password_wrapped_by_key_provider(host: Host, backed_up: BackedUp, tmp_path: Path) -> None:
+    """The restic password made and wrapped by a key provider (the development key-file provider here);
+    the key provider config is backed up, the key directory it names is not, and a config holding a
+    secret inline is refused."""
+    keydir, confdir = tmp_path / "dev-keys", tmp_path / "etc"
+    confdir.mkdir(mode=0o700)
+    conf = confdir / "keys.yaml"
+    conf.write_text(yaml.safe_dump({"providers": {"dev": {"type": "keyfile", "dir": str(keydir),
+                                                          "allow_development_keyfile": True}}}))
+    conf.chmod(0o600)
+    ProviderRegistry.load(conf).get("dev").generate("backup-kek")
+    wrapped = confdir / "restic.pw.wrapped"
+    r = host.airlock("backup", "password", "--key", "dev:backup-kek", "--out", str(wrapped),
+                     "--keys-config", str(conf))
+    assert r.returncode == 0 and wrapped.stat().st_mode & 0o777 == 0o600, r.stderr
+    opened = ["--repo", str(tmp_path / "repo"), "--password-wrapped", str(wrapped), "--keys-config",
+              str(conf)]
+    r = host.airlock("backup", "create", "--root", str(host.root), *opened, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    keys = json.loads(r.stdout)["keys_config"]
+    assert keys["included"] and keys["not_included"] == [str(keydir)]
+    out = tmp_path / "restored-keys.yaml"
+    r = host.airlock("backup", "restore", "--root", str(tmp_path / "r"), *opened, "--keys-config-out",
+                     str(out), "--no-verify", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert out.read_bytes() == conf.read_bytes() and not list((tmp_path / "r").rglob("*.kek"))
+    assert host.airlock("backup", "list", "--repo", str(tmp_path / "repo"), "--password-file",
+                        str(host.password)).returncode == 35  # the other password does not open it
+
+    inline = {"providers": {"hsm": {"type": "pkcs11", "token_label": "t", "pin": "1234"}}}
+    conf.write_text(yaml.safe_dump(inline))
+    r = host.airlock("backup", "create", "--root", str(host.root), "--repo", str(tmp_path / "repo2"),
+                     "--password-file", str(host.password), "--keys-config", str(conf))
+    assert r.returncode == 34 and "inline" in r.stderr and not (tmp_path / "repo2").exists()
 
 
 def test_role_units_verify_and_run(host: Host, backed_up: BackedUp, tmp_path: Path) -> None:
