@@ -26,13 +26,13 @@ from airlock.bundle.safeio import open_beneath, remove_stale
 from airlock.bundle.signing import SignerInfo, Trust
 from airlock.bundle.verify import (
     BlockChecker,
+    ManifestSource,
     SignedManifest,
     VerifyReport,
     check_policy,
-    check_signed,
-    load_signed_manifest,
+    load_signed,
 )
-from airlock.codec.stored import FrameStream
+from airlock.codec import stored as codec  # by module: codec.stored imports airlock.bundle
 from airlock.errors import IntegrityError, ManifestError, SignatureError, UnsafePathError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_tree, rmtree_writable, safe_relpath, staging_dir
@@ -72,16 +72,16 @@ def pack_bundle(bundle_dir: Path, out_file: Path, trust: Trust | None = None,
     payloads are always read through the manifest (no symlinks, exact sizes), extras are left out."""
     root = Path(bundle_dir)
     tick = progress or no_progress
+    source = ManifestSource.from_dir(root)
     if trust is not None:
-        signed = load_signed_manifest(root, trust)
-        manifest, data, sig = signed.manifest, signed.data, signed.signature
+        manifest = load_signed(source, trust).manifest  # no signature: refused here
+    elif source.signature is None:  # packed unchecked, but never without its signature
+        raise IntegrityError(f"{SIGNATURE_NAME}: missing file", path=SIGNATURE_NAME, rule="missing")
     else:
         from airlock.bundle.manifest import parse_manifest
-        from airlock.bundle.safeio import read_limited
 
-        data = read_limited(root, MANIFEST_NAME, MAX_MANIFEST_BYTES, ManifestError, "manifest-size")
-        sig = read_limited(root, SIGNATURE_NAME, MAX_SIGNATURE_BYTES, SignatureError, "signature-size")
-        manifest = parse_manifest(data)
+        manifest = parse_manifest(source.data)
+    data, sig = source.data, source.signature or b""
     out_file = Path(out_file)
     tmp = out_file.with_name(f".{out_file.name}.tmp")
     try:
@@ -131,6 +131,12 @@ def _read_small(tar: tarfile.TarFile, member: tarfile.TarInfo | None, name: str,
     fh = tar.extractfile(member)
     assert fh is not None
     return fh.read(limit + 1)
+
+
+def tar_source(tar: tarfile.TarFile) -> ManifestSource:
+    """The manifest source of a packed bundle: its first two members, in that order."""
+    return ManifestSource(_read_small(tar, tar.next(), MANIFEST_NAME, MAX_MANIFEST_BYTES),
+                          _read_small(tar, tar.next(), SIGNATURE_NAME, MAX_SIGNATURE_BYTES))
 
 
 def _member_kind(m: tarfile.TarInfo) -> str:
@@ -205,9 +211,9 @@ def _stream_members(tar: tarfile.TarFile, trust: Trust, compatible: str | None,
     """Members in order: manifest, signature (verified before anything else), then only regular files
     named by the manifest, each hashed while streamed (to ``dest_root`` when given: as the packed
     members, or with ``assemble`` as whole payloads, parts appended in order, as staging lays them out)."""
-    data = _read_small(tar, tar.next(), MANIFEST_NAME, MAX_MANIFEST_BYTES)
-    sig = _read_small(tar, tar.next(), SIGNATURE_NAME, MAX_SIGNATURE_BYTES)
-    signed = check_signed(data, sig, trust)
+    source = tar_source(tar)
+    data, sig = source.data, source.signature or b""
+    signed = load_signed(source, trust)
     manifest = signed.manifest
     check_policy(manifest, compatible=compatible, installed_sequence=installed_sequence)
     if dest_root is not None:
@@ -216,7 +222,7 @@ def _stream_members(tar: tarfile.TarFile, trust: Trust, compatible: str | None,
     expected = manifest.physical_files()
     seen: set[str] = set()
     next_part: dict[str, int] = {}
-    checkers: dict[str, BlockChecker | FrameStream] = {}
+    checkers: dict[str, BlockChecker | codec.FrameStream] = {}
     total = 0
     while (member := tar.next()) is not None:
         _check_member(member, expected, seen)
@@ -232,7 +238,7 @@ def _stream_members(tar: tarfile.TarFile, trust: Trust, compatible: str | None,
         seen.add(name)
         decode = assemble and entry.coding is not None  # a compressed payload is staged decoded
         checker = checkers.setdefault(rel, BlockChecker(rel, entry) if entry.coding is None
-                                      else FrameStream(rel, entry, decode=decode))
+                                      else codec.FrameStream(rel, entry, decode=decode))
         part_hash = hashlib.sha256()
         src = tar.extractfile(member)
         assert src is not None
@@ -245,7 +251,7 @@ def _stream_members(tar: tarfile.TarFile, trust: Trust, compatible: str | None,
             else:
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             out = os.fdopen(os.open(dest, flags, 0o600 if assemble else 0o644), "wb")
-        if isinstance(checker, FrameStream):
+        if isinstance(checker, codec.FrameStream):
             checker.sink = out
         try:
             while chunk := src.read(CHUNK):
@@ -275,12 +281,11 @@ def read_archive_manifest(tar_path: Path, trust: Trust) -> SignedManifest:
     manifest is parsed; no payload is read (``inspect``, ``preflight``, ``install-bundle`` sizing)."""
     try:
         with open(tar_path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
-            data = _read_small(tar, tar.next(), MANIFEST_NAME, MAX_MANIFEST_BYTES)
-            sig = _read_small(tar, tar.next(), SIGNATURE_NAME, MAX_SIGNATURE_BYTES)
+            src = tar_source(tar)
     except (tarfile.TarError, EOFError) as exc:
         raise ManifestError(f"{tar_path}: not a readable bundle archive ({exc})", path=str(tar_path),
                             rule="pack-format") from exc
-    return check_signed(data, sig, trust)
+    return load_signed(src, trust)
 
 
 def stage_archive(tar_path: Path, staging: Path, trust: Trust, *, compatible: str | None = None,

@@ -19,17 +19,22 @@ from pathlib import Path
 
 from airlock.bundle.manifest import (
     MANIFEST_NAME,
-    MAX_MANIFEST_BYTES,
-    MAX_SIGNATURE_BYTES,
     SIGNATURE_NAME,
     FileEntry,
     Manifest,
 )
-from airlock.bundle.safeio import STAGING_MARKER, PartsReader, payload_files, read_limited
+from airlock.bundle.safeio import COMPLETE_MARKER, STAGING_MARKER, PartsReader, payload_files, read_limited
 from airlock.bundle.signing import SignerInfo, Trust
-from airlock.bundle.verify import BlockChecker, SignedManifest, check_policy, check_signed, check_sizes
-from airlock.codec.stored import coded_here, stage_coded
-from airlock.errors import IntegrityError, ManifestError, SignatureError, UnsafePathError
+from airlock.bundle.verify import (
+    BlockChecker,
+    ManifestSource,
+    SignedManifest,
+    check_policy,
+    check_sizes,
+    load_signed,
+)
+from airlock.codec import stored as codec  # by module: codec.stored imports airlock.bundle
+from airlock.errors import IntegrityError, UnsafePathError
 from airlock.faults import fault_point
 from airlock.fsutil import atomic_write_bytes, fsync_dir
 from airlock.hashing import iter_chunks, no_progress, sha256_bytes
@@ -37,7 +42,6 @@ from airlock.names import PATH_MAX
 
 Progress = Callable[[int], None]
 PARTIAL_SUFFIX = ".airlock-partial"
-COMPLETE_MARKER = ".airlock-staged"  # written last: the sha256 of the staged manifest bytes
 _INCOMING = ".incoming-"
 
 
@@ -154,20 +158,15 @@ def _open_partial(partial: Path) -> int:
 
 def _stage_manifest(root: Path, stage: Path, trust: Trust, compatible: str | None,
                     installed_sequence: int | None) -> SignedManifest:
-    data = read_limited(root, MANIFEST_NAME, MAX_MANIFEST_BYTES, ManifestError, "manifest-size")
-    try:
-        sig: bytes | None = read_limited(root, SIGNATURE_NAME, MAX_SIGNATURE_BYTES, SignatureError,
-                                         "signature-size")
-    except IntegrityError:
-        sig = None
+    src = ManifestSource.from_dir(root)
     tmp_m, tmp_s = stage / f"{_INCOMING}{MANIFEST_NAME}", stage / f"{_INCOMING}{SIGNATURE_NAME}"
     try:
-        atomic_write_bytes(tmp_m, data)
-        atomic_write_bytes(tmp_s, sig or b"")
+        atomic_write_bytes(tmp_m, src.data)
+        atomic_write_bytes(tmp_s, src.signature or b"")
         # from here on only the staged bytes count
-        staged_data = read_limited(stage, tmp_m.name, MAX_MANIFEST_BYTES, ManifestError, "manifest-size")
-        staged_sig = read_limited(stage, tmp_s.name, MAX_SIGNATURE_BYTES, SignatureError, "signature-size")
-        signed = check_signed(staged_data, staged_sig if sig is not None else None, trust)
+        staged = ManifestSource.from_dir(stage, tmp_m.name, tmp_s.name)
+        signed = load_signed(ManifestSource(staged.data, staged.signature if src.signature is not None
+                                            else None), trust)
         check_policy(signed.manifest, compatible=compatible, installed_sequence=installed_sequence)
         _check_path_max(stage, signed.manifest)
     except BaseException:
@@ -236,9 +235,9 @@ def _copy_one(root: Path, stage: Path, rel: str, entry: FileEntry, counters: Sta
     copied = 0
     with raw, os.fdopen(fd, "r+b", buffering=0) as out:
         have = os.fstat(out.fileno()).st_size
-        coded = coded_here(root, entry)
+        coded = codec.coded_here(root, entry)
         if coded:  # compressed (airlock/codec): frames checked, decoded, blocks checked, on all cores
-            copied = stage_coded(root, rel, entry, out, have, counters, tick)
+            copied = codec.stage_coded(root, rel, entry, out, have, counters, tick)
         src_pos = -1
         for i in range(0 if coded else len(entry.blocks)):
             start = i * bs
@@ -339,17 +338,16 @@ def open_staged(staging_dir: Path, trust: Trust, *, compatible: str | None = Non
         raise UnsafePathError(f"{stage}: not an Airlock staging directory (a directory of ours, mode 0700, "
                               f"holding {STAGING_MARKER}); stage the bundle first", path=str(stage),
                               rule="staging")
-    data = read_limited(stage, MANIFEST_NAME, MAX_MANIFEST_BYTES, ManifestError, "manifest-size")
+    src = ManifestSource.from_dir(stage)
     try:
         marker = read_limited(stage, COMPLETE_MARKER, 128, IntegrityError, "staging-incomplete")
     except IntegrityError as exc:
         raise IntegrityError(f"{stage}: staging did not complete (no {COMPLETE_MARKER}); stage the bundle "
                              "again (it resumes)", path=str(stage), rule="staging-incomplete") from exc
-    if marker != _marker(data):
+    if marker != _marker(src.data):
         raise IntegrityError(f"{stage}: {COMPLETE_MARKER} does not match the staged {MANIFEST_NAME}; stage "
                              "the bundle again", path=str(stage), rule="staging-incomplete")
-    sig = read_limited(stage, SIGNATURE_NAME, MAX_SIGNATURE_BYTES, SignatureError, "signature-size")
-    signed = check_signed(data, sig or None, trust)
+    signed = load_signed(ManifestSource(src.data, src.signature or None), trust)  # staged empty: unsigned
     check_policy(signed.manifest, compatible=compatible, installed_sequence=None)
     for rel, entry in signed.manifest.files.items():
         try:

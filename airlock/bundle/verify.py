@@ -3,11 +3,9 @@ policy (compatible, anti-downgrade), then every named payload streamed and hashe
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -29,7 +27,7 @@ from airlock.bundle.safeio import (
     staged_layout,
 )
 from airlock.bundle.signing import SignerInfo, Trust, verify_signature
-from airlock.codec.stored import check_stored, coded_here
+from airlock.codec import stored as codec  # by module: codec.stored imports airlock.bundle
 from airlock.errors import (
     CompatibilityError,
     DowngradeError,
@@ -37,7 +35,7 @@ from airlock.errors import (
     ManifestError,
     SignatureError,
 )
-from airlock.hashing import CHUNK, no_progress
+from airlock.hashing import CHUNK, BlockHasher, no_progress
 
 Progress = Callable[[int], None]
 
@@ -70,16 +68,37 @@ class SignedManifest:
     signature: bytes
 
 
+@dataclass(frozen=True)
+class ManifestSource:
+    """The manifest and signature bytes as read from where a bundle is, untrusted until
+    ``load_signed``: a directory (``from_dir``: through ``safeio``, no symlinks, size-limited) or a
+    packed archive's first two members (``pack.tar_source``). Every trust decision over a bundle
+    goes source -> ``load_signed`` (signature over the exact bytes, then parse) -> ``check_policy``."""
+
+    data: bytes
+    signature: bytes | None  # None: no signature file (refused by the signature check)
+
+    @classmethod
+    def from_dir(cls, root: Path, manifest: str = MANIFEST_NAME,
+                 signature: str = SIGNATURE_NAME) -> ManifestSource:
+        data = read_limited(root, manifest, MAX_MANIFEST_BYTES, ManifestError, "manifest-size")
+        try:
+            sig: bytes | None = read_limited(root, signature, MAX_SIGNATURE_BYTES, SignatureError,
+                                             "signature-size")
+        except IntegrityError:
+            sig = None
+        return cls(data, sig)
+
+
+def load_signed(source: ManifestSource, trust: Trust) -> SignedManifest:
+    """The one signature check: over exactly the source's manifest bytes, before they are parsed."""
+    return check_signed(source.data, source.signature, trust)
+
+
 def load_signed_manifest(root: Path, trust: Trust) -> SignedManifest:
     """Read MANIFEST.json and its signature from ``root`` (no symlinks, size-limited), verify the
     signature over exactly those bytes, and only then parse them."""
-    data = read_limited(root, MANIFEST_NAME, MAX_MANIFEST_BYTES, ManifestError, "manifest-size")
-    try:
-        sig: bytes | None = read_limited(root, SIGNATURE_NAME, MAX_SIGNATURE_BYTES, SignatureError,
-                                         "signature-size")
-    except IntegrityError:
-        sig = None
-    return check_signed(data, sig, trust)
+    return load_signed(ManifestSource.from_dir(root), trust)
 
 
 def check_signed(data: bytes, sig: bytes | None, trust: Trust) -> SignedManifest:
@@ -110,32 +129,19 @@ def check_sequence(m: Manifest, installed_sequence: int | None, where: str = MAN
                              f"{installed_sequence} and the bundle is not a signed rollback", path=where)
 
 
-_PARALLEL_MIN = 1024 * 1024
-_pool: ThreadPoolExecutor | None = None
-
-
-def _hash_pool() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(1, thread_name_prefix="airlock-sha256")
-    return _pool
-
-
 class BlockChecker:
-    """Hash a stream against a manifest entry, failing at the first bad block.
-
-    The whole-file SHA-256 and the block SHA-256s are two independent streams over the same bytes;
-    hashlib releases the GIL on large updates, so the whole-file one runs on a helper thread while
-    the blocks are hashed here (about twice the throughput of doing both in turn on two cores)."""
+    """Hash a stream against a manifest entry (``hashing.BlockHasher``: whole file and blocks, the
+    whole-file hash on a helper thread), failing at the first bad block."""
 
     def __init__(self, rel: str, entry: FileEntry) -> None:
         self.rel = rel
         self.entry = entry
-        self.size = 0
-        self._whole = hashlib.sha256()
-        self._block = hashlib.sha256()
-        self._in_block = 0
+        self._hasher = BlockHasher(entry.block_size)
         self._checked = 0
+
+    @property
+    def size(self) -> int:
+        return self._hasher.size
 
     @property
     def verified_blocks(self) -> int:
@@ -146,71 +152,47 @@ class BlockChecker:
         if self.size + len(data) > self.entry.size:
             raise IntegrityError(f"{self.rel}: larger than its manifest size {self.entry.size}",
                                  path=self.rel, rule="size")
-        self.size += len(data)
-        if len(data) < _PARALLEL_MIN:
-            self._whole.update(data)
-            self._update_blocks(memoryview(data))
-            return
-        whole = _hash_pool().submit(self._whole.update, data)
-        try:
-            self._update_blocks(memoryview(data))
-        finally:
-            whole.result()
+        self._hasher.update(data)
+        self._check_blocks()
 
     def offer_block(self, chunks: Iterable[bytes]) -> bool:
         """Offer the bytes of the next whole block (e.g. from an earlier partial copy). When they hash
         to the manifest's block they count as if passed to ``update``; otherwise nothing changes."""
-        if self._in_block:
+        if not self._hasher.at_block_boundary:
             raise ValueError("offer_block only at a block boundary")
         want = min(self.entry.block_size, self.entry.size - self.size)
         if want <= 0:
             return False
-        candidate = self._whole.copy()
-        block = hashlib.sha256()
+        trial = self._hasher.copy()
         got = 0
         for chunk in chunks:
             got += len(chunk)
             if got > want:
                 return False
-            whole = _hash_pool().submit(candidate.update, chunk) if len(chunk) >= _PARALLEL_MIN else None
-            if whole is None:
-                candidate.update(chunk)
-            block.update(chunk)
-            if whole is not None:
-                whole.result()
-        if got != want or block.hexdigest() != self.entry.blocks[self._checked]:
+            trial.update(chunk)
+        trial.close_block()
+        i = self._checked
+        if got != want or trial.blocks[i:] != [self.entry.blocks[i]]:
             return False
-        self._whole = candidate
-        self.size += got
+        self._hasher = trial
         self._checked += 1
         return True
 
-    def _update_blocks(self, view: memoryview) -> None:
-        bs = self.entry.block_size
-        while view:
-            take = min(len(view), bs - self._in_block)
-            self._block.update(view[:take])
-            self._in_block += take
-            view = view[take:]
-            if self._in_block == bs:
-                self._end_block()
-
-    def _end_block(self) -> None:
-        i = self._checked
-        digest = self._block.hexdigest()
-        self._block = hashlib.sha256()
-        self._in_block = 0
-        if i >= len(self.entry.blocks) or digest != self.entry.blocks[i]:
-            start = i * self.entry.block_size
-            end = start + self.entry.block_size
-            raise IntegrityError(f"{self.rel}: block {i} (bytes {start}..{end}) does not match its "
-                                 "manifest hash", path=self.rel, rule="block-hash")
-        self._checked += 1
+    def _check_blocks(self) -> None:
+        blocks = self._hasher.blocks
+        while self._checked < len(blocks):
+            i = self._checked
+            if i >= len(self.entry.blocks) or blocks[i] != self.entry.blocks[i]:
+                start = i * self.entry.block_size
+                end = start + self.entry.block_size
+                raise IntegrityError(f"{self.rel}: block {i} (bytes {start}..{end}) does not match its "
+                                     "manifest hash", path=self.rel, rule="block-hash")
+            self._checked += 1
 
     def close_block(self) -> None:
         """Check a pending short (last) block now."""
-        if self._in_block:
-            self._end_block()
+        self._hasher.close_block()
+        self._check_blocks()
 
     def finish(self) -> str:
         """Check the last (short) block, the size and the whole-file hash; return the sha256."""
@@ -218,7 +200,7 @@ class BlockChecker:
         if self.size != self.entry.size:
             raise IntegrityError(f"{self.rel}: {self.size} bytes, manifest says {self.entry.size}",
                                  path=self.rel, rule="size")
-        digest = self._whole.hexdigest()
+        digest = self._hasher.finish().sha256
         if digest != self.entry.sha256:
             raise IntegrityError(f"{self.rel}: sha256 does not match the manifest", path=self.rel,
                                  rule="sha256")
@@ -239,7 +221,7 @@ def check_stream(fh: BinaryIO, rel: str, entry: FileEntry, progress: Progress = 
 def check_sizes(root: Path, m: Manifest) -> None:
     """Cheap pre-pass: every named file exists, is regular, has its size (before hashing anything)."""
     for rel, entry in m.files.items():
-        stored = entry.stored_size if coded_here(root, entry) else entry.size
+        stored = entry.stored_size if codec.coded_here(root, entry) else entry.size
         for name, size in payload_files(root, rel, stored, [p.size for p in entry.parts]):
             fd = open_beneath(root, name)
             try:
@@ -289,8 +271,8 @@ def verify_bundle(bundle_dir: Path, trust: Trust, *, compatible: str | None = No
     report = VerifyReport(manifest=m, signer=signed.signer, extra_files=extra_files(root, m))
     tick = progress or no_progress
     for rel, entry in m.files.items():
-        if coded_here(root, entry):  # compressed: every stored frame against its signed hash
-            check_stored(root, rel, entry, tick)
+        if codec.coded_here(root, entry):  # compressed: every stored frame against its signed hash
+            codec.check_stored(root, rel, entry, tick)
             report.files_checked += 1
             report.bytes_checked += entry.size
             continue

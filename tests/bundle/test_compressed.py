@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def _safetensors() -> bytes:
     return build_header(specs) + b"".join(_tensor(d, n, rng) for _name, d, n in TENSORS)
 
 
-MODEL = {"config.json": b'{"hidden": 8}\n', "model.safetensors": _safetensors(),
+MODEL = {"config.json": b'{"hidden": 8}\n', "model.safetensors": _safetensors(), "empty.txt": b"",
          "tokenizer.json": json.dumps({"vocab": {f"tok{i}": i for i in range(2000)}}).encode()}
 
 
@@ -264,3 +265,9 @@ def test_packed_compressed_bundle_verifies_and_stages(built: tuple[Path, Path], 
     staged = stage_archive(tar, tmp_path / "st", trust)
     for rel, data in MODEL.items():
         assert (staged.path / "models/minilm/1.0.0" / rel).read_bytes() == data
+
+
+def test_the_codec_imports_on_its_own() -> None:
+    """airlock.codec.stored imports airlock.bundle, which imports it back (by module)."""
+    r = subprocess.run([sys.executable, "-c", "import airlock.codec.stored"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
