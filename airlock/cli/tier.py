@@ -85,6 +85,7 @@ def configure_cmd(
     hot_share: float = typer.Option(None, "--hot-share", help="Policy: versions use at most this share "
                                     "(0-1] of the hot file system; apply demotes the oldest to warm."),
     clear_policy: bool = typer.Option(False, "--clear-policy", help="Remove the policy."),
+    check: bool = typer.Option(False, "--check", "--dry-run", help="Only show what would change."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Configure the tiers of this repository (stored in its catalog) and the hot-tier policy. With a
@@ -98,13 +99,16 @@ def configure_cmd(
         if cold is not None:
             dirs["cold"] = cold
         result = tier.configure(_repo(root), dirs=dirs, keep_hot=keep_hot, hot_share=hot_share,
-                                clear_policy=clear_policy)
+                                clear_policy=clear_policy, check=check)
         if as_json:
             emit_json({"ok": True, **result})
             return
-        for name, d in result["tiers"].items():
+        if check:
+            check_banner()
+        for name, d in result.get("tiers", {}).items():
             _say(f"{name}: {d or 'not configured'}")
-        _say(f"policy: {result['policy']}" + ("" if result["changed"] else " (unchanged)"))
+        verb = "would change" if check else "changed"
+        _say(f"{verb}: {result['set']}" if result["changed"] else "unchanged")
 
 
 @app.command("demote")
@@ -132,12 +136,16 @@ def promote_cmd(model: str = typer.Argument(...), version: str = typer.Argument(
 @app.command("apply")
 def apply_cmd(root: Path = RootOpt, check: bool = typer.Option(False, "--check", "--dry-run",
                                                                help="Only show what would move."),
+              keep_hot: int = typer.Option(None, "--keep-hot", help="Use this keep-hot instead."),
+              hot_share: float = typer.Option(None, "--hot-share", help="Use this hot-share instead."),
               keys_config: Path = KeysOpt, as_json: bool = JsonOpt) -> None:
-    """Apply the configured policy: demote to the warm tier what keep-hot / hot-share ask for."""
+    """Apply the configured policy (or the one given): demote to the warm tier what keep-hot /
+    hot-share ask for."""
     from airlock.repo import tier
 
     with handle_errors(as_json):
-        result = tier.apply_policy(_repo(root, keys_config), check=check)
+        pol = tier.Policy(keep_hot, hot_share) if keep_hot is not None or hot_share is not None else None
+        result = tier.apply_policy(_repo(root, keys_config), check=check, pol=pol)
         if as_json:
             emit_json(result)
             return

@@ -63,7 +63,7 @@ class Location:
         return {"tier": self.tier, "path": str(self.path)}
 
 
-@dataclass
+@dataclass(eq=True)
 class Policy:
     keep_hot: int | None = None  # hot versions kept per model (active and previous always stay)
     hot_share: float | None = None  # at most this share of the hot file system used by versions
@@ -149,23 +149,28 @@ def _usable(cat: Catalog, tier: str) -> Path:
 
 
 def configure(repo: Repository, *, dirs: dict[str, Path | None] | None = None, keep_hot: int | None = None,
-              hot_share: float | None = None, clear_policy: bool = False) -> dict[str, Any]:
-    """Set the warm/cold directories (``dirs``: tier -> directory, None to unset) and the policy.
-    A directory must exist (a mount), be absolute, lie outside the repository and not belong to
-    another repository; a tier holding versions cannot be moved or unset."""
+              hot_share: float | None = None, clear_policy: bool = False,
+              check: bool = False) -> dict[str, Any]:
+    """Set the warm/cold directories (``dirs``: tier -> directory, None to unset) and the policy;
+    what is already so is no change. A directory must exist (a mount), lie outside the repository
+    and not belong to another repository; a tier holding versions cannot be moved or unset.
+    ``check``: only say what would change (read-only)."""
     if keep_hot is not None and keep_hot < 1:
         raise RepositoryError(f"--keep-hot must be at least 1, not {keep_hot}", rule="tier-policy")
     if hot_share is not None and not 0 < hot_share <= 1:
         raise RepositoryError(f"--hot-share must be in (0, 1], not {hot_share}", rule="tier-policy")
-    with repo._mutating() as cat:
+    if check and not repo.layout.catalog.exists():  # a new host: everything asked for is a change
+        return {"changed": True, "check_mode": True, "set": {**{t: str(d) if d else None for t, d in
+                                                                (dirs or {}).items()},
+                                                             "keep_hot": keep_hot, "hot_share": hot_share}}
+    with repo._reading() if check else repo._mutating() as cat:
         changed: dict[str, Any] = {}
         for tier, d in (dirs or {}).items():
             if tier not in TIER_DIRS:
                 raise RepositoryError(f"{tier}: not a configurable tier ({', '.join(TIER_DIRS)})",
                                       rule="tier")
-            old = tier_dir(cat, tier)
             new = Path(os.path.abspath(d)) if d is not None else None
-            if new == old:
+            if new == tier_dir(cat, tier):
                 continue
             used = [f"{m} {r.version}" for m in cat.models() for r in cat.versions(m)
                     if r.location == tier and r.state in PRESENT]
@@ -175,30 +180,32 @@ def configure(repo: Repository, *, dirs: dict[str, Path | None] | None = None, k
             if new is not None:
                 _check_dir(repo, cat, tier, new)
             changed[tier] = str(new) if new else None
+        old = policy(cat)
+        want = Policy(None, None) if clear_policy else Policy(old.keep_hot, old.hot_share)
+        want.keep_hot = keep_hot if keep_hot is not None else want.keep_hot
+        want.hot_share = hot_share if hot_share is not None else want.hot_share
+        if want != old:
+            changed["policy"] = want.as_dict()
+        if check or not changed:
+            return {"changed": bool(changed), "check_mode": check, "set": changed, **_config(cat)}
         with cat.transaction():
             if cat.get_meta(_META_ID) is None:
                 cat.set_meta(_META_ID, uuid.uuid4().hex)
             for tier, d_str in changed.items():
-                if d_str is None:
+                if tier in TIER_DIRS and d_str is None:
                     cat.del_meta(f"tier.{tier}")
-                else:
+                elif tier in TIER_DIRS:
                     cat.set_meta(f"tier.{tier}", d_str)
-            if clear_policy:
-                cat.del_meta(_META_KEEP)
-                cat.del_meta(_META_SHARE)
-                changed["policy"] = None
-            if keep_hot is not None:
-                cat.set_meta(_META_KEEP, str(keep_hot))
-                changed["keep_hot"] = keep_hot
-            if hot_share is not None:
-                cat.set_meta(_META_SHARE, repr(hot_share))
-                changed["hot_share"] = hot_share
+            for key, value in ((_META_KEEP, want.keep_hot), (_META_SHARE, want.hot_share)):
+                if value is None:
+                    cat.del_meta(key)
+                else:
+                    cat.set_meta(key, repr(value))
         for tier, d_str in changed.items():
             if tier in TIER_DIRS and d_str is not None:
                 _write_marker(Path(d_str), str(cat.get_meta(_META_ID)), tier)
-        if changed:
-            repo.audit_record("tier-configure", None, None, None, "ok", changed)
-        return {"changed": bool(changed), "set": changed, **_config(cat)}
+        repo.audit_record("tier-configure", None, None, None, "ok", changed)
+        return {"changed": True, "check_mode": False, "set": changed, **_config(cat)}
 
 
 def _check_dir(repo: Repository, cat: Catalog, tier: str, d: Path) -> None:
