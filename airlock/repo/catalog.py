@@ -22,6 +22,8 @@ from airlock.repo.layout import CATALOG_MODE
 STATES = ("staged", "active", "previous", "failed", "rolled_back", "pruned")
 """``failed``: left by an automatic rollback (its apply or health gate failed); ``rolled_back``: left by
 an operator's rollback, still good and available to roll forward (``activate``)."""
+PRESENT = ("staged", "active", "previous", "failed", "rolled_back")
+"""States of a kept version: its files are in its tier (``location``; hot: ``<model>/<version>/``)."""
 
 def _versions_table(name: str, states: tuple[str, ...], extra: str = "") -> str:
     """The ``versions`` table's definition, one spelling for its creation (0 -> 1) and its rebuild

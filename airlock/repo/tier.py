@@ -34,7 +34,7 @@ from airlock.errors import DiskSpaceError, IntegrityError, RepositoryError
 from airlock.faults import fault_point
 from airlock.fsutil import free_bytes, fsync_dir, rmtree_writable
 from airlock.hashing import copy_hashing, no_progress, sha256_file
-from airlock.repo.catalog import LOCATIONS, Catalog, VersionRow
+from airlock.repo.catalog import LOCATIONS, PRESENT, Catalog, VersionRow
 from airlock.repo.install import disk_bytes, seal
 from airlock.repo.layout import STAGING_PREFIX, TRASH_PREFIX, Layout, SemVer
 
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 TIER_DIRS = ("warm", "cold")
 MARKER = ".airlock-tier"
-PRESENT = ("staged", "active", "previous", "failed", "rolled_back")  # = airlock.repo.recover.PRESENT
 _META_ID = "tier.repository-id"
 _META_KEEP = "tier.keep-hot"
 _META_SHARE = "tier.hot-share"
