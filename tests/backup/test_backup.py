@@ -24,6 +24,7 @@ import yaml
 
 from airlock.crypto.providers import ProviderRegistry
 from airlock.repo import audit
+from airlock.repo.lock import repo_lock
 from tests.backup.conftest import PASSWORD, Host, flip_byte, install
 from tests.backup.rgw import Rgw, start_rgw
 from tests.monitoring.render import LOCAL, run_playbook
@@ -156,6 +157,11 @@ def test_bad_input_changes_nothing(host: Host, backed_up: BackedUp, tmp_path: Pa
     r = host.airlock("backup", "restore", "--repo", str(tmp_path / "nothing"), "--root", str(tmp_path / "t"),
                      "--password-file", str(host.password))
     assert r.returncode == 60 and "no restic repository" in r.stderr and "Traceback" not in r.stderr
+    # an install holding the repository's exclusive lock: the backup waits for it, then gives up (exit 32)
+    with repo_lock(host.root / "model_repo" / "metadata" / ".lock", 5):
+        r = host.airlock("backup", "create", "--root", str(host.root), "--repo", str(host.repo),
+                         "--password-file", str(host.password), "--lock-timeout", "1")
+    assert r.returncode == 32 and "lock" in r.stderr, r.stderr
     assert tree_state(host.root) == state  # refused commands wrote nothing, not even an audit record
 
     listed = host.airlock("backup", "list", "--repo", str(host.repo), "--password-file", str(host.password),
