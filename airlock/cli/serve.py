@@ -405,6 +405,34 @@ def lb_drain(server: str, socket: Path = SocketOpt, backend: str = LbBackendOpt,
         _lb_emit(HAProxy(socket).drain(backend, server, wait_s=wait), as_json)
 
 
+@lb_app.command("shift")
+def lb_shift(server: str, socket: Path = SocketOpt, backend: str = LbBackendOpt,
+             step: list[int] = typer.Option([], "--step", help="A weight on the way (e.g. --step 10 "
+                                            "--step 50); repeatable, in order."),
+             full_weight: int = typer.Option(100, "--full-weight", help="The weight it ends at."),
+             settle: float = typer.Option(5.0, "--settle", help="Seconds between steps."),
+             wait: float = typer.Option(60.0, "--wait", help="Seconds to wait for sessions when draining "
+                                        "again."),
+             as_json: bool = JsonOpt) -> None:
+    """Send requests to SERVER again gradually: each --step weight, then --full-weight; between steps
+    HAProxy's health check must see it UP and its error counters must not grow. Otherwise SERVER is
+    drained again and the command exits 50."""
+    from airlock.serving.errors import ServingError
+    from airlock.serving.haproxy import HAProxy, shift
+
+    with handle_errors(as_json):
+        res = shift(HAProxy(socket), backend, server, tuple(step), full_weight=full_weight, settle_s=settle,
+                    drain_wait_s=wait)
+        if not res.ok:
+            raise ServingError(f"haproxy: {backend}/{server}: {res.detail} (steps: "
+                               f"{', '.join(str(s['weight']) for s in res.steps)})", rule="haproxy-shift")
+        if as_json:
+            emit_json(res.as_dict())
+        else:
+            path = " -> ".join(f"{s['weight']} ({s['status']})" for s in res.steps)
+            out.print(f"{backend}/{server}: {path}")
+
+
 @lb_app.command("enable")
 def lb_enable(server: str, socket: Path = SocketOpt, backend: str = LbBackendOpt,
               weight: int | None = typer.Option(None, "--weight", help="Set this weight (0-256) first."),

@@ -134,6 +134,39 @@ class HAProxy:
 
 
 @dataclass
+class ShiftResult:
+    server: str
+    ok: bool
+    detail: str
+    steps: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"server": self.server, "ok": self.ok, "detail": self.detail, "steps": self.steps}
+
+
+def shift(lb: HAProxy, backend: str, server: str, weights: tuple[int, ...] = (), *, full_weight: int = 100,
+          settle_s: float = 1.0, drain_wait_s: float = 60.0) -> ShiftResult:
+    """Bring ``server`` back gradually: each weight of ``weights`` then ``full_weight``, ``settle_s``
+    apart; after each step HAProxy's health check must see the server UP and its error counters
+    (connection, response, 5xx) must not have grown. A step that fails drains the server again (it
+    takes no new request) and the result says why; the caller rolls back."""
+    steps: list[dict[str, Any]] = []
+    for w in (*weights, full_weight):
+        before = lb.errors(backend, server)
+        lb.weight(backend, server, w)
+        lb.enable(backend, server)
+        time.sleep(settle_s)
+        errs = lb.errors(backend, server) - before
+        status = lb.state(backend, server).status
+        steps.append({"weight": w, "errors": errs, "status": status})
+        if errs or not status.startswith("UP"):
+            lb.drain(backend, server, wait_s=drain_wait_s)
+            why = f"{errs} error(s)" if errs else f"health check {status or 'unknown'}"
+            return ShiftResult(server, False, f"{why} at weight {w}: drained again", steps)
+    return ShiftResult(server, True, "shifted", steps)
+
+
+@dataclass
 class SwapResult:
     server: str
     ok: bool
@@ -158,7 +191,6 @@ def drain_swap(lb: HAProxy, backend: str, server: str, swap: Callable[[], bool],
     lb.drain(backend, server, wait_s=drain_wait_s)
     drained = time.monotonic() - t0
     t1 = time.monotonic()
-    steps: list[dict[str, Any]] = []
     ok = swap()
     swap_s = time.monotonic() - t1
     if not ok:
@@ -166,19 +198,13 @@ def drain_swap(lb: HAProxy, backend: str, server: str, swap: Callable[[], bool],
         lb.weight(backend, server, full_weight)
         lb.enable(backend, server)
         return SwapResult(server, False, "gate failed: rolled back while drained, re-enabled on the old "
-                          "version", drained, swap_s, steps)
-    for w in (*weights, full_weight):
-        before = lb.errors(backend, server)
-        lb.weight(backend, server, w)
+                          "version", drained, swap_s, [])
+    moved = shift(lb, backend, server, weights, full_weight=full_weight, settle_s=settle_s,
+                  drain_wait_s=drain_wait_s)
+    if not moved.ok:  # drained again by shift
+        rollback()
+        lb.weight(backend, server, full_weight)
         lb.enable(backend, server)
-        time.sleep(settle_s)
-        errs = lb.errors(backend, server) - before
-        steps.append({"weight": w, "errors": errs})
-        if errs:
-            lb.drain(backend, server, wait_s=drain_wait_s)
-            rollback()
-            lb.weight(backend, server, full_weight)
-            lb.enable(backend, server)
-            return SwapResult(server, False, f"{errs} error(s) at weight {w}: rolled back, re-enabled on the "
-                              "old version", drained, swap_s, steps)
-    return SwapResult(server, True, "swapped", drained, swap_s, steps)
+        return SwapResult(server, False, f"{moved.detail.removesuffix(': drained again')}: rolled back, "
+                          "re-enabled on the old version", drained, swap_s, moved.steps)
+    return SwapResult(server, True, "swapped", drained, swap_s, moved.steps)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,21 +66,23 @@ class Traffic:
 
 
 @contextlib.contextmanager
-def _haproxy_by_role(tmp: Path, servers: list[dict[str, object]]) -> Iterator[tuple[HAProxy, str]]:
+def _haproxy_by_role(tmp: Path, servers: list[dict[str, object]], **role_vars: object
+                     ) -> Iterator[tuple[HAProxy, str]]:
     """roles/load_balancer applied on localhost (process supervisor), idempotent; (runtime API, URL)."""
     port = free_port()
     extra = {"ansible_python_interpreter": sys.executable, "load_balancer_supervisor": "process",
              "load_balancer_install_apt": False, "load_balancer_config": str(tmp / "haproxy.cfg"),
              "load_balancer_socket": str(tmp / "lb" / "admin.sock"),
              "load_balancer_pidfile": str(tmp / "haproxy.pid"), "load_balancer_address": "127.0.0.1",
-             "load_balancer_port": port, "load_balancer_servers": servers}
+             "load_balancer_port": port, "load_balancer_servers": servers, **role_vars}
     play = _playbook(tmp, [{"hosts": "all", "gather_facts": False, "roles": ["load_balancer"]}])
     first = _run(play, extra)
     try:
         assert first.returncode == 0, first.stdout[-3000:]
         again = _run(play, extra)
         assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-3000:]
-        yield HAProxy(tmp / "lb" / "admin.sock"), f"http://127.0.0.1:{port}"
+        scheme = "https" if role_vars.get("load_balancer_tls_cert") else "http"
+        yield HAProxy(tmp / "lb" / "admin.sock"), f"{scheme}://127.0.0.1:{port}"
     finally:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
             os.kill(int((tmp / "haproxy.pid").read_text().split()[0]), signal.SIGTERM)
@@ -102,6 +105,8 @@ def test_drain_swap_through_haproxy_drops_no_request(tmp_path: Path, airlock_roo
             c.wait_ready("lb_m", 1)
             hosts[name] = srv
         servers = [{"name": n, "address": "127.0.0.1", "port": s.cfg.http_port} for n, s in hosts.items()]
+        # t3: nothing listens there (HAProxy's health check sees it DOWN); weight 0: no traffic
+        servers.append({"name": "t3", "address": "127.0.0.1", "port": free_port(), "weight": 0})
         lb, url = stack.enter_context(_haproxy_by_role(tmp_path, servers))
         assert {s.admin for s in lb.states("triton").values()} == {"ready"}
         traffic = Traffic(url)
@@ -152,9 +157,34 @@ def test_drain_swap_through_haproxy_drops_no_request(tmp_path: Path, airlock_roo
         assert enabled.returncode == 0 and json.loads(enabled.stdout)["admin"] == "ready"
         unknown = _airlock("serve", "lb", "drain", "nope", *sock[:2])
         assert unknown.returncode == 50 and "has no server 'nope'" in unknown.stderr
+
+        # update.yml's weight steps (playbooks/tasks/lb_enable.yml, airlock_lb_weight_steps): t2,
+        # drained, comes back at 10, then 50, then 100, HAProxy's health check UP and no error between
+        assert _airlock("serve", "lb", "drain", "t2", *sock).returncode == 0
+        shift_cmd = f"{Path(sys.executable).with_name('airlock')} serve lb shift t2 {' '.join(sock[:2])}"
+        lb_vars = {"ansible_python_interpreter": sys.executable, "airlock_update_lb": True,
+                   "airlock_update_lb_host": "localhost", "airlock_lb_shift_command": shift_cmd,
+                   "airlock_lb_enable_command": "false",  # not used when steps are given
+                   "airlock_lb_weight_steps": [10, 50], "airlock_lb_settle_seconds": 1}
+        play = _playbook(tmp_path, [{"hosts": "all", "gather_facts": False, "tasks": [
+            {"ansible.builtin.import_tasks": str(Path(__file__).resolve().parents[2] / "playbooks" / "tasks"
+                                                 / "lb_enable.yml")}]}])
+        shifted = _run(play, lb_vars)
+        assert shifted.returncode == 0, shifted.stdout[-3000:]
+        weights = [int(w) for w in re.findall(r"weight'?: (\d+)", shifted.stdout)]
+        assert weights == [10, 50, 100], shifted.stdout[-3000:]
+        st = lb.state("triton", "t2")
+        assert (st.admin, st.weight) == ("ready", 100)
         time.sleep(1.0)
         traffic.stop.set()
         thread.join(60)
+
+        # a step whose health check fails: t3 (DOWN) is drained again, exit 50, nothing else changes
+        down = _airlock("serve", "lb", "shift", "t3", "--step", "10", "--settle", "2", *sock[:2])
+        assert down.returncode == 50 and "health check" in down.stderr, down.stderr
+        assert lb.state("triton", "t3").admin == "drain"
+        others = {n: s.admin for n, s in lb.states("triton").items() if n != "t3"}
+        assert others == {"t1": "ready", "t2": "ready"}
 
     assert traffic.errors == [], traffic.errors[:5]
     versions = [v for _, _, v in traffic.samples]
