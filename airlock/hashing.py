@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -29,8 +30,23 @@ class FileDigest:
     block_size: int = 0
 
 
+_PARALLEL_MIN = 1024 * 1024
+_pool: ThreadPoolExecutor | None = None
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(1, thread_name_prefix="airlock-sha256")
+    return _pool
+
+
 class BlockHasher:
-    """Feed bytes in any piece size; yields the whole-file hash and one hash per fixed-size block."""
+    """Feed bytes in any piece size; yields the whole-file hash and one hash per fixed-size block.
+
+    The whole-file SHA-256 and the block SHA-256s are two independent streams over the same bytes;
+    hashlib releases the GIL on large updates, so for a large piece the whole-file one runs on a
+    helper thread while the blocks are hashed here (about twice the throughput on two cores)."""
 
     def __init__(self, block_size: int = 0) -> None:
         self.block_size = block_size
@@ -40,26 +56,50 @@ class BlockHasher:
         self.size = 0
         self.blocks: list[str] = []
 
+    @property
+    def at_block_boundary(self) -> bool:
+        return self._in_block == 0
+
     def update(self, data: bytes | memoryview) -> None:
-        self._whole.update(data)
         self.size += len(data)
         if not self.block_size:
+            self._whole.update(data)
             return
-        view = memoryview(data)
+        if len(data) < _PARALLEL_MIN:
+            self._whole.update(data)
+            self._update_blocks(memoryview(data))
+            return
+        whole = _hash_pool().submit(self._whole.update, data)
+        try:
+            self._update_blocks(memoryview(data))
+        finally:
+            whole.result()
+
+    def _update_blocks(self, view: memoryview) -> None:
         while view:
             take = min(len(view), self.block_size - self._in_block)
             self._block.update(view[:take])
             self._in_block += take
             view = view[take:]
             if self._in_block == self.block_size:
-                self.blocks.append(self._block.hexdigest())
-                self._block = hashlib.sha256()
-                self._in_block = 0
+                self.close_block()
 
-    def finish(self) -> FileDigest:
+    def close_block(self) -> None:
+        """End a pending short (last) block now: its hash joins ``blocks``."""
         if self.block_size and self._in_block:
             self.blocks.append(self._block.hexdigest())
+            self._block = hashlib.sha256()
             self._in_block = 0
+
+    def copy(self) -> BlockHasher:
+        """An independent hasher in the same state (try bytes without committing to them)."""
+        other = BlockHasher(self.block_size)
+        other._whole, other._block = self._whole.copy(), self._block.copy()
+        other._in_block, other.size, other.blocks = self._in_block, self.size, list(self.blocks)
+        return other
+
+    def finish(self) -> FileDigest:
+        self.close_block()
         return FileDigest(self.size, self._whole.hexdigest(), list(self.blocks), self.block_size)
 
 

@@ -10,11 +10,13 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from airlock.bundle.manifest import part_name
 from airlock.errors import AirlockError, IntegrityError, UnsafePathError
 from airlock.fsutil import rmtree_writable, safe_relpath
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 STAGING_MARKER = ".airlock-staging"  # written into every staging directory Airlock makes
+COMPLETE_MARKER = ".airlock-staged"  # written last by a completed stage: sha256 of the staged manifest
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -180,7 +182,7 @@ def staged_layout(root: Path) -> bool:
 def payload_files(root: Path, rel: str, size: int, part_sizes: Sequence[int] | None) -> list[tuple[str, int]]:
     """The files under ``root`` holding payload ``rel``, with their sizes, in order."""
     if part_sizes and not staged_layout(root):
-        return [(f"{rel}.part{i:03d}", s) for i, s in enumerate(part_sizes)]
+        return [(part_name(rel, i), s) for i, s in enumerate(part_sizes)]
     return [(rel, size)]
 
 

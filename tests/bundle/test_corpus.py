@@ -27,22 +27,10 @@ from airlock.errors import (
     UnsafePathError,
 )
 from airlock.hashing import BlockHasher
-from tests.bundle.conftest import BundleFactory, Keys, snapshot
+from tests.bundle.factory import BIG, CFG, ST, BundleFactory, canonical, resign
+from tests.gpg import Keys
 from tests.support import require_root
-
-CFG = "models/minilm/1.0.0/config.json"
-ST = "models/minilm/1.0.0/model.safetensors"
-BIG = "models/minilm/1.0.0/big.bin"
-
-
-def canonical(doc: dict[str, Any]) -> bytes:
-    return (json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
-
-
-def resign(keys: Keys, bundle: Path, data: bytes) -> None:
-    """An attacker holding the signing key (or a buggy builder): the checks after the signature hold."""
-    (bundle / MANIFEST_NAME).write_bytes(data)
-    (bundle / SIGNATURE_NAME).write_bytes(keys.sign(data, "signer"))
+from tests.support import tree_state as snapshot
 
 
 def edit(keys: Keys, bundle: Path, fn: Callable[[dict[str, Any]], None]) -> None:
@@ -287,7 +275,7 @@ def test_extra_files_are_reported_never_read(corpus_base: tuple[Path, Path], tru
     assert report.extra_files == ["junk/", "models/fifo", "shadow"]
     staged = stage_bundle(bundle, tmp_path / "st", trust)
     names = sorted(p.name for p in staged.path.iterdir())
-    assert names == [".airlock-staging", MANIFEST_NAME, SIGNATURE_NAME, "models"]
+    assert names == [".airlock-staged", ".airlock-staging", MANIFEST_NAME, SIGNATURE_NAME, "models"]
 
 
 def test_payload_over_4gib_sparse(keys: Keys, trust: Trust, tmp_path: Path) -> None:
