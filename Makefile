@@ -9,7 +9,7 @@ FULL_BENCH_ARGS ?= --fp8-size 256M
 FUZZ_SECONDS ?= 1800
 FUZZ_TARGETS ?= manifest manifest_struct signature safetensors delta_index delta_file tar
 
-.PHONY: help bootstrap demo test lint bench bench-scale bench-depot fixtures fuzz clean
+.PHONY: help bootstrap demo test lint bench bench-scale bench-depot bench-backup fixtures fuzz clean
 
 help:
 	@echo "make demo    build a signed bundle of a real model, install it on a local fleet, delta update, verify, roll back"
@@ -19,6 +19,7 @@ help:
 	@echo "             full bundles vs ZipNN / zstd -19, staging vs sha256sum: benchmarks/FULL_BUNDLE.md"
 	@echo "make bench-scale  build..rollback at SCALE_SIZE (default 16G) vs sha256/zstd/cp: benchmarks/scale.*"
 	@echo "make bench-depot  a bundle onto 3 and 6 local hosts: copy mode vs the site depot (ratio)"
+	@echo "make bench-backup  airlock backup (restic) vs tar | zstd, dedup after a delta update, restore drill"
 	@echo "make fuzz    fuzz every untrusted-input parser for FUZZ_SECONDS each (default 1800), corpus in .cache/fuzz"
 
 bootstrap:
@@ -58,6 +59,10 @@ bench-scale: bootstrap
 # not part of make test: a full bundle onto 3 and 6 local hosts, copy mode vs the site depot (docs/depot.md)
 bench-depot: bootstrap
 	nice -n 10 $(PY) -m benchmarks.depot_fleet $(DEPOT_BENCH_ARGS)
+
+# backup and restore throughput vs tar | zstd, second-backup size after a delta update, restore drill
+bench-backup: bootstrap
+	nice -n 10 $(PY) -m benchmarks.backup $(BACKUP_BENCH_ARGS)
 
 fixtures: bootstrap
 	$(PY) -m airlock.fixtures --all
