@@ -1,5 +1,6 @@
 """Serving with Triton Inference Server (explicit model control); see docs/serving.md.
 
+- ``config``: a model's serving options and the ``config.pbtxt`` they render (Triton's schema checks it)
 - ``settings``: per-model serving settings (backend, options), stored once in the Airlock repository
 - ``triton_repo``: generate the Triton model repository from the Airlock one (schema-checked configs)
 - ``client``: stdlib V2 HTTP client (GRPC for model control when tritonclient is present)

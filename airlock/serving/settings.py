@@ -26,70 +26,18 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from airlock.errors import ManifestError, RepositoryError
 from airlock.fsutil import atomic_write_bytes
+from airlock.serving.config import BACKENDS, ModelOptions, render_config, validate_config
 
 FORMAT = 1
 SETTINGS_DIR = Path("model_repo") / "metadata" / "serving"
-BACKENDS = ("python", "vllm", "tensorrtllm")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RULE = "serving-settings"
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    """Per-model serving options. ``None`` = the backend's default (see ``tensor_parallel``, ``gpu_memory``).
-
-    * ``instance_count``: model instances (python: CPU instances; vllm: engine instances; tensorrtllm:
-      backend instances).
-    * ``max_batch_size``: Triton's batch dimension (python, tensorrtllm; 0 = no batching); for vllm
-      the engine's ``max_num_seqs`` (vLLM batches continuously inside the engine; Triton does not).
-    * ``dynamic_batching`` / ``max_queue_delay_us``: Triton's dynamic batcher (python, tensorrtllm;
-      needs ``max_batch_size`` > 0).
-    * ``tensor_parallel_size``: vllm engine argument; tensorrtllm: recorded (a TensorRT engine's TP
-      size is fixed when it is built; the config's ``airlock_tensor_parallel_size`` says what was meant).
-    * ``gpu_memory_utilization``: vllm engine argument; tensorrtllm ``kv_cache_free_gpu_mem_fraction``.
-    * ``task``: python backend only, ``embed`` (default; MiniLM embeddings) or ``generate`` (the
-      DeepSeek-V3-style numpy LM, decoupled: tokens streamed over GRPC). vllm and tensorrtllm generate.
-    """
-
-    backend: str = "python"
-    instance_count: int = 1
-    max_batch_size: int = 0
-    dynamic_batching: bool = False
-    max_queue_delay_us: int = 0
-    tensor_parallel_size: int | None = None
-    gpu_memory_utilization: float | None = None
-    task: str | None = None
-
-    @property
-    def generates(self) -> bool:
-        """A decoupled model streaming tokens (the gate talks GRPC streaming to it)."""
-        return self.backend != "python" or self.task == "generate"
-
-    @property
-    def gate(self) -> str:
-        """How the smoke test talks to the model: ``infer`` (HTTP tensors), ``stream`` (GRPC token
-        stream, the python generation model), ``ready`` (vllm/tensorrtllm: readiness only; their
-        text I/O golden is not implemented)."""
-        if not self.generates:
-            return "infer"
-        return "stream" if self.backend == "python" else "ready"
-
-    @property
-    def tensor_parallel(self) -> int:
-        return self.tensor_parallel_size or 1
-
-    @property
-    def gpu_memory(self) -> float:
-        return self.gpu_memory_utilization if self.gpu_memory_utilization is not None else 0.90
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 OPTION_NAMES = tuple(f.name for f in fields(ModelOptions))
@@ -159,8 +107,6 @@ def check_options(opts: ModelOptions, *, where: str) -> ModelOptions:
         raise _bad(where, "dynamic batching needs max_batch_size > 0 (Triton batches along that dimension)")
     if opts.max_queue_delay_us and not opts.dynamic_batching:
         raise _bad(where, "max_queue_delay_us is a dynamic batching option: set dynamic_batching too")
-    from airlock.serving.triton_repo import render_config, validate_config
-
     validate_config(render_config("settings_check", [1], opts), name="settings_check")
     return opts
 

@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airlock.errors import LockBusyError, ManifestError, RepositoryError
+from airlock.errors import LockBusyError, RepositoryError
 from airlock.faults import fault_point
 from airlock.fsutil import atomic_write_bytes, fsync_dir, staging_dir
+from airlock.serving.config import BACKENDS, ModelOptions, render_config, validate_config, vllm_engine_args
 from airlock.serving.errors import EncryptedVersionError
-from airlock.serving.settings import BACKENDS, ModelOptions, SettingsStore
+from airlock.serving.settings import SettingsStore
 
 __all__ = ["BACKENDS", "CANDIDATE_SUFFIX", "GenerateReport", "ModelOptions", "TritonModel", "TritonVersion",
            "airlock_models", "generate", "model_lock", "refuse_encrypted", "render_config", "validate_config"]
@@ -73,89 +74,6 @@ class TritonVersion:
     path: str
 
 
-# ---------------------------------------------------------------------------------------------
-# config.pbtxt rendering and validation
-# ---------------------------------------------------------------------------------------------
-
-def _policy(versions: list[int]) -> str:
-    return "version_policy: { specific: { versions: [" + ", ".join(str(v) for v in sorted(versions)) + "] } }"
-
-
-def _batching(opts: ModelOptions) -> list[str]:
-    if not opts.dynamic_batching:
-        return []
-    return [f"dynamic_batching {{ max_queue_delay_microseconds: {opts.max_queue_delay_us} }}"]
-
-
-def render_config(name: str, versions: list[int], opts: ModelOptions, *, hidden_size: int = 384) -> str:
-    """config.pbtxt text for ``name`` serving exactly ``versions`` with the serving options ``opts``."""
-    head = [f'name: "{name}"', f'backend: "{opts.backend}"', _policy(versions)]
-    if opts.backend == "python" and opts.task == "generate":
-        # the DeepSeek-style numpy LM (python_model/model.py): one token per streamed response
-        body = [
-            "max_batch_size: 0",
-            "model_transaction_policy { decoupled: true }",
-            'input [\n  { name: "INPUT_IDS" data_type: TYPE_INT64 dims: [ -1 ] },\n'
-            '  { name: "MAX_TOKENS" data_type: TYPE_INT32 dims: [ 1 ] optional: true }\n]',
-            'output [\n  { name: "OUTPUT_IDS" data_type: TYPE_INT64 dims: [ 1 ] }\n]',
-            f"instance_group [ {{ count: {opts.instance_count} kind: KIND_CPU }} ]",
-        ]
-    elif opts.backend == "python":
-        # with max_batch_size > 0 Triton owns the first dimension: dims name the rest
-        batch = "" if opts.max_batch_size else "-1, "
-        body = [
-            f"max_batch_size: {opts.max_batch_size}",
-            f'input [\n  {{ name: "INPUT_IDS" data_type: TYPE_INT64 dims: [ {batch}-1 ] }},\n'
-            f'  {{ name: "ATTENTION_MASK" data_type: TYPE_INT64 dims: [ {batch}-1 ] optional: true }}\n]',
-            f'output [\n  {{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ {batch}{hidden_size} ] }}\n]',
-            f"instance_group [ {{ count: {opts.instance_count} kind: KIND_CPU }} ]",
-            *_batching(opts),
-        ]
-    elif opts.backend == "vllm":
-        # Triton's vLLM backend: inputs/outputs are auto-completed by the backend, batching happens in
-        # the engine (max_num_seqs); engine arguments live in the version's model.json.
-        body = [
-            f"instance_group [ {{ count: {opts.instance_count} kind: KIND_MODEL }} ]",
-            "model_transaction_policy { decoupled: true }",
-        ]
-    elif opts.backend == "tensorrtllm":
-        body = [
-            f"max_batch_size: {opts.max_batch_size or 64}",
-            "model_transaction_policy { decoupled: true }",
-            'input [\n  { name: "input_ids" data_type: TYPE_INT32 dims: [ -1 ] allow_ragged_batch: true },\n'
-            '  { name: "input_lengths" data_type: TYPE_INT32 dims: [ 1 ] reshape: { shape: [ ] } },\n'
-            '  { name: "request_output_len" data_type: TYPE_INT32 dims: [ 1 ] reshape: { shape: [ ] } }\n]',
-            'output [\n  { name: "output_ids" data_type: TYPE_INT32 dims: [ -1, -1 ] },\n'
-            '  { name: "sequence_length" data_type: TYPE_INT32 dims: [ -1 ] }\n]',
-            f"instance_group [ {{ count: {opts.instance_count} kind: KIND_CPU }} ]",
-            *_batching(opts),
-            'parameters: { key: "gpt_model_type" value: { string_value: "inflight_fused_batching" } }',
-            'parameters: { key: "gpt_model_path" value: { string_value: "${engine_dir}" } }',
-            'parameters: { key: "batch_scheduler_policy" value: { string_value: "guaranteed_no_evict" } }',
-        ]
-        if opts.gpu_memory_utilization is not None:
-            body.append('parameters: { key: "kv_cache_free_gpu_mem_fraction" value: { string_value: '
-                        f'"{opts.gpu_memory_utilization:g}" }} }}')
-        if opts.tensor_parallel_size is not None:
-            body.append('parameters: { key: "airlock_tensor_parallel_size" value: { string_value: '
-                        f'"{opts.tensor_parallel_size}" }} }}')
-    else:
-        raise ManifestError(f"{name}: unknown Triton backend {opts.backend!r} (known: {', '.join(BACKENDS)})",
-                            rule="triton-config")
-    meta = f'parameters: {{ key: "airlock_model" value: {{ string_value: "{name}" }} }}'
-    return "\n".join([*head, *body, meta]) + "\n"
-
-
-def vllm_engine_args(path: Path, opts: ModelOptions) -> dict[str, Any]:
-    """The vLLM backend's model.json: engine arguments, the model being the immutable Airlock dir."""
-    engine: dict[str, Any] = {"model": str(path), "disable_log_requests": True,
-                              "gpu_memory_utilization": opts.gpu_memory,
-                              "tensor_parallel_size": opts.tensor_parallel}
-    if opts.max_batch_size:
-        engine["max_num_seqs"] = opts.max_batch_size
-    return engine
-
-
 def refuse_encrypted(model: str, version: str, path: Path) -> None:
     """Triton reads a version's files as they are on disk: never point it at ciphertext.
 
@@ -170,37 +88,6 @@ def refuse_encrypted(model: str, version: str, path: Path) -> None:
                 "handed ciphertext. Encrypted versions are not served: keep served models on the LUKS "
                 "volume (plaintext files, encrypted block device) and use file encryption for the warm/"
                 "cold tiers; see docs/security.md", path=str(f))
-
-
-def validate_config(text: str, *, name: str, model_dir: Path | None = None) -> Any:
-    """Parse ``text`` with Triton's ``ModelConfig`` schema; check name, backend and version dirs.
-
-    Returns the parsed protobuf message. Raises ManifestError (rule ``triton-config``) naming the file.
-    """
-    where = str(model_dir / "config.pbtxt") if model_dir else f"{name}/config.pbtxt"
-    try:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-    except ImportError as exc:  # never write a config we could not check
-        raise ManifestError(f"{where}: cannot validate: tritonclient[grpc] is not installed ({exc})",
-                            path=where, rule="triton-config") from exc
-    cfg = model_config_pb2.ModelConfig()
-    try:
-        text_format.Parse(text, cfg)
-    except text_format.ParseError as exc:
-        raise ManifestError(f"{where}: not a valid Triton ModelConfig: {exc}", path=where,
-                            rule="triton-config") from exc
-    if cfg.name != name:
-        raise ManifestError(f"{where}: name {cfg.name!r} differs from the directory {name!r}", path=where,
-                            rule="triton-config")
-    if not cfg.backend and not cfg.platform:
-        raise ManifestError(f"{where}: neither backend nor platform set", path=where, rule="triton-config")
-    if model_dir is not None and cfg.version_policy.WhichOneof("policy_choice") == "specific":
-        for v in cfg.version_policy.specific.versions:
-            if not (model_dir / str(v)).is_dir():
-                raise ManifestError(f"{where}: version_policy names version {v} but {model_dir / str(v)} "
-                                    "does not exist", path=where, rule="triton-config")
-    return cfg
 
 
 # ---------------------------------------------------------------------------------------------
