@@ -48,14 +48,19 @@ def _moved(result: dict[str, Any], as_json: bool) -> None:
 
 @app.command("status")
 def status_cmd(root: Path = RootOpt, model: str = typer.Option(None, "--model", help="Only this model."),
-               as_json: bool = JsonOpt) -> None:
+               verify: bool = typer.Option(False, "--verify", help="Also re-hash every warm/cold copy "
+                                           "against the signed hashes (exit 13 on a difference)."),
+               keys_config: Path = KeysOpt, as_json: bool = JsonOpt) -> None:
     """Each kept version's tier and path, each tier's directory and free space, the policy. Read-only."""
     from airlock.repo import tier
 
     with handle_errors(as_json):
-        report = tier.status(_repo(root), model)
+        repo = _repo(root, keys_config)
+        report = tier.status(repo, model, verify=verify, keys=repo.keys)
         if as_json:
             emit_json(report)
+            if not report["ok"]:
+                raise typer.Exit(13)
             return
         for name, t in report["tiers"].items():
             if not t["configured"]:
@@ -69,7 +74,11 @@ def status_cmd(root: Path = RootOpt, model: str = typer.Option(None, "--model", 
                 else ""))
         for v in report["versions"]:
             _say(f"  {v['model']} {v['version']} ({v['state']}): {v['location']}, {_size(v['bytes'])}"
-                 + ("" if v["available"] else " (directory not available)"))
+                 + ("" if v["available"] else " (directory not available)")
+                 + (f": {'; '.join(v['problems'])}" if v.get("problems") else
+                    ", verified" if "problems" in v else ""))
+        if not report["ok"]:
+            raise typer.Exit(13)
 
 
 @app.command("configure")

@@ -237,9 +237,11 @@ def _config(cat: Catalog) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ status
-def status(repo: Repository, model: str | None = None) -> dict[str, Any]:
+def status(repo: Repository, model: str | None = None, *, verify: bool = False,
+           keys: ProviderRegistry | None = None) -> dict[str, Any]:
     """Every version's tier, path and size, each tier's directory and free space, the policy.
-    Read-only (the catalog opened read-only, no recovery)."""
+    ``verify``: also re-hash every warm/cold copy against the signed hashes (``ok`` false on the
+    first difference per file; hot versions are ``airlock model verify``'s). Read-only."""
     with repo._reading() as cat:
         models = [model] if model else cat.models()
         if model and model not in cat.models():
@@ -250,16 +252,44 @@ def status(repo: Repository, model: str | None = None) -> dict[str, Any]:
                 if r.state not in PRESENT:
                     continue
                 loc = _location(cat, r) if r.location == "hot" or tier_dir(cat, r.location) else None
-                versions.append({"model": m, "version": r.version, "state": r.state, "location": r.location,
-                                 "path": str(loc.path) if loc else None,
-                                 "available": bool(loc and loc.path.is_dir()), "files": len(r.files),
-                                 "bytes": sum(f.size for f in r.files.values())})
+                v: dict[str, Any] = {"model": m, "version": r.version, "state": r.state,
+                                     "location": r.location, "path": str(loc.path) if loc else None,
+                                     "available": bool(loc and loc.path.is_dir()), "files": len(r.files),
+                                     "bytes": sum(f.size for f in r.files.values())}
+                if verify and r.location != "hot":
+                    v["problems"] = _check_copy(repo, r, loc, keys)
+                versions.append(v)
         tiers: dict[str, Any] = {"hot": _tier_info(repo.layout.repo, versions, "hot")}
         for t in TIER_DIRS:
             d = tier_dir(cat, t)
             tiers[t] = _tier_info(d, versions, t) if d else {"configured": False}
-        return {"ok": True, "root": str(repo.root), "tiers": tiers, "policy": policy(cat).as_dict(),
-                "versions": versions}
+        ok = not any(v.get("problems") for v in versions)
+        return {"ok": ok, "root": str(repo.root), "tiers": tiers, "policy": policy(cat).as_dict(),
+                "versions": versions, "verified": verify}
+
+
+def _check_copy(repo: Repository, row: VersionRow, loc: Location | None,
+                keys: ProviderRegistry | None) -> list[str]:
+    """Problems of a warm/cold copy: missing directory, missing, extra or changed files."""
+    from airlock.repo.encryption import stored_sha256
+
+    if loc is None or not loc.path.is_dir():
+        return [f"{loc.path if loc else row.location}: directory not available"]
+    try:
+        expected, _basis = _expected(repo, row)
+    except IntegrityError as exc:
+        return [str(exc)]
+    enc = repo._enc(row.encryption, keys, str(loc.path))
+    problems = [f"{rel}: missing" for rel in sorted(expected) if not (loc.path / rel).is_file()]
+    found = {p.relative_to(loc.path).as_posix() for p in loc.path.rglob("*") if p.is_file()}
+    problems += [f"{rel}: not in the version" for rel in sorted(found - set(expected))]
+    for rel, (_size, sha) in sorted(expected.items()):
+        if rel in found:
+            got = stored_sha256(loc.path / rel, enc.keys if enc else None, model=row.model, rel=rel) \
+                if enc else sha256_file(loc.path / rel)
+            if got != sha:
+                problems.append(f"{rel}: sha256 {got[:16]}..., signed {sha[:16]}...")
+    return problems
 
 
 def _tier_info(d: Path | None, versions: list[dict[str, Any]], tier: str) -> dict[str, Any]:
