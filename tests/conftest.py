@@ -3,7 +3,8 @@
 Fixtures shared by several test packages live here, where every package sees them (a package's own
 conftest.py may still define a fixture of the same name for itself: tests/provision's ``keys`` are
 apt signing keys). Their helpers are plain modules: tests/gpg.py, tests/bundle/factory.py,
-tests/repo/models.py, tests/crypto/softhsm.py, tests/fleet/bundles.py, tests/support.py."""
+tests/repo/models.py, tests/repo/verify_fleet.py, tests/crypto/softhsm.py, tests/fleet/bundles.py,
+tests/support.py."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tests.crypto.softhsm import SoftHsm, make_softhsm
 from tests.fleet.bundles import Bundles, make_bundles
 from tests.gpg import Keys, kill_agents, make_keys
 from tests.repo.models import Versions, make_versions
+from tests.repo.verify_fleet import Fleet, make_fleet
 from tests.support import IN_CI, require_tool
 
 
@@ -70,6 +72,13 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
     """Real signed bundles of a tiny model: full 1.0.0 and delta 1.0.0 -> 1.1.0 (and more, see
     tests/fleet/bundles.py), with their own gpg key and keyring."""
     return make_bundles(tmp_path_factory.mktemp("bundles"))
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, bundles: Bundles) -> Fleet:
+    """Two local-connection hosts h1 and h2 with ``bundles`` installed (tests/repo/verify_fleet.py).
+    tests/fleet has a ``fleet`` of its own: the SSH hosts in network namespaces."""
+    return make_fleet(tmp_path, bundles)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,23 @@ def require_root(reason: str) -> None:
     if os.geteuid() == 0:
         return
     message = f"needs root: {reason}; run the suite as root (sudo make test)"
+    if IN_CI:
+        pytest.fail(f"CI must not skip: {message}")
+    pytest.skip(message)
+
+
+def require_triton() -> None:
+    """The nvidia-pytriton wheel (tritonserver) and Debian's python3-numpy its python backend needs."""
+    import importlib.util
+
+    if importlib.util.find_spec("pytriton") is None or importlib.util.find_spec("tritonclient") is None:
+        _missing("nvidia-pytriton/tritonclient missing; install with: .venv/bin/pip install -e '.[test]'")
+    if not Path("/usr/lib/python3/dist-packages/numpy").is_dir():
+        _missing("Debian python3-numpy missing (the python backend stub needs it); "
+                 "apt-get install python3-numpy")
+
+
+def _missing(message: str) -> None:
     if IN_CI:
         pytest.fail(f"CI must not skip: {message}")
     pytest.skip(message)
@@ -106,3 +124,15 @@ def run_ansible_tool(tool: str, *args: str, tmp: Path | None = None, env: dict[s
     """Run ``tool`` (``ansible``, ``ansible-playbook``) from the venv with ``ansible_env``."""
     return subprocess.run([ansible_bin(tool), *args], env={**ansible_env(tmp), **(env or {})},
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def build_wheelhouse(out: Path) -> Path:
+    """The connected side's step: Airlock's wheel (built here without any index) plus its dependencies
+    as wheels (``pip download`` from the package sources pip is configured with)."""
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out),
+                    str(REPO)], check=True, capture_output=True, timeout=300)
+    wheel = next(out.glob("airlock-*.whl"))
+    subprocess.run([*pip, "download", "--only-binary=:all:", "-d", str(out), str(wheel)], check=True,
+                   capture_output=True, timeout=600)
+    return out

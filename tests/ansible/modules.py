@@ -1,25 +1,23 @@
-"""Run one Airlock module for real (``ansible localhost -m``, local connection) and parse its result."""
+"""Run one Airlock module for real (``ansible localhost -m``, local connection, tests/support.py's
+Ansible environment) and parse its result."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO, ansible_bin, ansible_env
 
 
 def run_module(module: str, args: dict[str, Any], *, check: bool = False, diff: bool = False,
                python: str | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
     tree = Path(tempfile.mkdtemp(prefix="airlock-module-"))
-    e = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    e.pop("AIRLOCK_FAULT", None)
-    e.update(env or {})
-    cmd = [str(REPO / ".venv/bin/ansible"), "localhost", "-c", "local", "-i", "localhost,",
+    e = ansible_env(**(env or {}))
+    cmd = [ansible_bin("ansible"), "localhost", "-c", "local", "-i", "localhost,",
            "-e", f"ansible_python_interpreter={python or REPO / '.venv/bin/python'}",
            "-m", f"airlock.appliance.{module}", "-a", json.dumps(args), "--tree", str(tree)]
     if check:
@@ -30,6 +28,7 @@ def run_module(module: str, args: dict[str, Any], *, check: bool = False, diff: 
     try:
         result: dict[str, Any] = json.loads((tree / "localhost").read_text())
         result["failed"] = r.returncode != 0  # the tree callback drops the flag; the exit status has it
+        result["ansible_output"] = r.stdout + r.stderr  # and the warnings and deprecations shown
     except (OSError, ValueError) as exc:
         raise AssertionError(f"no result from ansible: {r.stdout[-2000:]} {r.stderr[-2000:]}") from exc
     finally:

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from tests.support import build_wheelhouse
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def build_wheelhouse(out: Path) -> Path:
-    """The connected side's step: Airlock's wheel (built here without any index) plus its dependencies
-    as wheels (``pip download`` from the package sources pip is configured with)."""
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out),
-                    str(REPO)], check=True, capture_output=True, timeout=300)
-    wheel = next(out.glob("airlock-*.whl"))
-    subprocess.run([*pip, "download", "--only-binary=:all:", "-d", str(out), str(wheel)], check=True,
-                   capture_output=True, timeout=600)
-    return out
 
 
 def test_runtime_role_installs_offline_and_is_idempotent(tmp_path: Path) -> None:

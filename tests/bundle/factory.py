@@ -3,14 +3,17 @@ signer: the ``factory`` fixture in tests/conftest.py."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from airlock.bundle import build_bundle
+from airlock.bundle import Trust, build_bundle
+from airlock.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME
 from tests.gpg import Keys
 from tests.support import REPO
 
@@ -67,3 +70,36 @@ class BundleFactory:
 def airlock_cmd() -> list[str]:
     exe = Path(shutil.which("airlock") or REPO / ".venv/bin/airlock")
     return [str(exe)]
+
+
+def build_model_bundle(tmp: Path, keys: Keys, name: str, model: dict[str, object], sequence: int,
+                       rollback: bool = False) -> Path:
+    """A bundle of one ``model`` entry (a full version's path, or a delta's old/new), profile
+    appliance-test, signed by the signer, built into ``tmp/name``."""
+    spec = tmp / f"{name}.yml"
+    spec.write_text(yaml.safe_dump({"compatible": "appliance-test", "sequence": sequence, "block_size": 4096,
+                                    "rollback": rollback, "models": [model]}))
+    out = tmp / name
+    build_bundle(spec, out, signer=keys.fpr["signer"], gnupghome=keys.home)
+    return out
+
+
+def signer_trust(keys: Keys) -> Trust:
+    """Trust in the signer only (what the ``trust`` fixture gives)."""
+    return keys.trust(["signer"], "signer")
+
+
+# the minilm bundle's physical names, and a manifest re-signed as an attacker holding the key would
+CFG = "models/minilm/1.0.0/config.json"
+ST = "models/minilm/1.0.0/model.safetensors"
+BIG = "models/minilm/1.0.0/big.bin"
+
+
+def canonical(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+def resign(keys: Keys, bundle: Path, data: bytes) -> None:
+    """An attacker holding the signing key (or a buggy builder): the checks after the signature hold."""
+    (bundle / MANIFEST_NAME).write_bytes(data)
+    (bundle / SIGNATURE_NAME).write_bytes(keys.sign(data, "signer"))

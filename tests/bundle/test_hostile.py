@@ -20,7 +20,7 @@ from airlock.bundle.manifest import MANIFEST_NAME, parse_manifest
 from airlock.bundle.signing import Trust
 from airlock.errors import AirlockError, ManifestError, UnsafePathError
 from tests.bundle.conftest import BundleFactory, Keys, airlock_cmd, snapshot
-from tests.bundle.test_corpus import CFG, canonical, resign
+from tests.bundle.factory import CFG, canonical, resign
 
 Bytes = Callable[[bytes], bytes]
 

@@ -6,29 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from airlock.bundle import Trust, stage_bundle
 from airlock.errors import IntegrityError
-from tests.bundle.conftest import BundleFactory, Keys, airlock_cmd, snapshot
+from tests.bundle.factory import BundleFactory
+from tests.depot.cli import airlock, import_, trust_args
+from tests.gpg import Keys
+from tests.support import tree_state as snapshot
 
-
-def airlock(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*airlock_cmd(), *args], capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, **(env or {})})
-
-
-def trust_args(keys: Keys) -> list[str]:
-    return ["--trust", keys.fpr["signer"], "--keyring", str(keys.keyring("signer"))]
-
-
-def import_(bundle: Path, depot: Path, keys: Keys, *extra: str,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return airlock("depot", "import", str(bundle), "--depot", str(depot), *trust_args(keys), "--json", *extra,
-                   env=env)
+__all__ = ["airlock", "import_", "trust_args"]  # still importable from here by modules not moved yet
 
 
 def test_import_once_then_appliances_stage_from_it(factory: BundleFactory, keys: Keys, trust: Trust,

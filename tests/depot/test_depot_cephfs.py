@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.bundle.conftest import BundleFactory, Keys, payload
-from tests.depot.test_depot import airlock, import_, trust_args
+from tests.bundle.factory import BundleFactory, payload
+from tests.depot.cli import airlock, import_, trust_args
+from tests.gpg import Keys
 from tests.provision.ceph_cluster import CephCluster, run, start, stop
 from tests.support import require_root, require_tool
 
@@ -86,6 +87,6 @@ def test_appliances_stage_in_parallel_from_a_cephfs_depot(cluster: CephCluster, 
 
 
 def _stage_cmd(src: Path, to: Path, keys: Keys) -> list[str]:
-    from tests.bundle.conftest import airlock_cmd
+    from tests.bundle.factory import airlock_cmd
 
     return [*airlock_cmd(), "bundle", "stage", str(src), "--to", str(to), *trust_args(keys), "--json"]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from airlock.bundle import build_bundle
+from airlock.bundle import Trust, build_bundle, stage_bundle
+from airlock.repo import Repository
 from tests.repo.models import make_model
 
 MODEL = "tiny"
@@ -59,3 +60,18 @@ def make_bundles(base: Path) -> Bundles:
     subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False,
                    capture_output=True)
     return Bundles(out["full"], out["delta"], fpr, keyring, home, old, new)
+
+
+def trust_of(b: Bundles) -> Trust:
+    return Trust(fingerprints=[b.fingerprint], keyring=b.keyring)
+
+
+def install_host(root: Path, b: Bundles, work: Path) -> Repository:
+    """A host that installed the full bundle (1.0.0, sequence 1) then the delta bundle (1.1.0, 2),
+    through the engine (staging, then the repository); the caller closes the repository."""
+    repo = Repository(root, lock_timeout=5)
+    for name, bundle in (("full", b.full), ("delta", b.delta)):
+        staged = stage_bundle(bundle, work / f"stage-{root.name}-{name}", trust_of(b),
+                              installed_sequence=repo.installed_sequence())
+        repo.install_from_bundle(staged)
+    return repo

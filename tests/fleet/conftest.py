@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.fleet.netns import Fleet, create_fleet
-from tests.support import require_root, require_tool
+from tests.support import REPO, ansible_bin, ansible_env, require_root, require_tool, run_ansible_tool
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["REPO", "ansible_bin", "ansible_env", "run_ansible"]  # the one runner: tests/support.py
+
 
 
 @pytest.fixture(scope="session")
@@ -29,19 +29,5 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         f.teardown()
 
 
-def ansible_env(tmp: Path) -> dict[str, str]:
-    """Environment for ansible-* subprocesses: the repo's ansible.cfg, a private control path dir."""
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-           "ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp / "cp"), "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
-           "ANSIBLE_NOCOLOR": "1", "PYTHONPATH": str(REPO)}
-    env.pop("AIRLOCK_FAULT", None)
-    return env
-
-
-def ansible_bin(name: str) -> str:
-    return str(REPO / ".venv" / "bin" / name)
-
-
 def run_ansible(tmp: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([ansible_bin("ansible"), *args], env=ansible_env(tmp), capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+    return run_ansible_tool("ansible", *args, tmp=tmp, timeout=timeout)

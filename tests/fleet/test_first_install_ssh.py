@@ -14,9 +14,9 @@ import yaml
 
 from airlock.fleet import run_playbook
 from airlock.repo import Repository
-from tests.ansible.test_runtime_role import build_wheelhouse
 from tests.fleet.bundles import MODEL, make_bundles
 from tests.fleet.netns import Fleet
+from tests.support import build_wheelhouse
 
 pytestmark = pytest.mark.timeout(1800)
 

@@ -21,8 +21,8 @@ import pytest
 from airlock.fleet import FleetResult, run_playbook
 from airlock.repo import Repository
 from tests.fleet.bundles import MODEL, Bundles, make_bundles
-from tests.fleet.conftest import REPO
 from tests.fleet.netns import Fleet
+from tests.support import REPO
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -6,8 +6,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.fleet.conftest import REPO, run_ansible
+from tests.fleet.conftest import run_ansible
 from tests.fleet.netns import Fleet
+from tests.support import REPO
 
 
 def test_ping_three_hosts_over_ssh(fleet: Fleet, tmp_path: Path) -> None:

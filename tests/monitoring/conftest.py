@@ -1,17 +1,20 @@
-"""Monitoring fixtures: a real appliance repository (real signed bundles, real gpg) and free ports."""
+"""Monitoring fixtures: a real appliance repository (real signed bundles, real gpg), its scheduled
+integrity check's units, a textfile directory. Helpers are in helpers.py (free_port and promtool are
+re-exported here for modules not moved yet)."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from airlock.repo import Repository
-from tests.fleet.bundles import Bundles, make_bundles
-from tests.repo.test_anchors import install_host
-from tests.support import require_tool
+from tests.fleet.bundles import Bundles, install_host, make_bundles
+from tests.monitoring.helpers import AIRLOCK, free_port, promtool
+from tests.monitoring.render import render_integrity_check
+
+__all__ = ["free_port", "promtool"]
 
 
 @pytest.fixture(scope="session")
@@ -34,11 +37,13 @@ def textfile_dir(tmp_path: Path) -> Path:
     return d
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def promtool() -> str:
-    return require_tool("promtool", "apt-get install prometheus")
+@pytest.fixture
+def check_units(appliance: Repository, textfile_dir: Path, mon_bundles: Bundles,
+                tmp_path: Path) -> tuple[Path, Path]:
+    """roles/integrity_check's service and timer for ``appliance`` (as root, signatures checked
+    against ``mon_bundles``' key), rendered into tmp_path/units."""
+    return render_integrity_check(
+        tmp_path / "units", integrity_check_airlock=AIRLOCK, integrity_check_root=str(appliance.layout.root),
+        integrity_check_textfile_dir=str(textfile_dir), integrity_check_user="root",
+        integrity_check_group="root", integrity_check_trust=[mon_bundles.fingerprint],
+        integrity_check_keyring=str(mon_bundles.keyring))

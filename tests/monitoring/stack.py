@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.monitoring.conftest import free_port
+from tests.monitoring.helpers import free_port
 from tests.support import require_tool
 
 

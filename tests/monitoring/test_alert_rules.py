@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.monitoring.conftest import promtool
+from tests.monitoring.helpers import promtool
 from tests.monitoring.render import Rendered, render_monitoring
 
 

@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 
 from airlock.repo import Repository
-from tests.fleet.bundles import MODEL, Bundles
-from tests.monitoring.render import render_integrity_check, render_monitoring
+from tests.fleet.bundles import MODEL
+from tests.monitoring.helpers import AIRLOCK, flip_byte, unit
+from tests.monitoring.render import render_monitoring
 from tests.monitoring.stack import Stack, Webhook, wait_for
-from tests.monitoring.test_integrity_timer import AIRLOCK, unit
-from tests.monitoring.test_metrics import flip_byte
-from tests.serving.conftest import _require_triton
+from tests.support import require_triton
 
 FAST = {"monitoring_scrape_interval": "1s", "monitoring_evaluation_interval": "1s",
         "monitoring_alert_for": "0s", "monitoring_group_wait": "1s", "monitoring_group_interval": "1s",
@@ -48,20 +47,16 @@ def webhook() -> Iterator[Webhook]:
 
 
 def test_drift_and_triton_down_reach_the_webhook(appliance: Repository, textfile_dir: Path,
-                                                 mon_bundles: Bundles, stack: Stack, webhook: Webhook,
-                                                 tmp_path: Path) -> None:
-    _require_triton()
+                                                 check_units: tuple[Path, Path], stack: Stack,
+                                                 webhook: Webhook, tmp_path: Path) -> None:
+    require_triton()
     from airlock.serving.server import ServerConfig, TritonServer
 
     (tmp_path / "models").mkdir()
     triton = TritonServer(ServerConfig(tmp_path / "models", tmp_path / "triton")).start()
     try:
         root = appliance.layout.root
-        service, _timer = render_integrity_check(
-            tmp_path / "units", integrity_check_airlock=AIRLOCK, integrity_check_root=str(root),
-            integrity_check_textfile_dir=str(textfile_dir), integrity_check_user="root",
-            integrity_check_group="root", integrity_check_trust=[mon_bundles.fingerprint],
-            integrity_check_keyring=str(mon_bundles.keyring))
+        service, _timer = check_units
         check = shlex.split(unit(service)["Service"]["ExecStart"])
         first = subprocess.run(check, capture_output=True, text=True, timeout=300)
         assert first.returncode == 0, first.stderr

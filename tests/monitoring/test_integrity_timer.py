@@ -4,22 +4,17 @@ verifies the real repository read-only and writes the metrics node_exporter read
 
 from __future__ import annotations
 
-import configparser
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
 from airlock.repo import Repository
-from tests.fleet.bundles import MODEL, Bundles
+from tests.fleet.bundles import MODEL
+from tests.monitoring.helpers import AIRLOCK, samples, unit
 from tests.monitoring.render import LOCAL, render_integrity_check, run_playbook
-from tests.monitoring.test_metrics import samples
-from tests.repo.test_verify_readonly import tree_state
-from tests.support import require_tool
-
-AIRLOCK = str(Path(sys.executable).parent / "airlock")
+from tests.support import require_tool, tree_state
 
 
 def analyze(*units: Path) -> subprocess.CompletedProcess[str]:
@@ -28,21 +23,10 @@ def analyze(*units: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-def unit(path: Path) -> configparser.ConfigParser:
-    cp = configparser.ConfigParser(interpolation=None, strict=False)
-    cp.optionxform = str  # type: ignore[assignment,method-assign]
-    cp.read_string(path.read_text())
-    return cp
-
-
-def test_units_verify_and_run(appliance: Repository, textfile_dir: Path, mon_bundles: Bundles,
-                              tmp_path: Path) -> None:
+def test_units_verify_and_run(appliance: Repository, textfile_dir: Path,
+                              check_units: tuple[Path, Path]) -> None:
     root = appliance.layout.root
-    service, timer = render_integrity_check(
-        tmp_path / "units", integrity_check_airlock=AIRLOCK, integrity_check_root=str(root),
-        integrity_check_textfile_dir=str(textfile_dir), integrity_check_user="root",
-        integrity_check_group="root", integrity_check_trust=[mon_bundles.fingerprint],
-        integrity_check_keyring=str(mon_bundles.keyring))
+    service, timer = check_units
     r = analyze(service, timer)
     assert r.returncode == 0, r.stdout + r.stderr
     t = unit(timer)

@@ -8,38 +8,15 @@ import os
 import subprocess
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from airlock.bundle.locate import signed_manifest
 from airlock.bundle.signing import Trust
 from airlock.crypto import ProviderRegistry
 from airlock.monitoring.metrics import write_metrics
 from airlock.repo import Repository
 from tests.fleet.bundles import MODEL, Bundles
-from tests.monitoring.conftest import promtool
+from tests.monitoring.helpers import flip_byte, promtool, samples
 from tests.repo.conftest import cli
-from tests.repo.test_verify_readonly import tree_state
-
-
-def samples(prom: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for fam in text_string_to_metric_families(prom.read_text()):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def flip_byte(repo: Repository) -> Path:
-    """Flip one byte in the active version's weight file (as root would; files are 0444)."""
-    weights = sorted(repo.layout.version_dir(MODEL, "1.1.0").glob("*.safetensors"))[0]
-    os.chmod(weights, 0o644)
-    with open(weights, "r+b") as fh:
-        fh.seek(100)
-        b = fh.read(1)
-        fh.seek(100)
-        fh.write(bytes([b[0] ^ 0xFF]))
-    os.chmod(weights, 0o444)
-    return weights
+from tests.support import tree_state
 
 
 def test_metrics_clean_then_drift(appliance: Repository, textfile_dir: Path, mon_bundles: Bundles) -> None:

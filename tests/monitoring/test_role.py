@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from tests.monitoring.conftest import promtool
+from tests.monitoring.helpers import promtool
 from tests.monitoring.render import render_monitoring
 from tests.support import require_tool
 

@@ -14,31 +14,11 @@ from typing import Any
 
 import pytest
 
-from airlock.bundle import Trust, stage_bundle
 from airlock.hashing import sha256_file
 from airlock.repo import Layout, Repository
 from airlock.repo.audit import AuditHead, line_hash
-from tests.fleet.bundles import MODEL, Bundles, make_bundles
+from tests.fleet.bundles import MODEL, Bundles, install_host, trust_of
 from tests.repo.conftest import cli
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
-    return make_bundles(tmp_path_factory.mktemp("bundles"))
-
-
-def trust_of(b: Bundles) -> Trust:
-    return Trust(fingerprints=[b.fingerprint], keyring=b.keyring)
-
-
-def install_host(root: Path, b: Bundles, work: Path) -> Repository:
-    """A host that installed the full bundle (1.0.0, sequence 1) then the delta bundle (1.1.0, 2)."""
-    repo = Repository(root, lock_timeout=5)
-    for name, bundle in (("full", b.full), ("delta", b.delta)):
-        staged = stage_bundle(bundle, work / f"stage-{root.name}-{name}", trust_of(b),
-                              installed_sequence=repo.installed_sequence())
-        repo.install_from_bundle(staged)
-    return repo
 
 
 @dataclass

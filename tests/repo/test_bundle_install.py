@@ -9,23 +9,16 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-import yaml
 
-from airlock.bundle import Trust, build_bundle, stage_bundle
+from airlock.bundle import stage_bundle
 from airlock.errors import DowngradeError
 from airlock.repo import Repository
+from tests.bundle.factory import build_model_bundle as _bundle
+from tests.bundle.factory import signer_trust as _trust
 from tests.gpg import Keys
 from tests.repo.conftest import Versions, assert_same_tree, cli
 
-
-def _bundle(tmp: Path, keys: Keys, name: str, model: dict[str, object], sequence: int,
-            rollback: bool = False) -> Path:
-    spec = tmp / f"{name}.yml"
-    spec.write_text(yaml.safe_dump({"compatible": "appliance-test", "sequence": sequence, "block_size": 4096,
-                                    "rollback": rollback, "models": [model]}))
-    out = tmp / name
-    build_bundle(spec, out, signer=keys.fpr["signer"], gnupghome=keys.home)
-    return out
+__all__ = ["_bundle", "_trust"]  # still importable from here by modules not moved yet
 
 
 @pytest.fixture
@@ -38,10 +31,6 @@ def bundles(tmp_path: Path, keys: Keys, versions: Versions) -> dict[str, Path]:
                                                     "delta": {"old": str(versions.src["1.0.0"]),
                                                               "new": str(versions.src["1.1.0"])}}, 6),
     }
-
-
-def _trust(keys: Keys) -> Trust:
-    return keys.trust(["signer"], "signer")
 
 
 def test_full_then_delta_bundle(repo: Repository, bundles: dict[str, Path], keys: Keys,

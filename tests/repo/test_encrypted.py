@@ -169,7 +169,8 @@ def test_signed_bundles_installed_encrypted(erepo: Repository, versions: Version
     """A full bundle then a delta bundle, stored encrypted: plaintext equals the signed versions and
     verify checks it against the kept signed manifests' target hashes."""
     from airlock.bundle import stage_bundle
-    from tests.repo.test_bundle_install import _bundle, _trust
+    from tests.bundle.factory import build_model_bundle as _bundle
+    from tests.bundle.factory import signer_trust as _trust
 
     full = _bundle(tmp_path, keys, "full", {"name": "m", "version": "1.0.0",
                                             "path": str(versions.src["1.0.0"])}, 5)
@@ -282,7 +283,7 @@ def test_no_plaintext_under_root(versions: Versions, hsm: Hsm, keys: Keys,
     deltas and failed encrypted bundle installs, no file under the root holds plaintext: kept deltas
     are stored encrypted (same key as their version) and a failed install-bundle --encrypt leaves
     nothing staged."""
-    from tests.repo.test_bundle_install import _bundle
+    from tests.bundle.factory import build_model_bundle as _bundle
 
     root = tmp_path / "root"
     env = {**hsm.env, "AIRLOCK_KEYS_CONFIG": str(hsm.config)}

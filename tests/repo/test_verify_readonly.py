@@ -9,106 +9,24 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
-import stat
 import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from airlock.hashing import sha256_file
 from airlock.repo import Repository
-from airlock.repo.audit import line_hash
-from tests.fleet.bundles import MODEL, Bundles, make_bundles
-from tests.repo.test_anchors import install_host
+from tests.fleet.bundles import MODEL
+from tests.repo.verify_fleet import HOSTS, Fleet, airlock, cut_last_record, drift_on_h1, playbook
+from tests.support import REPO, tree_state
 
-REPO = Path(__file__).resolve().parents[2]
-HOSTS = ("h1", "h2")
+# still importable from here by modules not moved yet (the fleet fixture is in tests/conftest.py)
+__all__ = ["Fleet", "airlock", "tree_state"]
+_drift_on_h1 = drift_on_h1
 
-
-def tree_state(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Every path under ``root`` (itself included): type, content hash or link target, mode, owner."""
-    out: dict[str, tuple[Any, ...]] = {}
-    for dirpath, dirs, files in os.walk(root):
-        for p in [Path(dirpath), *(Path(dirpath) / n for n in [*dirs, *files])]:
-            rel = p.relative_to(root).as_posix()
-            if rel in out:
-                continue
-            st = os.lstat(p)
-            if stat.S_ISLNK(st.st_mode):
-                what: tuple[Any, ...] = ("link", os.readlink(p))
-            elif stat.S_ISREG(st.st_mode):
-                what = ("file", sha256_file(p), st.st_size)
-            else:
-                what = ("dir",)
-            out[rel] = (*what, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
-    return out
-
-
-@dataclass
-class Fleet:
-    base: Path
-    inventory: Path
-    state: Path
-    bundles: Bundles
-
-    def root(self, host: str) -> Path:
-        return self.base / host
-
-    def trees(self) -> dict[str, dict[str, tuple[Any, ...]]]:
-        return {h: tree_state(self.root(h)) for h in HOSTS}
-
-    def trust_args(self) -> list[str]:
-        return ["--trust", self.bundles.fingerprint, "--keyring", str(self.bundles.keyring)]
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-           "ANSIBLE_NOCOLOR": "1"}
-    env.pop("AIRLOCK_FAULT", None)
-    return env
-
-
-def airlock(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(REPO / ".venv/bin/airlock"), *args], env=_env(), capture_output=True,
-                          text=True, timeout=600, cwd=REPO)
-
-
-def playbook(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(REPO / ".venv/bin/ansible-playbook"), "-i", str(fleet.inventory),
-                           str(REPO / "playbooks" / "verify.yml"), *args], env=_env(), capture_output=True,
-                          text=True, timeout=600, cwd=REPO)
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
-    return make_bundles(tmp_path_factory.mktemp("bundles"))
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, bundles: Bundles) -> Iterator[Fleet]:
-    for h in HOSTS:
-        install_host(tmp_path / h, bundles, tmp_path).close()
-    inv = tmp_path / "inventory.yml"
-    inv.write_text(yaml.safe_dump({"all": {"children": {"appliances": {
-        "hosts": {h: {"airlock_root": str(tmp_path / h)} for h in HOSTS},
-        "vars": {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-                 "airlock_state_dir": str(tmp_path / "control")}}}}}))
-    yield Fleet(tmp_path, inv, tmp_path / "control", bundles)
-
-
-def _drift_on_h1(fleet: Fleet) -> None:
-    vdir = fleet.root("h1") / "model_repo" / MODEL / "1.1.0"
-    os.chmod(vdir / "config.json", 0o644)
-    (vdir.parent / "9.9.9").mkdir(mode=0o700)
 
 
 def test_verify_changes_no_byte(fleet: Fleet) -> None:
-    _drift_on_h1(fleet)
+    drift_on_h1(fleet)
     before = fleet.trees()
     assert any(k.endswith("update_history.log") for k in before["h1"])
     assert any(k.endswith("model_catalog.db") for k in before["h1"])
@@ -178,16 +96,7 @@ def test_control_node_anchor_catches_a_truncated_log_with_an_edited_catalog(flee
     anchor = _head(fleet, "h2")
     log = fleet.root("h2") / "model_repo" / "update_history.log"
     assert anchor["seq"] == len(log.read_bytes().splitlines())
-    # the forger drops the last record and makes the catalog agree (head and history row)
-    lines = log.read_bytes().splitlines()[:-1]
-    os.chmod(log, 0o644)
-    log.write_bytes(b"".join(ln + b"\n" for ln in lines))
-    os.chmod(log, 0o640)
-    db = sqlite3.connect(fleet.root("h2") / "model_repo" / "metadata" / "model_catalog.db")
-    db.execute("UPDATE meta SET value=? WHERE key='audit_head'", (f"{len(lines)}:{line_hash(lines[-1])}",))
-    db.execute("DELETE FROM history WHERE id=(SELECT max(id) FROM history)")
-    db.commit()
-    db.close()
+    cut_last_record(fleet.root("h2"), history=True)  # the forger makes the catalog agree
     r = airlock("model", "verify", "--root", str(fleet.root("h2")))
     assert r.returncode == 0  # on the host alone, nothing shows any more...
     r = airlock("verify", "-i", str(fleet.inventory), "--check", "--json", "--runner-dir",
@@ -208,8 +117,7 @@ def test_audit_head_tasks_keep_the_anchor_from_any_run(fleet: Fleet) -> None:
         {"ansible.builtin.import_tasks": str(REPO / "playbooks" / "tasks" / "audit_head.yml")}]}]))
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(REPO / ".venv/bin/ansible-playbook"), "-i", str(fleet.inventory), str(pb),
-                               *args], env=_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+        return playbook(fleet, *args, play=pb)
 
     before = fleet.trees()
     r = run("--check")
@@ -222,15 +130,7 @@ def test_audit_head_tasks_keep_the_anchor_from_any_run(fleet: Fleet) -> None:
     assert run().returncode == 0
     grown = _head(fleet, "h2")
     assert grown["seq"] > first["seq"]
-    log = fleet.root("h2") / "model_repo" / "update_history.log"
-    lines = log.read_bytes().splitlines()[:-1]
-    os.chmod(log, 0o644)
-    log.write_bytes(b"".join(ln + b"\n" for ln in lines))
-    os.chmod(log, 0o640)
-    db = sqlite3.connect(fleet.root("h2") / "model_repo" / "metadata" / "model_catalog.db")
-    db.execute("UPDATE meta SET value=? WHERE key='audit_head'", (f"{len(lines)}:{line_hash(lines[-1])}",))
-    db.commit()
-    db.close()
+    cut_last_record(fleet.root("h2"))
     r = run()
     assert r.returncode != 0 and "audit-anchor" in r.stdout, r.stdout
     assert "h1" in r.stdout and _head(fleet, "h2") == grown
@@ -240,9 +140,7 @@ def test_rollback_run_checks_and_keeps_the_audit_head(fleet: Fleet) -> None:
     """rollback.yml (as install.yml and update.yml) ends with tasks/audit_head.yml: the anchor follows the
     records the run appended, and a log cut since the last run fails that host even if the catalog agrees."""
     def rollback(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(REPO / ".venv/bin/ansible-playbook"), "-i", str(fleet.inventory),
-                               str(REPO / "playbooks" / "rollback.yml"), *args], env=_env(),
-                              capture_output=True, text=True, timeout=600, cwd=REPO)
+        return playbook(fleet, *args, play=REPO / "playbooks" / "rollback.yml")
 
     assert playbook(fleet, "--check").returncode == 0
     before = _head(fleet, "h1")
@@ -252,14 +150,6 @@ def test_rollback_run_checks_and_keeps_the_audit_head(fleet: Fleet) -> None:
     after = _head(fleet, "h1")
     assert after["seq"] > before["seq"] and after["seq"] == len(log.read_bytes().splitlines())
     # cut h2's log (catalog made to agree), then roll it back: the run itself notices
-    log2 = fleet.root("h2") / "model_repo" / "update_history.log"
-    lines = log2.read_bytes().splitlines()[:-1]
-    os.chmod(log2, 0o644)
-    log2.write_bytes(b"".join(ln + b"\n" for ln in lines))
-    os.chmod(log2, 0o640)
-    db = sqlite3.connect(fleet.root("h2") / "model_repo" / "metadata" / "model_catalog.db")
-    db.execute("UPDATE meta SET value=? WHERE key='audit_head'", (f"{len(lines)}:{line_hash(lines[-1])}",))
-    db.commit()
-    db.close()
+    cut_last_record(fleet.root("h2"))
     r = rollback("--limit", "h2")
     assert r.returncode != 0 and "audit-anchor" in r.stdout, r.stdout

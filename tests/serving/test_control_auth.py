@@ -16,7 +16,7 @@ from airlock.serving.errors import ServingError
 from airlock.serving.server import ServerConfig, TritonServer
 from airlock.serving.triton_repo import generate
 from tests.serving.conftest import _require_triton, add_model, ids
-from tests.support import require_tool
+from tests.serving.play import pki as _pki
 
 
 def _airlock(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -85,23 +85,6 @@ def test_unload_without_the_credential_is_refused_inference_still_works(tmp_path
         assert cli_ok.returncode == 0, cli_ok.stderr
         assert owner.loaded_versions("auth_m") == {}
 
-
-def _pki(tmp: Path) -> tuple[Path, Path, Path]:
-    """A throwaway site CA and a server certificate for 127.0.0.1 signed by it (openssl)."""
-    openssl = require_tool("openssl", "apt-get install openssl")
-    ca_key, ca, key, csr, cert = (tmp / n for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem"))
-    run = [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-           "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=airlock test site CA"]
-    subprocess.run(run, check=True, capture_output=True)
-    subprocess.run([openssl, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1"],
-                   check=True, capture_output=True)
-    ext = tmp / "san.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n")
-    subprocess.run([openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-                    "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext)],
-                   check=True, capture_output=True)
-    return cert, key, ca
 
 
 def test_grpc_control_over_tls_with_the_credential(tmp_path: Path, airlock_root: Path) -> None:

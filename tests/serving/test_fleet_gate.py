@@ -22,7 +22,8 @@ import yaml
 from airlock.serving.auth import read_control_key
 from airlock.serving.client import TritonClient
 from airlock.serving.server import free_port
-from tests.serving.test_roles import ROLES, _ansible
+from tests.serving.play import ROLES
+from tests.serving.play import ansible_playbook as _ansible
 
 HOSTS = ("appliance1", "appliance2")
 

@@ -8,12 +8,10 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,12 +20,14 @@ import pytest
 
 from airlock.serving.client import TritonClient
 from airlock.serving.errors import ServingError
-from airlock.serving.haproxy import HAProxy, drain_swap
+from airlock.serving.haproxy import drain_swap
 from airlock.serving.reload import Reloader
 from airlock.serving.server import ServerConfig, TritonServer, free_port
 from airlock.serving.triton_repo import generate
 from tests.serving.conftest import _require_triton, add_model, ids
-from tests.serving.test_roles import _playbook, _run
+from tests.serving.play import haproxy_by_role as _haproxy_by_role
+from tests.serving.play import run_playbook as _run
+from tests.serving.play import write_playbook as _playbook
 from tests.support import require_tool
 
 
@@ -63,29 +63,6 @@ class Traffic:
         lat = np.asarray([d for t, d, _ in self.samples if t0 <= t <= t1]) * 1000
         return {"requests": int(lat.size), "p50_ms": round(float(np.percentile(lat, 50)), 1),
                 "p99_ms": round(float(np.percentile(lat, 99)), 1)} if lat.size else {"requests": 0}
-
-
-@contextlib.contextmanager
-def _haproxy_by_role(tmp: Path, servers: list[dict[str, object]], **role_vars: object
-                     ) -> Iterator[tuple[HAProxy, str]]:
-    """roles/load_balancer applied on localhost (process supervisor), idempotent; (runtime API, URL)."""
-    port = free_port()
-    extra = {"ansible_python_interpreter": sys.executable, "load_balancer_supervisor": "process",
-             "load_balancer_install_apt": False, "load_balancer_config": str(tmp / "haproxy.cfg"),
-             "load_balancer_socket": str(tmp / "lb" / "admin.sock"),
-             "load_balancer_pidfile": str(tmp / "haproxy.pid"), "load_balancer_address": "127.0.0.1",
-             "load_balancer_port": port, "load_balancer_servers": servers, **role_vars}
-    play = _playbook(tmp, [{"hosts": "all", "gather_facts": False, "roles": ["load_balancer"]}])
-    first = _run(play, extra)
-    try:
-        assert first.returncode == 0, first.stdout[-3000:]
-        again = _run(play, extra)
-        assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-3000:]
-        scheme = "https" if role_vars.get("load_balancer_tls_cert") else "http"
-        yield HAProxy(tmp / "lb" / "admin.sock"), f"{scheme}://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
-            os.kill(int((tmp / "haproxy.pid").read_text().split()[0]), signal.SIGTERM)
 
 
 def test_drain_swap_through_haproxy_drops_no_request(tmp_path: Path, airlock_root: Path,

@@ -17,8 +17,8 @@ from typing import ClassVar
 import pytest
 
 from airlock.serving.server import free_port
-from tests.serving.test_control_auth import _pki
-from tests.serving.test_load_balancer import _haproxy_by_role
+from tests.serving.play import haproxy_by_role as _haproxy_by_role
+from tests.serving.play import pki as _pki
 from tests.support import require_tool
 
 

@@ -178,7 +178,7 @@ def test_triton_comes_back_serving_the_verified_current_versions(tmp_path: Path,
 
 @pytest.mark.parametrize("template", ["airlock-triton.service.j2", "run-process.sh.j2"])
 def test_the_role_starts_triton_with_the_restore_hook(template: str) -> None:
-    from tests.serving.test_roles import _render
+    from tests.serving.play import render_template as _render
 
     text = _render("triton_server", template, triton_models_root="/srv/airlock")
     if template.endswith(".service.j2"):

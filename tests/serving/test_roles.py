@@ -5,18 +5,14 @@ idempotent, check mode. The health gate itself runs in test_fleet_gate.py."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
 
@@ -27,29 +23,18 @@ from airlock.serving.errors import ServingError
 from airlock.serving.server import free_port
 from airlock.serving.triton_repo import TritonModel
 from tests.serving.conftest import Pair, add_model
+from tests.serving.play import (
+    PLAYBOOKS,
+    ROLES,
+    ansible_playbook,
+    render_template,
+    run_playbook,
+    write_playbook,
+)
 from tests.support import require_tool
 
-ROLES = Path(__file__).resolve().parents[2] / "roles"
-PLAYBOOKS = ROLES.parent / "playbooks"
-
-
-def _render(role: str, template: str, **extra: object) -> str:
-    defaults = yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    env.filters["default"] = lambda v, d="", boolean=False: (
-        d if isinstance(v, jinja2.Undefined) or v is None or (boolean and not v) else v)
-    env.filters["dirname"] = os.path.dirname
-    ctx = {**defaults, **extra}
-
-    def pending(v: object) -> bool:
-        return isinstance(v, str) and "{{" in v
-
-    # defaults may reference other variables: render each once the variables it names are rendered
-    for _ in range(5):
-        ctx = {k: env.from_string(v).render(ctx)
-               if pending(v) and not any(pending(ctx.get(n)) for n in re.findall(r"[a-z_]+", v)) else v
-               for k, v in ctx.items()}
-    return env.from_string((ROLES / role / "templates" / template).read_text()).render(ctx)
+# the helpers moved to tests/serving/play.py keep their old names here for modules not moved yet
+_ansible, _playbook, _render, _run = ansible_playbook, write_playbook, render_template, run_playbook
 
 
 def _unit(text: str) -> dict[str, str]:
@@ -128,33 +113,6 @@ def test_units_put_grpc_on_tls_when_certificates_are_given() -> None:
     assert want in script
     plain = _unit(_render("triton_server", "airlock-triton.service.j2"))
     assert "--grpc-tls" not in plain["ExecStart"] and "--grpc-ca" not in plain["ExecStartPost"]
-
-
-def _playbook(tmp: Path, body: list[dict]) -> Path:
-    path = tmp / f"play-{len(list(tmp.glob('play-*')))}.yml"
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return path
-
-
-def _ansible() -> str:
-    beside = Path(sys.executable).with_name("ansible-playbook")
-    if beside.is_file():
-        return str(beside)
-    return require_tool("ansible-playbook", ".venv/bin/pip install -e . (ansible-core)")
-
-
-def _run(playbook: Path, extra: dict, check: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run ``playbook`` on localhost with ``extra`` vars (written to a temp file: the playbook may be
-    one of the project's own, whose directory must stay untouched)."""
-    ansible = _ansible()
-    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROLES), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_STDOUT_CALLBACK": "default"}
-    with tempfile.TemporaryDirectory(prefix="airlock-extra-") as tmp:
-        vars_file = Path(tmp) / "extra.json"
-        vars_file.write_text(json.dumps(extra))
-        cmd = [ansible, "-i", "localhost,", "-c", "local", str(playbook), "-e", f"@{vars_file}"]
-        return subprocess.run(cmd + (["--check"] if check else []), capture_output=True, text=True, env=env,
-                              timeout=600, check=False)
 
 
 @dataclass
