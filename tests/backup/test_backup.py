@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from airlock.crypto.providers import ProviderRegistry
-from airlock.repo import audit
+from airlock.repo import audit, check_loadable
 from airlock.repo.lock import repo_lock
 from tests.backup.conftest import PASSWORD, Host, flip_byte, install
 from tests.backup.rgw import Rgw, start_rgw
@@ -100,6 +100,8 @@ def test_backup_destroy_restore_verify(host: Host, backed_up: BackedUp, tmp_path
     assert json.loads(v.stdout)["signatures_checked"]
     listed = json.loads(host.airlock("model", "list", "--root", str(host.root), "--json").stdout)
     assert listed["models"][0]["active"] == "1.1.0" and listed["models"][0]["previous"] == "1.0.0"
+    # would serve again: the loadability gate run before Triton loads a version passes on current
+    assert check_loadable(host.root / "model_repo" / "m" / "current", model="m").tensors > 0
     db = sqlite3.connect(host.root / "model_repo" / "metadata" / "model_catalog.db")
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
