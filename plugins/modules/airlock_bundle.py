@@ -17,7 +17,7 @@ description:
     time-of-check/time-of-use window when the source is a USB stick).
   - Staging resumes and repairs by block; a bundle already staged completely is reported unchanged,
     and so is a bundle already installed (its signed manifest kept in the repository, every model
-    version present): it is not staged again (RV(installed)).
+    version present); it is not staged again (RV(installed)).
   - Runs the engine's stage step (C(airlock.installer.stage_for_install)); the completed stage is
     marked so that M(airlock.appliance.airlock_model) reopens it without copying or hashing it again
     and removes it once installed.

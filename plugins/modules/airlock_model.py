@@ -62,7 +62,7 @@ options:
     default: false
   bundle:
     description:
-      - The bundle to install, through the engine's one install path (C(airlock.installer.install_bundle)):
+      - The bundle to install, through the engine's one install path (C(airlock.installer.install_bundle)), from
         a bundle directory or packed C(.tar) (verified while staged into O(stage_dir), then installed), or
         a staging directory completed by M(airlock.appliance.airlock_bundle) (reopened: its completion
         marker and the signature over the staged manifest are checked, nothing is copied or hashed
