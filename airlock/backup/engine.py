@@ -20,6 +20,7 @@ from typing import Any
 from airlock.backup import stage as st
 from airlock.backup.restic import TAG, Progress, Restic
 from airlock.errors import AirlockError, BackupError, IntegrityError, RepositoryError
+from airlock.faults import fault_point
 from airlock.hashing import sha256_file, tree_files
 from airlock.repo import audit
 from airlock.repo.layout import CATALOG_MODE, ROOT_MODE, Layout
@@ -102,6 +103,7 @@ def create(root: Path, restic: Restic, *, keys_config: Path | None = None, reten
             for pat in st.excludes(layout, [layout.version_dir(v.model, v.version) for v in refs]):
                 args += ["--exclude", pat]
             msgs = restic.run(*args, "model_repo", st.STAGE_NAME, cwd=root, progress=progress)
+            fault_point("backup.create.after-snapshot")
         summary = next((m for m in msgs if m.get("message_type") == "summary"), None)
         if summary is None:
             raise BackupError(f"{restic.repo}: restic backup gave no summary", path=restic.repo,
@@ -218,6 +220,7 @@ def restore(restic: Restic, target: Path, *, snapshot: str | None = None, host: 
     snap = pick_snapshot(restic, snapshot, host)
     snap_id = str(snap["id"])
     target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_restoring(target)
     work = target.parent / f".{target.name}.restoring-{os.getpid()}"
     if work.exists():
         shutil.rmtree(work)
@@ -227,6 +230,7 @@ def restore(restic: Restic, target: Path, *, snapshot: str | None = None, host: 
     try:
         say(f"restoring snapshot {snap_id[:8]} of {snap.get('hostname')} ({snap.get('time')})")
         restic.run("restore", snap_id, "--target", str(work), "--verify")
+        fault_point("backup.restore.after-restic")
         stage = work / st.STAGE_NAME
         try:
             manifest = json.loads((stage / st.MANIFEST).read_text())
@@ -256,6 +260,7 @@ def restore(restic: Restic, target: Path, *, snapshot: str | None = None, host: 
         _audit(work, "restore", "ok", {"repo": restic.repo, "snapshot": snap_id, "source_host":
                                        manifest.get("host"), "source_root": manifest.get("root"),
                                        "verified": verify}, lock_timeout)
+        fault_point("backup.restore.before-rename")
         _empty_target(target)  # nobody filled it meanwhile
         if target.exists():
             target.rmdir()
@@ -265,6 +270,14 @@ def restore(restic: Restic, target: Path, *, snapshot: str | None = None, host: 
         raise
     return RestoreResult(str(target), snap_id, manifest, verify, time.monotonic() - t0, nbytes, keys_out,
                          compliance)
+
+
+def _sweep_restoring(target: Path) -> None:
+    """Remove what a killed restore into ``target`` left beside it (its process is gone)."""
+    for old in target.parent.glob(f".{target.name}.restoring-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def verify_root(root: Path, keys_config: Path | None = None, trust: Any = None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airlock import settings
 from airlock.backup.password import PasswordSource
 from airlock.crypto.errors import KeyProviderError, WrongKeyError
 from airlock.errors import BackupError, IntegrityError, LockBusyError
@@ -22,7 +23,7 @@ TAG = "airlock"
 
 
 def restic_binary() -> str:
-    found = os.environ.get("AIRLOCK_RESTIC") or shutil.which("restic")
+    found = settings.restic() or shutil.which("restic")
     if not found:
         raise BackupError("restic not found: apt-get install restic (scripts/apt-packages.txt)",
                           rule="restic-missing")

@@ -29,6 +29,7 @@ from tests.backup.conftest import PASSWORD, Host, flip_byte, install
 from tests.backup.rgw import Rgw, start_rgw
 from tests.monitoring.render import LOCAL, run_playbook
 from tests.provision.ceph_cluster import start, stop
+from tests.repo.conftest import cli
 from tests.support import file_hashes, require_root, require_tool, tree_state
 
 AIRLOCK = str(Path(sys.executable).parent / "airlock")
@@ -131,6 +132,26 @@ def test_tampered_pack_refused(host: Host, backed_up: BackedUp, tmp_path: Path) 
     assert r.returncode == 13, r.stderr
     assert not target.exists() and not list(tmp_path.glob(".restored.restoring-*"))  # nothing left behind
     assert host.airlock("backup", "check", "--repo", str(host.repo), *pw).returncode == 0  # the original
+
+
+def test_kill_9_during_backup_and_restore(host: Host, backed_up: BackedUp, tmp_path: Path) -> None:
+    """kill -9 right after restic wrote a snapshot (before retention, check, audit) and inside a restore
+    (after restic, before the rename): the live root is untouched but for the staging directory the
+    next backup clears, the restore target never appears half-restored, and re-runs succeed."""
+    repo = ["--repo", str(tmp_path / "repo"), "--password-file", str(host.password)]
+    killed = cli(host.root, "backup", "create", "--root", str(host.root), *repo,
+                 fault="backup.create.after-snapshot", env=host.env)
+    assert killed.returncode == -9
+    assert host.airlock("backup", "create", "--root", str(host.root), *repo).returncode == 0
+    assert not (host.root / ".airlock-backup").exists()
+    target = tmp_path / "restored"
+    for point in ("backup.restore.after-restic", "backup.restore.before-rename"):
+        killed = cli(host.root, "backup", "restore", "--root", str(target), *repo, fault=point, env=host.env)
+        assert killed.returncode == -9 and not target.exists()
+        assert list(tmp_path.glob(".restored.restoring-*"))  # what the killed restore left beside it
+    r = host.airlock("backup", "restore", "--root", str(target), *repo, "--no-verify")
+    assert r.returncode == 0, r.stderr
+    assert not list(tmp_path.glob(".restored.restoring-*")) and _repo_view(target) == _repo_view(host.root)
 
 
 def test_bad_input_changes_nothing(host: Host, backed_up: BackedUp, tmp_path: Path) -> None:
