@@ -105,6 +105,14 @@ def ansible_bin(name: str) -> str:
     return str(VENV_BIN / name)
 
 
+def ansible_playbook() -> str:
+    """``ansible-playbook`` beside the running interpreter (this venv), else the one on PATH."""
+    beside = Path(sys.executable).with_name("ansible-playbook")
+    if beside.is_file():
+        return str(beside)
+    return require_tool("ansible-playbook", ".venv/bin/pip install -e . (ansible-core)")
+
+
 def ansible_env(tmp: Path | None = None, **extra: str) -> dict[str, str]:
     """Environment for ansible-* subprocesses: the repository's ansible.cfg (collection and roles from
     the checkout), no colour, the engine importable, no fault injected unless ``extra`` sets one;

@@ -5,23 +5,18 @@ from __future__ import annotations
 
 import configparser
 import os
-import socket
 import sys
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from airlock.repo import Repository
+from airlock.serving.server import free_port
 from tests.fleet.bundles import MODEL
 from tests.support import require_tool
 
 AIRLOCK = str(Path(sys.executable).parent / "airlock")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["AIRLOCK", "flip_byte", "free_port", "promtool", "samples", "unit"]
 
 
 def promtool() -> str:

@@ -12,7 +12,9 @@ from typing import Any
 
 import yaml
 
-from tests.support import require_tool
+from tests.support import ansible_playbook
+
+__all__ = ["REPO_ROOT", "PlayResult", "ansible_playbook", "run_role"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,13 +29,6 @@ class PlayResult:
         m = re.search(r"localhost\s*:\s*(ok=\d+.*)$", self.output, re.M)
         assert m, self.output[-3000:]
         return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
-
-
-def ansible_playbook() -> str:
-    beside = Path(sys.executable).with_name("ansible-playbook")
-    if beside.is_file():
-        return str(beside)
-    return require_tool("ansible-playbook", ".venv/bin/pip install -e . (ansible-core)")
 
 
 def run_role(

@@ -20,7 +20,7 @@ import yaml
 
 from airlock.serving.haproxy import HAProxy
 from airlock.serving.server import free_port
-from tests.support import REPO, require_tool
+from tests.support import REPO, ansible_playbook, require_tool
 
 ROLES = REPO / "roles"
 PLAYBOOKS = REPO / "playbooks"
@@ -49,13 +49,6 @@ def write_playbook(tmp: Path, body: list[dict]) -> Path:
     path = tmp / f"play-{len(list(tmp.glob('play-*')))}.yml"
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
-
-
-def ansible_playbook() -> str:
-    beside = Path(sys.executable).with_name("ansible-playbook")
-    if beside.is_file():
-        return str(beside)
-    return require_tool("ansible-playbook", ".venv/bin/pip install -e . (ansible-core)")
 
 
 def run_playbook(playbook: Path, extra: dict, check: bool = False) -> subprocess.CompletedProcess[str]:
