@@ -4,6 +4,10 @@ Fronts (CLI options, Ansible modules, role defaults) take their defaults from he
 the copies that cannot import it (role ``defaults/main.yml``, module argument specs, the stdlib-only
 ``provision/preflight.py``) with these values. Variables are read when asked for, not at import,
 so a test or a caller that sets one sees it take effect. Standard library only.
+
+Not here: the environment a subprocess is given (Triton, restic, ansible-runner, the demo copy and
+filter ``os.environ`` for their children) and a key provider's secret, whose variable name its
+configuration chooses (``crypto/providers/base.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ CACHE_ENV = "AIRLOCK_CACHE"
 FAULT_ENV = "AIRLOCK_FAULT"
 PAUSE_ENV = "AIRLOCK_PAUSE"
 SKIP_PREFLIGHT_ENV = "AIRLOCK_TEST_SKIP_PREFLIGHT"  # tests only: reach a real ENOSPC mid-write
+GPG_PASSPHRASE_FILE_ENV = "AIRLOCK_GPG_PASSPHRASE_FILE"
+ANSIBLE_DIR_ENV = "AIRLOCK_ANSIBLE_DIR"
+RESTIC_ENV = "AIRLOCK_RESTIC"
+RUNNER_DIR_ENV = "AIRLOCK_RUNNER_DIR"
+GNUPGHOME_ENV = "GNUPGHOME"  # GnuPG's own
+SOURCE_DATE_EPOCH_ENV = "SOURCE_DATE_EPOCH"  # reproducible builds' convention
 
 
 def _get(name: str) -> str | None:
@@ -52,14 +62,12 @@ def keys_config() -> Path:
 
 def profile_file() -> Path | None:
     """``$AIRLOCK_PROFILE_FILE`` when set (a test's or a second appliance's recorded profile)."""
-    raw = _get(PROFILE_FILE_ENV)
-    return Path(raw) if raw else None
+    return _path(PROFILE_FILE_ENV)
 
 
 def cache_dir() -> Path | None:
     """``$AIRLOCK_CACHE`` when set: where model fixtures are built."""
-    raw = _get(CACHE_ENV)
-    return Path(raw) if raw else None
+    return _path(CACHE_ENV)
 
 
 def faults() -> list[str]:
@@ -75,6 +83,42 @@ def pause() -> tuple[str, str] | None:
         return None
     point, flag = raw.split(":", 1)
     return point, flag
+
+
+def _path(name: str) -> Path | None:
+    raw = _get(name)
+    return Path(raw) if raw else None
+
+
+def gnupghome() -> Path | None:
+    """``$GNUPGHOME`` when set (else GnuPG's default home)."""
+    return _path(GNUPGHOME_ENV)
+
+
+def gpg_passphrase_file() -> Path | None:
+    """``$AIRLOCK_GPG_PASSPHRASE_FILE``: the file holding a signing key's passphrase."""
+    return _path(GPG_PASSPHRASE_FILE_ENV)
+
+
+def source_date_epoch() -> int | None:
+    """``$SOURCE_DATE_EPOCH`` (seconds): the time written into built bundles and apt repositories."""
+    raw = _get(SOURCE_DATE_EPOCH_ENV)
+    return int(raw) if raw else None
+
+
+def ansible_dir() -> Path | None:
+    """``$AIRLOCK_ANSIBLE_DIR``: the Ansible content (playbooks/, roles/) fleet runs use."""
+    return _path(ANSIBLE_DIR_ENV)
+
+
+def runner_dir() -> Path | None:
+    """``$AIRLOCK_RUNNER_DIR``: ansible-runner's private data directory."""
+    return _path(RUNNER_DIR_ENV)
+
+
+def restic() -> str | None:
+    """``$AIRLOCK_RESTIC``: the restic binary to run (else the one on PATH)."""
+    return _get(RESTIC_ENV)
 
 
 def skip_space_preflight() -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from airlock import __version__
+from airlock import __version__, settings
 from airlock.bundle.manifest import (
     CODED_FORMAT_VERSION,
     FORMAT_VERSION,
@@ -157,8 +157,8 @@ class _Builder:
 
 
 def _created() -> str:
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    when = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
+    epoch = settings.source_date_epoch()
+    when = datetime.fromtimestamp(epoch, UTC) if epoch is not None else datetime.now(UTC)
     return when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 

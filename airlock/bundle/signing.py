@@ -14,6 +14,7 @@ from pathlib import Path
 
 import gnupg
 
+from airlock import settings
 from airlock.errors import SignatureError
 
 # Signature policy (docs/bundle-format.md, "Signature"): what gpg alone would still accept is refused.
@@ -109,7 +110,7 @@ def verification_home(trust: Trust) -> Iterator[Path]:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return
-    home = trust.gnupghome or (Path(os.environ["GNUPGHOME"]) if os.environ.get("GNUPGHOME") else None)
+    home = trust.gnupghome or settings.gnupghome()
     if home is None or not Path(home).is_dir():
         raise SignatureError("no trusted keyring given (--keyring FILE or --gnupghome DIR)",
                              rule="no-keyring")
@@ -226,8 +227,7 @@ def _check_strength(sig_name: str, status: str, trust: Trust, keys: dict[str, tu
 
 def read_passphrase(passphrase_file: Path | None) -> str | None:
     """The passphrase comes from a file (or $AIRLOCK_GPG_PASSPHRASE_FILE), never a command line."""
-    path = passphrase_file or (Path(os.environ["AIRLOCK_GPG_PASSPHRASE_FILE"])
-                               if os.environ.get("AIRLOCK_GPG_PASSPHRASE_FILE") else None)
+    path = passphrase_file or settings.gpg_passphrase_file()
     if path is None:
         return None
     try:
@@ -254,7 +254,7 @@ def _sign_failure(stderr: str, passphrase: str | None) -> str:
 def sign_bytes(data: bytes, signer: str, *, gnupghome: Path | None = None,
                passphrase_file: Path | None = None) -> bytes:
     """Detached, ASCII-armoured signature over ``data`` by the key with fingerprint ``signer``."""
-    home = gnupghome or (Path(os.environ["GNUPGHOME"]) if os.environ.get("GNUPGHOME") else None)
+    home = gnupghome or settings.gnupghome()
     gpg = gnupg.GPG(gnupghome=str(home)) if home else gnupg.GPG()
     fpr = normalise_fpr(signer)
     secret = {normalise_fpr(k["fingerprint"]) for k in gpg.list_keys(secret=True)}

@@ -90,12 +90,14 @@ def install_cmd(
 ) -> None:
     """Install a full version from a directory (staged, hash-checked, sealed read-only, renamed in);
     with --encrypt every file is stored encrypted, the plaintext hashed while encrypting."""
+    from airlock.repo.plan import Provenance
+
     with handle_errors(as_json):
         deps = dict(d.split("=", 1) for d in dependency if "=" in d)
         repo = _repo(root, lock_timeout, owner, group, torch, keys_config, encrypt is not None)
         plan = _planned(repo, "install", model, check, lambda: repo.plan_install(
-            model, version, src_dir, activate=not no_activate, description=description, dependencies=deps,
-            encrypt=encrypt))
+            model, version, src_dir, activate=not no_activate,
+            provenance=Provenance(description=description, dependencies=deps), encrypt=encrypt))
         if not check:
             with progress_bytes(f"installing {model} {version}", _total(plan), not as_json) as prog:
                 plan = repo.execute(plan, progress=prog)

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airlock import settings
 from airlock.errors import FleetError
 from airlock.fleet.events import Batch, EventTracker, HostSummary
 
 PLAYBOOKS = ("install", "update", "rollback", "verify")
-CONTENT_ENV = "AIRLOCK_ANSIBLE_DIR"
-RUNNER_DIR_ENV = "AIRLOCK_RUNNER_DIR"
+CONTENT_ENV = settings.ANSIBLE_DIR_ENV
+RUNNER_DIR_ENV = settings.RUNNER_DIR_ENV
 
 
 def collections_paths(content: Path) -> list[str]:
@@ -39,8 +40,7 @@ def collections_paths(content: Path) -> list[str]:
 
 def content_dir() -> Path:
     """Where playbooks/, roles/, plugins/ and ansible.cfg are: $AIRLOCK_ANSIBLE_DIR, else this checkout."""
-    env = os.environ.get(CONTENT_ENV)
-    root = Path(env) if env else Path(__file__).resolve().parents[2]
+    root = settings.ansible_dir() or Path(__file__).resolve().parents[2]
     if not (root / "playbooks").is_dir() or not (root / "ansible.cfg").is_file():
         raise FleetError(f"{root}: no Airlock Ansible content (playbooks/, ansible.cfg); set {CONTENT_ENV}",
                          path=str(root), rule="ansible-content")
@@ -159,7 +159,7 @@ def run_playbook(name: str, inventory: Path, extravars: dict[str, Any], *, limit
     inventory = Path(inventory).resolve()
     if not inventory.exists():
         raise FleetError(f"{inventory}: no such inventory", path=str(inventory), rule="inventory")
-    pdd = Path(private_data_dir or os.environ.get(RUNNER_DIR_ENV)
+    pdd = Path(private_data_dir or settings.runner_dir()
                or Path.home() / ".cache" / "airlock" / "runner" / name)
     bindir = str(Path(sys.executable).parent)
     env = {"ANSIBLE_CONFIG": str(content / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",

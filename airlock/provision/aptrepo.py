@@ -29,6 +29,7 @@ from pathlib import Path
 
 import gnupg
 
+from airlock import settings
 from airlock.errors import IntegrityError, ManifestError, SignatureError
 from airlock.faults import fault_point
 from airlock.fsutil import fsync_tree, safe_relpath, staging_dir
@@ -115,7 +116,7 @@ def _package_from(deb: Path) -> tuple[str, str, str, str]:
 
 
 def _gpg(gnupghome: Path | None) -> gnupg.GPG:
-    home = gnupghome or (Path(os.environ["GNUPGHOME"]) if os.environ.get("GNUPGHOME") else None)
+    home = gnupghome or settings.gnupghome()
     return gnupg.GPG(gnupghome=str(home)) if home else gnupg.GPG()
 
 
@@ -171,8 +172,8 @@ def build_apt_repo(debs: list[Path], out_dir: Path, *, signer: str, gnupghome: P
                              path=str(gnupghome) if gnupghome else None, rule="signer")
     passphrase = read_passphrase(passphrase_file) or None
     if date is None:
-        epoch = os.environ.get("SOURCE_DATE_EPOCH")
-        date = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
+        epoch = settings.source_date_epoch()
+        date = datetime.fromtimestamp(epoch, UTC) if epoch is not None else datetime.now(UTC)
     tick = progress or no_progress
 
     remove_stale(out_dir, ".aptrepo-")

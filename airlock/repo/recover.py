@@ -9,15 +9,18 @@ the ``current`` link (swapped before the catalog is updated, so the link is the 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from airlock.errors import RepositoryError
 from airlock.fsutil import atomic_symlink, rmtree_writable
 from airlock.repo import audit
-from airlock.repo.catalog import Catalog
+from airlock.repo.catalog import PRESENT, Catalog
 from airlock.repo.layout import CURRENT, KEEP_PREFIX, LEFTOVER_PREFIXES, Layout, SemVer
 
-PRESENT = ("staged", "active", "previous", "failed", "rolled_back")
+__all__ = ["PRESENT", "RecoveryStep", "recover"]
+# a package's own recovery (e.g. tier copies): run after the repository's, under the same lock
+RecoveryStep = Callable[[Layout, Catalog], list[str]]
 
 
 def _is_version_dir(entry: Path) -> bool:
@@ -30,9 +33,10 @@ def _is_version_dir(entry: Path) -> bool:
     return True
 
 
-def recover(layout: Layout, cat: Catalog) -> list[str]:
+def recover(layout: Layout, cat: Catalog, steps: Sequence[RecoveryStep] = ()) -> list[str]:
     """Bring disk and catalog back to a consistent state after a crash (the caller holds the lock
-    and has the catalog open for writing). Returns what was done (also recorded in the audit log)."""
+    and has the catalog open for writing), then run the extra ``steps``. Returns what was done (also
+    recorded in the audit log)."""
     actions: list[str] = []
     model_dirs = layout.model_dirs()
     for pk in [layout.packages, *[p for p in layout.packages.glob("*") if p.is_dir()]]:
@@ -84,9 +88,8 @@ def recover(layout: Layout, cat: Catalog) -> list[str]:
             elif target is None and active is not None and (mdir / active.version).is_dir():
                 atomic_symlink(active.version, layout.current(model))
                 actions.append(f"{model}: current link restored -> {active.version}")
-    from airlock.repo import tier
-
-    actions.extend(tier.recover(layout, cat))  # copies outside a version's recorded tier
+    for step in steps:
+        actions.extend(step(layout, cat))
     from airlock.crypto.tree import sweep_workspaces
     from airlock.repo.encryption import sweep_plaintext_stages
 

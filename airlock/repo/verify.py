@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from airlock.errors import AirlockError
 from airlock.hashing import Progress, digest_file, no_progress
 from airlock.repo import audit
-from airlock.repo.catalog import Catalog, VersionRow
+from airlock.repo.catalog import PRESENT, Catalog, VersionRow
 from airlock.repo.layout import (
     CATALOG_MODE,
     CURRENT,
@@ -40,7 +40,6 @@ from airlock.repo.layout import (
     Layout,
     SemVer,
 )
-from airlock.repo.recover import PRESENT
 
 if TYPE_CHECKING:
     from airlock.bundle import Manifest, ModelEntry, Trust

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from airlock.errors import RepositoryError, TensorFormatError, UnsafePathError
-from airlock.repo import Repository, SemVer, check_loadable
+from airlock.repo import Provenance, Repository, SemVer, check_loadable
 from tests.repo.conftest import Versions, assert_same_tree, cli, hashes, leftovers
 from tests.repo.models import make_model
 from tests.support import require_root
 
 
 def test_install_layout_modes_and_catalog(repo: Repository, versions: Versions) -> None:
-    plan = repo.install_version("m", "1.0.0", versions.src["1.0.0"], description="base",
-                                dependencies={"torch": "2.13"})
+    plan = repo.install_version("m", "1.0.0", versions.src["1.0.0"],
+                                provenance=Provenance(description="base", dependencies={"torch": "2.13"}))
     assert plan.changed
     lay = repo.layout
     vdir = lay.version_dir("m", "1.0.0")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from airlock.errors import IntegrityError, RepositoryError
-from airlock.repo import Repository
+from airlock.repo import Provenance, Repository
 from tests.repo.conftest import Versions, assert_same_tree, cli, hashes, leftovers
 
 
@@ -91,7 +91,7 @@ def test_activate_and_rollback_by_swap(repo: Repository, versions: Versions) -> 
 def test_prune_never_removes_active_or_previous(repo: Repository, versions: Versions) -> None:
     _three(repo, versions)  # 1.2.0 active, 1.1.0 previous
     plan = repo.prune("m", keep=1)
-    assert plan.args["remove"] == ["1.0.0"]
+    assert plan.remove_versions == ["1.0.0"]
     assert not repo.layout.version_dir("m", "1.0.0").exists()
     for v in ("1.1.0", "1.2.0"):
         assert_same_tree(repo.layout.version_dir("m", v), versions.src[v])  # hard links survive
@@ -108,7 +108,7 @@ def test_prune_keeps_the_newest(repo: Repository, versions: Versions) -> None:
     _three(repo, versions)
     repo.activate("m", "1.0.0")  # active 1.0.0, previous 1.2.0: 1.1.0 is the only candidate
     assert repo.plan_prune("m", keep=3).changed is False
-    assert repo.plan_prune("m", keep=2).args["remove"] == ["1.1.0"]
+    assert repo.plan_prune("m", keep=2).remove_versions == ["1.1.0"]
     r = cli(repo.root, "model", "prune", "m", "--keep", "2", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["remove"][0].endswith("/1.1.0")
 
@@ -118,7 +118,7 @@ def test_rollback_after_prune_rebuilds_from_reverse_deltas(repo: Repository, ver
     repo.prune("m", keep=2)
     assert not repo.layout.version_dir("m", "1.0.0").exists()
     plan = repo.plan_rollback("m", "1.0.0")
-    assert plan.args["rebuild"] and "rebuilt from 2 delta(s)" in plan.diff
+    assert plan.rebuild and "rebuilt from 2 delta(s)" in plan.diff
     assert not repo.layout.version_dir("m", "1.0.0").exists()  # planning wrote nothing
     repo.rollback("m", to="1.0.0")
     v0 = repo.layout.version_dir("m", "1.0.0")
@@ -138,7 +138,8 @@ def test_rollback_to_unknown_version(repo: Repository, versions: Versions) -> No
 
 
 def test_list_show_history_cli(repo: Repository, versions: Versions, tmp_path: Path) -> None:
-    repo.install_version("m", "1.0.0", versions.src["1.0.0"], description="base", dependencies={"cuda": "12"})
+    repo.install_version("m", "1.0.0", versions.src["1.0.0"],
+                         provenance=Provenance(description="base", dependencies={"cuda": "12"}))
     repo.update_from_delta("m", versions.deltas[("1.0.0", "1.1.0")])
     r = cli(repo.root, "model", "list", "--json")
     models = json.loads(r.stdout)["models"]
