@@ -215,6 +215,7 @@ def reload(
     """Hot reload MODEL to VERSION with its stored serving settings: candidate + golden smoke test,
     promote, unload old; else keep old. Same version, changed settings: reloaded in place."""
     from airlock.errors import RepositoryError
+    from airlock.repo.layout import Layout
     from airlock.serving.errors import SmokeTestError
     from airlock.serving.reload import Reloader
     from airlock.serving.triton_repo import airlock_models
@@ -223,10 +224,10 @@ def reload(
         if version is None:
             active = airlock_models(root)
             if model not in active:
-                raise RepositoryError(f"{root / 'model_repo' / model}: no current version", path=str(root))
+                raise RepositoryError(f"{Layout(root).repo / model}: no current version", path=str(root))
             version, path = active[model]
         else:
-            path = root / "model_repo" / model / version
+            path = Layout(root).version_dir(model, version)  # names checked (model, SemVer)
             if not path.is_dir():
                 raise RepositoryError(f"{path}: no such model version", path=str(path))
         record = load_golden(golden, model, version)
