@@ -65,6 +65,13 @@ def throwaway_signer(work: Path) -> tuple[str, Path, Path]:
     return fpr, home, ring
 
 
+def stop_agent(work: Path) -> None:
+    """The gpg-agent the throwaway key started (it outlives its deleted home otherwise)."""
+    if (work / "gnupg").is_dir():
+        subprocess.run(["gpgconf", "--homedir", str(work / "gnupg"), "--kill", "gpg-agent"], check=False,
+                       capture_output=True)
+
+
 def files_of(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
@@ -200,6 +207,7 @@ def main() -> None:
         args.out.write_text(text)
         sys.stdout.write(text)
     finally:
+        stop_agent(work)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from airlock.fixtures.__main__ import parse_size
-from benchmarks.full_bundle import files_of, throwaway_signer, tree_bytes, warm
+from benchmarks.full_bundle import files_of, stop_agent, throwaway_signer, tree_bytes, warm
 from benchmarks.run import AIRLOCK, timed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +127,7 @@ def main() -> None:
         step("rollback", [AIRLOCK, "model", "rollback", "dsv3", *appliance], size, "copy", b["copy"])
         write(args.out, steps, size, b, stored)
     finally:
+        stop_agent(work)
         shutil.rmtree(work, ignore_errors=True)
 
 
