@@ -162,7 +162,7 @@ def configure(repo: Repository, *, dirs: dict[str, Path | None] | None = None, k
         return {"changed": True, "check_mode": True, "set": {**{t: str(d) if d else None for t, d in
                                                                 (dirs or {}).items()},
                                                              "keep_hot": keep_hot, "hot_share": hot_share}}
-    with repo._reading() if check else repo._mutating() as cat:
+    with repo.reading() if check else repo.mutating() as cat:
         changed: dict[str, Any] = {}
         for tier, d in (dirs or {}).items():
             if tier not in TIER_DIRS:
@@ -242,7 +242,7 @@ def status(repo: Repository, model: str | None = None, *, verify: bool = False,
     """Every version's tier, path and size, each tier's directory and free space, the policy.
     ``verify``: also re-hash every warm/cold copy against the signed hashes (``ok`` false on the
     first difference per file; hot versions are ``airlock model verify``'s). Read-only."""
-    with repo._reading() as cat:
+    with repo.reading() as cat:
         models = [model] if model else cat.models()
         if model and model not in cat.models():
             raise RepositoryError(f"{model}: no such model in the catalog", rule="model-missing")
@@ -279,7 +279,7 @@ def _check_copy(repo: Repository, row: VersionRow, loc: Location | None,
         expected, _basis = _expected(repo, row)
     except IntegrityError as exc:
         return [str(exc)]
-    enc = repo._enc(row.encryption, keys, str(loc.path))
+    enc = repo.encryption(row.encryption, keys, str(loc.path))
     problems = [f"{rel}: missing" for rel in sorted(expected) if not (loc.path / rel).is_file()]
     found = {p.relative_to(loc.path).as_posix() for p in loc.path.rglob("*") if p.is_file()}
     problems += [f"{rel}: not in the version" for rel in sorted(found - set(expected))]
@@ -319,7 +319,7 @@ def move(repo: Repository, model: str, version: str, to: str, *, keys: ProviderR
          progress: Progress = no_progress) -> Move:
     """Move one version to tier ``to`` under the lock (see the module docstring), audited."""
     action = "tier-promote" if to == "hot" else "tier-demote"
-    with repo._mutating() as cat, repo._recording_failure(action, model, None, version):
+    with repo.mutating() as cat, repo.recording_failure(action, model, None, version):
         return move_locked(repo, cat, model, version, to, keys=keys, progress=progress)
 
 
@@ -333,7 +333,7 @@ def ensure_hot(repo: Repository, cat: Catalog, model: str, version: str | None, 
     """Promote ``version`` if it is kept outside the hot tier (caller holds the lock)."""
     if version is None or not needs_promotion(cat.version(model, version, with_files=False)):
         return None
-    with repo._recording_failure("tier-promote", model, None, version):
+    with repo.recording_failure("tier-promote", model, None, version):
         return move_locked(repo, cat, model, version, "hot", keys=keys, progress=progress)
 
 
@@ -369,7 +369,7 @@ def move_locked(repo: Repository, cat: Catalog, model: str, version: str, to: st
         raise RepositoryError(f"{src.path}: {model} {version} is recorded in the {src.tier} tier but its "
                               "directory is not there", path=str(src.path), rule="tier-source-missing")
     expected, mv.verified_against = _expected(repo, row)
-    enc = repo._enc(row.encryption, keys, str(src.path))
+    enc = repo.encryption(row.encryption, keys, str(src.path))
     links = _link_sources(repo, cat, row) if to == "hot" and enc is None else {}
     block = os.statvfs(_existing_parent(dst.path.parent)).f_frsize or 4096
     need = sum(disk_bytes(size, block) for rel, (size, sha) in expected.items() if sha not in links)
@@ -395,7 +395,7 @@ def move_locked(repo: Repository, cat: Catalog, model: str, version: str, to: st
                 mv.bytes += size
             fault_point(f"tier.{verb}.mid-copy")
         mv.files = len(expected)
-        uid, gid = repo._ids()
+        uid, gid = repo.ids()
         seal(tree, uid, gid)
         fault_point(f"tier.{verb}.after-copy")
         os.rename(tree, dst.path)
@@ -537,14 +537,14 @@ def plan_policy(repo: Repository, cat: Catalog, pol: Policy | None = None) -> li
 def apply_policy(repo: Repository, *, check: bool = False, keys: ProviderRegistry | None = None,
                  pol: Policy | None = None) -> dict[str, Any]:
     """Demote what the policy asks (to the warm tier); ``check``: only say what would move."""
-    with repo._reading() if check else repo._mutating() as cat:
+    with repo.reading() if check else repo.mutating() as cat:
         chosen = pol or policy(cat)
         todo = plan_policy(repo, cat, chosen)
         moves = []
         if todo and not check:
             _usable(cat, "warm")
             for m, v in todo:
-                with repo._recording_failure("tier-demote", m, None, v):
+                with repo.recording_failure("tier-demote", m, None, v):
                     moves.append(move_locked(repo, cat, m, v, "warm", keys=keys).as_dict())
         return {"ok": True, "check_mode": check, "changed": bool(todo), "policy": chosen.as_dict(),
                 "demote": [{"model": m, "version": v} for m, v in todo], "moves": moves}
