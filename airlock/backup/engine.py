@@ -286,7 +286,7 @@ def verify_root(root: Path, keys_config: Path | None = None, trust: Any = None) 
     from airlock.crypto.providers import load_registry
     from airlock.repo import Repository
 
-    repo = Repository(root, keys=load_registry(keys_config) if keys_config else None)
+    repo = Repository(root, keys=load_registry(keys_config))  # None: no config named, no default one
     try:
         repo.audit_verify()
         report = repo.compliance(trust=trust)
@@ -358,7 +358,9 @@ def drill(live: Path, restic: Restic, scratch: Path, *, keep: bool = False, snap
     t0 = time.monotonic()
     report: dict[str, Any] = {"live": str(live), "scratch": str(scratch), "repo": restic.repo}
     try:
-        res = restore(restic, scratch, snapshot=snapshot, host=None, verify=True, verify_keys=keys_config,
+        # this host's latest snapshot: a repository shared by a fleet holds other hosts' too
+        res = restore(restic, scratch, snapshot=snapshot, host=socket.gethostname(), verify=True,
+                      verify_keys=keys_config,
                       trust=trust, lock_timeout=lock_timeout, say=say)
         report.update(snapshot=res.snapshot, restore_seconds=round(res.seconds, 3), restored_bytes=res.bytes,
                       verified=True)
