@@ -4,13 +4,14 @@ install hard-links from versions already present. Two file systems are checked a
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from airlock import settings
-from airlock.errors import DiskSpaceError, human_bytes
+from airlock.errors import DiskSpaceError, from_os_error, human_bytes
 from airlock.fsutil import free_bytes
 from airlock.repo.install import disk_bytes
 
@@ -40,7 +41,12 @@ class BundleSpace:
                 "kept_bytes": self.kept_bytes}
 
     def check(self, repo_dir: Path) -> None:
-        """Raise ``DiskSpaceError`` (exit 31) naming the shortfall and what uses the space."""
+        """Raise ``DiskSpaceError`` (exit 31) naming the shortfall and what uses the space; a
+        read-only file system is said as such first (exit 37), not as a lack of space."""
+        for where in (self.stage_dir, repo_dir):
+            if _read_only(where):
+                raise from_os_error(OSError(errno.EROFS, os.strerror(errno.EROFS), str(where)),
+                                    what="install-bundle")
         if settings.skip_space_preflight():
             return
         stage = (f"{human_bytes(self.stage_bytes)} for the staged copy in {self.stage_dir} (verified "
@@ -67,6 +73,12 @@ class BundleSpace:
                 f"{repo_dir}: needs {inst}; {human_bytes(self.install_free)} free: "
                 f"{human_bytes(self.install_bytes - self.install_free)} more needed: free space "
                 "(e.g. airlock model prune)", path=str(repo_dir), rule="disk-space-preflight")
+
+
+def _read_only(path: Path) -> bool:
+    while not path.exists():
+        path = path.parent
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
 
 
 def _block(path: Path) -> int:
