@@ -8,4 +8,9 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${AIRLOCK_VENV:-$repo/.venv}"
 cd "$repo"
 export PATH="$venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible.cfg"
-exec ansible-lint --offline --profile production --nocolor "$@"
+# A throwaway HOME: ansible-lint also looks in ~/.ansible/collections, where an older installed copy of
+# this collection (from a galaxy install or an earlier lint) would shadow the checkout (a role added
+# since then "was not found").
+home="$(mktemp -d "${TMPDIR:-/tmp}/airlock-lint-home.XXXXXX")"
+trap 'rm -rf "$home"' EXIT
+HOME="$home" ansible-lint --offline --profile production --nocolor "$@"
