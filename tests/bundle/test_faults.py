@@ -65,5 +65,6 @@ def test_stage_killed_after_manifest(factory: BundleFactory, keys: Keys, tmp_pat
     assert names == [".airlock-staging", "MANIFEST.json", "MANIFEST.json.asc"]
     assert _run(*args).returncode == 0
     staged = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
-    assert staged == [".airlock-staging", "MANIFEST.json", "MANIFEST.json.asc", "models/minilm/1.0.0/big.bin",
+    assert staged == [".airlock-staged", ".airlock-staging", "MANIFEST.json", "MANIFEST.json.asc",
+                      "models/minilm/1.0.0/big.bin",
                       "models/minilm/1.0.0/config.json", "models/minilm/1.0.0/model.safetensors"]
