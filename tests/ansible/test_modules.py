@@ -124,7 +124,10 @@ def test_missing_engine_names_the_library(tmp_path: Path) -> None:
     system = shutil.which("python3", path="/usr/bin")
     if system is None:
         pytest.fail("/usr/bin/python3 is needed to run a module without the engine")
-    r = run_module("airlock_model_info", {"root": str(tmp_path)}, python=system)
+    # no PYTHONPATH to the checkout: the system Python must not find the engine (it is importable
+    # from the source tree without its third-party dependencies since the engine imports lazily)
+    r = run_module("airlock_model_info", {"root": str(tmp_path)}, python=system,
+                   env={"PYTHONPATH": str(tmp_path / "nothing-here")})
     assert r["failed"] and "airlock" in r["msg"] and "Failed to import" in r["msg"]
 
 
