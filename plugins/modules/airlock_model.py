@@ -64,7 +64,8 @@ options:
     description:
       - The bundle to install, through the engine's one install path
         (C(airlock.installer.install_bundle)), from a bundle directory or packed C(.tar) (verified
-        while staged into O(stage_dir), then installed), or a staging directory completed by M(airlock.appliance.airlock_bundle) (reopened, its completion
+        while staged into O(stage_dir), then installed), or a staging directory completed by
+        M(airlock.appliance.airlock_bundle) (reopened, its completion
         marker and the signature over the staged manifest are checked, nothing is copied or hashed
         again; every installed byte is still checked against the signed hashes).
       - The staged copy is removed once the bundle is installed. This very bundle already installed
