@@ -196,3 +196,25 @@ def test_rerun_after_a_stopped_rollout_resumes(fleet6: LocalFleet) -> None:
     assert r.batches == [[A, B], [C, D], [E, F]]
     assert (r.host(A).from_version, r.host(A).to_version) == (NEW, NEW) and r.host(B).result == CHANGED
     assert all(fleet6.serving(h) == NEW for h in HOSTS)
+
+
+def test_failed_weight_shift_is_rolled_back(fleet6: LocalFleet) -> None:
+    """A host that passed its gate but whose gradual return to the load balancer fails (a weight step
+    saw errors: `airlock serve lb shift` exits 50, tests/serving/test_load_balancer.py proves that
+    against a real HAProxy; here the command is a logging stand-in) is rolled back like a failed gate
+    and put back at full weight on the old version; the healthy hosts of its batch stay updated."""
+    current = "$(readlink {{ airlock_root }}/model_repo/" + MODEL + "/current)"
+    shift = ("sh -c 'echo {{ inventory_hostname }} shift " + current + f" >> {fleet6.lb_log}; "
+             "test {{ inventory_hostname }} != " + D + " || exit 50; "
+             'echo "{\\"steps\\": [10, 50, 100]}"\'')
+    inv = fleet6.inventory({}, airlock_lb_shift_command=shift, airlock_lb_weight_steps=[10, 50],
+                           airlock_max_fail_percentage=50)
+    r = fleet6.update(inv, airlock_update_serial=ALL)
+    assert r.rc != 0, r.as_dict()
+    assert {h: fleet6.serving(h) for h in HOSTS} == {h: OLD if h == D else NEW for h in HOSTS}
+    assert {h.host: h.result for h in r.hosts} == {h: ROLLED_BACK if h == D else CHANGED for h in HOSTS}
+    lb = fleet6.lb_events()
+    for host in HOSTS:
+        mine = [(what, served) for h, what, served in lb if h == host]
+        expected = [("drain", OLD), ("shift", NEW)] + ([("enable", OLD)] if host == D else [])
+        assert mine == expected, (host, mine)
