@@ -101,7 +101,8 @@ def test_install_copies_the_bundle_from_the_control_node(bundles: Bundles, tmp_p
     copied = fleet / "local-b" / "incoming" / bundles.full.name
     assert (copied / "MANIFEST.json").read_bytes() == (bundles.full / "MANIFEST.json").read_bytes()
     staged = fleet / "local-b" / "model_repo" / "update_packages" / "staged" / bundles.full.name
-    assert (staged / "MANIFEST.json").exists()  # staged (and verified) from the copy
+    # staged (and verified) from the copy, installed, then the staged copy removed (issue 16 item 5)
+    assert not staged.exists() and staged.parent.is_dir()
     assert json.loads(r.stdout)["hosts"][0]["to"] == "1.0.0"
 
 
