@@ -171,7 +171,24 @@ def _triton_by_roles(tmp_path: Path, root: Path, names: list[str],
                     subprocess.run(["sleep", "0.1"], check=False)
                 else:
                     os.killpg(pid, signal.SIGKILL)
+        _kill_servers_of(tmp_path / "triton")  # a server a restart left outside the recorded group
         assert started, "the role must record the server's pid"
+
+
+def _kill_servers_of(model_repository: Path) -> None:
+    """SIGKILL every process whose command line names this test's model repository (no leak into
+    the next test or the next CI run)."""
+    needle = str(model_repository).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"tritonserver" in cmdline and needle in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
 
 
 def test_roles_start_triton_and_load_models_idempotently(tmp_path: Path, airlock_root: Path) -> None:
