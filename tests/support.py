@@ -144,3 +144,20 @@ def build_wheelhouse(out: Path) -> Path:
     subprocess.run([*pip, "download", "--only-binary=:all:", "-d", str(out), str(wheel)], check=True,
                    capture_output=True, timeout=600)
     return out
+
+
+def pids_running(program: bytes, naming: str) -> list[int]:
+    """PIDs of processes whose executable name ends with ``program`` and one of whose arguments is
+    ``naming`` (a test's own path), alone or as ``--option=naming``: what a test started and must
+    stop, never anyone else's."""
+    exact = naming.encode()
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = proc.joinpath("cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(program) and any(a == exact or a.endswith(b"=" + exact)
+                                                     for a in argv[1:]):
+            pids.append(int(proc.name))
+    return pids

@@ -28,9 +28,9 @@ from airlock.repo.lock import repo_lock
 from tests.backup.conftest import PASSWORD, Host, flip_byte, install
 from tests.backup.rgw import Rgw, start_rgw
 from tests.monitoring.render import LOCAL, run_playbook
-from tests.provision.ceph_cluster import start, stop
+from tests.provision.ceph_cluster import running
 from tests.repo.conftest import cli
-from tests.support import file_hashes, require_root, require_tool, tree_state
+from tests.support import file_hashes, require_tool, tree_state
 
 AIRLOCK = str(Path(sys.executable).parent / "airlock")
 
@@ -279,15 +279,8 @@ def test_restore_drill_playbook(host: Host, backed_up: BackedUp, tmp_path: Path)
 
 @pytest.fixture(scope="module")
 def rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rgw]:
-    require_root("runs Ceph daemons")
-    for tool in ("ceph-mon", "ceph-osd", "ceph-mgr", "ceph-mds", "radosgw", "radosgw-admin"):
-        require_tool(tool, "apt-get install ceph-mon ceph-osd ceph-mgr ceph-mds radosgw "
-                     "(scripts/apt-packages.txt)")
-    cluster = start(tmp_path_factory.mktemp("ceph"))
-    try:
+    with running(tmp_path_factory.mktemp("ceph"), [], extra_tools=("radosgw", "radosgw-admin")) as cluster:
         yield start_rgw(cluster)
-    finally:
-        stop(cluster, [])
 
 
 @pytest.mark.slow

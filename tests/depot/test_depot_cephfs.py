@@ -16,8 +16,7 @@ import pytest
 from tests.bundle.factory import BundleFactory, payload
 from tests.depot.cli import airlock, import_, trust_args
 from tests.gpg import Keys
-from tests.provision.ceph_cluster import CephCluster, run, start, stop
-from tests.support import require_root, require_tool
+from tests.provision.ceph_cluster import CephCluster, run, running
 
 pytestmark = pytest.mark.timeout(600)
 MOUNTS: list[Path] = []
@@ -25,14 +24,8 @@ MOUNTS: list[Path] = []
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
-    require_root("mounts CephFS with ceph-fuse")
-    for tool in ("ceph-mon", "ceph-osd", "ceph-mds", "ceph-fuse"):
-        require_tool(tool, "apt-get install ceph-mon ceph-osd ceph-mds ceph-fuse (scripts/apt-packages.txt)")
-    c = start(tmp_path_factory.mktemp("ceph"))
-    try:
+    with running(tmp_path_factory.mktemp("ceph"), MOUNTS) as c:
         yield c
-    finally:
-        stop(c, MOUNTS)
 
 
 def mount(c: CephCluster, client: Path) -> Path:

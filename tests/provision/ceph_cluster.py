@@ -10,8 +10,13 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support import pids_running, require_root, require_tool
+
+TOOLS = ("ceph-mon", "ceph-osd", "ceph-mds", "ceph-mgr", "ceph-fuse")
 
 
 @dataclass
@@ -182,13 +187,7 @@ def stop(c: CephCluster, mounts: list[Path]) -> None:
     pids = []
     for m in mounts:
         subprocess.run(["umount", "-l", str(m)], capture_output=True, check=False)
-        for proc in Path("/proc").glob("[0-9]*"):  # the ceph-fuse this test's mount started
-            try:
-                argv = proc.joinpath("cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0].endswith(b"ceph-fuse") and str(m).encode() in argv:
-                pids.append(int(proc.name))
+        pids += pids_running(b"ceph-fuse", str(m))  # the ceph-fuse this test's mount started
     for pidfile in sorted((c.root / "run").glob("*.pid")):
         try:
             pids.append(int(pidfile.read_text().strip()))
@@ -199,3 +198,18 @@ def stop(c: CephCluster, mounts: list[Path]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         time.sleep(2)
+
+
+@contextlib.contextmanager
+def running(root: Path, mounts: list[Path], extra_tools: tuple[str, ...] = ()) -> Iterator[CephCluster]:
+    """A cluster started under ``root`` (as root, the Ceph tools installed: else a clear skip, a
+    failure in CI), stopped at the end after unmounting ``mounts`` (read then: append to it)."""
+    require_root("runs Ceph daemons and mounts CephFS with ceph-fuse")
+    tools = (*TOOLS, *extra_tools)
+    for tool in tools:
+        require_tool(tool, f"apt-get install {' '.join(tools)} (scripts/apt-packages.txt)")
+    c = start(root)
+    try:
+        yield c
+    finally:
+        stop(c, mounts)

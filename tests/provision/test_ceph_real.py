@@ -16,22 +16,15 @@ import pytest
 from airlock.fixtures import generate_synthetic
 from airlock.repo import Repository
 from tests.provision.ansible_run import run_role
-from tests.provision.ceph_cluster import CephCluster, start, stop
-from tests.support import require_root, require_tool
+from tests.provision.ceph_cluster import CephCluster, running
 
 MOUNTS: list[Path] = []
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
-    require_root("mounts CephFS with ceph-fuse")
-    for tool in ("ceph-mon", "ceph-osd", "ceph-mds", "ceph-fuse"):
-        require_tool(tool, "apt-get install ceph-mon ceph-osd ceph-mds ceph-fuse (scripts/apt-packages.txt)")
-    c = start(tmp_path_factory.mktemp("ceph"))
-    try:
+    with running(tmp_path_factory.mktemp("ceph"), MOUNTS) as c:
         yield c
-    finally:
-        stop(c, MOUNTS)
 
 
 def mounted_type(path: Path) -> str:

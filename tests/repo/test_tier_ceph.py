@@ -14,20 +14,14 @@ from pathlib import Path
 import pytest
 
 from airlock.repo import Repository, tier
-from tests.provision.ceph_cluster import start, stop
+from tests.provision.ceph_cluster import running
 from tests.repo.conftest import Versions, cli, hashes
-from tests.support import require_root, require_tool
 
 
 @pytest.fixture(scope="module")
 def cephfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    require_root("mounts CephFS with ceph-fuse")
-    for tool in ("ceph-mon", "ceph-osd", "ceph-mds", "ceph-mgr", "ceph-fuse"):
-        require_tool(tool, "apt-get install ceph-mon ceph-osd ceph-mds ceph-mgr ceph-fuse "
-                     "(scripts/apt-packages.txt)")
-    cluster = start(tmp_path_factory.mktemp("ceph"))
     mnt = tmp_path_factory.mktemp("cephfs")
-    try:
+    with running(tmp_path_factory.mktemp("ceph"), [mnt]) as cluster:
         subprocess.run(["ceph-fuse", "-c", str(cluster.conf), "-n", "client.admin", str(mnt)], check=True,
                        capture_output=True, timeout=120)
         deadline = time.monotonic() + 60
@@ -36,8 +30,6 @@ def cephfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             assert time.monotonic() < deadline, "CephFS did not mount"
             time.sleep(0.5)
         yield mnt
-    finally:
-        stop(cluster, [mnt])
 
 
 @pytest.mark.slow

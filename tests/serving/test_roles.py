@@ -31,7 +31,7 @@ from tests.serving.play import (
     run_playbook,
     write_playbook,
 )
-from tests.support import require_tool
+from tests.support import pids_running, require_tool
 
 # the helpers moved to tests/serving/play.py keep their old names here for modules not moved yet
 _ansible, _playbook, _render, _run = ansible_playbook, write_playbook, render_template, run_playbook
@@ -176,19 +176,11 @@ def _triton_by_roles(tmp_path: Path, root: Path, names: list[str],
 
 
 def _kill_servers_of(model_repository: Path) -> None:
-    """SIGKILL every process whose command line names this test's model repository (no leak into
-    the next test or the next CI run)."""
-    needle = str(model_repository).encode()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"tritonserver" in cmdline and needle in cmdline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(proc.name), signal.SIGKILL)
+    """SIGKILL every tritonserver serving this test's model repository (no leak into the next test
+    or the next CI run)."""
+    for pid in pids_running(b"tritonserver", str(model_repository)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_roles_start_triton_and_load_models_idempotently(tmp_path: Path, airlock_root: Path) -> None:
