@@ -16,6 +16,7 @@ from pathlib import Path
 
 from airlock.fixtures.__main__ import parse_size
 from airlock.fixtures.synthetic import generate_synthetic, make_variant
+from benchmarks.signer import throwaway_signer
 from tests.bundle.field import Stick, airlock, paused_at, write_spec
 
 
@@ -33,17 +34,7 @@ def main() -> None:
         times[name] = round(time.monotonic() - t, 2)
         assert r.returncode == 0, (name, r.stdout, r.stderr)
 
-    home = work / "gnupg"
-    home.mkdir(mode=0o700)
-    gpg = ["gpg", "--batch", "--homedir", str(home)]
-    subprocess.run([*gpg, "--passphrase", "", "--quick-gen-key", "Field <f@airlock.test>", "ed25519", "sign",
-                    "never"], check=True, capture_output=True)
-    listing = subprocess.run([*gpg, "--with-colons", "--list-keys"], check=True, capture_output=True,
-                             text=True)
-    fpr = next(line.split(":")[9] for line in listing.stdout.splitlines() if line.startswith("fpr:"))
-    ring = work / "release.asc"
-    exported = subprocess.run([*gpg, "--armor", "--export", fpr], check=True, capture_output=True)
-    ring.write_bytes(exported.stdout)
+    fpr, home, ring = throwaway_signer(work)
     old = generate_synthetic(work / "m" / "1.0.0", size_bytes=args.size, shards=5)
     new = make_variant(old, work / "m" / "1.1.0", "partial")
     full = write_spec(work / "full.yml", [{"name": "dsv3", "version": "1.0.0", "path": str(old)}], sequence=1)

@@ -30,6 +30,7 @@ import yaml
 
 from airlock.fixtures.__main__ import parse_size
 from benchmarks.run import AIRLOCK, Run, timed
+from benchmarks.signer import throwaway_signer
 
 ROOT = Path(__file__).resolve().parents[1]
 ZIPNN_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F8_E4M3": "float8_e4m3fn",
@@ -47,22 +48,6 @@ class Row:
     sha256sum: float
     stage: Run
     stage_raw: Run
-
-
-def throwaway_signer(work: Path) -> tuple[str, Path, Path]:
-    """(fingerprint, GNUPGHOME, exported public key) of a fresh ed25519 signing key."""
-    home = work / "gnupg"
-    home.mkdir(mode=0o700)
-    gpg = ["gpg", "--batch", "--homedir", str(home)]
-    subprocess.run([*gpg, "--passphrase", "", "--quick-gen-key", "Bench <b@airlock.test>", "ed25519", "sign",
-                    "never"], check=True, capture_output=True)
-    listing = subprocess.run([*gpg, "--with-colons", "--list-keys"], check=True, capture_output=True,
-                             text=True)
-    fpr = next(line.split(":")[9] for line in listing.stdout.splitlines() if line.startswith("fpr:"))
-    ring = work / "signer.asc"
-    exported = subprocess.run([*gpg, "--armor", "--export", fpr], check=True, capture_output=True)
-    ring.write_bytes(exported.stdout)
-    return fpr, home, ring
 
 
 def stop_agent(work: Path) -> None:

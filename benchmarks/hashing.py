@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.signer import throwaway_signer
+
 ROOT = Path(__file__).resolve().parents[1]
 AIRLOCK = [str(ROOT / ".venv/bin/airlock")] if (ROOT / ".venv/bin/airlock").exists() else ["airlock"]
 
@@ -47,13 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if work.exists():
         shutil.rmtree(work)
     (work / "src").mkdir(parents=True)
-    home = work / "gnupg"
-    home.mkdir(mode=0o700)
-    gpg = ["gpg", "--batch", "--homedir", str(home)]
-    subprocess.run([*gpg, "--passphrase", "", "--quick-gen-key", "Bench <bench@airlock.test>", "ed25519",
-                    "sign", "never"], check=True, capture_output=True)
-    out = subprocess.run([*gpg, "--with-colons", "--list-keys"], check=True, capture_output=True, text=True)
-    fpr = next(line.split(":")[9] for line in out.stdout.splitlines() if line.startswith("fpr:"))
+    fpr, home, _ = throwaway_signer(work)
     payload = work / "src" / "payload.bin"
     with open(payload, "wb") as fh:
         for _ in range(args.size_mib):

@@ -27,8 +27,9 @@ from pathlib import Path
 import yaml
 
 from airlock.fixtures.__main__ import parse_size
-from benchmarks.full_bundle import files_of, stop_agent, throwaway_signer, tree_bytes, warm
+from benchmarks.full_bundle import files_of, stop_agent, tree_bytes, warm
 from benchmarks.run import AIRLOCK, timed
+from benchmarks.signer import throwaway_signer
 
 ROOT = Path(__file__).resolve().parents[1]
 
