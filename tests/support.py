@@ -161,3 +161,15 @@ def pids_running(program: bytes, naming: str) -> list[int]:
                                                      for a in argv[1:]):
             pids.append(int(proc.name))
     return pids
+
+
+def flip_byte(path: Path, offset: int, mask: int = 0xFF) -> None:
+    """Tamper one byte in place (XOR ``mask``) as root would: the file's mode is left as it was."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    path.chmod(mode | stat.S_IWUSR)
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        b = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([b[0] ^ mask]))
+    path.chmod(mode)

@@ -4,7 +4,6 @@ records how restic was started (to prove the password is never on a command line
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -88,12 +87,3 @@ def host(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Host]
     yield Host(root, base / "restic-repo", pw, ring, keys.fpr["signer"], spy,
                {"AIRLOCK_RESTIC": str(wrapper)}, delta, keys)
     shutil.rmtree(base / "restic-repo", ignore_errors=True)
-
-
-def flip_byte(path: Path, offset: int) -> None:
-    os.chmod(path, 0o600)
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        b = fh.read(1)
-        fh.seek(offset)
-        fh.write(bytes([b[0] ^ 0xFF]))

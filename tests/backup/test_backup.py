@@ -25,12 +25,12 @@ import yaml
 from airlock.crypto.providers import ProviderRegistry
 from airlock.repo import audit, check_loadable
 from airlock.repo.lock import repo_lock
-from tests.backup.conftest import PASSWORD, Host, flip_byte, install
+from tests.backup.conftest import PASSWORD, Host, install
 from tests.backup.rgw import Rgw, start_rgw
 from tests.monitoring.render import LOCAL, run_playbook
 from tests.provision.ceph_cluster import running
 from tests.repo.conftest import cli
-from tests.support import file_hashes, require_tool, tree_state
+from tests.support import file_hashes, flip_byte, require_tool, tree_state
 
 AIRLOCK = str(Path(sys.executable).parent / "airlock")
 

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from airlock.errors import IntegrityError
 from tests.bundle.factory import BundleFactory
 from tests.depot.cli import airlock, import_, trust_args
 from tests.gpg import Keys
+from tests.support import flip_byte
 from tests.support import tree_state as snapshot
 
 __all__ = ["airlock", "import_", "trust_args"]  # still importable from here by modules not moved yet
@@ -70,12 +70,7 @@ def test_import_once_then_appliances_stage_from_it(factory: BundleFactory, keys:
 
     # a depot byte flipped (the depot is not trusted): the appliance's stage refuses that block,
     # status --verify reports it with the integrity exit code
-    os.chmod(big, 0o600)
-    with open(big, "r+b") as fh:
-        fh.seek(5000)
-        b = fh.read(1)
-        fh.seek(5000)
-        fh.write(bytes([b[0] ^ 1]))
+    flip_byte(big, 5000, 1)
     with pytest.raises(IntegrityError, match="block 1"):
         stage_bundle(entry, tmp_path / "appliance-3", trust)
     bad = airlock("depot", "status", "--depot", str(depot), "--verify", *trust_args(keys), "--json")

@@ -4,7 +4,6 @@ tools, the rendered units, the samples of a .prom file, a flipped weight byte.""
 from __future__ import annotations
 
 import configparser
-import os
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from airlock.repo import Repository
 from airlock.serving.server import free_port
+from tests import support
 from tests.fleet.bundles import MODEL
 from tests.support import require_tool
 
@@ -42,11 +42,5 @@ def samples(prom: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def flip_byte(repo: Repository) -> Path:
     """Flip one byte in the active version's weight file (as root would; files are 0444)."""
     weights = sorted(repo.layout.version_dir(MODEL, "1.1.0").glob("*.safetensors"))[0]
-    os.chmod(weights, 0o644)
-    with open(weights, "r+b") as fh:
-        fh.seek(100)
-        b = fh.read(1)
-        fh.seek(100)
-        fh.write(bytes([b[0] ^ 0xFF]))
-    os.chmod(weights, 0o444)
+    support.flip_byte(weights, 100)
     return weights
