@@ -29,7 +29,7 @@ demo: bootstrap
 	$(PY) -m airlock.demo
 
 test: bootstrap
-	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -ra --durations=30 $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(VENV)/bin/ruff check airlock tests benchmarks
