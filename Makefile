@@ -53,8 +53,10 @@ fuzz: bootstrap
 # not part of make test: the whole path (build .. rollback) on a synthetic DeepSeek-V3-shaped model of
 # SCALE_SIZE, each step against sha256sum / zstd / cp in the same run; writes benchmarks/scale.{md,png,json}
 SCALE_SIZE ?= 16G
+# smaller sizes for the peak-RSS-vs-size rows of the same report (empty: none)
+SCALE_SWEEP ?= 2G,8G
 bench-scale: bootstrap
-	nice -n 10 $(PY) -m benchmarks.scale --size $(SCALE_SIZE)
+	nice -n 10 $(PY) -m benchmarks.scale --size $(SCALE_SIZE) --sweep "$(SCALE_SWEEP)"
 
 # not part of make test: a full bundle onto 3 and 6 local hosts, copy mode vs the site depot (docs/depot.md)
 bench-depot: bootstrap

@@ -1,16 +1,27 @@
 """The whole path at scale (issue 18): a synthetic DeepSeek-V3-shaped model of ``--size`` from bundle
 build to rollback, every step timed against its physical bound measured in the same run.
 
-    nice -n 10 .venv/bin/python -m benchmarks.scale [--size 16G] [--work DIR] [--out benchmarks/scale]
+    nice -n 10 .venv/bin/python -m benchmarks.scale [--size 16G] [--sweep 2G,8G] [--work DIR] [--out PREFIX]
 
 Steps (real CLI, one throwaway signing key, one appliance root): compressed full bundle build,
 bundle verify, bundle stage, model install-bundle (stage + install), delta bundle build (delta make
-of the ``partial`` v1.1 variant), delta install-bundle (delta update), model verify, model rollback.
-Bounds, measured on the same files in the same run with a warm page cache: ``sha256sum`` of the
-model (hashing bound), ``zstd -3 -T0`` of the model (compression bound), ``cp -r`` of the model
-(copy bound). Each step: wall seconds, GB/s of model bytes, its bound's time over its own (1.0 =
-as fast as the bound), peak RSS (``/usr/bin/time -v``). Intermediates are deleted as soon as no
-later step needs them (disk). Writes ``<out>.md`` (table) and ``<out>.png`` (plot)."""
+of the ``partial`` v1.1 variant against the installed 1.0.0), delta install-bundle (delta update),
+model verify, model rollback. Bounds, measured on the same files in the same run: ``sha256sum`` of
+the model (hashing bound), ``zstd -3 -T0`` of the model (compression bound), ``cp -r`` + ``sync`` of
+the model (copy bound). Each step: wall seconds, GB/s of model bytes, its bound's time over its own
+(1.0 = as fast as the bound), peak RSS (``/usr/bin/time -v``). ``--sweep``: peak RSS of bundle build,
+stage and install-bundle at smaller sizes too (memory flat with model size).
+
+Disk: the peak is about 2x the model + the compressed bundle (install-bundle: staged copy, installed
+copy, bundle). The source model is deleted once the bundle is built; the v1.1 variant is written
+from the installed 1.0.0 with its unchanged shards as hard links; every intermediate is deleted as
+soon as no later step needs it, and a step refuses to start when it would leave less than
+``--keep-free`` on the file system.
+
+Resumable: the run's state (bounds, finished steps) is kept in ``<work>/state.json``; run the same
+command again after an interruption and finished steps are skipped (an interrupted step is redone from
+scratch). ``--fresh`` discards a previous run. Writes ``<out>.md`` (table), ``<out>.json`` and
+``<out>.png`` (plot); the work directory is removed at the end unless ``--keep``."""
 
 from __future__ import annotations
 
@@ -19,10 +30,12 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -32,6 +45,7 @@ from benchmarks.run import AIRLOCK, timed
 from benchmarks.signer import throwaway_signer
 
 ROOT = Path(__file__).resolve().parents[1]
+GB = 1e9
 
 
 @dataclass
@@ -45,11 +59,20 @@ class Step:
 
     @property
     def gbps(self) -> float:
-        return self.bytes / self.seconds / 1e9
+        return self.bytes / self.seconds / GB
 
     @property
     def ratio(self) -> float:
         return self.bound_seconds / self.seconds
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 def _wall(cmd: list[str]) -> float:
@@ -60,6 +83,7 @@ def _wall(cmd: list[str]) -> float:
 
 def bounds(model: Path, scratch: Path) -> dict[str, float]:
     files = [str(p) for p in files_of(model)]
+    shutil.rmtree(scratch, ignore_errors=True)
     warm(files_of(model))
     out = {"sha256": _wall(["sha256sum", *files])}
     out["zstd"] = _wall(["sh", "-c", 'cat "$@" | zstd -3 -T0 -q -c > /dev/null', "sh", *files])
@@ -68,96 +92,276 @@ def bounds(model: Path, scratch: Path) -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", type=parse_size, default=parse_size("16G"))
-    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks/work/scale")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/scale")
-    args = ap.parse_args()
-    from airlock.fixtures.synthetic import generate_synthetic, make_variant
+class Run:
+    """One resumable run in ``work``: state.json holds what is done."""
 
-    args.work.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="run-", dir=args.work))
-    logs = work / "logs"
-    logs.mkdir()
-    steps: list[Step] = []
-    try:
-        fpr, home, ring = throwaway_signer(work)
-        sign = ["--signer", fpr, "--gnupghome", str(home)]
-        trust = ["--trust", fpr, "--keyring", str(ring)]
-        v1 = generate_synthetic(work / "src" / "1.0.0", size_bytes=args.size)
-        size = tree_bytes(v1)
-        b = bounds(v1, work / "copy-bound")
-        print(json.dumps({"size": size, "bounds": b}), flush=True)
+    def __init__(self, work: Path, keep_free: int) -> None:
+        self.work = work
+        self.keep_free = keep_free
+        self.path = work / "state.json"
+        self.state: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.state.setdefault("steps", [])
+        self.logs = work / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
 
-        def step(name: str, cmd: list[str], nbytes: int, bound: str, bound_seconds: float) -> None:
-            r = timed(cmd, 4 * 3600, logs / f"{len(steps):02d}-{name.replace(' ', '-')}.log")
-            assert r.rc == 0, (logs / f"{len(steps):02d}-{name.replace(' ', '-')}.log").read_text()[-3000:]
-            steps.append(Step(name, r.wall, nbytes, bound, bound_seconds, r.rss))
-            print(json.dumps({**asdict(steps[-1]), "GB/s": round(steps[-1].gbps, 3),
-                              "ratio": round(steps[-1].ratio, 3)}), flush=True)
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1) + "\n")
+        os.replace(tmp, self.path)
 
-        spec = work / "full.yml"
-        spec.write_text(yaml.safe_dump({"compatible": "bench", "sequence": 1, "compress": True,
-                                        "models": [{"name": "dsv3", "version": "1.0.0", "path": str(v1)}]}))
-        full = work / "full"
-        step("bundle build", [AIRLOCK, "bundle", "build", str(spec), "-o", str(full), *sign], size, "zstd",
-             b["zstd"])
-        stored = tree_bytes(full)
-        step("bundle verify", [AIRLOCK, "bundle", "verify", str(full), *trust], size, "sha256",
+    def once(self, key: str, fn: Callable[[], Any]) -> Any:
+        """``fn()`` the first time, its saved result after that."""
+        if key not in self.state:
+            t = time.monotonic()
+            self.state[key] = fn()
+            self.state.setdefault("setup_seconds", {})[key] = time.monotonic() - t
+            self.save()
+        return self.state[key]
+
+    def done(self, name: str) -> bool:
+        return any(s["name"] == name for s in self.state["steps"])
+
+    def need(self, nbytes: int, what: str) -> None:
+        """Refuse to start ``what`` when it would leave less than keep_free on the file system."""
+        free = free_bytes(self.work)
+        log(f"{what}: needs ~{nbytes / GB:.1f} GB, {free / GB:.1f} GB free")
+        if free - nbytes < self.keep_free:
+            sys.exit(f"{what}: needs ~{nbytes / GB:.1f} GB and {free / GB:.1f} GB are free; it would leave "
+                     f"less than {self.keep_free / GB:.0f} GB (--keep-free); free space, rerun.")
+
+    def step(self, name: str, cmd: list[str], nbytes: int, bound: str, bound_seconds: float, *,
+             clean: tuple[Path, ...] = (), disk: int = 0) -> None:
+        if self.done(name):
+            log(f"{name}: done before, skipped")
+            return
+        for p in clean:  # what an interrupted try left
+            shutil.rmtree(p, ignore_errors=True)
+        self.need(disk, name)
+        slug = name.replace(" ", "-").replace("(", "").replace(")", "")
+        logfile = self.logs / f"{len(self.state['steps']):02d}-{slug}.log"
+        log(f"{name}: start")
+        r = timed(cmd, 4 * 3600, logfile)
+        if r.rc != 0:
+            sys.exit(f"{name}: exit {r.rc}\n{logfile.read_text(errors='replace')[-3000:]}")
+        s = Step(name, r.wall, nbytes, bound, bound_seconds, r.rss)
+        self.state["steps"].append(asdict(s))
+        self.save()
+        log(f"{name}: {s.seconds:.1f} s, {s.gbps:.3f} GB/s, {s.ratio:.2f}x of {bound}, "
+            f"peak RSS {s.rss / 1e6:.0f} MB, {free_bytes(self.work) / GB:.1f} GB free")
+
+
+def signer(run: Run) -> tuple[list[str], list[str]]:
+    def make() -> list[str]:
+        shutil.rmtree(run.work / "gnupg", ignore_errors=True)
+        fpr, _home, _ring = throwaway_signer(run.work)
+        return [fpr]
+
+    fpr = run.once("signer", make)[0]
+    return (["--signer", fpr, "--gnupghome", str(run.work / "gnupg")],
+            ["--trust", fpr, "--keyring", str(run.work / "signer.asc")])
+
+
+def full_spec(path: Path, model: Path) -> Path:
+    path.write_text(yaml.safe_dump({"compatible": "bench", "sequence": 1, "compress": True,
+                                    "models": [{"name": "dsv3", "version": "1.0.0", "path": str(model)}]}))
+    return path
+
+
+def generate(run: Run, v1: Path, size: int) -> int:
+    from airlock.fixtures.synthetic import generate_synthetic
+
+    def make() -> int:
+        if not v1.exists():
+            run.need(size, f"generate {size / GB:.1f} GB")
+            log(f"generating the {size / GB:.1f} GB model")
+            generate_synthetic(v1, size_bytes=size)
+        return tree_bytes(v1)
+
+    return int(run.once("size", make))
+
+
+def main_path(run: Run, size_arg: int) -> None:
+    """Build .. rollback at ``size_arg``."""
+    from airlock.fixtures.synthetic import make_variant
+
+    work = run.work
+    sign, trust = signer(run)
+    src = work / "src"
+    v1, v2 = src / "1.0.0", src / "1.1.0"
+    full, delta, appliance = work / "full", work / "delta", work / "appliance"
+    root = ["--root", str(appliance)]
+    if not run.done("bundle build"):
+        size = generate(run, v1, size_arg)
+        run.need(0 if "bounds" in run.state else size, "bounds (cp -r of the model)")
+        b = run.once("bounds", lambda: bounds(v1, work / "copy-bound"))
+        log(f"model {size / GB:.2f} GB; bounds: " + ", ".join(f"{k} {size / v / GB:.2f} GB/s"
+                                                               for k, v in b.items()))
+        spec = full_spec(work / "full.yml", v1)
+        run.step("bundle build", [AIRLOCK, "bundle", "build", str(spec), "-o", str(full), *sign], size,
+                 "zstd", b["zstd"], clean=(full,), disk=size)
+    size, b = int(run.state["size"]), run.state["bounds"]
+    shutil.rmtree(src / "1.0.0", ignore_errors=True)  # the bundle holds it now
+    stored = int(run.once("stored", lambda: tree_bytes(full)))
+    run.step("bundle verify", [AIRLOCK, "bundle", "verify", str(full), *trust], size, "sha256",
              b["sha256"] * stored / size)
-        step("bundle stage", [AIRLOCK, "bundle", "stage", str(full), "--to", str(work / "st"), *trust], size,
-             "sha256", b["sha256"])
-        shutil.rmtree(work / "st")
-        appliance = ["--root", str(work / "appliance")]
-        step("install-bundle", [AIRLOCK, "model", "install-bundle", str(full), *trust, *appliance], size,
-             "sha256", b["sha256"])
-        shutil.rmtree(full)
-        v2 = make_variant(v1, work / "src" / "1.1.0", "partial")
+    run.step("bundle stage", [AIRLOCK, "bundle", "stage", str(full), "--to", str(work / "st"), *trust], size,
+             "sha256", b["sha256"], clean=(work / "st",), disk=size)
+    shutil.rmtree(work / "st", ignore_errors=True)
+    run.step("install-bundle", [AIRLOCK, "model", "install-bundle", str(full), *trust, *root], size,
+             "sha256", b["sha256"], clean=(appliance,), disk=2 * size)
+    shutil.rmtree(full, ignore_errors=True)
+    installed = appliance / "model_repo" / "dsv3" / "1.0.0"
+    if not run.done("delta make (bundle)"):
+        if not v2.exists():
+            log("writing the partial v1.1 (unchanged shards hard-linked to the installed 1.0.0)")
+            t = time.monotonic()
+            make_variant(installed, v2, "partial", link_unchanged=True)
+            run.state.setdefault("setup_seconds", {})["variant"] = time.monotonic() - t
+            run.save()
         dspec = work / "delta.yml"
         dspec.write_text(yaml.safe_dump({"compatible": "bench", "sequence": 2, "models": [
             {"name": "dsv3", "version": "1.1.0", "from_version": "1.0.0",
-             "delta": {"old": str(v1), "new": str(v2)}}]}))
-        delta = work / "delta"
-        step("delta make (bundle)", [AIRLOCK, "bundle", "build", str(dspec), "-o", str(delta), *sign], size,
-             "zstd", b["zstd"])
-        shutil.rmtree(work / "src")
-        step("delta update", [AIRLOCK, "model", "install-bundle", str(delta), *trust, *appliance], size,
-             "sha256", b["sha256"])
-        step("model verify", [AIRLOCK, "model", "verify", "dsv3", *appliance], size, "sha256", b["sha256"])
-        step("rollback", [AIRLOCK, "model", "rollback", "dsv3", *appliance], size, "copy", b["copy"])
-        write(args.out, steps, size, b, stored)
+             "delta": {"old": str(installed), "new": str(v2)}}]}))
+        run.step("delta make (bundle)", [AIRLOCK, "bundle", "build", str(dspec), "-o", str(delta), *sign],
+                 size, "zstd", b["zstd"], clean=(delta,), disk=size // 4)
+        run.state["delta_bytes"] = tree_bytes(delta)
+        run.save()
+    shutil.rmtree(src, ignore_errors=True)
+    run.step("delta update", [AIRLOCK, "model", "install-bundle", str(delta), *trust, *root], size,
+             "sha256", b["sha256"], disk=size // 2)
+    shutil.rmtree(delta, ignore_errors=True)
+    run.step("model verify", [AIRLOCK, "model", "verify", "dsv3", *root], size, "sha256", b["sha256"])
+    run.step("rollback", [AIRLOCK, "model", "rollback", "dsv3", *root], size, "copy", b["copy"])
+    shutil.rmtree(appliance, ignore_errors=True)
+
+
+def sweep(run: Run, size_arg: int) -> None:
+    """Peak RSS (and seconds) of bundle build, stage and install-bundle at ``size_arg``."""
+    key = f"{size_arg}"
+    done: dict[str, Any] = run.state.setdefault("sweep", {})
+    if key in done and "install-bundle" in done[key]:
+        return
+    sign, trust = signer(run)
+    d = run.work / f"sweep-{key}"
+    d.mkdir(exist_ok=True)
+    src, full, st, appliance = d / "src", d / "full", d / "st", d / "appliance"
+    size = generate(Run(d, run.keep_free), src, size_arg)
+    row: dict[str, Any] = done.setdefault(key, {"size": size})
+
+    def timed_step(name: str, cmd: list[str], clean: Path, disk: int) -> None:
+        if name in row:
+            return
+        shutil.rmtree(clean, ignore_errors=True)
+        run.need(disk, f"sweep {size / GB:.1f} GB {name}")
+        r = timed(cmd, 3600, run.logs / f"sweep-{key}-{name}.log")
+        if r.rc != 0:
+            sys.exit(f"sweep {name}: exit {r.rc}")
+        row[name] = {"seconds": r.wall, "rss": r.rss}
+        run.save()
+        log(f"sweep {size / GB:.2f} GB {name}: {r.wall:.1f} s, peak RSS {r.rss / 1e6:.0f} MB")
+
+    spec = full_spec(d / "full.yml", src)
+    timed_step("bundle build", [AIRLOCK, "bundle", "build", str(spec), "-o", str(full), *sign], full, size)
+    shutil.rmtree(src, ignore_errors=True)
+    timed_step("bundle stage", [AIRLOCK, "bundle", "stage", str(full), "--to", str(st), *trust], st, size)
+    shutil.rmtree(st, ignore_errors=True)
+    timed_step("install-bundle", [AIRLOCK, "model", "install-bundle", str(full), *trust, "--root",
+                                  str(appliance)], appliance, 2 * size)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=parse_size, default=parse_size("16G"))
+    ap.add_argument("--sweep", default="", help="comma-separated smaller sizes, peak-RSS sweep (2G,8G)")
+    ap.add_argument("--work", type=Path, default=None, help="default benchmarks/work/scale-<size>")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/scale")
+    ap.add_argument("--keep-free", type=parse_size, default=parse_size("20G"))
+    ap.add_argument("--fresh", action="store_true", help="discard a previous interrupted run in --work")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (state, logs) at the end")
+    args = ap.parse_args()
+    sweep_sizes = [parse_size(s) for s in args.sweep.split(",") if s.strip()]
+    work: Path = args.work or ROOT / f"benchmarks/work/scale-{args.size}"
+    if args.fresh and work.exists():
+        stop_agent(work)
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    run = Run(work, args.keep_free)
+    if run.state.get("size_arg", args.size) != args.size:
+        sys.exit(f"{work}: holds a run of another size; pass --fresh or another --work")
+    run.state["size_arg"] = args.size
+    run.save()
+    try:
+        main_path(run, args.size)
+        write(args.out, run.state)
+        log(f"wrote {args.out}.md/.json/.png")
+        for s in sweep_sizes:
+            sweep(run, s)
+            write(args.out, run.state)
+            log(f"wrote {args.out}.md/.json/.png with the {s / GB:.1f} GB sweep")
     finally:
         stop_agent(work)
+    if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def write(out: Path, steps: list[Step], size: int, b: dict[str, float], stored: int) -> None:
+def write(out: Path, state: dict[str, Any]) -> None:
+    size, b, stored = int(state["size"]), state["bounds"], int(state["stored"])
+    steps = [Step(**s) for s in state["steps"]]
+    setup = state.get("setup_seconds", {})
     cpus = len(os.sched_getaffinity(0))
-    lines = [f"# The whole path at scale ({size / 1e9:.1f} GB DeepSeek-V3-shaped model)", "",
+    lines = [f"# The whole path at scale ({size / GB:.1f} GB DeepSeek-V3-shaped model)", "",
              f"`make bench-scale` (`python -m benchmarks.scale`), {cpus} CPUs shared with other work. Bounds "
-             f"in the same run: sha256sum {size / b['sha256'] / 1e9:.2f} GB/s, zstd -3 -T0 "
-             f"{size / b['zstd'] / 1e9:.2f} GB/s, cp -r {size / b['copy'] / 1e9:.2f} GB/s. Compressed "
-             f"bundle: {stored / 1e9:.2f} GB ({stored / size:.3f}x). Ratio = the bound's time / the step's "
-             "time (1.0: as fast as the bound).", "",
+             f"in the same run: sha256sum {size / b['sha256'] / GB:.2f} GB/s, zstd -3 -T0 "
+             f"{size / b['zstd'] / GB:.2f} GB/s, cp -r + sync {size / b['copy'] / GB:.2f} GB/s. Compressed "
+             f"bundle: {stored / GB:.2f} GB ({stored / size:.3f}x)"
+             + (f"; delta bundle: {state['delta_bytes'] / 1e6:.0f} MB" if "delta_bytes" in state else "")
+             + ". Ratio = the bound's time / the step's time (1.0: as fast as the bound). Not timed: "
+             f"generating the model ({setup.get('size', 0):.0f} s) and its v1.1 variant "
+             f"({setup.get('variant', 0):.0f} s).", "",
              "| step | seconds | GB/s | bound | ratio to bound | peak RSS MB |",
              "|---|---:|---:|---|---:|---:|"]
     for s in steps:
         lines.append(f"| {s.name} | {s.seconds:.1f} | {s.gbps:.3f} | {s.bound} | {s.ratio:.2f} | "
                      f"{s.rss / 1e6:.0f} |")
+    rss_rows = rss_table(state)
+    if len(rss_rows) > 1:
+        lines += ["", "Peak RSS (MB) against model size (same code, same run):", "",
+                  "| model GB | bundle build | bundle stage | install-bundle |", "|---:|---:|---:|---:|"]
+        for gb, row in rss_rows:
+            lines.append(f"| {gb:.1f} | " + " | ".join(
+                f"{row[k] / 1e6:.0f}" if k in row else "-" for k in ("bundle build", "bundle stage",
+                                                                   "install-bundle")) + " |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    (out.with_suffix(".json")).write_text(json.dumps({"size": size, "stored": stored, "bounds": b,
-                                                      "steps": [asdict(s) for s in steps]}, indent=1) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({
+        "size": size, "stored": stored, "bounds": b, "cpus": cpus, "setup_seconds": setup,
+        "delta_bytes": state.get("delta_bytes"), "steps": state["steps"], "sweep": state.get("sweep", {})},
+        indent=1) + "\n")
+    plot(out, steps, size, b, rss_rows)
+
+
+def rss_table(state: dict[str, Any]) -> list[tuple[float, dict[str, int]]]:
+    rows = [(int(r["size"]) / GB, {k: int(v["rss"]) for k, v in r.items() if isinstance(v, dict)})
+            for r in state.get("sweep", {}).values()]
+    main = {s["name"]: int(s["rss"]) for s in state["steps"]
+            if s["name"] in ("bundle build", "bundle stage", "install-bundle")}
+    return sorted([*rows, (int(state["size"]) / GB, main)])
+
+
+def plot(out: Path, steps: list[Step], size: int, b: dict[str, float],
+         rss_rows: list[tuple[float, dict[str, int]]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    with_rss = len(rss_rows) > 1
+    fig, axes = plt.subplots(1, 3 if with_rss else 2, figsize=(17 if with_rss else 12, 4.5))
+    ax1, ax2 = axes[0], axes[1]
     names = [s.name for s in steps]
     ax1.barh(names, [s.gbps for s in steps], color="tab:blue")
     for label, secs in b.items():
-        ax1.axvline(size / secs / 1e9, linestyle="--", linewidth=1, label=f"{label} bound", color={
+        ax1.axvline(size / secs / GB, linestyle="--", linewidth=1, label=f"{label} bound", color={
             "sha256": "tab:red", "zstd": "tab:green", "copy": "tab:gray"}[label])
     ax1.set_xlabel("GB/s of model bytes")
     ax1.invert_yaxis()
@@ -167,11 +371,22 @@ def write(out: Path, steps: list[Step], size: int, b: dict[str, float], stored: 
     ax2.axvline(1.0, color="black", linewidth=1)
     ax2.axvline(0.5, color="tab:orange", linestyle=":", linewidth=1)
     ax2.set_xlabel("bound time / step time")
+    ax2.set_xscale("log")
     ax2.invert_yaxis()
     ax2.set_yticklabels([])
-    fig.suptitle(f"Airlock at scale: {size / 1e9:.1f} GB synthetic DeepSeek-V3-shaped model")
+    if with_rss:
+        ax3 = axes[2]
+        for k in ("bundle build", "bundle stage", "install-bundle"):
+            pts = [(gb, row[k] / 1e6) for gb, row in rss_rows if k in row]
+            ax3.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k)
+        ax3.set_xlabel("model GB")
+        ax3.set_ylabel("peak RSS MB")
+        ax3.set_ylim(bottom=0)
+        ax3.legend(fontsize=8)
+    fig.suptitle(f"Airlock at scale: {size / GB:.1f} GB synthetic DeepSeek-V3-shaped model")
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
