@@ -261,6 +261,12 @@ def _stream_members(tar: tarfile.TarFile, trust: Trust, compatible: str | None,
                 part_hash.update(chunk)
                 tick(len(chunk))
                 fault_point("unpack-mid-member")
+            if isinstance(checker, codec.FrameStream):
+                checker.drain()  # blocks still decoding go into this member's file
+        except BaseException:
+            if isinstance(checker, codec.FrameStream):
+                checker.close()
+            raise
         finally:
             if out is not None:
                 out.close()

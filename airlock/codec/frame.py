@@ -190,7 +190,7 @@ def _pco_into(coded: memoryview, out: memoryview, code: int) -> None:
         dst[:] = into
 
 
-def decode_block(frame: bytes | memoryview, size: int) -> memoryview:
+def decode_block(frame: bytes | bytearray | memoryview, size: int) -> memoryview:
     """The ``size`` bytes of the block ``frame`` codes; FrameError when it cannot be that."""
     view = memoryview(frame)
     if len(view) < _HEAD.size:
