@@ -169,7 +169,14 @@ def _model(base: Path, spec: Path, raw: Any, i: int) -> ModelSpec:
                        "(MAJOR.MINOR.PATCH, e.g. 1.0.0); the appliance would refuse it") from exc
     if m.golden is not None:
         g = m.golden
-        if not isinstance(g, dict) or not {"input", "expected"} <= set(g):
+        if isinstance(g, dict) and g.get("kind") == "text":  # prompt -> greedy text (vllm / tensorrtllm)
+            from airlock.serving.golden import parse_golden
+
+            try:
+                parse_golden(g, where=f"models[{i}] ({m.name})")
+            except ManifestError as exc:
+                raise _err(spec, str(exc)) from exc
+        elif not isinstance(g, dict) or not {"input", "expected"} <= set(g):
             raise _err(spec, f"models[{i}] ({m.name}): golden needs input and expected (and tolerance)")
         if not isinstance(g.get("tolerance", 0.0), int | float):
             raise _err(spec, f"models[{i}] ({m.name}): golden tolerance must be a number")

@@ -306,9 +306,13 @@ def smoke(
     grpc_ca: Path | None = GrpcCaOpt,
     timeout: float = TimeoutOpt,
     as_json: bool = JsonOpt,
+    backend: str = typer.Option("python", "--backend", help="The model's backend: python, vllm or "
+                                "tensorrtllm (a text record is sent in that backend's text interface)."),
 ) -> None:
     """Run the golden smoke test (or a liveness inference) against a loaded model; a generation
-    golden record (``"kind": "generation"``) streams over GRPC (--grpc-url)."""
+    golden record (``"kind": "generation"``) streams over GRPC (--grpc-url), a text record
+    (``"kind": "text"``) too, in the text interface of --backend."""
+    from airlock.serving.config import BACKENDS
     from airlock.serving.errors import SmokeTestError
     from airlock.serving.reload import smoke_test
 
@@ -320,7 +324,12 @@ def smoke(
             except (OSError, ValueError) as exc:
                 raise ManifestError(f"{golden}: cannot read golden record: {exc}", path=str(golden),
                                     rule="golden") from exc
-        result = smoke_test(_client(url, timeout, grpc_url, grpc_ca=grpc_ca), model, version, record)
+        if backend not in BACKENDS:
+            raise ManifestError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}",
+                                rule="serving-settings")
+        gate = "infer" if backend == "python" else backend
+        client = _client(url, timeout, grpc_url, grpc_ca=grpc_ca)
+        result = smoke_test(client, model, version, record, gate=gate)
         if as_json:
             emit_json({"model": model, "version": version, **result.as_dict()})
         else:
@@ -339,12 +348,39 @@ def golden_cmd(
     rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance."),
     prompt_ids: str | None = typer.Option(None, "--prompt-ids", help="Comma-separated token ids: a "
                                           "generation record (greedy OUTPUT_IDS) instead of embeddings."),
-    max_tokens: int = typer.Option(8, "--max-tokens", help="Tokens to generate (with --prompt-ids)."),
+    max_tokens: int = typer.Option(8, "--max-tokens", help="Tokens to generate (with --prompt-ids or "
+                                   "--prompt)."),
+    prompt: str | None = typer.Option(None, "--prompt", help="Prompt text: a text record (greedy text, for "
+                                      "vllm / tensorrtllm models) instead of embeddings."),
+    match: str = typer.Option("exact", "--match", help="Text records: exact or normalised comparison."),
+    grpc_url: str | None = typer.Option(None, "--grpc-url", help="With --prompt: record from this known-good "
+                                        "Triton (GRPC) instead of computing locally; MODEL_DIR is then "
+                                        "the served model's name."),
+    backend: str = typer.Option("vllm", "--backend", help="With --grpc-url: the served model's text "
+                                "interface, vllm or tensorrtllm."),
+    grpc_ca: Path | None = GrpcCaOpt,
 ) -> None:
     """Compute the golden smoke-test record of MODEL_DIR (for the bundle manifest's model entry)."""
-    from airlock.serving.golden import generation_record, golden_record
+    from airlock.serving.golden import (
+        TEXT_MATCHES,
+        generation_record,
+        golden_record,
+        record_text,
+        text_record,
+    )
 
-    if prompt_ids is None:
+    if prompt is not None and match not in TEXT_MATCHES:
+        raise typer.BadParameter(f"--match {match!r}: expected one of {', '.join(TEXT_MATCHES)}")
+    if prompt is not None and prompt_ids is not None:
+        raise typer.BadParameter("give --prompt (text) or --prompt-ids (token ids), not both")
+    if prompt is not None and grpc_url is not None:
+        with handle_errors(False):
+            record = record_text(grpc_url, str(model_dir), prompt, backend=backend, max_tokens=max_tokens,
+                                 match=match, grpc_ca=None if grpc_ca is None else str(grpc_ca))
+    elif prompt is not None:
+        with handle_errors(False):
+            record = text_record(model_dir, prompt, max_tokens, match=match)
+    elif prompt_ids is None:
         record = golden_record(model_dir, atol=atol, rtol=rtol)
     else:
         try:

@@ -19,6 +19,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -261,13 +262,15 @@ class TritonClient:
 
 @dataclass
 class StreamResult:
-    """One streamed generation: token ids, the model versions that answered, and timings (seconds)."""
+    """One streamed generation: token ids (or text), the model versions that answered, and timings
+    (seconds)."""
 
     tokens: list[int]
     versions: set[str]
-    ttft: float  # request sent -> first token
-    itl: list[float]  # gaps between tokens
+    ttft: float  # request sent -> first token (first non-empty response)
+    itl: list[float]  # gaps between non-empty responses
     error: str | None = None
+    text: str = ""  # text dialects: the text_output pieces, joined
 
 
 def grpc_client(grpc_url: str, ca: str | None = None) -> Any:
@@ -279,23 +282,95 @@ def grpc_client(grpc_url: str, ca: str | None = None) -> Any:
     return grpcclient.InferenceServerClient(grpc_url, ssl=True, root_certificates=ca)
 
 
+def _tensor(name: str, value: Any, dtype: str, shape: list[int]) -> Any:
+    import tritonclient.grpc as grpcclient
+
+    t = grpcclient.InferInput(name, shape, dtype)
+    t.set_data_from_numpy(np.asarray(value, dtype=object if dtype == "BYTES" else _TRITON_TO_NP[dtype])
+                          .reshape(shape))
+    return t
+
+
+def token_request(input_ids: list[int], max_tokens: int) -> list[Any]:
+    """Airlock's python generation model: ``INPUT_IDS`` INT64 [seq], ``MAX_TOKENS`` INT32 [1]."""
+    return [_tensor("INPUT_IDS", input_ids, "INT64", [len(input_ids)]),
+            _tensor("MAX_TOKENS", [max_tokens], "INT32", [1])]
+
+
+def vllm_request(prompt: str, max_tokens: int) -> list[Any]:
+    """Triton's vLLM backend (``src/model.py``, no Triton batching): ``text_input`` BYTES [1], ``stream``
+    BOOL [1], ``sampling_parameters`` BYTES [1] (JSON; greedy = temperature 0), ``exclude_input_in_output``
+    BOOL [1] (must be true when streaming)."""
+    params = json.dumps({"temperature": 0, "max_tokens": max_tokens})
+    return [_tensor("text_input", [prompt.encode()], "BYTES", [1]), _tensor("stream", [True], "BOOL", [1]),
+            _tensor("sampling_parameters", [params.encode()], "BYTES", [1]),
+            _tensor("exclude_input_in_output", [True], "BOOL", [1])]
+
+
+def trtllm_request(prompt: str, max_tokens: int) -> list[Any]:
+    """TensorRT-LLM's ``inflight_batcher_llm/ensemble`` (max_batch_size > 0: a batch dimension of 1):
+    ``text_input`` BYTES [1, 1], ``max_tokens`` INT32 [1, 1], ``stream`` BOOL [1, 1], greedy by
+    ``top_k`` INT32 1 and ``temperature`` FP32 1, ``exclude_input_in_output`` BOOL [1, 1]."""
+    return [_tensor("text_input", [prompt.encode()], "BYTES", [1, 1]),
+            _tensor("max_tokens", [max_tokens], "INT32", [1, 1]), _tensor("stream", [True], "BOOL", [1, 1]),
+            _tensor("top_k", [1], "INT32", [1, 1]), _tensor("temperature", [1.0], "FP32", [1, 1]),
+            _tensor("exclude_input_in_output", [True], "BOOL", [1, 1])]
+
+
+TEXT_DIALECTS = {"vllm": vllm_request, "tensorrtllm": trtllm_request}
+
+
 def stream_generate(grpc_url: str, model: str, input_ids: list[int], *, max_tokens: int = 16,
                     version: int | str | None = None, timeout: float = 120.0,
                     control_key: str | None = None, grpc_ca: str | None = None) -> StreamResult:
-    """Greedy generation from a decoupled model over GRPC streaming (Triton's ``ModelStreamInfer``):
-    ``INPUT_IDS`` (INT64 [seq]) and ``MAX_TOKENS`` in, one ``OUTPUT_IDS`` per response until the
-    final flag. Every failure is in ``error`` (the caller decides); an unreachable server raises."""
+    """Greedy generation from Airlock's decoupled python model over GRPC streaming: ``INPUT_IDS`` and
+    ``MAX_TOKENS`` in, one ``OUTPUT_IDS`` per response until the final flag (see ``stream_infer``)."""
+    def take(result: Any, res: StreamResult) -> int:
+        out = result.as_numpy("OUTPUT_IDS")
+        if out is None:
+            return 0
+        res.tokens.extend(int(t) for t in out.reshape(-1))
+        return int(out.size)
+
+    return stream_infer(grpc_url, model, token_request(input_ids, max_tokens), take, version=version,
+                        timeout=timeout, control_key=control_key, grpc_ca=grpc_ca)
+
+
+def stream_text(grpc_url: str, model: str, prompt: str, *, dialect: str, max_tokens: int = 16,
+                version: int | str | None = None, timeout: float = 120.0,
+                control_key: str | None = None, grpc_ca: str | None = None) -> StreamResult:
+    """Greedy text generation in Triton's text interface of ``dialect`` (``vllm`` or ``tensorrtllm``:
+    the request from ``TEXT_DIALECTS``); the ``text_output`` pieces of the streamed responses are joined
+    into ``text`` (see ``stream_infer``)."""
+    if dialect not in TEXT_DIALECTS:
+        raise ServingError(f"{model}: no text interface for backend {dialect!r} (known: "
+                           f"{', '.join(TEXT_DIALECTS)})", path=model, rule="golden")
+
+    def take(result: Any, res: StreamResult) -> int:
+        out = result.as_numpy("text_output")
+        if out is None:
+            return 0
+        piece = "".join(x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in out.reshape(-1))
+        res.text += piece
+        return len(piece)
+
+    return stream_infer(grpc_url, model, TEXT_DIALECTS[dialect](prompt, max_tokens), take, version=version,
+                        timeout=timeout, control_key=control_key, grpc_ca=grpc_ca)
+
+
+def stream_infer(grpc_url: str, model: str, inputs: list[Any], take: Callable[[Any, StreamResult], int], *,
+                 version: int | str | None = None, timeout: float = 120.0, control_key: str | None = None,
+                 grpc_ca: str | None = None) -> StreamResult:
+    """One request to a decoupled model over GRPC streaming (Triton's ``ModelStreamInfer``), responses
+    read until the final flag; ``take`` moves a response's outputs into the result and says how much
+    came (0: nothing, e.g. an empty final response). Every failure is in ``error`` (the caller decides);
+    an unreachable server raises."""
     import queue
 
-    import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     events: queue.Queue[tuple[float, Any, Any]] = queue.Queue()
     client = grpc_client(grpc_url, grpc_ca)
-    inputs = [grpcclient.InferInput("INPUT_IDS", [len(input_ids)], "INT64"),
-              grpcclient.InferInput("MAX_TOKENS", [1], "INT32")]
-    inputs[0].set_data_from_numpy(np.asarray(input_ids, dtype=np.int64))
-    inputs[1].set_data_from_numpy(np.asarray([max_tokens], dtype=np.int32))
     res = StreamResult([], set(), float("inf"), [])
     try:
         client.start_stream(callback=lambda result, error: events.put((time.monotonic(), result, error)),
@@ -303,26 +378,25 @@ def stream_generate(grpc_url: str, model: str, input_ids: list[int], *, max_toke
         t0 = time.monotonic()
         client.async_stream_infer(model, inputs, model_version="" if version is None else str(version),
                                   enable_empty_final_response=True)
-        last = t0
+        last, seen = t0, False
         deadline = t0 + timeout
         while True:
             try:
                 at, result, error = events.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                res.error = f"no final response within {timeout:g}s ({len(res.tokens)} tokens)"
+                got = len(res.tokens) or len(res.text)
+                res.error = f"no final response within {timeout:g}s ({got} tokens/chars so far)"
                 break
             if error is not None:
                 res.error = str(error.message() if hasattr(error, "message") else error)
                 break
             resp = result.get_response()
-            out = result.as_numpy("OUTPUT_IDS")
-            if out is not None and out.size:
-                res.tokens.extend(int(t) for t in out.reshape(-1))
+            if take(result, res):
                 res.versions.add(resp.model_version)
-                if len(res.tokens) == out.size:
-                    res.ttft = at - t0
-                else:
+                if seen:
                     res.itl.append(at - last)
+                else:
+                    res.ttft, seen = at - t0, True
                 last = at
             final = resp.parameters.get("triton_final_response")
             if final is not None and final.bool_param:

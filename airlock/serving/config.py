@@ -47,11 +47,11 @@ class ModelOptions:
     @property
     def gate(self) -> str:
         """How the smoke test talks to the model: ``infer`` (HTTP tensors), ``stream`` (GRPC token
-        stream, the python generation model), ``ready`` (vllm/tensorrtllm: readiness only; their
-        text I/O golden is not implemented)."""
+        stream, the python generation model), ``vllm`` / ``tensorrtllm`` (GRPC text stream in that
+        backend's text interface, given a text golden record; readiness only without one)."""
         if not self.generates:
             return "infer"
-        return "stream" if self.backend == "python" else "ready"
+        return "stream" if self.backend == "python" else self.backend
 
     @property
     def tensor_parallel(self) -> int:

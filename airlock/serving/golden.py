@@ -39,8 +39,12 @@ class Golden:
     expected: dict[str, np.ndarray]
     atol: float
     rtol: float
-    kind: str = "tensors"  # or "generation": INPUT_IDS prompt, expected greedy OUTPUT_IDS, streamed
+    kind: str = "tensors"  # or "generation": INPUT_IDS prompt, expected greedy OUTPUT_IDS, streamed;
+    #                        or "text": prompt text -> expected greedy text (vLLM / TensorRT-LLM dialects)
     max_tokens: int = 0
+    prompt: str = ""
+    text: str = ""  # the expected text ("text" records)
+    match: str = "exact"  # "text" records: exact | normalised (NFC, whitespace runs -> one space, stripped)
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,8 @@ def parse_golden(record: dict[str, Any], *, where: str = "golden", tokenizer: Pa
         raise ManifestError(f"{where}: golden must be an object", path=where, rule="golden")
     if record.get("kind") == "generation":
         return _parse_generation(record, where)
+    if record.get("kind") == "text":
+        return _parse_text(record, where)
     raw_in = record.get("inputs", record.get("input"))
     raw_out = record.get("expected")
     missing = [k for k, v in (("inputs", raw_in), ("expected", raw_out))
@@ -143,6 +149,87 @@ def _parse_generation(record: dict[str, Any], where: str) -> Golden:
     return Golden({"INPUT_IDS": np.asarray(ids, dtype=np.int64)},
                   {"OUTPUT_IDS": np.asarray(want, dtype=np.int64)}, 0.0, 0.0, kind="generation",
                   max_tokens=max_tokens)
+
+
+TEXT_MATCHES = ("exact", "normalised")
+
+
+def _parse_text(record: dict[str, Any], where: str) -> Golden:
+    """``{"kind": "text", "prompt": "...", "expected": "...", "max_tokens": N, "match": "exact"}``: the
+    greedy text a vLLM / TensorRT-LLM model (Triton's text interface) must stream for the prompt."""
+    prompt, want = record.get("prompt"), record.get("expected")
+    for name, value in (("prompt", prompt), ("expected", want)):
+        if not isinstance(value, str) or not value:
+            raise ManifestError(f"{where}: text golden {name} must be a non-empty string", path=where,
+                                rule="golden")
+    max_tokens = record.get("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= 4096:
+        raise ManifestError(f"{where}: text golden max_tokens must be an integer from 1 to 4096", path=where,
+                            rule="golden")
+    match = record.get("match", "exact")
+    if match not in TEXT_MATCHES:
+        raise ManifestError(f"{where}: text golden match must be one of {', '.join(TEXT_MATCHES)}, "
+                            f"not {match!r}", path=where, rule="golden")
+    assert isinstance(prompt, str) and isinstance(want, str)
+    return Golden({}, {}, 0.0, 0.0, kind="text", max_tokens=max_tokens, prompt=prompt, text=want, match=match)
+
+
+def normalise_text(text: str) -> str:
+    """The ``normalised`` comparison: Unicode NFC, every whitespace run one space, ends stripped."""
+    import unicodedata
+
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def compare_text(golden: Golden, got: str) -> SmokeResult:
+    """A streamed text against a text golden record (``exact`` or ``normalised``)."""
+    a, b = (got, golden.text) if golden.match == "exact" else (normalise_text(got),
+                                                               normalise_text(golden.text))
+    if a == b:
+        return SmokeResult(True, 0.0, f"greedy text matches the golden record ({golden.match}, "
+                                      f"{len(b)} chars)")
+    first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return SmokeResult(False, float("inf"), f"generated text differs from the golden record ({golden.match}) "
+                                            f"at character {first}: got {a[first:first + 40]!r}, "
+                                            f"expected {b[first:first + 40]!r}")
+
+
+def text_record(model_dir: Path, prompt: str, max_tokens: int = 8, *, match: str = "exact") -> dict[str, Any]:
+    """The text golden record of a DeepSeek-style model directory whose tokenizer.json is WordLevel
+    (the test models): the server's own forward pass and tokenizer (``python_model``), greedy. For a
+    real vLLM / TensorRT-LLM model, record it from a known-good server instead (``record_text``)."""
+    from airlock.serving.python_model.model import DeepSeekLM, WordCodec
+
+    where = str(model_dir)
+    try:
+        codec = WordCodec(str(model_dir / "tokenizer.json"))
+        tokens = list(DeepSeekLM(str(model_dir)).generate(codec.encode(prompt), max_tokens))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ManifestError(f"{where}: cannot compute a text record here ({exc}); record it from a "
+                            "known-good server (airlock serve golden --prompt ... --grpc-url)", path=where,
+                            rule="golden") from exc
+    record = {"kind": "text", "prompt": prompt, "expected": codec.decode(tokens), "max_tokens": max_tokens,
+              "match": match}
+    _parse_text(record, where)
+    return record
+
+
+def record_text(grpc_url: str, model: str, prompt: str, *, backend: str, max_tokens: int = 8,
+                match: str = "exact", version: int | str | None = None, control_key: str | None = None,
+                grpc_ca: str | None = None) -> dict[str, Any]:
+    """The text golden record of a model served by a known-good Triton (a GPU host with vLLM or
+    TensorRT-LLM), asked through the very request and stream assembly the gate uses."""
+    from airlock.serving.client import stream_text
+    from airlock.serving.errors import ServingError
+
+    r = stream_text(grpc_url, model, prompt, dialect=backend, max_tokens=max_tokens, version=version,
+                    control_key=control_key, grpc_ca=grpc_ca)
+    if r.error is not None or not r.text:
+        raise ServingError(f"{model}: cannot record a text golden: {r.error or 'no text streamed'}",
+                           path=model, rule="golden")
+    record = {"kind": "text", "prompt": prompt, "expected": r.text, "max_tokens": max_tokens, "match": match}
+    _parse_text(record, model)
+    return record
 
 
 def generation_record(model_dir: Path, input_ids: list[int], max_tokens: int = 8) -> dict[str, Any]:

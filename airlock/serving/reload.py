@@ -28,7 +28,7 @@ import numpy as np
 
 from airlock.errors import RepositoryError
 from airlock.faults import fault_point
-from airlock.serving.client import TritonClient, stream_generate
+from airlock.serving.client import TEXT_DIALECTS, TritonClient, stream_generate, stream_text
 from airlock.serving.errors import ServingError
 from airlock.serving.golden import (
     DEFAULT_INPUT_IDS,
@@ -36,6 +36,7 @@ from airlock.serving.golden import (
     Golden,
     SmokeResult,
     compare,
+    compare_text,
     parse_golden,
 )
 from airlock.serving.settings import SettingsStore
@@ -71,15 +72,18 @@ def smoke_test(client: TritonClient, model: str, version: int | str | None,
     """Run the golden record against ``model`` (pinned to ``version``); without one, a liveness check.
 
     ``gate`` (``ModelOptions.gate``): ``infer`` = HTTP tensors; ``stream`` = a generation model over
-    GRPC streaming (a generation golden record, or any tokens for liveness); ``ready`` = readiness
-    only when there is no golden record. A Triton error while inferring is a failed smoke test
-    (returned, not raised), except when Triton is unreachable: that is a ServingError, because
-    nothing was learned about the model.
+    GRPC streaming (a generation golden record, or any tokens for liveness); ``vllm`` / ``tensorrtllm``
+    = a text golden record streamed over GRPC in that backend's text interface, readiness only
+    without a record; ``ready`` = readiness only without a record. A Triton error while inferring is
+    a failed smoke test (returned, not raised), except when Triton is unreachable: that is a
+    ServingError, because nothing was learned about the model.
     """
     g = golden if isinstance(golden, Golden) or golden is None else parse_golden(golden)
+    if g is not None and g.kind == "text":
+        return _text_smoke(client, model, version, g, gate)
     if (g is not None and g.kind == "generation") or (g is None and gate == "stream"):
         return _stream_smoke(client, model, version, g)
-    if g is None and gate == "ready":
+    if g is None and gate in ("ready", *TEXT_DIALECTS):
         ok = client.model_ready(model, version)
         return SmokeResult(ok, 0.0, "no golden record: readiness only" if ok else "model not ready")
     inputs = g.inputs if g else {"INPUT_IDS": np.asarray(DEFAULT_INPUT_IDS, dtype=np.int64)}
@@ -120,6 +124,23 @@ def _stream_smoke(client: TritonClient, model: str, version: int | str | None,
     return SmokeResult(False, float("inf"), f"generated tokens differ from the golden record at "
                                             f"position {first}: got {r.tokens[:first + 3]}, "
                                             f"expected {want[:first + 3]}")
+
+
+def _text_smoke(client: TritonClient, model: str, version: int | str | None, g: Golden,
+                dialect: str) -> SmokeResult:
+    """A text golden record streamed in the text interface of the model's backend (``dialect``)."""
+    if dialect not in TEXT_DIALECTS:
+        return SmokeResult(False, float("inf"), f"a text golden record needs a model served with a text "
+                                                f"interface (backend {' or '.join(TEXT_DIALECTS)}); this "
+                                                f"model's gate is {dialect!r}")
+    if client.grpc_url is None:
+        return SmokeResult(False, float("inf"), "a text generation model is gated over GRPC streaming: "
+                                                "give --grpc-url")
+    r = stream_text(client.grpc_url, model, g.prompt, dialect=dialect, max_tokens=g.max_tokens,
+                    version=version, control_key=client.control_key, grpc_ca=client.grpc_ca)
+    if r.error is not None:
+        return SmokeResult(False, float("inf"), f"{dialect} text stream failed: {r.error}")
+    return compare_text(g, r.text)
 
 
 class Reloader:

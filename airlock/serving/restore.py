@@ -157,7 +157,7 @@ def _serve(repo: Any, client: TritonClient, entry: TritonModel, name: str, versi
         return str(exc)
     except AirlockError as exc:
         return str(exc)
-    if entry.options.gate != "ready":
+    if entry.options.gate in ("infer", "stream"):  # vllm / tensorrtllm: readiness (no record here)
         result = smoke_test(client, name, number, None, gate=entry.options.gate)
         if not result.ok:
             return f"liveness inference failed: {result.detail}"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import struct
 from typing import Any
 
@@ -298,6 +299,33 @@ class DeepSeekLM:
             if token == eos:
                 return
             seq.append(token)
+
+
+class WordCodec:
+    """The text side of a version's ``tokenizer.json`` for the WordLevel + Whitespace tokenizers the
+    test models carry, on the standard library only (it runs inside the Triton stub): ``encode`` splits
+    like the ``Whitespace`` pre-tokenizer (``\\w+|[^\\w\\s]+``), unknown words -> ``unk_token``;
+    ``decode`` joins tokens with spaces, special tokens skipped, as ``tokenizers`` decodes without a
+    decoder (``skip_special_tokens=True``, vLLM's and TensorRT-LLM's postprocessing default)."""
+
+    _WORDS = re.compile(r"\w+|[^\w\s]+")
+
+    def __init__(self, path: str) -> None:
+        with open(path, encoding="utf-8") as fh:
+            spec = json.load(fh)
+        model = spec.get("model") or {}
+        if model.get("type") != "WordLevel" or (spec.get("pre_tokenizer") or {}).get("type") != "Whitespace":
+            raise ValueError(f"{path}: only WordLevel + Whitespace tokenizers are supported here")
+        self.vocab: dict[str, int] = dict(model["vocab"])
+        self.words = {i: w for w, i in self.vocab.items()}
+        self.unk = self.vocab[model["unk_token"]]
+        self.special = {int(t["id"]) for t in spec.get("added_tokens", []) if t.get("special")}
+
+    def encode(self, text: str) -> list[int]:
+        return [self.vocab.get(w, self.unk) for w in self._WORDS.findall(text)]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(self.words[i] for i in ids if i not in self.special and i in self.words)
 
 
 def resolve_version_dir(version_dir: str) -> dict[str, str]:
