@@ -218,7 +218,9 @@ def list_cmd(root: Path = RootOpt, as_json: bool = JsonOpt) -> None:
             emit_json({"ok": True, "models": models})
             return
         for m in models:
-            others = ", ".join(f"{v['version']} ({v['state']})" for v in m["versions"])
+            others = ", ".join(f"{v['version']} ({v['state']}"
+                               f"{'' if v['location'] == 'hot' else ', ' + v['location']})"
+                               for v in m["versions"])
             _say(f"{m['model']}: active {m['active']}, previous {m['previous']}; {others}")
 
 
@@ -312,7 +314,9 @@ def _verify_human(per_model: list[dict[str, Any]], report: dict[str, Any]) -> No
             status = "ok" if v["ok"] else "DRIFT"
             enc = f", encrypted ({v['key_ref']})" if v.get("encrypted") else ""
             signed = f", signed manifest {v['manifest']}" if v.get("manifest") else ", no signed manifest"
-            _say(f"{v['model']} {v['version']} ({v['state']}): {status}, {v['files']} files{enc}{signed}")
+            where = f", {v['location']} tier at {v['path']}" if v.get("location", "hot") != "hot" else ""
+            _say(f"{v['model']} {v['version']} ({v['state']}{where}): {status}, {v['files']} files"
+                 f"{enc}{signed}")
         link = rep["current"]
         _say(f"{rep['model']}: current -> {link['target']} "
              f"({'ok' if link['ok'] else 'expected ' + str(link['expected'])})")

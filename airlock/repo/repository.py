@@ -40,7 +40,7 @@ from airlock.repo.planning import Planner
 from airlock.repo.recover import RecoveryStep
 from airlock.repo.session import RepoSession
 from airlock.repo.transactions import Transactions
-from airlock.repo.verify import check_model, check_repository
+from airlock.repo.verify import check_model, check_repository, unavailable_warning
 
 if TYPE_CHECKING:
     from airlock.bundle import Manifest, StagedBundle, Trust
@@ -265,6 +265,7 @@ class Repository(RepoSession):
                               index=index, progress=progress)
             out["drift"][:0] = [d.as_dict() for d in index.drift]
             out["ok"] = not out["drift"]
+            out["warnings"] = [unavailable_warning(model, out["unavailable"])] if out["unavailable"] else []
             out["signatures_checked"] = index.signatures_checked
             return out
 
@@ -300,7 +301,8 @@ class Repository(RepoSession):
             rows = cat.versions(model)
             out.append({"model": model, "active": self._before(model)["active"],
                         "previous": self._before(model)["previous"],
-                        "versions": [{"version": r.version, "state": r.state} for r in rows]})
+                        "versions": [{"version": r.version, "state": r.state, "location": r.location}
+                                     for r in rows]})
         return out
 
     def show(self, model: str, version: str | None = None) -> dict[str, Any]:
@@ -309,7 +311,8 @@ class Repository(RepoSession):
             row = cat.version(model, version)
             if row is None:
                 raise RepositoryError(f"{model} {version} is not in the catalog", rule="version-missing")
-            return row.as_dict(with_files=True)
+            loc = tier.location_of(cat, model, version)  # path: where the files are (docs/tiers.md)
+            return {**row.as_dict(with_files=True), **({"path": str(loc.path)} if loc else {})}
         if model not in cat.models():
             raise RepositoryError(f"{model}: no such model in the catalog", rule="model-missing")
         return {"model": model, **self._before(model), "current": self.link_target(model),

@@ -40,6 +40,7 @@ from airlock.repo.layout import (
     Layout,
     SemVer,
 )
+from airlock.repo.tier import TIER_DIRS, tier_dir
 
 if TYPE_CHECKING:
     from airlock.bundle import Manifest, ModelEntry, Trust
@@ -209,21 +210,34 @@ def provenance(row: VersionRow, index: SignedIndex) -> tuple[list[dict[str, Any]
     return problems, targets
 
 
+def version_home(layout: Layout, cat: Catalog, row: VersionRow) -> Path | None:
+    """The directory holding a version's files where the catalog says they live (its ``location``):
+    the repository for hot, ``<tier dir>/<model>/<version>`` for warm and cold; None when that tier's
+    directory is not configured or not there (an unmounted warm tier, unplugged cold media)."""
+    if row.location not in TIER_DIRS:
+        return layout.version_dir(row.model, row.version)
+    base = tier_dir(cat, row.location)
+    return base / row.model / row.version if base is not None and base.is_dir() else None
+
+
 def verify_version(layout: Layout, row: VersionRow, *, uid: int | None = None,
                    gid: int | None = None, keys: ProviderRegistry | None = None,
-                   index: SignedIndex | None = None, progress: Progress = no_progress) -> dict[str, Any]:
-    """Drift report for one version; per file only the first problem found is reported. An encrypted
-    version (``row.encryption``) is checked by its plaintext hashes, decrypting with ``keys``."""
+                   index: SignedIndex | None = None, progress: Progress = no_progress,
+                   vdir: Path | None = None) -> dict[str, Any]:
+    """Drift report for one version, checked in ``vdir`` (default: its hot directory; see
+    ``version_home``); per file only the first problem found is reported. An encrypted version
+    (``row.encryption``) is checked by its plaintext hashes, decrypting with ``keys``."""
     from airlock.repo.encryption import stored_sha256, stored_size
 
     index = index if index is not None else signed_index(layout)
-    vdir = layout.version_dir(row.model, row.version)
+    vdir = vdir if vdir is not None else layout.version_dir(row.model, row.version)
     enc = row.encryption is not None
     problems, expected = provenance(row, index)
     entry = index.lookup(row)
     blocks = _targets(entry)[1] if entry is not None else {}
     report: dict[str, Any] = {"model": row.model, "version": row.version, "state": row.state,
-                              "path": str(vdir), "files": len(expected), "bytes": 0, "problems": problems,
+                              "location": row.location, "path": str(vdir), "files": len(expected), "bytes": 0,
+                              "problems": problems,
                               "manifest": entry[0].manifest.bundle_id if entry else None, "encrypted": enc,
                               "key_ref": row.encryption}
     if not vdir.is_dir() or vdir.is_symlink():
@@ -337,25 +351,35 @@ def _stray(layout: Layout, model: str, rows: list[VersionRow]) -> list[Drift]:
 def check_model(layout: Layout, cat: Catalog, model: str, version: str | None = None, *,
                 uid: int | None = None, gid: int | None = None, keys: ProviderRegistry | None = None,
                 index: SignedIndex | None = None, progress: Progress = no_progress) -> dict[str, Any]:
-    """One model: every present version (or ``version``), the provenance of every catalog row
-    (pruned ones too: rollback rebuilds them from those hashes), stray entries, modes, the link."""
+    """One model: every present version (or ``version``) checked where its files live (hot, warm or
+    cold tier), the provenance of every catalog row (pruned ones too: rollback rebuilds them from
+    those hashes), stray entries, modes, the link. A version whose tier directory is not there (an
+    unmounted warm tier, unplugged cold media) is listed under ``unavailable`` (its provenance is still
+    checked) when the whole model is verified, and is drift when it is the version asked for."""
     from airlock.errors import RepositoryError
 
     index = index if index is not None else signed_index(layout)
     all_rows = cat.versions(model, with_files=True)
     rows = [r for r in all_rows if r.version == version] if version else \
-        [r for r in all_rows if r.state in PRESENT and r.location == "hot"]  # warm/cold: docs/tiers.md
+        [r for r in all_rows if r.state in PRESENT]
     if not rows:
         raise RepositoryError(f"{layout.model_dir(model)}: {model} {version or ''} is not installed",
                               path=str(layout.model_dir(model)), rule="version-missing")
-    reports = [verify_version(layout, r, uid=uid, gid=gid, keys=keys, index=index, progress=progress)
-               for r in rows]
+    homes = {r.version: version_home(layout, cat, r) if r.state in PRESENT else None for r in rows}
+    unavailable = [r for r in rows if r.state in PRESENT and homes[r.version] is None]
+    away = {r.version for r in unavailable}
+    reports = [verify_version(layout, r, uid=uid, gid=gid, keys=keys, index=index, progress=progress,
+                              vdir=homes[r.version]) for r in rows if r.version not in away]
     drift = [d for r in reports for d in version_drift(r)]
+    if version is not None and unavailable:
+        r = unavailable[0]
+        drift.append(Drift("tier-unavailable", str(tier_dir(cat, r.location) or r.location), model, r.version,
+                           f"the {r.location} tier's directory", None))
+    for r in all_rows:
+        if (version is None and r.state not in PRESENT) or r.version in away:
+            drift.extend(version_drift({"path": str(layout.version_dir(model, r.version)), "model": model,
+                                        "version": r.version, "problems": provenance(r, index)[0]}))
     if version is None:
-        for r in all_rows:
-            if r.state not in PRESENT or r.location != "hot":
-                drift.extend(version_drift({"path": str(layout.version_dir(model, r.version)), "model": model,
-                                            "version": r.version, "problems": provenance(r, index)[0]}))
         drift.extend(_stray(layout, model, all_rows))
         drift.extend(_mode_drift(layout.model_dir(model), ROOT_MODE, model))
     active = cat.in_state(model, "active")
@@ -364,7 +388,13 @@ def check_model(layout: Layout, cat: Catalog, model: str, version: str | None = 
         drift.append(Drift("current-link", link["path"], model, None, link["expected"], link["target"]))
     unsigned = [r.version for r in rows if index.lookup(r) is None and not r.bundle_id]
     return {"model": model, "ok": not drift, "versions": reports, "current": link,
-            "drift": [d.as_dict() for d in drift], "unsigned": unsigned}
+            "drift": [d.as_dict() for d in drift], "unsigned": unsigned,
+            "unavailable": [{"version": r.version, "location": r.location} for r in unavailable]}
+
+
+def unavailable_warning(model: str, unavailable: list[dict[str, str]]) -> str:
+    return (f"{model} " + ", ".join(f"{u['version']} ({u['location']})" for u in unavailable)
+            + ": tier directory not available, files NOT checked (provenance only)")
 
 
 # ---------------------------------------------------------------------------------- the repository
@@ -449,6 +479,8 @@ def check_repository(layout: Layout, cat: Catalog, *, models: list[str] | None =
         rep = check_model(layout, cat, model, uid=uid, gid=gid, keys=keys, index=index)
         reports[model] = rep
         drift.extend(Drift(**d) for d in rep["drift"])
+        if rep["unavailable"]:
+            warnings.append(unavailable_warning(model, rep["unavailable"]))
         if rep["unsigned"]:
             warnings.append(f"{model} {', '.join(rep['unsigned'])}: no signed manifest kept for this version "
                             "(installed from a directory): checked against the catalog only")

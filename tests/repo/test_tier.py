@@ -8,6 +8,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -22,6 +23,7 @@ from tests.bundle.factory import signer_trust as _trust
 from tests.crypto.softhsm import SoftHsm
 from tests.gpg import Keys
 from tests.repo.conftest import Versions, cli, hashes
+from tests.support import flip_byte, tree_state
 
 BOUNDARIES = ("mid-copy", "after-copy", "after-rename", "before-commit", "after-commit", "after-trash")
 
@@ -155,6 +157,63 @@ def test_prune_demotes_activate_promotes_and_policy(tmp_path: Path, versions: Ve
     # a tier that holds versions cannot be unset or moved
     with pytest.raises(RepositoryError, match="promote them first"):
         tier.configure(repo, dirs={"warm": None})
+    repo.close()
+
+
+def test_verify_checks_versions_where_they_live(tmp_path: Path, versions: Versions) -> None:
+    """`model verify` of a warm or cold version re-hashes it in its tier (no missing hot directory),
+    read-only; a changed byte there is drift at the tier path (exit 13); an unplugged tier is a
+    warning for the whole repository and drift for that version; show/list say where the files
+    are; rollback to a cold version promotes it first."""
+    repo, warm = _setup(tmp_path, versions, n=3)  # 1.2.0 active, 1.1.0 previous
+    cold = tmp_path / "cold"
+    cold.mkdir()
+    tier.configure(repo, dirs={"cold": cold})
+    tier.demote(repo, "m", "1.0.0")
+    tier.demote(repo, "m", "1.1.0", to="cold")
+    repo.close()
+    trees = (repo.root, warm, cold)
+    before = [tree_state(d) for d in trees]
+
+    def verify(*args: str) -> tuple[int, dict[str, Any]]:
+        r = cli(repo.root, "model", "verify", *args, "--json")
+        assert "Traceback" not in r.stderr, r.stderr
+        return r.returncode, json.loads(r.stdout)
+
+    for version, home in (("1.0.0", warm), ("1.1.0", cold)):
+        rc, rep = verify("m", version)
+        assert rc == 0 and rep["drift"] == [], rep["drift"]
+        (v,) = rep["versions"]
+        assert (v["path"], v["files"], v["ok"]) == (str(home / "m" / version), 3, True)
+    rc, rep = verify()
+    assert rc == 0 and len(rep["models"]["m"]["versions"]) == 3, rep["drift"]
+    assert [tree_state(d) for d in trees] == before  # read-only, in every tier
+
+    victim = warm / "m" / "1.0.0" / "model.safetensors"
+    flip_byte(victim, 0)
+    for args in (("m", "1.0.0"), ()):
+        rc, rep = verify(*args)
+        assert rc == 13 and [(d["rule"], d["path"]) for d in rep["drift"]] == [("sha256", str(victim))]
+    flip_byte(victim, 0)
+
+    cold.rename(tmp_path / "unplugged")
+    rc, rep = verify()
+    assert rc == 0 and any("1.1.0 (cold)" in w for w in rep["warnings"]), rep
+    rc, rep = verify("m", "1.1.0")
+    assert rc == 13 and rep["drift"][0]["rule"] == "tier-unavailable"
+    (tmp_path / "unplugged").rename(cold)
+
+    shown = json.loads(cli(repo.root, "model", "show", "m", "1.0.0", "--json").stdout)
+    assert (shown["location"], shown["path"]) == ("warm", str(warm / "m" / "1.0.0"))
+    listed = json.loads(cli(repo.root, "model", "list", "--json").stdout)["models"][0]["versions"]
+    assert {v["version"]: v["location"] for v in listed} == {"1.0.0": "warm", "1.1.0": "cold", "1.2.0": "hot"}
+
+    rb = cli(repo.root, "model", "rollback", "m", "--json")
+    assert rb.returncode == 0, rb.stdout + rb.stderr
+    assert os.readlink(repo.layout.current("m")) == "1.1.0" and not (cold / "m" / "1.1.0").exists()
+    assert repo.catalog().version("m", "1.1.0").location == "hot"  # type: ignore[union-attr]
+    assert hashes(repo.layout.version_dir("m", "1.1.0")) == hashes(versions.src["1.1.0"])
+    assert verify()[0] == 0
     repo.close()
 
 
