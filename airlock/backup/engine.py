@@ -82,7 +82,14 @@ def create(root: Path, restic: Restic, *, keys_config: Path | None = None, reten
            check_subset: str | None = None, lock_timeout: float | None = None,
            progress: Progress | None = None) -> CreateResult:
     """Snapshot ``root`` into the restic repository (initialised on first use), forget by
-    ``retention``, then ``restic check`` (reading ``check_subset`` of the data, e.g. ``10%``)."""
+    ``retention``, then ``restic check`` (reading ``check_subset`` of the data, e.g. ``10%``).
+
+    Audit order: once restic's repository is reachable, a ``backup`` ``started`` record is appended
+    (exclusive lock, released at once); the snapshot is then taken under the shared lock, so it holds
+    a consistent repository whose audit chain (and the catalog's head) ends with that record or with
+    a later complete operation; the outcome (``ok`` with the snapshot id, or ``failed``) is appended
+    after the snapshot and is not in it. A restored host's chain therefore verifies and ends with
+    the ``started`` record of the backup it came from."""
     layout = Layout(root)
     if not layout.catalog.exists():
         raise RepositoryError(f"{layout.repo}: no model repository here (nothing to back up)",
@@ -93,6 +100,7 @@ def create(root: Path, restic: Restic, *, keys_config: Path | None = None, reten
         if not restic.is_initialized():
             restic.init()
         t0 = time.monotonic()
+        _audit(root, "backup", "started", {"repo": restic.repo, "host": socket.gethostname()}, lock_timeout)
         with st.stage_dir(layout) as stage, repo_lock(layout.lock, lock_timeout, shared=True):
             sha = st.copy_catalog(layout.catalog, stage / st.CATALOG_COPY)
             versions, head = st.catalog_versions(stage / st.CATALOG_COPY)
@@ -125,7 +133,8 @@ def create(root: Path, restic: Restic, *, keys_config: Path | None = None, reten
         raise
     _audit(root, "backup", "ok", {"repo": restic.repo, "snapshot": result.snapshot, "files": result.files,
                                   "bytes": result.bytes_processed, "added": result.bytes_added,
-                                  "forgotten": result.forgotten}, lock_timeout)
+                                  "forgotten": result.forgotten, "audit_head": manifest["audit"]["head"]},
+           lock_timeout)
     return result
 
 

@@ -75,7 +75,12 @@ def test_backup_destroy_restore_verify(host: Host, backed_up: BackedUp, tmp_path
     assert PASSWORD not in spy and "RESTIC_PASSWORD_FILE=/dev/fd/" in spy and "RESTIC_PASSWORD=" not in spy
 
     records = audit.records(host.root / "model_repo" / "update_history.log")
-    assert [r["action"] for r in records][-1] == "backup" and records[-1]["result"] == "ok"
+    # docs/backup.md: 'started' before the snapshot (so in it), the outcome with the snapshot id after
+    assert [(r["action"], r["result"]) for r in records][-2:] == [("backup", "started"), ("backup", "ok")]
+    assert records[-1]["details"]["snapshot"] == second["snapshot"]
+    assert records[-1]["details"]["audit_head"] == second["audit_head"] == {
+        "seq": records[-2]["seq"], "hash": audit.line_hash(
+            (host.root / "model_repo" / "update_history.log").read_bytes().splitlines()[-2])}
     before = _repo_view(host.root)
     log_before = (host.root / "model_repo" / "update_history.log").read_bytes().splitlines()
     assert len(before) > 6 and any(k.endswith(".aldelta") for k in before)  # versions, manifests, delta
@@ -92,8 +97,10 @@ def test_backup_destroy_restore_verify(host: Host, backed_up: BackedUp, tmp_path
     assert _repo_view(host.root) == before  # byte-identical versions, kept manifests and deltas
     assert os.readlink(host.root / "model_repo" / "m" / "current") == "1.1.0"
     log_after = (host.root / "model_repo" / "update_history.log").read_bytes().splitlines()
-    # the chain up to the snapshot, then the restore's own record (the live 'backup' record came after)
+    # the chain up to and including the backup's 'started' record, then the restore's own record (the
+    # live 'backup ok' record naming the snapshot came after it)
     assert log_after[:-1] == log_before[:-1] and json.loads(log_after[-1])["action"] == "restore"
+    assert (json.loads(log_after[-2])["action"], json.loads(log_after[-2])["result"]) == ("backup", "started")
     assert host.airlock("audit", "verify", "--root", str(host.root)).returncode == 0
     v = host.airlock("model", "verify", "--root", str(host.root), "--trust", host.fpr, "--keyring",
                      str(host.keyring), "--json")
