@@ -30,11 +30,13 @@ def _result_lines(plans: list[Any]) -> list[str]:
 def install_bundle(bundle: Path, *, trust: list[str], keyring: Path | None, gnupghome: Path | None,
                    compatible: str | None, activate: bool, stage_dir: Path | None, encrypt: str | None,
                    keys_config: Path | None, check: bool, repo_factory: Callable[[], Any],
-                   as_json: bool) -> None:
+                   as_json: bool, depot: Path | None = None) -> None:
     """Options in, ``airlock.installer.install_bundle`` (space, stage, install, clean up, audit a
-    failure), output out."""
+    failure), output out. With ``depot``, ``bundle`` is a bundle id there (``Depot.entry``: a bundle
+    not in the depot is refused before the repository is opened)."""
     from airlock import installer
     from airlock.bundle import Trust
+    from airlock.depot import Depot
 
     show = not as_json and console.is_terminal
 
@@ -42,6 +44,8 @@ def install_bundle(bundle: Path, *, trust: list[str], keyring: Path | None, gnup
         return progress_bytes(label, total, show)
 
     with handle_errors(as_json):
+        if depot is not None:
+            bundle = Path(Depot(depot).entry(str(bundle)).path)
         repo = repo_factory()
         t = Trust(fingerprints=trust, gnupghome=gnupghome, keyring=keyring)
         result = installer.install_bundle(bundle, repo, t, stage_dir=stage_dir, compatible=compatible,

@@ -127,7 +127,8 @@ def update_cmd(
 
 @app.command("install-bundle")
 def install_bundle_cmd(
-    bundle: Path = typer.Argument(..., help="Bundle directory (e.g. on the USB stick) or packed .tar."),
+    bundle: Path = typer.Argument(..., help="Bundle directory (e.g. on the USB stick) or packed .tar; with "
+                                  "--depot, the bundle id in the depot."),
     trust: list[str] = typer.Option(..., "--trust", "-t", help="Pinned signer: the full 40-hex fingerprint "
                                     "of the primary key; repeatable."),
     keyring: Path = typer.Option(None, "--keyring", help="Public keyring file with the trusted keys."),
@@ -139,6 +140,8 @@ def install_bundle_cmd(
     no_activate: bool = typer.Option(False, "--no-activate", help="Install without switching current."),
     stage_dir: Path = typer.Option(None, "--stage-dir", help="Stage the bundle here (e.g. another disk) "
                                    "instead of ROOT/update_packages/staged/."),
+    depot: Path = typer.Option(None, "--depot", help="Stage from this site depot (docs/depot.md): BUNDLE is "
+                               "then the bundle id in it, as `airlock depot list` shows it."),
     encrypt: str = EncryptOpt, keys_config: Path = KeysOpt, check: bool = CheckOpt,
     root: Path = RootOpt, lock_timeout: float = LockOpt, owner: str = OwnerOpt, group: str = GroupOpt,
     as_json: bool = JsonOpt,
@@ -164,7 +167,7 @@ def install_bundle_cmd(
     install_bundle(bundle, trust=trust, keyring=keyring, gnupghome=gnupghome,
                    compatible=ANY_PROFILE if ignore_profile else compatible, activate=not no_activate,
                    stage_dir=stage_dir, encrypt=encrypt, keys_config=keys_config, check=check,
-                   repo_factory=repo_factory, as_json=as_json)
+                   repo_factory=repo_factory, as_json=as_json, depot=depot)
 
 
 @app.command("activate")

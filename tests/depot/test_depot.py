@@ -5,13 +5,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from airlock.bundle import Trust, stage_bundle
 from airlock.errors import IntegrityError
-from tests.bundle.factory import BundleFactory
+from airlock.safetensors_io import build_header
+from tests.bundle.factory import BundleFactory, payload
 from tests.depot.cli import airlock, import_, trust_args
 from tests.gpg import Keys
 from tests.support import flip_byte
@@ -123,3 +125,31 @@ def test_refusals_change_nothing(factory: BundleFactory, keys: Keys, tmp_path: P
     assert r.returncode == 12 and "not an Airlock depot" in json.loads(r.stdout)["message"]
     r = airlock("depot", "list", "--depot", str(tmp_path / "nowhere"))
     assert r.returncode == 13 and "no such depot" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_model_install_bundle_from_the_depot(factory: BundleFactory, keys: Keys, tmp_path: Path) -> None:
+    """`airlock model install-bundle ID --depot D`: the bundle id resolved in the depot, then the one
+    install path (stage verified, install, stage removed); the depot is only read; an id not in the
+    depot or not an id is refused in one line before the repository is touched."""
+    depot, root = tmp_path / "depot", tmp_path / "root"
+    weights = build_header([("w", "F32", [4096])]) + payload(4 * 4096, 3)
+    stick = factory.build(model_files={"config.json": b'{"hidden": 8}\n', "model.safetensors": weights})
+    assert import_(stick, depot, keys).returncode == 0
+    bid = json.loads((stick / "MANIFEST.json").read_text())["bundle_id"]
+    before = snapshot(depot)
+
+    def install(ident: str) -> subprocess.CompletedProcess[str]:
+        return airlock("model", "install-bundle", ident, "--depot", str(depot), "--root", str(root),
+                       *trust_args(keys), "--json")
+
+    for ident, code, rule in (("no-such-bundle", 13, "depot-missing"), ("../depot", 12, "bundle-id")):
+        bad = install(ident)
+        assert bad.returncode == code and json.loads(bad.stdout)["rule"] == rule, bad.stdout + bad.stderr
+        assert "Traceback" not in bad.stderr and not root.exists()
+    r = install(bid)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [(p["model"], p["version"]) for p in json.loads(r.stdout)["plans"]] == [("minilm", "1.0.0")]
+    v = airlock("model", "verify", "--root", str(root), *trust_args(keys), "--json")
+    assert v.returncode == 0, v.stdout[-2000:]
+    assert snapshot(depot) == before  # read only
+    assert "--depot" in airlock("model", "install-bundle", "--help").stdout
