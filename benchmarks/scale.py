@@ -46,6 +46,8 @@ from benchmarks.signer import throwaway_signer
 
 ROOT = Path(__file__).resolve().parents[1]
 GB = 1e9
+STEPS = ("bundle build", "bundle verify", "bundle stage", "install-bundle", "delta make (bundle)",
+         "delta update", "model verify", "rollback")
 
 
 @dataclass
@@ -279,6 +281,7 @@ def main() -> None:
     ap.add_argument("--keep-free", type=parse_size, default=parse_size("20G"))
     ap.add_argument("--fresh", action="store_true", help="discard a previous interrupted run in --work")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (state, logs) at the end")
+    ap.add_argument("--report", action="store_true", help="only write the report of the steps done so far")
     args = ap.parse_args()
     sweep_sizes = [parse_size(s) for s in args.sweep.split(",") if s.strip()]
     work: Path = args.work or ROOT / f"benchmarks/work/scale-{args.size}"
@@ -287,6 +290,9 @@ def main() -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     run = Run(work, args.keep_free)
+    if args.report:
+        write(args.out, run.state)
+        return
     if run.state.get("size_arg", args.size) != args.size:
         sys.exit(f"{work}: holds a run of another size; pass --fresh or another --work")
     run.state["size_arg"] = args.size
@@ -324,6 +330,9 @@ def write(out: Path, state: dict[str, Any]) -> None:
     for s in steps:
         lines.append(f"| {s.name} | {s.seconds:.1f} | {s.gbps:.3f} | {s.bound} | {s.ratio:.2f} | "
                      f"{s.rss / 1e6:.0f} |")
+    missing = [n for n in STEPS if n not in {s.name for s in steps}]
+    if missing:
+        lines += ["", f"Not reached in this run: {', '.join(missing)}."]
     rss_rows = rss_table(state)
     if len(rss_rows) > 1:
         lines += ["", "Peak RSS (MB) against model size (same code, same run):", "",
