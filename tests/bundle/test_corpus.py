@@ -29,7 +29,7 @@ from airlock.errors import (
 from airlock.hashing import BlockHasher
 from tests.bundle.factory import BIG, CFG, ST, BundleFactory, canonical, resign
 from tests.gpg import Keys
-from tests.support import require_root
+from tests.support import flip_byte, require_root
 from tests.support import tree_state as snapshot
 
 
@@ -42,15 +42,6 @@ def edit(keys: Keys, bundle: Path, fn: Callable[[dict[str, Any]], None]) -> None
 def rename_entry(doc: dict[str, Any], old: str, new: str) -> None:
     doc["files"][new] = doc["files"].pop(old)
     doc["models"] = []
-
-
-def flip(path: Path, offset: int) -> None:
-    path.chmod(0o644)
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        b = fh.read(1)
-        fh.seek(offset)
-        fh.write(bytes([b[0] ^ 0x40]))
 
 
 # case name -> (mutation, expected error class, expected rule)
@@ -247,7 +238,7 @@ def test_bit_flip_in_each_payload_file(mode: str, keys: Keys, trust: Trust, corp
         bundle = tmp_path / f"b{i}"
         shutil.copytree(base, bundle)
         size = (bundle / name).stat().st_size
-        flip(bundle / name, size // 2)
+        flip_byte(bundle / name, size // 2, 0x40)
         with pytest.raises(IntegrityError) as err:
             _run(mode, bundle, trust, tmp_path / f"w{i}")
         assert err.value.rule in ("block-hash", "sha256") and name.startswith(err.value.path or "?")
@@ -307,7 +298,7 @@ def test_payload_over_4gib_sparse(keys: Keys, trust: Trust, tmp_path: Path) -> N
                                              {"size": split, "sha256": "e" * 64},
                                              {"size": size - split, "sha256": "d" * 64}]}}}
     resign(keys, bundle, canonical(doc))
-    flip(bundle / f"{rel}.part001", size - split - 8)  # inside block 64, i.e. past 2^32
+    flip_byte(bundle / f"{rel}.part001", size - split - 8, 0x40)  # inside block 64, i.e. past 2^32
     with pytest.raises(IntegrityError) as err:
         verify_bundle(bundle, trust)
     assert err.value.rule == "block-hash" and "block 64 " in str(err.value)

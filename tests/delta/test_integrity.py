@@ -11,6 +11,7 @@ from airlock.delta import apply_delta, make_delta, read_delta_header
 from airlock.delta.container import PREAMBLE, TRAILER
 from airlock.errors import AirlockError, DeltaFormatError, DeltaSourceError
 from tests.delta.helpers import tree_digest
+from tests.support import flip_byte
 
 
 def _leftovers(parent: Path) -> list[str]:
@@ -89,11 +90,7 @@ def test_wrong_source_names_the_tensor_and_changes_nothing(pair: tuple[Path, Pat
 
     h = read_header(src / "model-1.safetensors")
     victim = h.tensors[1]
-    with open(src / "model-1.safetensors", "r+b") as fh:
-        fh.seek(h.data_start + victim.start + 3)
-        b = fh.read(1)
-        fh.seek(-1, 1)
-        fh.write(bytes([b[0] ^ 1]))
+    flip_byte(src / "model-1.safetensors", h.data_start + victim.start + 3, 1)
     before = tree_digest(src)
     with pytest.raises(DeltaSourceError) as err:
         apply_delta(src, delta, tmp_path / "out")

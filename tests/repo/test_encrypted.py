@@ -5,7 +5,6 @@ wrong/missing provider, idempotent re-install, and the CLI."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from airlock.repo import Repository
 from tests.crypto.softhsm import SoftHsm
 from tests.gpg import Keys
 from tests.repo.conftest import Versions, cli, hashes
+from tests.support import flip_byte
 
 KEY = "hsm:models-kek"
 
@@ -88,13 +88,7 @@ def test_install_encrypted_verify_and_tamper(erepo: Repository, versions: Versio
     assert report["ok"] and report["versions"][0]["encrypted"] and report["versions"][0]["key_ref"] == KEY
     # tamper one byte of a stored chunk: verify reports that file (authentication fails)
     target = vdir / "model.safetensors"
-    os.chmod(target, 0o644)
-    with open(target, "r+b") as f:
-        f.seek(target.stat().st_size // 2)
-        b = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([b[0] ^ 1]))
-    os.chmod(target, 0o444)
+    flip_byte(target, target.stat().st_size // 2, 1)
     report = erepo.verify("m")
     assert not report["ok"]
     prob = report["versions"][0]["problems"]

@@ -22,6 +22,7 @@ from airlock.serving.errors import ServingError
 from airlock.serving.server import free_port
 from airlock.serving.triton_repo import TritonModel
 from tests.serving.conftest import Pair, _require_triton, ids
+from tests.support import flip_byte
 
 TIMINGS = Path(os.environ.get("AIRLOCK_SERVING_TIMINGS", "/tmp/airlock-serving-timings.json"))
 
@@ -155,13 +156,7 @@ def test_triton_comes_back_serving_the_verified_current_versions(tmp_path: Path,
 
         # 1.1.0 tampered on disk: after the next crash it is not loaded; 1.0.0 (verified) serves
         weights = root / "model_repo" / "rs_m" / "1.1.0" / "model.safetensors"
-        weights.chmod(0o644)
-        with open(weights, "r+b") as fh:
-            fh.seek(4096)
-            byte = fh.read(1)
-            fh.seek(4096)
-            fh.write(bytes([byte[0] ^ 0xFF]))
-        weights.chmod(0o444)
+        flip_byte(weights, 4096)
         pid = sup.child()
         os.kill(pid, signal.SIGKILL)
         _new_child(sup, pid)
