@@ -282,7 +282,8 @@ def grpc_client(grpc_url: str, ca: str | None = None) -> Any:
     return grpcclient.InferenceServerClient(grpc_url, ssl=True, root_certificates=ca)
 
 
-def _tensor(name: str, value: Any, dtype: str, shape: list[int]) -> Any:
+def infer_input(name: str, value: Any, dtype: str, shape: list[int]) -> Any:
+    """A tritonclient GRPC input ``name`` of Triton type ``dtype`` holding ``value`` shaped ``shape``."""
     import tritonclient.grpc as grpcclient
 
     t = grpcclient.InferInput(name, shape, dtype)
@@ -293,8 +294,8 @@ def _tensor(name: str, value: Any, dtype: str, shape: list[int]) -> Any:
 
 def token_request(input_ids: list[int], max_tokens: int) -> list[Any]:
     """Airlock's python generation model: ``INPUT_IDS`` INT64 [seq], ``MAX_TOKENS`` INT32 [1]."""
-    return [_tensor("INPUT_IDS", input_ids, "INT64", [len(input_ids)]),
-            _tensor("MAX_TOKENS", [max_tokens], "INT32", [1])]
+    return [infer_input("INPUT_IDS", input_ids, "INT64", [len(input_ids)]),
+            infer_input("MAX_TOKENS", [max_tokens], "INT32", [1])]
 
 
 def vllm_request(prompt: str, max_tokens: int) -> list[Any]:
@@ -302,19 +303,21 @@ def vllm_request(prompt: str, max_tokens: int) -> list[Any]:
     BOOL [1], ``sampling_parameters`` BYTES [1] (JSON; greedy = temperature 0), ``exclude_input_in_output``
     BOOL [1] (must be true when streaming)."""
     params = json.dumps({"temperature": 0, "max_tokens": max_tokens})
-    return [_tensor("text_input", [prompt.encode()], "BYTES", [1]), _tensor("stream", [True], "BOOL", [1]),
-            _tensor("sampling_parameters", [params.encode()], "BYTES", [1]),
-            _tensor("exclude_input_in_output", [True], "BOOL", [1])]
+    return [infer_input("text_input", [prompt.encode()], "BYTES", [1]),
+            infer_input("stream", [True], "BOOL", [1]),
+            infer_input("sampling_parameters", [params.encode()], "BYTES", [1]),
+            infer_input("exclude_input_in_output", [True], "BOOL", [1])]
 
 
 def trtllm_request(prompt: str, max_tokens: int) -> list[Any]:
     """TensorRT-LLM's ``inflight_batcher_llm/ensemble`` (max_batch_size > 0: a batch dimension of 1):
     ``text_input`` BYTES [1, 1], ``max_tokens`` INT32 [1, 1], ``stream`` BOOL [1, 1], greedy by
     ``top_k`` INT32 1 and ``temperature`` FP32 1, ``exclude_input_in_output`` BOOL [1, 1]."""
-    return [_tensor("text_input", [prompt.encode()], "BYTES", [1, 1]),
-            _tensor("max_tokens", [max_tokens], "INT32", [1, 1]), _tensor("stream", [True], "BOOL", [1, 1]),
-            _tensor("top_k", [1], "INT32", [1, 1]), _tensor("temperature", [1.0], "FP32", [1, 1]),
-            _tensor("exclude_input_in_output", [True], "BOOL", [1, 1])]
+    return [infer_input("text_input", [prompt.encode()], "BYTES", [1, 1]),
+            infer_input("max_tokens", [max_tokens], "INT32", [1, 1]),
+            infer_input("stream", [True], "BOOL", [1, 1]),
+            infer_input("top_k", [1], "INT32", [1, 1]), infer_input("temperature", [1.0], "FP32", [1, 1]),
+            infer_input("exclude_input_in_output", [True], "BOOL", [1, 1])]
 
 
 TEXT_DIALECTS = {"vllm": vllm_request, "tensorrtllm": trtllm_request}
@@ -346,16 +349,19 @@ def stream_text(grpc_url: str, model: str, prompt: str, *, dialect: str, max_tok
         raise ServingError(f"{model}: no text interface for backend {dialect!r} (known: "
                            f"{', '.join(TEXT_DIALECTS)})", path=model, rule="golden")
 
-    def take(result: Any, res: StreamResult) -> int:
-        out = result.as_numpy("text_output")
-        if out is None:
-            return 0
-        piece = "".join(x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in out.reshape(-1))
-        res.text += piece
-        return len(piece)
+    request = TEXT_DIALECTS[dialect](prompt, max_tokens)
+    return stream_infer(grpc_url, model, request, take_text, version=version, timeout=timeout,
+                        control_key=control_key, grpc_ca=grpc_ca)
 
-    return stream_infer(grpc_url, model, TEXT_DIALECTS[dialect](prompt, max_tokens), take, version=version,
-                        timeout=timeout, control_key=control_key, grpc_ca=grpc_ca)
+
+def take_text(result: Any, res: StreamResult) -> int:
+    """``stream_infer``'s ``take`` for the text interfaces: the ``text_output`` piece(s) appended."""
+    out = result.as_numpy("text_output")
+    if out is None:
+        return 0
+    piece = "".join(x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in out.reshape(-1))
+    res.text += piece
+    return len(piece)
 
 
 def stream_infer(grpc_url: str, model: str, inputs: list[Any], take: Callable[[Any, StreamResult], int], *,

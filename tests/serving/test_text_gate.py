@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from airlock.serving.client import StreamResult, stream_text
+from airlock.serving.client import StreamResult, infer_input, stream_infer, stream_text, take_text
 from airlock.serving.golden import parse_golden, text_record
 from airlock.serving.python_model.model import WordCodec
 from airlock.serving.reload import Reloader, smoke_test
@@ -107,6 +107,17 @@ def vllm_served(triton: Any, text_root: Path) -> Any:
     client.unload("txt_vllm")
 
 
+def _vllm_raw(grpc_url: str, prompt: str, *, stream: bool, exclude: bool | None = None) -> StreamResult:
+    """A vLLM request other than the gate's (to check the stand-in's semantics)."""
+    params = json.dumps({"temperature": 0, "max_tokens": MAX_TOKENS}).encode()
+    inputs = [infer_input("text_input", [prompt.encode()], "BYTES", [1]),
+              infer_input("stream", [stream], "BOOL", [1]),
+              infer_input("sampling_parameters", [params], "BYTES", [1])]
+    if exclude is not None:
+        inputs.append(infer_input("exclude_input_in_output", [exclude], "BOOL", [1]))
+    return stream_infer(grpc_url, "txt_vllm", inputs, take_text)
+
+
 def test_vllm_dialect_gate_passes_the_good_version_and_refuses_a_changed_one(
         triton: Any, text_root: Path, vllm_served: Any, records: dict[str, dict[str, Any]],
         prompt: str) -> None:
@@ -125,6 +136,13 @@ def test_vllm_dialect_gate_passes_the_good_version_and_refuses_a_changed_one(
     streamed = stream_text(triton.grpc_url, "txt_vllm", prompt, dialect="vllm", max_tokens=MAX_TOKENS)
     assert streamed.error is None and streamed.text == records["1.0.0"]["expected"]
     assert len(streamed.itl) >= 1, "text arrives in several streamed responses"
+
+    # the stand-in keeps vLLM's request semantics (src/utils/request.py)
+    whole = _vllm_raw(triton.grpc_url, prompt, stream=False)
+    assert whole.error is None and whole.text == prompt + records["1.0.0"]["expected"] and not whole.itl
+    assert _vllm_raw(triton.grpc_url, prompt, stream=False, exclude=True).text == records["1.0.0"]["expected"]
+    refused = _vllm_raw(triton.grpc_url, prompt, stream=True, exclude=False)
+    assert "When streaming, `exclude_input_in_output` = False is not allowed" in (refused.error or "")
 
     gate = SettingsStore(text_root).load("txt_vllm").gate
     assert gate == "vllm"
@@ -233,7 +251,7 @@ def test_hot_reload_through_the_text_gate_while_clients_stream_text(
 
 def test_text_golden_records_are_checked_and_recorded_by_the_cli(
         triton: Any, text_root: Path, vllm_served: Any, records: dict[str, dict[str, Any]],
-        prompt: str) -> None:
+        prompt: str, tmp_path: Path) -> None:
     from airlock.errors import ManifestError
 
     airlock = str(Path(sys.executable).with_name("airlock"))
@@ -258,6 +276,20 @@ def test_text_golden_records_are_checked_and_recorded_by_the_cli(
     assert remote.returncode == 0, remote.stderr
     live = records["1.1.0" if "2" in served else "1.0.0"]
     assert json.loads(remote.stdout) == {**live, "match": "normalised"}
+    record_file = tmp_path / "text.json"
+    record_file.write_text(remote.stdout)
+    smoke = [airlock, "serve", "smoke", "txt_vllm", "--url", triton.url, "--grpc-url", triton.grpc_url,
+             "--golden", str(record_file)]
+    ok = subprocess.run([*smoke, "--backend", "vllm"], capture_output=True, text=True, check=False,
+                        timeout=300)
+    assert ok.returncode == 0 and "greedy text matches the golden record" in ok.stdout, ok.stderr
+    record_file.write_text(json.dumps(records["1.0.0" if "2" in served else "1.1.0"]))
+    wrong = subprocess.run([*smoke, "--backend", "vllm"], capture_output=True, text=True, check=False,
+                           timeout=300)
+    assert wrong.returncode == 51 and "generated text differs" in wrong.stderr + wrong.stdout
+    no_backend = subprocess.run(smoke, capture_output=True, text=True, check=False, timeout=300)
+    assert no_backend.returncode == 51 and "needs a model served with a text interface" in \
+        no_backend.stderr + no_backend.stdout
     bad = subprocess.run([airlock, "serve", "golden", "txt_vllm", "--prompt", prompt, "--match", "fuzzy"],
                          capture_output=True, text=True, check=False, timeout=300)
     assert bad.returncode != 0 and "--match" in bad.stderr and "Traceback" not in bad.stderr
