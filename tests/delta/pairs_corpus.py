@@ -260,16 +260,17 @@ def pairs() -> list[Pair]:
     out.append(Pair("resharded", _sharded(shards, 2), _sharded(shards, 3)))
     out.append(Pair("sharded-to-single", _sharded(shards, 2), model([t for s in shards for t in s])))
 
-    # elements straddle 4 KiB blocks (odd header length, a 3-byte tensor first): compressed bundles
+    # elements straddle bundle blocks (odd header length, a 3-byte tensor first): compressed bundles
     # cut blocks inside elements; one element changed in a tensor of many delta chunks
-    long = [("p", "U8", (3,), b"abc"), rand(g, "q", "F64", (700,)), rand(g, "r", "F32", (1501,)),
-            rand(g, "s", "BF16", (2049,))]
+    long = [("p", "U8", (3,), b"abc"), rand(g, "q", "F64", (9001,)), rand(g, "r", "F32", (15001,)),
+            rand(g, "s", "BF16", (40001,)), rand(g, "t", "I16", (20001,)), rand(g, "u", "U64", (3001,)),
+            rand(g, "v", "F8_E4M3", (20001,)), rand(g, "w", "BOOL", (17001,)), rand(g, "x", "F16", (9001,))]
     one = bytearray(long[2][3])
-    one[4 * 1000] ^= 0x40
+    one[4 * 10000] ^= 0x40
     out.append(Pair("unaligned-one-element-changed",
                     {"config.json": CONFIG, "model.safetensors": st(long, writer="other")},
                     {"config.json": CONFIG,
-                     "model.safetensors": st([*long[:2], ("r", "F32", (1501,), bytes(one)), long[3]],
+                     "model.safetensors": st([*long[:2], ("r", "F32", (15001,), bytes(one)), *long[3:]],
                                              writer="other")}))
     names_old: Files = {"config.json": CONFIG, "model.safetensors": st([a]), ".gitattributes": b"*.bin lfs\n",
                         "1_Pooling/config.json": b'{"pooling_mode_mean_tokens": true}',
