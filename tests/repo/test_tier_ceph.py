@@ -56,6 +56,8 @@ def test_warm_tier_on_cephfs(cephfs: Path, tmp_path: Path, versions: Versions) -
     assert hashes(warm / "m" / "1.0.0") == hashes(versions.src["1.0.0"])
     assert not repo.layout.version_dir("m", "1.0.0").exists()
     assert sorted(os.listdir(warm / "m")) == ["1.0.0"]
+    checked = repo.verify("m", "1.0.0")  # re-hashed on CephFS, where it lives (modes kept there too)
+    assert checked["ok"] and checked["versions"][0]["path"] == str(warm / "m" / "1.0.0"), checked["drift"]
 
     repo.activate("m", "1.0.0")  # promoted from CephFS (verified), then activated
     assert os.readlink(repo.layout.current("m")) == "1.0.0"
