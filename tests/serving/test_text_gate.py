@@ -245,6 +245,9 @@ def test_hot_reload_through_the_text_gate_while_clients_stream_text(
     assert all(len(r.versions) == 1 and r.text == expected[next(iter(r.versions))] for r in streams.results)
     assert {v for r in streams.results for v in r.versions} == {"1", "2"}
     assert streams.results[-1].versions == {"2"}
+    entry = triton.cfg.model_repository / "txt_vllm"  # the reload kept the backend and its model.json
+    assert 'backend: "vllm"' in (entry / "config.pbtxt").read_text()
+    assert json.loads((entry / "2" / "model.json").read_text())["model"] == str((model / "1.1.0").resolve())
     print(json.dumps({"streams": len(streams.results), "failed": len(failed),
                       "reload_s": round(reload_s, 1)}))
 
