@@ -84,6 +84,15 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _unicode(path: str, what: str, text: str) -> None:
+    """Refuse a lone surrogate (``"\\ud800"`` parses in Python, not in the reference reader, and a
+    name that cannot be UTF-8 encoded cannot be stored in a delta's tables)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _fail(path, f"{what} {text[:60]!r} is not valid Unicode (lone surrogate)", "unicode") from exc
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -104,8 +113,12 @@ def parse_header(raw_json: bytes, data_size: int, path: str = "<memory>") -> tup
     if metadata is not None and not (isinstance(metadata, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
         raise _fail(path, "__metadata__ must map strings to strings", "metadata")
+    for key, value in (metadata or {}).items():
+        _unicode(path, "__metadata__ key", key)
+        _unicode(path, f"__metadata__ value of {key!r}", value)
     tensors: list[TensorInfo] = []
     for name, entry in obj.items():
+        _unicode(path, "tensor name", name)
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise _fail(path, f"tensor {name!r}: entry needs exactly dtype, shape, data_offsets", "entry")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]

@@ -198,7 +198,7 @@ def pairs() -> list[Pair]:
     out.append(Pair("metadata-added", model([t]), model([t], {"format": "pt"})))
 
     names = ["层.0/权重 weight", "a b.c/d", "ключ.вес", "emoji 🦙.w", "dots...", "/lead/slash", "tab\tname",
-             'quote"back\\slash']
+             'quote"back\\slash', "nul\x00inside"]
     uni = [rand(g, n, "F32", (4, 4)) for n in names]
     out.append(Pair("unicode-names", model(uni), model([nudge(t, g) for t in uni[:4]] + uni[4:])))
 
@@ -353,6 +353,10 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
                       "safetensors-json"),
     "bad-metadata": (_raw_st({"__metadata__": {"a": 1}}, b""), "safetensors-metadata"),
     "extra-entry-key": (_raw_st({"a": {**_e("U8", [1], 0, 1), "x": 1}}, b"\0"), "safetensors-entry"),
+    # a lone surrogate parses in Python's json, not in the reference reader; it cannot be UTF-8 encoded
+    "lone-surrogate-name": (_raw_st(b'{"a\\ud800":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', b"\0"),
+                            "safetensors-unicode"),
+    "lone-surrogate-metadata": (_raw_st(b'{"__metadata__":{"k":"\\udc00"}}', b""), "safetensors-unicode"),
     "deep-json": (_raw_st(b"[" * 5000 + b"]" * 5000, b""), "safetensors-json"),
 }
 
