@@ -363,5 +363,12 @@ class Catalog:
              json.dumps(details, sort_keys=True, default=str)))
 
 
+def tier_dir(cat: Catalog, tier: str) -> Path | None:
+    """The configured directory of the ``warm`` or ``cold`` tier (meta ``tier.<tier>``; None: not
+    configured; hot is the repository). Owned here so that verify and airlock.repo.tier read it alike."""
+    raw = cat.get_meta(f"tier.{tier}")
+    return Path(raw) if raw else None
+
+
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]

@@ -34,7 +34,7 @@ from airlock.errors import DiskSpaceError, IntegrityError, RepositoryError
 from airlock.faults import fault_point
 from airlock.fsutil import free_bytes, fsync_dir, rmtree_writable
 from airlock.hashing import copy_hashing, no_progress, sha256_file
-from airlock.repo.catalog import LOCATIONS, PRESENT, Catalog, VersionRow
+from airlock.repo.catalog import LOCATIONS, PRESENT, Catalog, VersionRow, tier_dir
 from airlock.repo.install import disk_bytes, seal
 from airlock.repo.layout import STAGING_PREFIX, TRASH_PREFIX, Layout, SemVer
 
@@ -95,12 +95,6 @@ class Move:
 
 
 # ------------------------------------------------------------------------------------ configuration
-def tier_dir(cat: Catalog, tier: str) -> Path | None:
-    """The configured directory of ``warm`` or ``cold`` (None: not configured; hot is the repository)."""
-    raw = cat.get_meta(f"tier.{tier}")
-    return Path(raw) if raw else None
-
-
 def policy(cat: Catalog) -> Policy:
     keep, share = cat.get_meta(_META_KEEP), cat.get_meta(_META_SHARE)
     return Policy(int(keep) if keep else None, float(share) if share else None)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from airlock.errors import AirlockError
 from airlock.hashing import Progress, digest_file, no_progress
 from airlock.repo import audit
-from airlock.repo.catalog import PRESENT, Catalog, VersionRow
+from airlock.repo.catalog import PRESENT, Catalog, VersionRow, tier_dir
 from airlock.repo.layout import (
     CATALOG_MODE,
     CURRENT,
@@ -40,7 +40,6 @@ from airlock.repo.layout import (
     Layout,
     SemVer,
 )
-from airlock.repo.tier import TIER_DIRS, tier_dir
 
 if TYPE_CHECKING:
     from airlock.bundle import Manifest, ModelEntry, Trust
@@ -214,7 +213,7 @@ def version_home(layout: Layout, cat: Catalog, row: VersionRow) -> Path | None:
     """The directory holding a version's files where the catalog says they live (its ``location``):
     the repository for hot, ``<tier dir>/<model>/<version>`` for warm and cold; None when that tier's
     directory is not configured or not there (an unmounted warm tier, unplugged cold media)."""
-    if row.location not in TIER_DIRS:
+    if row.location == "hot":
         return layout.version_dir(row.model, row.version)
     base = tier_dir(cat, row.location)
     return base / row.model / row.version if base is not None and base.is_dir() else None
