@@ -48,6 +48,7 @@ safetensors header at 20x the time (2.5 s for a 237 kB DeepSeek shard header).""
 SMALL_TENSOR = 16 << 10
 """Tensor pieces below this are plain bytes: a pcodec stream has a fixed cost (fp8 scales)."""
 
+_SLICE = 256 << 10
 _HEAD = struct.Struct("<4sI")
 _SEG = struct.Struct("<BBHQQ")
 
@@ -126,12 +127,17 @@ def _values(data: memoryview, code: int) -> np.ndarray:
 
 
 def _unrotate(x: np.ndarray) -> None:
-    """Inverse of the rotation in ``_values``, in place."""
+    """Inverse of the rotation in ``_values``, in place, in cache-sized slices (one small scratch
+    array instead of a temporary the size of the tensor)."""
     one, top = x.dtype.type(1), x.dtype.type(x.dtype.itemsize * 8 - 1)
-    low = x & one
-    np.right_shift(x, one, out=x)
-    np.left_shift(low, top, out=low)
-    np.bitwise_or(x, low, out=x)
+    step = _SLICE // x.dtype.itemsize
+    low = np.empty(min(step, x.size), dtype=x.dtype)
+    for at in range(0, x.size, step):
+        part = x[at:at + step]
+        lo = low[:part.size]
+        np.left_shift(part, top, out=lo)
+        np.right_shift(part, one, out=part)
+        np.bitwise_or(part, lo, out=part)
 
 
 def _encode_segment(chunk: memoryview, dtype: str | None) -> tuple[int, int, bytes]:
@@ -159,6 +165,7 @@ def encode_block(data: bytes | memoryview, segments: list[Segment], offset: int)
 
 
 def _inflate_into(coded: memoryview, out: memoryview) -> None:
+    """Decompress into ``out`` (``decompress`` releases the GIL, a ``stream_reader`` does not)."""
     size = len(out)
     declared = zstandard.frame_content_size(coded)
     if declared != size:
@@ -169,7 +176,7 @@ def _inflate_into(coded: memoryview, out: memoryview) -> None:
         raise FrameError(f"a zstd stream does not decode ({exc})") from exc
     if len(data) != size:
         raise FrameError(f"a zstd stream decodes to {len(data)} bytes, not {size}")
-    out[:] = data
+    np.frombuffer(out, dtype=np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)  # copied without the GIL
 
 
 def _pco_into(coded: memoryview, out: memoryview, code: int) -> None:
@@ -190,8 +197,10 @@ def _pco_into(coded: memoryview, out: memoryview, code: int) -> None:
         dst[:] = into
 
 
-def decode_block(frame: bytes | bytearray | memoryview, size: int) -> memoryview:
-    """The ``size`` bytes of the block ``frame`` codes; FrameError when it cannot be that."""
+def decode_block(frame: bytes | bytearray | memoryview, size: int,
+                 out: memoryview | None = None) -> memoryview:
+    """The ``size`` bytes of the block ``frame`` codes (written into ``out`` when given: a reused
+    buffer of at least ``size`` bytes); FrameError when it cannot be that."""
     view = memoryview(frame)
     if len(view) < _HEAD.size:
         raise FrameError("frame shorter than its header")
@@ -222,7 +231,8 @@ def decode_block(frame: bytes | bytearray | memoryview, size: int) -> memoryview
     if total != size or pos + coded_total != len(view):
         raise FrameError(f"segments hold {total} of the block's {size} bytes and {coded_total} coded bytes "
                          f"of {len(view) - pos}")
-    dst = np.empty(size, dtype=np.uint8).data  # not zeroed: every byte is written below
+    # not zeroed: every byte is written below
+    dst = np.empty(size, dtype=np.uint8).data if out is None else out[:size]
     at = 0
     for kind, code, raw, coded in plan:
         src = view[pos:pos + coded]
