@@ -1,8 +1,9 @@
 """Unusual but legitimate models (the corpus of tests/delta/pairs_corpus.py) through real signed
 bundles: a full bundle, raw and ``--compress``, stages to byte-identical files; a delta bundle of every
-pair installs through the repository (the install path: stage, apply with records checked, hash
-check, loadability check) to the exact target; a safetensors file whose header lies is refused when a
-delta bundle is built, and never installed from a full bundle."""
+pair installs through the repository over the v1.0 versions installed from a compressed bundle (the
+install path: stage, apply with records checked, hash check, loadability check) to the exact target;
+a safetensors file whose header lies is refused when a delta bundle is built, and never installed
+from a full bundle."""
 
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ def test_full_bundle_of_odd_models_stages_byte_identical(corpus: Path, keys: Key
 def test_delta_bundle_of_odd_pairs_installs_exact_targets(corpus: Path, keys: Keys, trust: Trust,
                                                           tmp_path: Path) -> None:
     full = _build(tmp_path, keys, "full", [{"name": _name(c), "version": "1.0.0",
-                                            "path": str(corpus / _name(c) / "1.0.0")} for c in PAIRS], 5)
+                                            "path": str(corpus / _name(c) / "1.0.0")} for c in PAIRS], 5,
+                  compress=True)  # the install from a compressed stage too
     delta = _build(tmp_path, keys, "delta", [
         {"name": _name(c), "version": "1.1.0", "from_version": "1.0.0",
          "delta": {"old": str(corpus / _name(c) / "1.0.0"), "new": str(corpus / _name(c) / "1.1.0")}}
