@@ -27,6 +27,7 @@ from airlock.bundle.manifest import (
     parse_manifest,
 )
 from airlock.bundle.pack import stage_archive
+from airlock.bundle.safeio import COMPLETE_MARKER
 from airlock.bundle.signing import Trust
 from airlock.codec.frame import DTYPES, FrameError, Segment, decode_block, encode_block, split_block
 from airlock.errors import IntegrityError, ManifestError
@@ -265,6 +266,31 @@ def test_packed_compressed_bundle_verifies_and_stages(built: tuple[Path, Path], 
     staged = stage_archive(tar, tmp_path / "st", trust)
     for rel, data in MODEL.items():
         assert (staged.path / "models/minilm/1.0.0" / rel).read_bytes() == data
+
+
+def test_packed_compressed_bundle_with_a_flipped_frame_byte_is_refused_mid_stream(
+        built: tuple[Path, Path], trust: Trust, tmp_path: Path) -> None:
+    """Frames of a packed bundle are checked and decoded on worker threads while later frames stream
+    in: a flipped byte in a later frame still fails the stage (exit 13, block-hash, naming the frame's
+    block), no decoder sees it, and only the verified blocks before it reached the disk (the stage is
+    left incomplete: not marked complete, so nothing installs from it)."""
+    tar = tmp_path / "z.tar"
+    pack_bundle(built[1], tar, trust)
+    m = parse_manifest((built[1] / MANIFEST_NAME).read_bytes())
+    coding = m.files[W].coding
+    assert coding is not None and len(coding.frames) > 3
+    stored = b"".join((built[1] / f"{W}.part{i:03d}").read_bytes() for i in range(len(m.files[W].parts)))
+    at = sum(f.size for f in coding.frames[:3]) + coding.frames[3].size // 2  # inside frame 3
+    data = bytearray(tar.read_bytes())
+    where = data.find(stored[at - 200:at + 200])
+    assert where > 0
+    data[where + 200] ^= 0x10
+    tar.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError) as exc:
+        stage_archive(tar, tmp_path / "st", trust)
+    assert exc.value.rule == "block-hash" and "coded block 3 " in str(exc.value) and exc.value.exit_code == 13
+    assert (tmp_path / "st" / W).read_bytes() == MODEL["model.safetensors"][:3 * m.files[W].block_size]
+    assert not (tmp_path / "st" / COMPLETE_MARKER).exists()
 
 
 def test_the_codec_imports_on_its_own() -> None:
