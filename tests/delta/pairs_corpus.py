@@ -217,6 +217,11 @@ def pairs() -> list[Pair]:
     out.append(Pair("shape-transposed", model([base]), model([("m", "F32", (8, 16), base[3])])))
     out.append(Pair("shape-grown-rows", model([base]), model([nudge(grown, g, 0.2)])))
     out.append(Pair("shape-shrunk-rows", model([grown]), model([nudge(base, g, 0.2)])))
+    vec, cube = rand(g, "vec", "F32", (100,)), rand(g, "cube", "BF16", (4, 3, 5))
+    out.append(Pair("shape-grown-1d-3d", model([vec, cube]),
+                    model([("vec", "F32", (137,), vec[3] + rand(g, "x", "F32", (37,))[3]),
+                           ("cube", "BF16", (6, 3, 5),
+                            nudge(cube, g)[3] + rand(g, "y", "BF16", (2, 3, 5))[3])])))
     out.append(Pair("shape-rank-changed", model([base]), model([("m", "F32", (128,), base[3])])))
     out.append(Pair("shape-to-scalar", model([("s", "F32", (1,), b"\0\0\x80?")]),
                     model([("s", "F32", (), b"\0\0\x80?")])))
@@ -230,6 +235,14 @@ def pairs() -> list[Pair]:
     out.append(Pair("other-writer-both", {"config.json": CONFIG, "model.safetensors": st(ts, writer="other")},
                     {"config.json": CONFIG,
                      "model.safetensors": st([nudge(x, g) for x in ts], writer="other")}))
+    # JSON the reference reader accepts as well: null metadata, names spelled with escapes (the same
+    # names as in v1.0), whitespace before, inside and after the object (newlines, tabs)
+    t0, t1 = ts[0][3], nudge(ts[1], g)[3]
+    hand = (b'\n\t{ "__metadata__" : null ,\n "\\u0074\\u0031" : {"shape":[3,5],"dtype":"F32",'
+            b'"data_offsets":[60,120]},\r\n"t\\u0030":{"data_offsets":[0,60],"dtype":"F32",'
+            b'"shape":[3,5]}}\t\n ')
+    out.append(Pair("hand-written-json", {"config.json": CONFIG, "model.safetensors": st(ts[:2])},
+                    {"config.json": CONFIG, "model.safetensors": _raw_st(hand, t0 + t1)}))
     ident = model(ts, {"format": "pt"}, tokenizer_json=b'{"v": 1}')
     out.append(Pair("identical", ident, dict(ident)))
     zeros = ("z", "F32", (64, 4), bytes(1024))
