@@ -152,7 +152,9 @@ class _Planner:
                     for off, ln in _chunks(0, info.size, self.chunk):
                         yield r, ("rec",), ("zraw", path, off, ln)
             else:
-                yield r, ("rec",), ("hdr", out.headers[rel])
+                header = out.headers[rel]  # one record each MAX_RAW bytes (a header may be 100 MB)
+                for off in range(0, len(header), codec.MAX_RAW):
+                    yield r, ("rec",), ("hdr", header[off:off + codec.MAX_RAW])
                 for oid in range(*out.spans[rel]):
                     yield from self._tensor_items(r, oid, out, inp, lookup, forward)
             yield r, ("end",), None

@@ -110,3 +110,21 @@ def test_corpus_is_legitimate(tmp_path: Path) -> None:
                     with safe_open(str(p), framework="numpy") as f:
                         names = set(f.keys())
                     assert names == {t.name for t in read_header(p).tensors}, (case.id, side, rel)
+
+
+def test_header_over_one_record(tmp_path: Path) -> None:
+    """A header over 64 MiB (a record's limit; the reference reader takes up to 100 MB) was one record
+    that apply refused (``invalid width 1 / size``): it is now cut into records of at most 64 MiB."""
+    from airlock.delta.codec import MAX_RAW
+    from tests.delta.pairs_corpus import st
+
+    t = ("w", "F32", (4,), bytes(16))
+    old = write(tmp_path / "v1.0", {"config.json": CONFIG, "model.safetensors": st([t])})
+    new = write(tmp_path / "v1.1", {"config.json": CONFIG,
+                                    "model.safetensors": st([t], {"notes": "x" * (MAX_RAW + 5000)})})
+    delta = tmp_path / "d.aldelta"
+    make_delta(old, new, delta)
+    apply_delta(old, delta, tmp_path / "fwd")
+    assert tree_digest(tmp_path / "fwd") == tree_digest(new)
+    apply_delta(new, delta, tmp_path / "back", reverse=True)
+    assert tree_digest(tmp_path / "back") == tree_digest(old)
