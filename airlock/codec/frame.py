@@ -28,6 +28,7 @@ manifest before they are decoded, so only signed bytes reach it.)"""
 from __future__ import annotations
 
 import struct
+from concurrent.futures import Executor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,10 +198,12 @@ def _pco_into(coded: memoryview, out: memoryview, code: int) -> None:
         dst[:] = into
 
 
-def decode_block(frame: bytes | bytearray | memoryview, size: int,
-                 out: memoryview | None = None) -> memoryview:
+def decode_block(frame: bytes | bytearray | memoryview, size: int, out: memoryview | None = None,
+                 pool: Executor | None = None) -> memoryview:
     """The ``size`` bytes of the block ``frame`` codes (written into ``out`` when given: a reused
-    buffer of at least ``size`` bytes); FrameError when it cannot be that."""
+    buffer of at least ``size`` bytes); FrameError when it cannot be that. With ``pool`` the segments
+    (tensors) decode in parallel (pcodec, zstd and numpy release the GIL): a model of one or two blocks
+    (a 90 MB model in 64 MiB blocks) still decodes on all cores."""
     view = memoryview(frame)
     if len(view) < _HEAD.size:
         raise FrameError("frame shorter than its header")
@@ -233,13 +236,25 @@ def decode_block(frame: bytes | bytearray | memoryview, size: int,
                          f"of {len(view) - pos}")
     # not zeroed: every byte is written below
     dst = np.empty(size, dtype=np.uint8).data if out is None else out[:size]
+    jobs: list[tuple[int, int, memoryview, memoryview]] = []
     at = 0
     for kind, code, raw, coded in plan:
-        src = view[pos:pos + coded]
-        if kind == PCO:
-            _pco_into(src, dst[at:at + raw], code)
-        else:
-            _inflate_into(src, dst[at:at + raw])
+        jobs.append((kind, code, view[pos:pos + coded], dst[at:at + raw]))
         pos += coded
         at += raw
+    if pool is None or len(jobs) < 2:
+        for job in jobs:
+            _decode_segment(*job)
+        return dst
+    futures = [pool.submit(_decode_segment, *job) for job in sorted(jobs, key=lambda j: -len(j[3]))]
+    wait(futures)  # all of them, failed or not, before the caller may reuse ``out``
+    for fut in futures:
+        fut.result()  # the FrameError of a segment that did not decode
     return dst
+
+
+def _decode_segment(kind: int, code: int, src: memoryview, dst: memoryview) -> None:
+    if kind == PCO:
+        _pco_into(src, dst, code)
+    else:
+        _inflate_into(src, dst)

@@ -94,6 +94,20 @@ class _Buffers:
 
 
 _BUFFERS = _Buffers()
+_SEGMENTS: list[ThreadPoolExecutor] = []
+_SEGMENTS_LOCK = threading.Lock()
+
+
+def _segment_pool() -> ThreadPoolExecutor | None:
+    """Threads (one per core, started once) that decode the segments of a frame in parallel; None on
+    one core. Only ``decode_block`` submits here and these tasks submit nothing, so the block workers
+    waiting on them cannot deadlock."""
+    if workers() < 2:
+        return None
+    with _SEGMENTS_LOCK:
+        if not _SEGMENTS:
+            _SEGMENTS.append(ThreadPoolExecutor(workers(), thread_name_prefix="airlock-segment"))
+        return _SEGMENTS[0]
 
 
 def _read_exact(fh: _Reader, n: int, name: str, into: np.ndarray | None = None) -> memoryview:
@@ -260,7 +274,7 @@ def _decode_checked(rel: str, entry: FileEntry, i: int, frame: bytes | bytearray
         raise _bad_frame(rel, i, entry, "does not match its manifest hash")
     length = min(entry.block_size, entry.size - i * entry.block_size)
     try:
-        data = decode_block(frame, length, out)
+        data = decode_block(frame, length, out, _segment_pool())
     except FrameError as exc:
         raise _bad_frame(rel, i, entry, f"does not decode ({exc})") from exc
     if hashlib.sha256(data).hexdigest() != entry.blocks[i]:
