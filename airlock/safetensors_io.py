@@ -23,6 +23,9 @@ from airlock.hashing import CHUNK
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_HEADER_DEPTH = 8  # the header is {name: {dtype, shape: [..], data_offsets: [..]}}, __metadata__
 INDEX_NAME = "model.safetensors.index.json"
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+"""How a Git LFS pointer file starts: what a clone without git-lfs holds instead of the weights."""
+LFS_HINT = "a Git LFS pointer, not the weights (a clone without git-lfs: run 'git lfs pull')"
 
 DTYPE_SIZES: dict[str, int] = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
@@ -160,6 +163,8 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
             if len(prefix) < 8:
                 raise _fail(p, f"file is {size} bytes, shorter than the 8-byte length prefix", "truncated")
             (n,) = struct.unpack("<Q", prefix)
+            if prefix + fh.read(len(LFS_POINTER) - 8) == LFS_POINTER:
+                raise _fail(p, f"is {LFS_HINT}", "lfs-pointer")
             if n > MAX_HEADER_BYTES:
                 raise _fail(p, f"header length {n} exceeds the limit of {MAX_HEADER_BYTES}", "header-size")
             if 8 + n > size:

@@ -15,6 +15,7 @@ import yaml
 from airlock.errors import ManifestError
 from airlock.fsutil import safe_relpath
 from airlock.hashing import DEFAULT_BLOCK_SIZE
+from airlock.safetensors_io import LFS_HINT, LFS_POINTER
 
 DEFAULT_SPLIT_SIZE = 4 * 1024**3 - 1024**2
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
@@ -235,6 +236,15 @@ TOKENIZER_NAMES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                    "spiece.model", "sentencepiece.bpe.model")
 
 
+def _head(path: Path, n: int) -> bytes:
+    """The first ``n`` bytes (empty when unreadable: the copy then reports the error)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return b""
+
+
 def check_model_dir(ms: ModelSpec, spec: Path) -> None:
     """What the appliance needs to load a full model, checked before a byte is copied: config.json
     (valid JSON), at least one weights file, and a tokenizer when the config names a vocabulary."""
@@ -251,6 +261,9 @@ def check_model_dir(ms: ModelSpec, spec: Path) -> None:
     files = [p for p in ms.path.rglob("*") if p.is_file() and not p.is_symlink()]
     if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in files):
         raise _err(spec, f"{where}: no weights file ({', '.join('*' + s for s in WEIGHT_SUFFIXES[:3])}, ...)")
+    for p in files:
+        if p.name.endswith(WEIGHT_SUFFIXES) and _head(p, len(LFS_POINTER)) == LFS_POINTER:
+            raise _err(spec, f"{where}: {p.relative_to(ms.path)} is {LFS_HINT}")
     text_model = isinstance(config, dict) and "vocab_size" in config
     if text_model and not any(p.name in TOKENIZER_NAMES for p in files):
         raise _err(spec, f"{where}: config.json has a vocab_size but there is no tokenizer "

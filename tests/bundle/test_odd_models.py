@@ -130,3 +130,13 @@ def test_full_bundle_with_lying_header_is_refused_before_install(tmp_path: Path,
         assert not repo.layout.version_dir("m", "1.0.0").exists()
     finally:
         repo.close()
+
+
+def test_full_bundle_build_refuses_git_lfs_pointer(tmp_path: Path, keys: Keys) -> None:
+    """A model cloned without git-lfs holds pointer files where the weights should be: refused before a
+    byte is copied, saying so (it would otherwise ship and fail only at the install's load check)."""
+    src = _hostile_model(tmp_path / "m", HOSTILE["git-lfs-pointer"][0])
+    with pytest.raises(AirlockError) as info:
+        _build(tmp_path, keys, "b", [{"name": "m", "version": "1.0.0", "path": str(src)}], 5)
+    assert "model.safetensors is a Git LFS pointer" in str(info.value) and "git lfs pull" in str(info.value)
+    assert not (tmp_path / "b").exists()

@@ -370,6 +370,9 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
     "lone-surrogate-name": (_raw_st(b'{"a\\ud800":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', b"\0"),
                             "safetensors-unicode"),
     "lone-surrogate-metadata": (_raw_st(b'{"__metadata__":{"k":"\\udc00"}}', b""), "safetensors-unicode"),
+    # a clone without git-lfs: the pointer file where the weights should be
+    "git-lfs-pointer": (b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64
+                        + b"\nsize 90868376\n", "safetensors-lfs-pointer"),
     "deep-json": (_raw_st(b"[" * 5000 + b"]" * 5000, b""), "safetensors-json"),
 }
 
