@@ -165,6 +165,7 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
             (n,) = struct.unpack("<Q", prefix)
             if prefix + fh.read(len(LFS_POINTER) - 8) == LFS_POINTER:
                 raise _fail(p, f"is {LFS_HINT}", "lfs-pointer")
+            fh.seek(8)  # the pointer check read past the length prefix
             if n > MAX_HEADER_BYTES:
                 raise _fail(p, f"header length {n} exceeds the limit of {MAX_HEADER_BYTES}", "header-size")
             if 8 + n > size:
