@@ -296,6 +296,9 @@ def main() -> None:
     if run.state.get("size_arg", args.size) != args.size:
         sys.exit(f"{work}: holds a run of another size; pass --fresh or another --work")
     run.state["size_arg"] = args.size
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=False)
+    run.state.setdefault("commit", head.stdout.strip() or None)
     run.save()
     try:
         main_path(run, args.size)
@@ -324,7 +327,9 @@ def write(out: Path, state: dict[str, Any]) -> None:
              + (f"; delta bundle: {state['delta_bytes'] / 1e6:.0f} MB" if "delta_bytes" in state else "")
              + ". Ratio = the bound's time / the step's time (1.0: as fast as the bound). Not timed: "
              f"generating the model ({setup.get('size', 0):.0f} s) and its v1.1 variant "
-             f"({setup.get('variant', 0):.0f} s).", "",
+             f"({setup.get('variant', 0):.0f} s)."
+             + (f" Code: commit {state['commit']}." if state.get("commit") else ""),
+             "",
              "| step | seconds | GB/s | bound | ratio to bound | peak RSS MB |",
              "|---|---:|---:|---|---:|---:|"]
     for s in steps:
@@ -344,7 +349,8 @@ def write(out: Path, state: dict[str, Any]) -> None:
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({
         "size": size, "stored": stored, "bounds": b, "cpus": cpus, "setup_seconds": setup,
-        "delta_bytes": state.get("delta_bytes"), "steps": state["steps"], "sweep": state.get("sweep", {})},
+        "commit": state.get("commit"), "delta_bytes": state.get("delta_bytes"), "steps": state["steps"],
+        "sweep": state.get("sweep", {})},
         indent=1) + "\n")
     plot(out, steps, size, b, rss_rows)
 
