@@ -298,6 +298,11 @@ def pairs() -> list[Pair]:
                     model([a, c], tokenizer_json=blob, copy__tokenizer_json=blob,
                           **{"2_Dense__model.safetensors": st([("linear.weight", *a[1:])])})))
 
+    # sizes at the bundle test's block (32 KiB) and split (300 000) edges, and at zstd's 128 KiB block
+    sizes = {f"blob-{n}.bin": rng(n).bytes(n) for n in (1, 32767, 32768, 32769, 131072, 300_000, 300_001)}
+    out.append(Pair("boundary-sizes", model([a], **{"x": b""}) | sizes,
+                    model([a]) | {k: v[:-1] + b"!" for k, v in sizes.items()}))
+
     unrel_old = [rand(g, f"u{i}", d, (17, 3)) for i, d in enumerate(("F32", "BF16", "F8_E5M2"))]
     unrel_new = [rand(g, f"v{i}", d, (5, 11)) for i, d in enumerate(("F16", "I8", "F64", "U32"))]
     out.append(Pair("unrelated", model(unrel_old, {"a": "1"}, tokenizer_json=b"{}"),
