@@ -271,6 +271,7 @@ def pairs() -> list[Pair]:
     tuned = [[nudge(t, g, 0.2) for t in s] for s in shards]
     out.append(Pair("sharded-index", _sharded(shards, 2), _sharded(tuned, 2)))
     out.append(Pair("resharded", _sharded(shards, 2), _sharded(shards, 3)))
+    out.append(Pair("resharded-and-tuned", _sharded(shards, 3), _sharded(tuned, 2)))
     out.append(Pair("sharded-to-single", _sharded(shards, 2), model([t for s in shards for t in s])))
 
     # elements straddle bundle blocks (odd header length, a 3-byte tensor first): compressed bundles
