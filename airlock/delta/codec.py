@@ -46,10 +46,26 @@ holding the GIL."""
 XOR_PCO1 = 11
 ZDIFF_PCO1 = 12
 """As XOR_PCO / ZDIFF_PCO with one group (no exponent context, no reverse section)."""
+ZDIFF_PRED = 13
+"""As ZDIFF_PCO, less a prediction: the change most common in the chunk among elements whose old value
+has the same exponent and top ``PRED_BITS`` mantissa bits (the *key*), from a table stored in the
+record. Weight decay moves every weight that no gradient touches (the unused rows of an embedding) by
+a fixed fraction of itself, so within a key the change is nearly constant and the residual is mostly
+0. Reversible records also carry the old top mantissa bits coded under the new ones (``entropy``)."""
+PRED_BITS = 4
+_MANTISSA = {"F32": 23, "BF16": 7, "F16": 10}
+"""Mantissa width of the dtypes ZDIFF_PRED codes (the key is exponent and top ``PRED_BITS`` bits)."""
+PRED_MIN_HITS = 0.25
+"""ZDIFF_PRED is tried when the prediction is exact for this share of a sample of the chunk (beyond its
+unchanged elements), and kept only if smaller than ZDIFF_PCO (the reverse top bits can cost more
+than the prediction saves where the mantissa is short)."""
+PRED_SURE = 0.5
+"""From this share on, an F32 chunk (whose top-bits section is small) skips coding ZDIFF_PCO too."""
 
 CODEC_NAMES = {ZSTD: "zstd", PLANES: "planes", XOR: "xor", ZDIFF: "zdiff", PREFIX: "prefix",
-               XOR_PCO: "xor-pco", ZDIFF_PCO: "zdiff-pco", XOR_PCO1: "xor-pco1", ZDIFF_PCO1: "zdiff-pco1"}
-PCO_CODECS = frozenset({XOR_PCO, ZDIFF_PCO, XOR_PCO1, ZDIFF_PCO1})
+               XOR_PCO: "xor-pco", ZDIFF_PCO: "zdiff-pco", XOR_PCO1: "xor-pco1", ZDIFF_PCO1: "zdiff-pco1",
+               ZDIFF_PRED: "zdiff-pred"}
+PCO_CODECS = frozenset({XOR_PCO, ZDIFF_PCO, XOR_PCO1, ZDIFF_PCO1, ZDIFF_PRED})
 BASED = frozenset({XOR, ZDIFF}) | PCO_CODECS
 PCO_LEVEL = 8
 _PCO = ChunkConfig(compression_level=PCO_LEVEL, delta_spec=DeltaSpec.no_op(), mode_spec=ModeSpec.classic(),
@@ -249,6 +265,11 @@ def encode_diff(new: bytes, old: bytes, width: int, level: int = LEVEL, *, dtype
     o = np.frombuffer(old, dtype=_UINT[width])
     ctx_old = context(o, dtype)
     plain, use_ctx = _choose(n, o, width, dtype, reversible)
+    hits, table = 0.0, None
+    if plain == ZDIFF and dtype in _MANTISSA:  # a prediction needs the exponent grouping
+        hits, table = _pred_table(n, o, dtype, width)
+    flat_too = not use_ctx and hits >= PRED_MIN_HITS  # grouped only for the prediction: try both
+    use_ctx = use_ctx or flat_too
     rev_in: tuple[np.ndarray, np.ndarray] | None = None
     if use_ctx and reversible:
         ctx_new = context(n, dtype)
@@ -263,17 +284,98 @@ def encode_diff(new: bytes, old: bytes, width: int, level: int = LEVEL, *, dtype
         if rev_in is not None:  # first, so the decoder can recover the grouping before the groups
             rev, rev_sections = entropy.encode([rev_in[0]], rev_in[1], level)
             parts += _cut(rev, rev_sections)
-        parts += _pco_encode(values, entropy.Grouping.of(ctx_old))
+        grouping = entropy.Grouping.of(ctx_old)
+        pred = None
+        if table is not None and hits >= PRED_MIN_HITS:
+            pred = _pred_parts(n, o, values, ctx_old, grouping, table, dtype, width, level,
+                               rev_in is not None)
+        sure = pred is not None and width >= 4 and hits >= PRED_SURE
+        plain_parts = None if sure else _pco_encode(values, grouping)
+        if pred is not None and (plain_parts is None or sum(map(len, pred)) < sum(map(len, plain_parts))):
+            codec, parts = ZDIFF_PRED, parts + pred
+        else:
+            assert plain_parts is not None
+            parts += plain_parts
     else:
         codec = ZDIFF_PCO1 if plain == ZDIFF else XOR_PCO1
         parts.append(standalone.simple_compress(np.ascontiguousarray(values), _PCO))
     enc = Encoded(codec, width, len(new), b"".join(parts), [len(p) for p in parts])
+    if flat_too:
+        frame = standalone.simple_compress(np.ascontiguousarray(values), _PCO)
+        if len(frame) <= len(enc.payload):
+            enc = Encoded(ZDIFF_PCO1, width, len(new), frame, [len(frame)])
     if len(new) <= SMALL:
         d = _zigzag(n - o, width) if plain == ZDIFF else n ^ o
         alt = _pack(plain, width, len(new), _split(d, width), level)
         if len(alt.payload) < len(enc.payload):
             return alt
     return enc
+
+
+def _top(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """The top ``PRED_BITS`` mantissa bits of each element (uint8)."""
+    return ((bits >> (_MANTISSA[dtype] - PRED_BITS)) & ((1 << PRED_BITS) - 1)).astype(np.uint8)
+
+
+def _top_context(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """Context of the change of the top mantissa bits (reverse): how near the new value is to the
+    edge of its top-bits bucket, as ``edge_context`` measures it for the binade."""
+    shift = _MANTISSA[dtype] - PRED_BITS
+    return _edge(bits & ((1 << shift) - 1), shift)
+
+
+def _pred_key(exp: np.ndarray, top: np.ndarray) -> np.ndarray:
+    return (exp.astype(np.int64) << PRED_BITS) | top
+
+
+def _pred_size(dtype: str, width: int) -> int:
+    """Bytes of the prediction table: one change of the element width per key."""
+    return (_EXPONENT[dtype][1] + 1) * (1 << PRED_BITS) * width
+
+
+def _mode_table(key: np.ndarray, d: np.ndarray, width: int, dtype: str) -> np.ndarray:
+    """The most common change ``d`` (unsigned view) per key; 0 for keys that do not occur."""
+    comb = np.sort((key.astype(np.uint64) << np.uint64(32)) | d.astype(np.uint64))
+    starts = np.concatenate(([0], np.flatnonzero(comb[1:] != comb[:-1]) + 1))
+    lens = np.diff(np.append(starts, comb.size))
+    vals = comb[starts]
+    keys = (vals >> np.uint64(32)).astype(np.int64)
+    order = np.lexsort((-lens, keys))
+    first = order[np.concatenate(([True], keys[order][1:] != keys[order][:-1]))]
+    table = np.zeros(_pred_size(dtype, width) // width, dtype=_UINT[width])
+    table[keys[first]] = (vals[first] & np.uint64(0xFFFFFFFF)).astype(_UINT[width])
+    return table
+
+
+def _pred_table(n: np.ndarray, o: np.ndarray, dtype: str, width: int) -> tuple[float, np.ndarray]:
+    """The prediction table from a sample of at most ``SAMPLE_BLOCK`` evenly spread elements, and the
+    share of that sample it predicts exactly beyond the unchanged elements (which ZDIFF_PCO codes
+    cheaply already: a table of zeros gains nothing)."""
+    step = max(1, o.size // SAMPLE_BLOCK)
+    so, sd = o[::step], n[::step] - o[::step]
+    sexp = context(so, dtype)
+    assert sexp is not None
+    skey = _pred_key(sexp, _top(so, dtype))
+    table = _mode_table(skey, sd, width, dtype)
+    gain = np.count_nonzero(sd == table[skey]) - np.count_nonzero(sd == 0)
+    return float(gain) / max(1, sd.size), table
+
+
+def _pred_parts(n: np.ndarray, o: np.ndarray, values: np.ndarray, ctx_old: np.ndarray,
+                grouping: entropy.Grouping, table: np.ndarray, dtype: str, width: int, level: int,
+                reversible: bool) -> list[bytes]:
+    """The sections of a ZDIFF_PRED record after its flag and exponent sections: reverse top bits,
+    table, one pcodec frame per group of the residuals."""
+    top_old = _top(o, dtype)
+    resid = (values.view(_UINT[width]) - table[_pred_key(ctx_old, top_old)]).view(_INT[width])
+    parts: list[bytes] = []
+    if reversible:  # the old top bits as a change from the new ones (mod 2^PRED_BITS)
+        change = (top_old - _top(n, dtype)) & ((1 << PRED_BITS) - 1)
+        rev, rev_sections = entropy.encode([change.astype(np.uint8)], _top_context(n, dtype), level)
+        parts += _cut(rev, rev_sections)
+    raw = table.astype(f"<u{width}").tobytes()
+    parts.append(compressor(level, len(raw)).compress(raw))
+    return parts + _pco_encode(resid, grouping)
 
 
 def _frames(payload: bytes, sizes: list[int], raw_each: int, dict_data: bytes | None = None) -> list[bytes]:
@@ -320,14 +422,20 @@ def _pco_decode(codec: int, payload: bytes, sections: list[int], width: int, b: 
     if sum(sections) != len(payload):
         raise DeltaFormatError("pco record sections do not add up to the record size", rule="delta-record")
     parts = _cut(payload, sections)
-    ctx = context(b, dtype) if codec in (XOR_PCO, ZDIFF_PCO) else None
+    pred = codec == ZDIFF_PRED
+    if pred and dtype not in _MANTISSA:
+        raise DeltaFormatError(f"zdiff-pred record for a {dtype or 'non-float'} tensor", rule="delta-record")
+    ctx = context(b, dtype) if codec in (XOR_PCO, ZDIFF_PCO, ZDIFF_PRED) else None
     skip = 0
+    table: np.ndarray | None = None
     if ctx is None:
         ctx = np.zeros(b.size, dtype=np.uint8)
-    else:  # a flag section: 1 when the reverse section (old exponents) follows
-        if not parts or parts[0] not in (b"\x00", b"\x01") or len(parts) < 1 + 2 * parts[0][0]:
+    else:  # a flag section: 1 when the reverse sections (old exponents, old top bits) follow
+        nrev = 2 if pred else 1
+        if not parts or parts[0] not in (b"\x00", b"\x01") or len(parts) < 1 + 2 * nrev * parts[0][0] + pred:
             raise DeltaFormatError("pco record has a bad reverse flag", rule="delta-record")
-        skip = 1 + 2 * parts[0][0]
+        skip = 1 + 2 * nrev * parts[0][0]
+        top = _top(b, dtype) if pred else None
         if reverse:
             if skip == 1:
                 raise DeltaFormatError("record lacks the reverse context (made with --no-reverse?)",
@@ -336,12 +444,22 @@ def _pco_decode(codec: int, payload: bytes, sections: list[int], width: int, b: 
             rev = payload[sections[0]:sum(sections[:3])]
             change = entropy.decode(rev, sections[1:3], reverse_context(b, dtype), 1)[0]
             ctx = ctx + change  # uint8 arithmetic wraps exactly like the encoder's subtraction
+            if top is not None:
+                rev = payload[sum(sections[:3]):sum(sections[:5])]
+                change = entropy.decode(rev, sections[3:5], _top_context(b, dtype), 1)[0]
+                top = (top + change) & ((1 << PRED_BITS) - 1)
+        if top is not None:
+            if int(ctx.max(initial=0)) > _EXPONENT[dtype][1]:  # a damaged exponent change section
+                raise DeltaFormatError("zdiff-pred record has an exponent out of range", rule="delta-record")
+            table = _read_table(parts[skip], dtype, width)[_pred_key(ctx, top)]
+            skip += 1
     grouping = entropy.Grouping.of(ctx)
     groups = len(grouping.sizes)
     if len(parts) - skip != groups:
         raise DeltaFormatError(f"pco record has {len(parts)} sections for {groups} groups",
                                rule="delta-record")
-    ordered = np.empty(b.size, dtype=_INT[width] if codec in (ZDIFF_PCO, ZDIFF_PCO1) else _UINT[width])
+    ordered = np.empty(b.size, dtype=_INT[width] if codec in (ZDIFF_PCO, ZDIFF_PCO1, ZDIFF_PRED)
+                       else _UINT[width])
     bounds = grouping.bounds
     for i, frame in enumerate(parts[skip:]):
         dst = ordered[bounds[i]:bounds[i + 1]]
@@ -351,7 +469,21 @@ def _pco_decode(codec: int, payload: bytes, sections: list[int], width: int, b: 
             raise DeltaFormatError(f"pco group {i} does not decode ({exc})", rule="delta-record") from exc
         if progress.n_processed != dst.size or not progress.finished:
             raise DeltaFormatError(f"pco group {i} holds the wrong number of values", rule="delta-record")
-    return grouping.unsort(ordered)
+    values = grouping.unsort(ordered)
+    if table is not None:
+        values = (values.view(_UINT[width]) + table).view(_INT[width])
+    return values
+
+
+def _read_table(frame: bytes, dtype: str, width: int) -> np.ndarray:
+    size = _pred_size(dtype, width)
+    try:
+        raw = decompressor().decompress(frame, max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise DeltaFormatError(f"prediction table does not decompress ({exc})", rule="delta-record") from exc
+    if len(raw) != size:
+        raise DeltaFormatError(f"prediction table is {len(raw)} bytes, expected {size}", rule="delta-record")
+    return np.frombuffer(raw, dtype=f"<u{width}").astype(_UINT[width])
 
 
 def decode(codec: int, width: int, raw_len: int, payload: bytes, planes: list[int],

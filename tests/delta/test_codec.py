@@ -108,7 +108,7 @@ def test_runs_with_impossible_counts_are_refused() -> None:
         entropy.decode(payload, sections, small, 1)
 
 
-@pytest.mark.parametrize("retired", [5, 6, 7, 8, 13])
+@pytest.mark.parametrize("retired", [5, 6, 7, 8, 14])
 def test_retired_or_unknown_codecs_are_refused(retired: int) -> None:
     old, new = _pair("BF16", 2, 1.0)
     with pytest.raises(DeltaFormatError, match="unknown codec"):
