@@ -105,17 +105,23 @@ def check_loadable(model_dir: Path, *, use_torch: bool = False,
         return FileIdentity(model, p.relative_to(model_dir).as_posix()) if model is not None else None
 
     shards = sorted(p for p in model_dir.rglob("*.safetensors") if p.is_file())
+    # A checkpoint (its shards and index) lives in one directory, so a tensor name is unique per
+    # directory; components in subdirectories (diffusers' unet/ and vae/) may reuse names.
     by_name: dict[str, TensorInfo] = {}
-    where: dict[str, str] = {}
+    where: dict[tuple[str, str], str] = {}  # (directory, tensor name) -> shard
+    located: dict[str, set[str]] = {}  # tensor name -> every shard holding it
     for shard in shards:
         header = _header(shard, keys, ident(shard))  # validates offsets, dtypes, overlaps
         rel = shard.relative_to(model_dir).as_posix()
+        folder = shard.parent.relative_to(model_dir).as_posix()
         for t in header.tensors:
-            if t.name in by_name:
-                raise _fail(shard, f"tensor {t.name!r} also present in {where[t.name]}", "loadable-duplicate")
-            by_name[t.name] = t
-            where[t.name] = rel
-    report.files, report.tensors = len(shards), len(by_name)
+            if (folder, t.name) in where:
+                raise _fail(shard, f"tensor {t.name!r} also present in {where[folder, t.name]}",
+                            "loadable-duplicate")
+            by_name.setdefault(t.name, t)
+            where[folder, t.name] = rel
+            located.setdefault(t.name, set()).add(rel)
+    report.files, report.tensors = len(shards), len(where)
     index_path = model_dir / "model.safetensors.index.json"
     if index_path.exists():
         try:
@@ -123,9 +129,10 @@ def check_loadable(model_dir: Path, *, use_torch: bool = False,
         except (ValueError, KeyError, TypeError) as exc:
             raise _fail(index_path, f"unreadable shard index ({exc})", "loadable-index") from exc
         for name, shard_rel in weight_map.items():
-            if where.get(name) != shard_rel:
-                raise _fail(index_path, f"tensor {name!r} mapped to {shard_rel}, found in "
-                            f"{where.get(name, 'no shard')}", "loadable-index")
+            if shard_rel not in located.get(name, ()):
+                found = ", ".join(sorted(located.get(name, ()))) or "no shard"
+                raise _fail(index_path, f"tensor {name!r} mapped to {shard_rel}, found in {found}",
+                            "loadable-index")
         report.checks.append("index")
     config_path = model_dir / "config.json"
     if config_path.exists() and by_name:

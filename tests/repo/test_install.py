@@ -191,3 +191,21 @@ def test_queries_on_an_empty_root_fail_clearly(tmp_path: Path) -> None:
         with pytest.raises(RepositoryError, match="no model repository"):
             call()
     assert not (tmp_path / "nothing").exists()
+
+
+def test_tensor_names_are_unique_per_directory_not_per_model(tmp_path: Path) -> None:
+    """A diffusers-style model (unet/, vae/) reuses tensor names across components: loadable. Two
+    shards of one checkpoint (one directory) holding the same name are refused."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    model = tmp_path / "pipe"
+    for part in ("unet", "vae"):
+        (model / part).mkdir(parents=True)
+        save_file({"conv_in.weight": np.ones((4, 4), np.float32)}, str(model / part / "model.safetensors"))
+    rep = check_loadable(model)
+    assert (rep.files, rep.tensors) == (2, 2)
+    save_file({"conv_in.weight": np.zeros((4, 4), np.float32)}, str(model / "vae" / "extra.safetensors"))
+    with pytest.raises(TensorFormatError, match=r"also present in vae/") as err:
+        check_loadable(model)
+    assert err.value.rule == "loadable-duplicate"
