@@ -319,9 +319,17 @@ def _top(bits: np.ndarray, dtype: str) -> np.ndarray:
 
 def _top_context(bits: np.ndarray, dtype: str) -> np.ndarray:
     """Context of the change of the top mantissa bits (reverse): how near the new value is to the
-    edge of its top-bits bucket, as ``edge_context`` measures it for the binade."""
+    edge of its top-bits bucket, as ``edge_context`` measures it for the binade, from the top 12 bits
+    below the top bits (all of them for BF16 and F16), through a table."""
     shift = _MANTISSA[dtype] - PRED_BITS
-    return _edge(bits & ((1 << shift) - 1), shift)
+    field = bits & ((1 << shift) - 1)
+    if shift > 12:
+        field, shift = field >> (shift - 12), 12
+    key = f"top{shift}"
+    lut = _EDGE_LUT.get(key)
+    if lut is None:
+        lut = _EDGE_LUT[key] = _edge(np.arange(1 << shift), shift)
+    return lut[field]
 
 
 def _pred_key(exp: np.ndarray, top: np.ndarray) -> np.ndarray:
