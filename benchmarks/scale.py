@@ -330,11 +330,13 @@ def write(out: Path, state: dict[str, Any]) -> None:
              f"({setup.get('variant', 0):.0f} s)."
              + (f" Code: commit {state['commit']}." if state.get("commit") else ""),
              "",
-             "| step | seconds | GB/s | bound | ratio to bound | peak RSS MB |",
-             "|---|---:|---:|---|---:|---:|"]
+             "| step | seconds | GB/s | bound | ratio to bound | vs sha256 | vs zstd | vs copy | peak RSS MB"
+             " |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for s in steps:
-        lines.append(f"| {s.name} | {s.seconds:.1f} | {s.gbps:.3f} | {s.bound} | {s.ratio:.2f} | "
-                     f"{s.rss / 1e6:.0f} |")
+        each = " | ".join(f"{b[k] / s.seconds:.2f}" for k in ("sha256", "zstd", "copy"))
+        lines.append(f"| {s.name} | {s.seconds:.1f} | {s.gbps:.3f} | {s.bound} | **{s.ratio:.2f}** | {each} "
+                     f"| {s.rss / 1e6:.0f} |")
     missing = [n for n in STEPS if n not in {s.name for s in steps}]
     if missing:
         lines += ["", f"Not reached in this run: {', '.join(missing)}."]
@@ -378,14 +380,17 @@ def plot(out: Path, steps: list[Step], size: int, b: dict[str, float],
     for label, secs in b.items():
         ax1.axvline(size / secs / GB, linestyle="--", linewidth=1, label=f"{label} bound", color={
             "sha256": "tab:red", "zstd": "tab:green", "copy": "tab:gray"}[label])
-    ax1.set_xlabel("GB/s of model bytes")
+    ax1.set_xlabel("GB/s of model bytes (log)")
+    ax1.set_xscale("log")
     ax1.invert_yaxis()
     ax1.legend(fontsize=8)
     ax2.barh(names, [s.ratio for s in steps], color=["tab:orange" if s.ratio < 0.5 else "tab:blue"
                                                       for s in steps])
     ax2.axvline(1.0, color="black", linewidth=1)
     ax2.axvline(0.5, color="tab:orange", linestyle=":", linewidth=1)
-    ax2.set_xlabel("bound time / step time")
+    for i, s in enumerate(steps):
+        ax2.text(s.ratio, i, f" {s.ratio:.2f}x {s.bound}", va="center", fontsize=8)
+    ax2.set_xlabel("bound time / step time (log; 1 = at the bound)")
     ax2.set_xscale("log")
     ax2.invert_yaxis()
     ax2.set_yticklabels([])
