@@ -29,6 +29,7 @@ from airlock.codec.frame import CODEC, FrameError, Segment, decode_block, encode
 from airlock.codec.layout import file_layout
 from airlock.errors import IntegrityError, ManifestError
 from airlock.faults import fault_point
+from airlock.fsutil import start_writeback
 from airlock.parallel import ordered_map
 
 Progress = Callable[[int], None]
@@ -354,6 +355,7 @@ def stage_coded(root: Path, rel: str, entry: FileEntry, out: io.FileIO, have: in
                         data = decoded(i, frame_at(i))
                     out.seek(start)
                     out.write(data.data)
+                    start_writeback(out.fileno(), start, len(data))
                     copied += 1
                     count.blocks_copied += 1
                     count.bytes_copied += len(data)
