@@ -337,6 +337,8 @@ def write(out: Path, state: dict[str, Any]) -> None:
         each = " | ".join(f"{b[k] / s.seconds:.2f}" for k in ("sha256", "zstd", "copy"))
         lines.append(f"| {s.name} | {s.seconds:.1f} | {s.gbps:.3f} | {s.bound} | **{s.ratio:.2f}** | {each} "
                      f"| {s.rss / 1e6:.0f} |")
+    slow = [f"{s.name} ({s.ratio:.2f}x of {s.bound})" for s in steps if s.ratio < 0.5]
+    lines += ["", f"Below 0.5x of its bound: {', '.join(slow) or 'none'}."]
     missing = [n for n in STEPS if n not in {s.name for s in steps}]
     if missing:
         lines += ["", f"Not reached in this run: {', '.join(missing)}."]
