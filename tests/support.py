@@ -163,6 +163,23 @@ def pids_running(program: bytes, naming: str) -> list[int]:
     return pids
 
 
+def orphans_under(program: bytes, prefix: str) -> list[int]:
+    """PIDs of orphaned processes (parent gone, re-parented to init) whose executable name ends with
+    ``program`` and one of whose arguments lies under ``prefix``: e.g. the python-backend stubs a
+    tritonserver killed with SIGKILL leaves behind, holding their shared-memory regions."""
+    under = prefix.rstrip("/").encode() + b"/"
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = proc.joinpath("cmdline").read_bytes().split(b"\0")
+            ppid = int(proc.joinpath("stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == 1 and argv and argv[0].endswith(program) and any(a.startswith(under) for a in argv[1:]):
+            pids.append(int(proc.name))
+    return pids
+
+
 def flip_byte(path: Path, offset: int, mask: int = 0xFF) -> None:
     """Tamper one byte in place (XOR ``mask``) as root would: the file's mode is left as it was."""
     mode = stat.S_IMODE(path.stat().st_mode)
