@@ -98,3 +98,19 @@ def ids() -> np.ndarray:
     from airlock.serving.golden import DEFAULT_INPUT_IDS
 
     return np.asarray(DEFAULT_INPUT_IDS, dtype=np.int64)
+
+
+def two_llm_versions(root: Path, name: str, settings: dict[str, object]) -> Path:
+    """``<root>/model_repo/<name>``: 1.0.0 and 1.1.0, two small DeepSeek-shaped models (seeds 0 and 1,
+    each with its WordLevel tokenizer.json), read-only, ``current`` -> 1.0.0, serving ``settings``."""
+    from airlock.fixtures.synthetic import generate_synthetic
+    from airlock.serving.settings import configure
+
+    model = root / "model_repo" / name
+    for version, seed in (("1.0.0", 0), ("1.1.0", 1)):
+        generate_synthetic(model / version, size_bytes=12 << 20, seed=seed)
+        for f in (model / version).iterdir():
+            f.chmod(0o444)
+    (model / "current").symlink_to("1.0.0")
+    configure(root, name, settings)
+    return model

@@ -17,9 +17,9 @@ import pytest
 from airlock.serving.client import StreamResult, stream_generate
 from airlock.serving.golden import generation_record, parse_golden
 from airlock.serving.reload import Reloader, smoke_test
-from airlock.serving.settings import configure
 from airlock.serving.triton_repo import generate, validate_config
 from tests.gpg import Keys
+from tests.serving.conftest import two_llm_versions
 
 TIMINGS = Path(os.environ.get("AIRLOCK_GENERATION_TIMINGS", "/tmp/airlock-generation-timings.json"))
 PROMPT = [0, 17, 300, 42, 7, 99]
@@ -28,16 +28,8 @@ PROMPT = [0, 17, 300, 42, 7, 99]
 @pytest.fixture(scope="module")
 def llm_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Airlock root with model gen_ds: 1.0.0 and 1.1.0, two DeepSeek-shaped models (seeds 0 and 1)."""
-    from airlock.fixtures.synthetic import generate_synthetic
-
     root = tmp_path_factory.mktemp("llm")
-    model = root / "model_repo" / "gen_ds"
-    for version, seed in (("1.0.0", 0), ("1.1.0", 1)):
-        generate_synthetic(model / version, size_bytes=12 << 20, seed=seed)
-        for f in (model / version).iterdir():
-            f.chmod(0o444)
-    (model / "current").symlink_to("1.0.0")
-    configure(root, "gen_ds", {"task": "generate"})
+    two_llm_versions(root, "gen_ds", {"task": "generate"})
     return root
 
 

@@ -27,9 +27,10 @@ from airlock.serving.client import StreamResult, infer_input, stream_infer, stre
 from airlock.serving.golden import parse_golden, text_record
 from airlock.serving.python_model.model import WordCodec
 from airlock.serving.reload import Reloader, smoke_test
-from airlock.serving.settings import SettingsStore, configure
+from airlock.serving.settings import SettingsStore
 from airlock.serving.triton_repo import MODEL_SOURCE, generate
 from tests.gpg import Keys
+from tests.serving.conftest import two_llm_versions
 
 STANDIN = Path(__file__).with_name("llm_standin.py")
 PROMPT_IDS = [17, 300, 42, 7, 99]
@@ -61,16 +62,8 @@ parameters: { key: "gpt_model_path" value: { string_value: "%s" } }
 def text_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Airlock root with model txt_vllm (1.0.0, 1.1.0: DeepSeek-shaped, seeds 0 and 1, each with its
     WordLevel tokenizer.json), configured for the vllm backend."""
-    from airlock.fixtures.synthetic import generate_synthetic
-
     root = tmp_path_factory.mktemp("text")
-    model = root / "model_repo" / "txt_vllm"
-    for version, seed in (("1.0.0", 0), ("1.1.0", 1)):
-        generate_synthetic(model / version, size_bytes=12 << 20, seed=seed)
-        for f in (model / version).iterdir():
-            f.chmod(0o444)
-    (model / "current").symlink_to("1.0.0")
-    configure(root, "txt_vllm", {"backend": "vllm"})
+    two_llm_versions(root, "txt_vllm", {"backend": "vllm"})
     return root
 
 
