@@ -283,6 +283,15 @@ def _decode_checked(rel: str, entry: FileEntry, i: int, frame: bytes | bytearray
     return data
 
 
+def _decode_pooled(rel: str, entry: FileEntry, i: int, frame: np.ndarray) -> np.ndarray:
+    """``_decode_checked`` into a reused block buffer; the frame's buffer goes back to the pool."""
+    bs = entry.block_size
+    block = _BUFFERS.get(min(bs, entry.size - i * bs), bs)
+    _decode_checked(rel, entry, i, frame.data, block.data)
+    _BUFFERS.put(frame)
+    return block
+
+
 def stage_coded(root: Path, rel: str, entry: FileEntry, out: io.FileIO, have: int, count: Counters,
                 progress: Progress) -> int:
     """Fill ``out`` (the partial copy, ``have`` bytes long) with the decoded payload: blocks already
@@ -329,12 +338,6 @@ def stage_coded(root: Path, rel: str, entry: FileEntry, out: io.FileIO, have: in
                 else:
                     yield i, frame_at(i), False
 
-        def decoded(i: int, frame: np.ndarray) -> np.ndarray:
-            block = _BUFFERS.get(min(bs, entry.size - i * bs), bs)
-            _decode_checked(rel, entry, i, frame.data, block.data)
-            _BUFFERS.put(frame)
-            return block
-
         def work(task: tuple[int, np.ndarray, bool]) -> tuple[int, np.ndarray | None, bool]:
             i, data, existing = task
             if existing:
@@ -342,7 +345,7 @@ def stage_coded(root: Path, rel: str, entry: FileEntry, out: io.FileIO, have: in
                     return i, data, True
                 _BUFFERS.put(data)
                 return i, None, True
-            return i, decoded(i, data), False
+            return i, _decode_pooled(rel, entry, i, data), False
 
         for i, data, existing in ordered_map(work, tasks(), n_workers, window):
             start = i * bs
@@ -352,7 +355,7 @@ def stage_coded(root: Path, rel: str, entry: FileEntry, out: io.FileIO, have: in
                     count.bytes_reused += len(data)
                 else:
                     if data is None:  # a damaged block of an earlier copy: from the medium again
-                        data = decoded(i, frame_at(i))
+                        data = _decode_pooled(rel, entry, i, frame_at(i))
                     out.seek(start)
                     out.write(data.data)
                     start_writeback(out.fileno(), start, len(data))
@@ -423,17 +426,10 @@ class FrameStream:
                 raise _bad_frame(self.rel, i, self.entry, "does not match its manifest hash")
             _BUFFERS.put(frame)
         else:
-            self._pending.append(self._pool.submit(self._decode, i, frame))
+            self._pending.append(self._pool.submit(_decode_pooled, self.rel, self.entry, i, frame))
             while len(self._pending) >= self._window:
                 self._write_oldest()
         self._i += 1
-
-    def _decode(self, i: int, frame: np.ndarray) -> np.ndarray:
-        bs = self.entry.block_size
-        block = _BUFFERS.get(min(bs, self.entry.size - i * bs), bs)
-        _decode_checked(self.rel, self.entry, i, frame.data, block.data)
-        _BUFFERS.put(frame)
-        return block
 
     def _write_oldest(self) -> None:
         try:
