@@ -43,6 +43,77 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
            ctypes.c_uint(_SYNC_FILE_RANGE_WRITE))  # best effort: an error leaves it to the fsync
 
 
+DIRECT_ALIGN = 4096
+"""O_DIRECT alignment (offset, length, buffer address) that every Linux block device accepts."""
+
+
+class BlockWriter:
+    """Write whole blocks of one file at their offsets, bypassing the page cache (O_DIRECT) where the
+    file system allows it, else through ``fd`` with writeback started at once (``start_writeback``).
+
+    Why: staging writes the whole model once and does not read it back through the cache. Buffered,
+    every byte is first copied into freshly allocated page-cache pages (a fifth of staging's CPU in a
+    profile, and on a VM whose freed memory goes back to the host, a page first touched can cost ten
+    times that: 0.14-1.2 s for the same 268 MB); past the dirty limits the writer is throttled anyway.
+    Direct, the disk reads the block straight from our (reused, page-aligned) buffer. A block that is
+    not aligned (a buffer not on a page, the short last block with no room to pad) goes through
+    ``fd``; a file system that refuses O_DIRECT (tmpfs, some FUSE) or an EINVAL at the first write
+    turns direct writes off for the file. The short last block is padded to the alignment from the
+    buffer's spare capacity (the pad zeroed) and the caller truncates the file to its size; a copy cut
+    short in between only ever holds verified blocks plus zeros past the end. ``fd`` stays the
+    caller's; ``close`` closes only the direct descriptor. Durability still comes from fsync(fd)."""
+
+    def __init__(self, fd: int, *, direct: bool = True) -> None:
+        self.fd = fd
+        self._direct = -1
+        if direct and hasattr(os, "O_DIRECT"):
+            with contextlib.suppress(OSError):  # same open file, other flags: no path, no TOCTOU
+                self._direct = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+
+    @property
+    def direct(self) -> bool:
+        return self._direct >= 0
+
+    def write_block(self, buf: memoryview, n: int, offset: int) -> None:
+        """Write ``buf[:n]`` at ``offset``. ``buf`` may be longer than ``n`` (a block buffer holding a
+        short last block): its spare bytes let that block be padded for a direct write."""
+        pad = -n % DIRECT_ALIGN
+        if (self._direct >= 0 and n and offset % DIRECT_ALIGN == 0 and len(buf) >= n + pad
+                and not buf.readonly and _address(buf) % DIRECT_ALIGN == 0):
+            if pad:
+                buf[n:n + pad] = bytes(pad)
+            try:
+                done = os.pwrite(self._direct, buf[:n + pad], offset)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.close()  # the device wants another alignment: buffered from here on
+                done = 0
+            if done >= n:
+                return
+            buf, n, offset = buf[done:], n - done, offset + done
+        start, view = offset, buf[:n]
+        while view:
+            k = os.pwrite(self.fd, view, offset)
+            view, offset = view[k:], offset + k
+        start_writeback(self.fd, start, n)
+
+    def close(self) -> None:
+        if self._direct >= 0:
+            os.close(self._direct)
+            self._direct = -1
+
+    def __enter__(self) -> BlockWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _address(buf: memoryview) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
 CHMOD_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM})
 
 

@@ -12,6 +12,11 @@ from typing import BinaryIO
 
 CHUNK = 4 * 1024 * 1024
 DEFAULT_BLOCK_SIZE = 64 * 1024 * 1024
+CODED_BLOCK_SIZE = 16 * 1024 * 1024
+"""Default block of a compressed bundle (``--compress``): each block is one coded frame, and staging
+holds a window of frames and decoded blocks in memory, so smaller blocks keep staging's memory (and
+the cost of first touching it) at a quarter, and split a 3-shard model into enough work for every
+core; the bundle is within 0.01 % of its size at 64 MiB (frames of the same tensors)."""
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just processed."""

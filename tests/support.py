@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import shutil
 import stat
@@ -190,3 +192,22 @@ def flip_byte(path: Path, offset: int, mask: int = 0xFF) -> None:
         fh.seek(offset)
         fh.write(bytes([b[0] ^ mask]))
     path.chmod(mode)
+
+
+def resident_bytes(path: Path) -> int:
+    """Bytes of ``path`` held in the page cache now (mincore(2) over a private mapping that is never
+    written, so its pages are the file's cache pages). Read it before reading the file's contents."""
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    page = mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * (-(-size // page)))()
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY) as mm:
+        view = (ctypes.c_char * size).from_buffer(mm)
+        try:
+            if libc.mincore(ctypes.c_void_p(ctypes.addressof(view)), ctypes.c_size_t(size), vec) != 0:
+                raise OSError(ctypes.get_errno(), f"mincore {path}")
+        finally:
+            del view
+    return min(size, sum(page for v in vec if v & 1))

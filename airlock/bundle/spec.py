@@ -14,7 +14,7 @@ import yaml
 
 from airlock.errors import ManifestError
 from airlock.fsutil import safe_relpath
-from airlock.hashing import DEFAULT_BLOCK_SIZE
+from airlock.hashing import CODED_BLOCK_SIZE, DEFAULT_BLOCK_SIZE
 from airlock.safetensors_io import LFS_HINT, LFS_POINTER
 
 DEFAULT_SPLIT_SIZE = 4 * 1024**3 - 1024**2
@@ -213,6 +213,8 @@ def load_spec(path: Path, *, split_size: int | None = None, block_size: int | No
             split_size=split_size or parse_size(raw.get("split_size", DEFAULT_SPLIT_SIZE)),
             compress=bool(raw.get("compress", False)) if compress is None else compress,
         )
+        if spec.compress and not block_size and "block_size" not in raw:
+            spec.block_size = CODED_BLOCK_SIZE
     except ValueError as exc:
         raise _err(path, str(exc)) from exc
     if spec.block_size <= 0 or spec.split_size <= 0:

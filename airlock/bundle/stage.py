@@ -9,6 +9,7 @@ interrupted or damaged earlier run are kept when they match the manifest, the re
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import stat
@@ -204,12 +205,9 @@ def _clean(stage: Path, m: Manifest) -> None:
                 os.unlink(full)
 
 
-def _copy_one(root: Path, stage: Path, rel: str, entry: FileEntry, counters: StageCounters,
-              tick: Progress) -> None:
-    """Stage one payload block by block: a block already present (from an interrupted or damaged
-    earlier stage) is kept when it hashes to the manifest's block; any other block is read from the
-    bundle once, hashed while written, and must match. The file gets its final name only when its
-    size, every block and the whole-file hash matched."""
+def _open_target(stage: Path, rel: str) -> io.FileIO:
+    """The partial copy of ``rel``, opened for writing: a complete earlier copy is re-checked like a
+    partial one; anything but a regular file of ours with one link is removed or refused."""
     final = stage / rel
     partial = stage / (rel + PARTIAL_SUFFIX)
     final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -226,20 +224,41 @@ def _copy_one(root: Path, stage: Path, rel: str, entry: FileEntry, counters: Sta
             os.unlink(final)
     if os.path.lexists(partial) and not stat.S_ISREG(os.lstat(partial).st_mode):
         os.unlink(partial)
-    fd = _open_partial(partial)
+    return os.fdopen(_open_partial(partial), "r+b", buffering=0)
+
+
+def _seal(stage: Path, rel: str, out: io.FileIO, copied: int, counters: StageCounters) -> None:
+    """A verified partial copy (cut to its size) becomes the staged file: fsync, final name, 0400."""
+    with out:
+        os.fsync(out.fileno())
+    if copied:
+        counters.files_copied += 1
+    else:
+        counters.files_reused += 1
+    fault_point("stage-before-rename")
+    final = stage / rel
+    os.replace(stage / (rel + PARTIAL_SUFFIX), final)
+    os.chmod(final, 0o400)
+    fsync_dir(final.parent)
+
+
+def _copy_raw(root: Path, stage: Path, rel: str, entry: FileEntry, counters: StageCounters,
+              tick: Progress) -> None:
+    """Stage one raw payload block by block: a block already present (from an interrupted or damaged
+    earlier stage) is kept when it hashes to the manifest's block; any other block is read from the
+    bundle once, hashed while written, and must match. The file gets its final name only when its
+    size, every block and the whole-file hash matched."""
+    out = _open_target(stage, rel)
     files = payload_files(root, rel, entry.size, [p.size for p in entry.parts])  # parts, or whole when staged
     names, sizes = [n for n, _ in files], [s for _, s in files]
     raw = PartsReader(root, names, sizes, rel)
     checker = BlockChecker(rel, entry)
     bs = entry.block_size
     copied = 0
-    with raw, os.fdopen(fd, "r+b", buffering=0) as out:
+    with raw, out:
         have = os.fstat(out.fileno()).st_size
-        coded = codec.coded_here(root, entry)
-        if coded:  # compressed (airlock/codec): frames checked, decoded, blocks checked, on all cores
-            copied = codec.stage_coded(root, rel, entry, out, have, counters, tick)
         src_pos = -1
-        for i in range(0 if coded else len(entry.blocks)):
+        for i in range(len(entry.blocks)):
             start = i * bs
             length = min(bs, entry.size - start)
             if start + length <= have:
@@ -271,20 +290,11 @@ def _copy_one(root: Path, stage: Path, rel: str, entry: FileEntry, counters: Sta
             fault_point("stage-mid-copy")
         out.truncate(entry.size)
         try:
-            if not coded:
-                checker.finish()
+            checker.finish()
         except IntegrityError:
             out.truncate(0)
             raise
-        os.fsync(out.fileno())
-    if copied:
-        counters.files_copied += 1
-    else:
-        counters.files_reused += 1
-    fault_point("stage-before-rename")
-    os.replace(partial, final)
-    os.chmod(final, 0o400)
-    fsync_dir(final.parent)
+        _seal(stage, rel, out, copied, counters)
 
 
 def stage_bundle(bundle_dir: Path, staging_dir: Path, trust: Trust, *, compatible: str | None = None,
@@ -301,8 +311,13 @@ def stage_bundle(bundle_dir: Path, staging_dir: Path, trust: Trust, *, compatibl
     check_sizes(root, manifest)  # same refusals as verify (extra or missing bytes) before any copy
     counters = StageCounters()
     tick = progress or no_progress
+    coded = [(rel, e) for rel, e in manifest.files.items() if codec.coded_here(root, e)]
     for rel, entry in manifest.files.items():
-        _copy_one(root, stage, rel, entry, counters, tick)
+        if not codec.coded_here(root, entry):
+            _copy_raw(root, stage, rel, entry, counters, tick)
+    # compressed payloads: one pipeline across files (frames checked, decoded, blocks checked, all cores)
+    codec.stage_coded(root, coded, lambda rel, _e: _open_target(stage, rel),
+                      lambda rel, _e, out, copied: _seal(stage, rel, out, copied, counters), counters, tick)
     fsync_dir(stage)
     counters.seconds = time.monotonic() - started
     return complete_stage(stage, signed, counters)

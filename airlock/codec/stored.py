@@ -29,7 +29,7 @@ from airlock.codec.frame import CODEC, FrameError, Segment, decode_block, encode
 from airlock.codec.layout import file_layout
 from airlock.errors import IntegrityError, ManifestError
 from airlock.faults import fault_point
-from airlock.fsutil import start_writeback
+from airlock.fsutil import DIRECT_ALIGN, BlockWriter
 from airlock.parallel import ordered_map
 
 Progress = Callable[[int], None]
@@ -73,25 +73,36 @@ class _Buffers:
         self._lock = threading.Lock()
 
     def get(self, n: int, capacity: int) -> np.ndarray:
-        """A buffer of ``n`` bytes (uninitialised), from the pool of ``capacity``-byte buffers."""
+        """A buffer of ``n`` bytes (uninitialised, starting on a page: O_DIRECT writes it as it is),
+        from the pool of ``capacity``-byte buffers."""
         if n < self.SMALL or n > capacity:
             return np.empty(n, dtype=np.uint8)
         with self._lock:
             free = self._free.get(capacity)
-            buf = free.pop() if free else None
-        if buf is None:
-            buf = np.empty(capacity, dtype=np.uint8)
-        return buf[:n]
+            owner = free.pop() if free else None
+        if owner is None:
+            owner = np.empty(capacity + DIRECT_ALIGN, dtype=np.uint8)
+        skip = -owner.ctypes.data % DIRECT_ALIGN
+        return owner[skip:skip + n]
 
     def put(self, buf: np.ndarray | None) -> None:
         """Give back a buffer from ``get`` (a view of a pooled buffer returns the whole buffer)."""
-        base = buf.base if buf is not None and isinstance(buf.base, np.ndarray) else None
-        if base is None or base.nbytes < self.SMALL:
+        owner = buf.base if buf is not None and isinstance(buf.base, np.ndarray) else None
+        if owner is None or owner.nbytes < self.SMALL + DIRECT_ALIGN:
             return
         with self._lock:
-            free = self._free.setdefault(base.nbytes, [])
-            if len(free) < self.keep and not any(b is base for b in free):
-                free.append(base)
+            free = self._free.setdefault(owner.nbytes - DIRECT_ALIGN, [])
+            if len(free) < self.keep and not any(b is owner for b in free):
+                free.append(owner)
+
+
+def _extent(buf: np.ndarray) -> memoryview:
+    """``buf``'s memory up to the end of its allocation (a pooled block buffer has room past a short
+    last block: ``BlockWriter`` pads into it)."""
+    owner = buf.base if isinstance(buf.base, np.ndarray) else None
+    if owner is None or not owner.flags.c_contiguous:
+        return buf.data
+    return owner[buf.ctypes.data - owner.ctypes.data:].data
 
 
 _BUFFERS = _Buffers()
@@ -292,89 +303,144 @@ def _decode_pooled(rel: str, entry: FileEntry, i: int, frame: np.ndarray) -> np.
     return block
 
 
-def stage_coded(root: Path, rel: str, entry: FileEntry, out: io.FileIO, have: int, count: Counters,
-                progress: Progress) -> int:
-    """Fill ``out`` (the partial copy, ``have`` bytes long) with the decoded payload: blocks already
-    there that hash to the manifest are kept, every other block is read as its frame, checked,
-    decoded, checked and written. Frames are read here, checked and decoded on all cores, written here
-    in order; the caller fsyncs once per file.
+@dataclass
+class _Target:
+    """One coded payload being staged: its partial copy (``out``, ``have`` bytes long at the start)
+    and where its frames are on the medium."""
+
+    rel: str
+    entry: FileEntry
+    out: io.FileIO
+    writer: BlockWriter
+    have: int
+    offsets: list[int]
+    copied: int = 0
+    verified: int = 0
+
+    def close(self) -> None:
+        self.writer.close()
+        self.out.close()
+
+
+_Task = tuple[_Target, int, np.ndarray | None, bool]
+"""(payload, block index or -1 at its end, the frame or existing block, whether it is existing)"""
+OpenTarget = Callable[[str, FileEntry], io.FileIO]
+SealTarget = Callable[[str, FileEntry, io.FileIO, int], None]
+
+
+def _frame_offsets(entry: FileEntry) -> list[int]:
+    assert entry.coding is not None
+    offsets = [0]
+    for f in entry.coding.frames:
+        offsets.append(offsets[-1] + f.size)
+    return offsets
+
+
+def _medium(root: Path, rel: str, entry: FileEntry) -> PartsReader:
+    files = stored_files(rel, entry)
+    return PartsReader(root, [n for n, _ in files], [s for _, s in files], rel)
+
+
+def _read_frame(raw: PartsReader, t: _Target, i: int, at: int) -> np.ndarray:
+    """Frame ``i`` of ``t`` into a pooled buffer; ``at``: where ``raw`` is now."""
+    assert t.entry.coding is not None
+    if at != t.offsets[i]:
+        raw.seek_to(t.offsets[i])
+    buf = _BUFFERS.get(t.entry.coding.frames[i].size, t.entry.block_size)
+    _read_exact(raw, t.entry.coding.frames[i].size, t.rel, buf)
+    return buf
+
+
+def stage_coded(root: Path, payloads: list[tuple[str, FileEntry]], open_target: OpenTarget,
+                seal: SealTarget, count: Counters, progress: Progress) -> None:
+    """Stage the coded ``payloads`` (``coded_here``) in one pipeline: frames are read here, checked and
+    decoded on all cores, and the verified blocks written here in order, file after file, so the cores
+    stay busy across file boundaries (a model of many 2-3 block shards would otherwise fill and drain
+    the pipeline per file). ``open_target(rel, entry)`` gives the partial copy of a payload (opened
+    when the pipeline reaches it; blocks already there that hash to the manifest are kept);
+    ``seal(rel, entry, out, blocks_copied)`` gets it once every block is verified and written and the
+    file cut to its size (the caller fsyncs, closes and renames). Blocks are written with O_DIRECT
+    where the file system allows it (``fsutil.BlockWriter``).
 
     One check per trust step: the frame's signed sha256 before decoding (the medium), the decoded
     block's signed sha256 before writing (the decoder). Every block of the file, of exactly the signed
     size, matches its signed hash, so the whole file is the signed file; the serial whole-file sha256
     over the decoded bytes (one more sha256 per byte on one core) is not recomputed here (the raw path
-    still computes it: there it is the only hash of the bytes as read). Returns the blocks copied;
-    raises IntegrityError (``out`` cut back to the last good block, never keeping unverified bytes)."""
-    assert entry.coding is not None
-    coding = entry.coding
-    bs = entry.block_size
-    files = stored_files(rel, entry)
-    offsets = [0]
-    for f in coding.frames:
-        offsets.append(offsets[-1] + f.size)
-    n_workers, window = _window(bs)
-    copied = verified = 0
+    still computes it: there it is the only hash of the bytes as read). A failure raises
+    IntegrityError; a partial copy never keeps unverified bytes (only verified blocks are written)."""
+    n_workers, window = _window(max((e.block_size for _, e in payloads), default=1))
+    opened: list[_Target] = []
 
-    with PartsReader(root, [n for n, _ in files], [s for _, s in files], rel) as raw:
-        pos = [-1]
+    def tasks() -> Iterator[_Task]:
+        for rel, entry in payloads:
+            out = open_target(rel, entry)
+            t = _Target(rel, entry, out, BlockWriter(out.fileno()), os.fstat(out.fileno()).st_size,
+                        _frame_offsets(entry))
+            opened.append(t)
+            bs = entry.block_size
+            with _medium(root, rel, entry) as raw:
+                at = -1
+                for i in range(len(entry.blocks)):
+                    start = i * bs
+                    length = min(bs, entry.size - start)
+                    if start + length <= t.have:
+                        out.seek(start)
+                        buf = _BUFFERS.get(length, bs)
+                        _read_exact(out, length, rel, buf)
+                        yield t, i, buf, True
+                    else:
+                        yield t, i, _read_frame(raw, t, i, at), False
+                        at = t.offsets[i + 1]
+            yield t, -1, None, False  # end of this file's blocks
 
-        def frame_at(i: int) -> np.ndarray:
-            if pos[0] != offsets[i]:
-                raw.seek_to(offsets[i])
-            buf = _BUFFERS.get(coding.frames[i].size, bs)
-            _read_exact(raw, coding.frames[i].size, rel, buf)
-            pos[0] = offsets[i + 1]
-            return buf
+    def work(task: _Task) -> _Task:
+        t, i, data, existing = task
+        if data is None:
+            return task
+        if existing:
+            if hashlib.sha256(data.data).hexdigest() == t.entry.blocks[i]:
+                return task
+            _BUFFERS.put(data)  # a damaged block of an earlier copy: from the medium again
+            with _medium(root, t.rel, t.entry) as raw:
+                data = _read_frame(raw, t, i, -1)
+        return t, i, _decode_pooled(t.rel, t.entry, i, data), False
 
-        def tasks() -> Iterator[tuple[int, np.ndarray, bool]]:
-            for i in range(len(entry.blocks)):
-                start = i * bs
-                length = min(bs, entry.size - start)
-                if start + length <= have:
-                    out.seek(start)
-                    buf = _BUFFERS.get(length, bs)
-                    _read_exact(out, length, rel, buf)
-                    yield i, buf, True
-                else:
-                    yield i, frame_at(i), False
-
-        def work(task: tuple[int, np.ndarray, bool]) -> tuple[int, np.ndarray | None, bool]:
-            i, data, existing = task
+    try:
+        for t, i, data, existing in ordered_map(work, tasks(), n_workers, window):
+            if data is None:
+                _finish(t, seal)
+                opened.remove(t)
+                continue
             if existing:
-                if hashlib.sha256(data.data).hexdigest() == entry.blocks[i]:
-                    return i, data, True
-                _BUFFERS.put(data)
-                return i, None, True
-            return i, _decode_pooled(rel, entry, i, data), False
-
-        for i, data, existing in ordered_map(work, tasks(), n_workers, window):
-            start = i * bs
-            try:
-                if existing and data is not None:
-                    count.blocks_reused += 1
-                    count.bytes_reused += len(data)
-                else:
-                    if data is None:  # a damaged block of an earlier copy: from the medium again
-                        data = _decode_pooled(rel, entry, i, frame_at(i))
-                    out.seek(start)
-                    out.write(data.data)
-                    start_writeback(out.fileno(), start, len(data))
-                    copied += 1
+                count.blocks_reused += 1
+                count.bytes_reused += len(data)
+            else:
+                start = i * t.entry.block_size
+                try:
+                    t.writer.write_block(_extent(data), len(data), start)
+                    t.copied += 1
                     count.blocks_copied += 1
                     count.bytes_copied += len(data)
                     fault_point("stage-mid-copy")
-            except BaseException:
-                out.truncate(start)  # never keep unverified bytes for a later resume
-                raise
-            verified += 1
+                except BaseException:
+                    t.out.truncate(start)  # never keep a block cut short (a full disk) for a resume
+                    raise
+            t.verified += 1
             progress(len(data))
             _BUFFERS.put(data)
-    out.truncate(entry.size)
-    if verified != len(entry.blocks) or entry.size > len(entry.blocks) * bs:  # validate() rules this out
-        out.truncate(0)
-        raise IntegrityError(f"{rel}: {verified} of {len(entry.blocks)} blocks verified", path=rel,
+    finally:
+        for t in opened:  # an error: the partial copies keep their verified blocks
+            t.close()
+
+
+def _finish(t: _Target, seal: SealTarget) -> None:
+    t.writer.close()
+    t.out.truncate(t.entry.size)  # also drops a padded last block's zeros
+    if t.verified != len(t.entry.blocks) or t.entry.size > len(t.entry.blocks) * t.entry.block_size:
+        t.out.truncate(0)  # validate() rules this out
+        raise IntegrityError(f"{t.rel}: {t.verified} of {len(t.entry.blocks)} blocks verified", path=t.rel,
                              rule="size")
-    return copied
+    seal(t.rel, t.entry, t.out, t.copied)
 
 
 # ------------------------------------------------------------------------------------ packed (tar)
