@@ -18,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from airlock.buffers import BUFFERS, extent
 from airlock.bundle.manifest import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -37,8 +40,8 @@ from airlock.bundle.verify import (
 from airlock.codec import stored as codec  # by module: codec.stored imports airlock.bundle
 from airlock.errors import IntegrityError, UnsafePathError
 from airlock.faults import fault_point
-from airlock.fsutil import atomic_write_bytes, fsync_dir
-from airlock.hashing import iter_chunks, no_progress, sha256_bytes
+from airlock.fsutil import BlockWriter, atomic_write_bytes, fsync_dir
+from airlock.hashing import CHUNK, iter_chunks, no_progress, sha256_bytes
 from airlock.names import PATH_MAX
 
 Progress = Callable[[int], None]
@@ -246,7 +249,8 @@ def _copy_raw(root: Path, stage: Path, rel: str, entry: FileEntry, counters: Sta
               tick: Progress) -> None:
     """Stage one raw payload block by block: a block already present (from an interrupted or damaged
     earlier stage) is kept when it hashes to the manifest's block; any other block is read from the
-    bundle once, hashed while written, and must match. The file gets its final name only when its
+    bundle once into a reused page-aligned buffer, written (O_DIRECT where the file system allows it:
+    ``fsutil.BlockWriter``) and hashed, and must match. The file gets its final name only when its
     size, every block and the whole-file hash matched."""
     out = _open_target(stage, rel)
     files = payload_files(root, rel, entry.size, [p.size for p in entry.parts])  # parts, or whole when staged
@@ -255,7 +259,8 @@ def _copy_raw(root: Path, stage: Path, rel: str, entry: FileEntry, counters: Sta
     checker = BlockChecker(rel, entry)
     bs = entry.block_size
     copied = 0
-    with raw, out:
+    buf = BUFFERS.get(CHUNK, CHUNK)
+    with raw, out, BlockWriter(out.fileno()) as writer:
         have = os.fstat(out.fileno()).st_size
         src_pos = -1
         for i in range(len(entry.blocks)):
@@ -270,13 +275,18 @@ def _copy_raw(root: Path, stage: Path, rel: str, entry: FileEntry, counters: Sta
                     continue
             if src_pos != start:
                 raw.seek_to(start)
-            out.seek(start)
             try:
-                for data in iter_chunks(raw, length):  # type: ignore[arg-type]
-                    out.write(data)
-                    checker.update(data)
-                    counters.bytes_copied += len(data)
-                    tick(len(data))
+                at = start
+                while at < start + length:
+                    k = _read_some(raw, buf, min(CHUNK, start + length - at))
+                    if not k:
+                        break  # the medium ends early: the block check below says so
+                    # a short last piece may be padded into the buffer's spare room (cut below)
+                    writer.write_block(extent(buf) if at + k == entry.size else buf.data[:k], k, at)
+                    checker.update(buf.data[:k])
+                    counters.bytes_copied += k
+                    tick(k)
+                    at += k
                 checker.close_block()  # a short last block is checked here too
                 if checker.verified_blocks != i + 1:
                     raise IntegrityError(f"{rel}: {checker.size} bytes, manifest says {entry.size}",
@@ -288,6 +298,7 @@ def _copy_raw(root: Path, stage: Path, rel: str, entry: FileEntry, counters: Sta
             copied += 1
             counters.blocks_copied += 1
             fault_point("stage-mid-copy")
+        writer.close()
         out.truncate(entry.size)
         try:
             checker.finish()
@@ -295,6 +306,19 @@ def _copy_raw(root: Path, stage: Path, rel: str, entry: FileEntry, counters: Sta
             out.truncate(0)
             raise
         _seal(stage, rel, out, copied, counters)
+    BUFFERS.put(buf)
+
+
+def _read_some(fh: PartsReader, buf: np.ndarray, n: int) -> int:
+    """Fill up to ``n`` bytes of ``buf`` from ``fh``; fewer only at the end of the stream."""
+    view = buf.data
+    got = 0
+    while got < n:
+        k = fh.readinto(view[got:n])
+        if not k:
+            break
+        got += k
+    return got
 
 
 def stage_bundle(bundle_dir: Path, staging_dir: Path, trust: Trust, *, compatible: str | None = None,

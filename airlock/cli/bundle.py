@@ -109,7 +109,8 @@ def build(
         None, "--passphrase-file", help="File holding the key passphrase (or $AIRLOCK_GPG_PASSPHRASE_FILE)."),
     split_size: str | None = typer.Option(None, "--split-size", help="Split payloads above this size "
                                           "(default 4GiB-1MiB, for FAT32), e.g. 2GiB."),
-    block_size: str | None = typer.Option(None, "--block-size", help="Block hash size (default 64MiB; 16MiB with --compress)."),
+    block_size: str | None = typer.Option(None, "--block-size", help="Block hash size (default 64MiB; "
+                                           "16MiB with --compress)."),
     compress: bool | None = typer.Option(None, "--compress/--no-compress", help="Store full models' files "
                                          "compressed (lossless, per dtype; default: the spec's 'compress')."),
     as_json: bool = JsonOpt,

@@ -23,13 +23,14 @@ from typing import IO, BinaryIO, Protocol
 
 import numpy as np
 
+from airlock.buffers import BUFFERS, extent
 from airlock.bundle.manifest import Coding, FileEntry, PartEntry, part_name
 from airlock.bundle.safeio import PartsReader, staged_layout
 from airlock.codec.frame import CODEC, FrameError, Segment, decode_block, encode_block, split_block
 from airlock.codec.layout import file_layout
 from airlock.errors import IntegrityError, ManifestError
 from airlock.faults import fault_point
-from airlock.fsutil import DIRECT_ALIGN, BlockWriter
+from airlock.fsutil import BlockWriter
 from airlock.parallel import ordered_map
 
 Progress = Callable[[int], None]
@@ -60,52 +61,6 @@ class _Reader(Protocol):
     def readinto(self, buf: memoryview, /) -> int | None: ...
 
 
-class _Buffers:
-    """Reused block-sized buffers: a fresh 64 MiB allocation is mapped, and zeroed by the kernel, on
-    every block (a fifth of staging's CPU time in a profile); reusing them keeps only the bytes. At
-    most ``keep`` idle buffers per size are held; small requests are plain allocations."""
-
-    SMALL = 1 << 20
-
-    def __init__(self, keep: int = 12) -> None:
-        self.keep = keep
-        self._free: dict[int, list[np.ndarray]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, n: int, capacity: int) -> np.ndarray:
-        """A buffer of ``n`` bytes (uninitialised, starting on a page: O_DIRECT writes it as it is),
-        from the pool of ``capacity``-byte buffers."""
-        if n < self.SMALL or n > capacity:
-            return np.empty(n, dtype=np.uint8)
-        with self._lock:
-            free = self._free.get(capacity)
-            owner = free.pop() if free else None
-        if owner is None:
-            owner = np.empty(capacity + DIRECT_ALIGN, dtype=np.uint8)
-        skip = -owner.ctypes.data % DIRECT_ALIGN
-        return owner[skip:skip + n]
-
-    def put(self, buf: np.ndarray | None) -> None:
-        """Give back a buffer from ``get`` (a view of a pooled buffer returns the whole buffer)."""
-        owner = buf.base if buf is not None and isinstance(buf.base, np.ndarray) else None
-        if owner is None or owner.nbytes < self.SMALL + DIRECT_ALIGN:
-            return
-        with self._lock:
-            free = self._free.setdefault(owner.nbytes - DIRECT_ALIGN, [])
-            if len(free) < self.keep and not any(b is owner for b in free):
-                free.append(owner)
-
-
-def _extent(buf: np.ndarray) -> memoryview:
-    """``buf``'s memory up to the end of its allocation (a pooled block buffer has room past a short
-    last block: ``BlockWriter`` pads into it)."""
-    owner = buf.base if isinstance(buf.base, np.ndarray) else None
-    if owner is None or not owner.flags.c_contiguous:
-        return buf.data
-    return owner[buf.ctypes.data - owner.ctypes.data:].data
-
-
-_BUFFERS = _Buffers()
 _SEGMENTS: list[ThreadPoolExecutor] = []
 _SEGMENTS_LOCK = threading.Lock()
 
@@ -297,9 +252,9 @@ def _decode_checked(rel: str, entry: FileEntry, i: int, frame: bytes | bytearray
 def _decode_pooled(rel: str, entry: FileEntry, i: int, frame: np.ndarray) -> np.ndarray:
     """``_decode_checked`` into a reused block buffer; the frame's buffer goes back to the pool."""
     bs = entry.block_size
-    block = _BUFFERS.get(min(bs, entry.size - i * bs), bs)
+    block = BUFFERS.get(min(bs, entry.size - i * bs), bs)
     _decode_checked(rel, entry, i, frame.data, block.data)
-    _BUFFERS.put(frame)
+    BUFFERS.put(frame)
     return block
 
 
@@ -346,7 +301,7 @@ def _read_frame(raw: PartsReader, t: _Target, i: int, at: int) -> np.ndarray:
     assert t.entry.coding is not None
     if at != t.offsets[i]:
         raw.seek_to(t.offsets[i])
-    buf = _BUFFERS.get(t.entry.coding.frames[i].size, t.entry.block_size)
+    buf = BUFFERS.get(t.entry.coding.frames[i].size, t.entry.block_size)
     _read_exact(raw, t.entry.coding.frames[i].size, t.rel, buf)
     return buf
 
@@ -385,7 +340,7 @@ def stage_coded(root: Path, payloads: list[tuple[str, FileEntry]], open_target: 
                     length = min(bs, entry.size - start)
                     if start + length <= t.have:
                         out.seek(start)
-                        buf = _BUFFERS.get(length, bs)
+                        buf = BUFFERS.get(length, bs)
                         _read_exact(out, length, rel, buf)
                         yield t, i, buf, True
                     else:
@@ -400,7 +355,7 @@ def stage_coded(root: Path, payloads: list[tuple[str, FileEntry]], open_target: 
         if existing:
             if hashlib.sha256(data.data).hexdigest() == t.entry.blocks[i]:
                 return task
-            _BUFFERS.put(data)  # a damaged block of an earlier copy: from the medium again
+            BUFFERS.put(data)  # a damaged block of an earlier copy: from the medium again
             with _medium(root, t.rel, t.entry) as raw:
                 data = _read_frame(raw, t, i, -1)
         return t, i, _decode_pooled(t.rel, t.entry, i, data), False
@@ -417,7 +372,8 @@ def stage_coded(root: Path, payloads: list[tuple[str, FileEntry]], open_target: 
             else:
                 start = i * t.entry.block_size
                 try:
-                    t.writer.write_block(_extent(data), len(data), start)
+                    last = i == len(t.entry.blocks) - 1  # only its short block may be padded
+                    t.writer.write_block(extent(data) if last else data.data, len(data), start)
                     t.copied += 1
                     count.blocks_copied += 1
                     count.bytes_copied += len(data)
@@ -427,7 +383,7 @@ def stage_coded(root: Path, payloads: list[tuple[str, FileEntry]], open_target: 
                     raise
             t.verified += 1
             progress(len(data))
-            _BUFFERS.put(data)
+            BUFFERS.put(data)
     finally:
         for t in opened:  # an error: the partial copies keep their verified blocks
             t.close()
@@ -476,7 +432,7 @@ class FrameStream:
                                      path=self.rel, rule="size")
             size = self.frames[self._i].size
             if self._frame is None:
-                self._frame = _BUFFERS.get(size, self.entry.block_size)
+                self._frame = BUFFERS.get(size, self.entry.block_size)
             take = min(len(view), size - self._fill)
             self._frame.data[self._fill:self._fill + take] = view[:take]
             self._fill += take
@@ -490,7 +446,7 @@ class FrameStream:
         if self._pool is None:
             if hashlib.sha256(frame.data).hexdigest() != self.frames[i].sha256:
                 raise _bad_frame(self.rel, i, self.entry, "does not match its manifest hash")
-            _BUFFERS.put(frame)
+            BUFFERS.put(frame)
         else:
             self._pending.append(self._pool.submit(_decode_pooled, self.rel, self.entry, i, frame))
             while len(self._pending) >= self._window:
@@ -505,7 +461,7 @@ class FrameStream:
             raise
         if self.sink is not None:
             self.sink.write(block.data)
-        _BUFFERS.put(block)
+        BUFFERS.put(block)
 
     def drain(self) -> None:
         """Write every block still being decoded, in order."""

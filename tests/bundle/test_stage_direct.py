@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import yaml
 
+from airlock.buffers import BUFFERS, extent
 from airlock.bundle import build_bundle, stage_bundle
 from airlock.bundle.manifest import MANIFEST_NAME
 from airlock.bundle.signing import Trust
 from airlock.bundle.spec import load_spec
-from airlock.codec.stored import _BUFFERS, _extent
 from airlock.errors import IntegrityError
 from airlock.fsutil import DIRECT_ALIGN, BlockWriter
 from airlock.hashing import CODED_BLOCK_SIZE, DEFAULT_BLOCK_SIZE
@@ -77,7 +77,7 @@ def test_block_writer_writes_the_same_bytes_direct_or_through_the_cache(where: s
             if _direct_expected(root):
                 assert w.direct, f"O_DIRECT not taken on {_fs_type(root)}"
             for i in range(3):  # pooled, page-aligned buffers: direct where the file system allows it
-                buf = _BUFFERS.get(BLOCK, BLOCK)
+                buf = BUFFERS.get(BLOCK, BLOCK)
                 buf[:] = want[i * BLOCK:(i + 1) * BLOCK]
                 assert buf.ctypes.data % DIRECT_ALIGN == 0
                 w.write_block(buf.data, BLOCK, i * BLOCK)
@@ -95,10 +95,10 @@ def test_block_writer_writes_the_same_bytes_direct_or_through_the_cache(where: s
 def test_short_last_block_is_padded_for_a_direct_write_and_cut_to_size(tmp_path: Path) -> None:
     path = tmp_path / "short.bin"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    buf = _BUFFERS.get(BLOCK - 100, BLOCK)  # a short last block in a block-sized buffer
+    buf = BUFFERS.get(BLOCK - 100, BLOCK)  # a short last block in a block-sized buffer
     buf[:] = 7
     with BlockWriter(fd) as w:
-        w.write_block(_extent(buf), BLOCK - 100, 0)  # the buffer's spare room allows the pad
+        w.write_block(extent(buf), BLOCK - 100, 0)  # the buffer's spare room allows the pad
         direct = w.direct
     size = os.fstat(fd).st_size
     os.ftruncate(fd, BLOCK - 100)
