@@ -165,7 +165,10 @@ def last_json(log: Path) -> dict[str, float]:
     return json.loads(text[text.rindex("\n{") + 1:] if "\n{" in text else text[text.index("{"):])
 
 
-def bench_model(name: str, model: Path, work: Path, signer: tuple[str, Path, Path]) -> Row:
+def bench_model(name: str, model: Path, work: Path, signer: tuple[str, Path, Path], *,
+                sizes: bool = True) -> Row:
+    """Build the model's bundles (compressed and raw), measure sizes against ZipNN and zstd -19
+    (unless ``sizes`` is False: a staging-only row) and staging against sha256sum."""
     fpr, home, ring = signer
     d = work / name
     d.mkdir()
@@ -182,8 +185,8 @@ def bench_model(name: str, model: Path, work: Path, signer: tuple[str, Path, Pat
     assert raw_build.rc == 0, (d / "raw.log").read_text()
     files = files_of(model)
     print(f"{name}: built ({tree_bytes(d / 'z') / tree_bytes(model):.3f}x); zipnn, zstd -19 ...", flush=True)
-    zn = zipnn_size(model)
-    zs = sum(zstd19(f) for f in files)
+    zn = zipnn_size(model) if sizes else 0
+    zs = sum(zstd19(f) for f in files) if sizes else 0
     warm(files + files_of(d / "z") + files_of(d / "raw"))
     stage = side_by_side(d / "z", d / "st-z", files, trust, d / "stage.log")
     stage_raw = side_by_side(d / "raw", d / "st-raw", files, trust, d / "stage-raw.log")
@@ -207,6 +210,8 @@ def render(rows: list[Row], note: str) -> str:
            "| build peak RSS MB |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        if not r.zipnn:
+            continue  # a staging-only row
         out.append(
             f"| {r.model} | {mb(r.raw)} | {mb(r.airlock)} | {r.airlock / r.raw:.3f}x | {mb(r.zipnn)} "
             f"({r.zipnn / r.raw:.3f}x) | {r.airlock / r.zipnn:.3f} | {mb(r.zstd19)} "
@@ -241,6 +246,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks/work/full")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/FULL_BUNDLE.md")
     ap.add_argument("--models", default="minilm-fp32,minilm-bf16,deepseek-fp8")
+    ap.add_argument("--stage-size", type=parse_size, default=parse_size("2G"),
+                    help="also stage a DeepSeek-shaped fp8 model of this size (staging row only; 0: none)")
     args = ap.parse_args()
     from airlock.fixtures.minilm import ensure_minilm_pair
     from airlock.fixtures.synthetic import generate_synthetic
@@ -258,6 +265,11 @@ def main() -> None:
             rows.append(bench_model(name, model, work, signer))
             print(json.dumps({"model": name, "raw": rows[-1].raw, "airlock": rows[-1].airlock,
                               "zipnn": rows[-1].zipnn, "zstd19": rows[-1].zstd19}), flush=True)
+        if args.stage_size:
+            name = f"deepseek-fp8-{args.stage_size / 1e9:.1f}GB"
+            model = generate_synthetic(work / "src" / name, size_bytes=args.stage_size)
+            rows.append(bench_model(name, model, work, signer, sizes=False))
+            shutil.rmtree(model)
         cpus = len(os.sched_getaffinity(0))
         text = render(rows, f"{cpus} CPUs, DeepSeek-shaped fp8 model of {args.fp8_size / 1e6:.0f} MB")
         args.out.write_text(text)

@@ -320,7 +320,7 @@ def write(out: Path, state: dict[str, Any]) -> None:
     setup = state.get("setup_seconds", {})
     cpus = len(os.sched_getaffinity(0))
     lines = [f"# The whole path at scale ({size / GB:.1f} GB DeepSeek-V3-shaped model)", "",
-             f"`make bench-scale` (`python -m benchmarks.scale`), {cpus} CPUs shared with other work. Bounds "
+             f"`make bench-scale` (`python -m benchmarks.scale`), {cpus} CPUs. Bounds "
              f"in the same run: sha256sum {size / b['sha256'] / GB:.2f} GB/s, zstd -3 -T0 "
              f"{size / b['zstd'] / GB:.2f} GB/s, cp -r + sync {size / b['copy'] / GB:.2f} GB/s. Compressed "
              f"bundle: {stored / GB:.2f} GB ({stored / size:.3f}x)"

@@ -40,7 +40,7 @@ class BundleFactory:
 
     def spec(self, *, sequence: int = 5, rollback: bool = False, compatible: str = "appliance-test",
              split_size: int = 10_000, model_files: dict[str, bytes] | None = None,
-             extra: dict[str, bytes] | None = None) -> Path:
+             extra: dict[str, bytes] | None = None, block_size: int = BLOCK, compress: bool = False) -> Path:
         self._n[0] += 1
         work = self.tmp / f"src-{self._n[0]}"
         make_tree(work / "model", model_files or {
@@ -49,11 +49,13 @@ class BundleFactory:
             "big.bin": payload(25_000, 2),  # split into 3 parts at 10_000
         })
         spec: dict[str, object] = {
-            "compatible": compatible, "sequence": sequence, "rollback": rollback, "block_size": BLOCK,
+            "compatible": compatible, "sequence": sequence, "rollback": rollback, "block_size": block_size,
             "split_size": split_size,
             "models": [{"name": "minilm", "version": "1.0.0", "path": "model",
                         "golden": {"input": "hello", "expected": [0.1, 0.2], "tolerance": 0.01}}],
         }
+        if compress:
+            spec["compress"] = True
         if extra:
             make_tree(work / "extra", extra)
             spec["files"] = [{"src": f"extra/{rel}", "dest": f"files/{rel}"} for rel in extra]

@@ -15,9 +15,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 import pytest
-import yaml
 
-from airlock.bundle import build_bundle, pack_bundle, stage_bundle, verify_archive, verify_bundle
+from airlock.bundle import pack_bundle, stage_bundle, verify_archive, verify_bundle
 from airlock.bundle.manifest import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -74,20 +73,15 @@ MODEL = {"config.json": b'{"hidden": 8}\n', "model.safetensors": _safetensors(),
          "tokenizer.json": json.dumps({"vocab": {f"tok{i}": i for i in range(2000)}}).encode()}
 
 
-def _build(factory: BundleFactory, keys: Keys, compress: bool) -> Path:
-    spec = factory.spec(model_files=MODEL, split_size=SPLIT)
-    raw = yaml.safe_load(spec.read_text())
-    raw.update(block_size=BLOCK, compress=compress)
-    spec.write_text(yaml.safe_dump(raw))
-    out = factory.tmp / f"bundle-{'z' if compress else 'raw'}"
-    build_bundle(spec, out, signer=keys.fpr["signer"], gnupghome=keys.home)
-    return out
+def _build(factory: BundleFactory, compress: bool) -> Path:
+    return factory.build(f"bundle-{'z' if compress else 'raw'}", model_files=MODEL, split_size=SPLIT,
+                         block_size=BLOCK, compress=compress)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> tuple[Path, Path]:
     factory = BundleFactory(keys, tmp_path_factory.mktemp("compressed"))
-    return _build(factory, keys, False), _build(factory, keys, True)
+    return _build(factory, False), _build(factory, True)
 
 
 @pytest.fixture
