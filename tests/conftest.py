@@ -8,6 +8,7 @@ tests/support.py."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter:
             reporter.write_line(f"CI=true: {len(skipped)} test(s) skipped; a skip is a failure in CI",
                                 red=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def control_node_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Playbooks run with a host-list inventory keep the audit-head anchors in $AIRLOCK_STATE_DIR
+    (else ~/.local/state/airlock): one directory per test session, so an anchor a previous session
+    left for the same repository path (pytest reuses pytest-0 after a clean /tmp) is never read."""
+    state = tmp_path_factory.mktemp("control-state")
+    before = os.environ.get("AIRLOCK_STATE_DIR")
+    os.environ["AIRLOCK_STATE_DIR"] = str(state)
+    yield state
+    if before is None:
+        os.environ.pop("AIRLOCK_STATE_DIR", None)
+    else:
+        os.environ["AIRLOCK_STATE_DIR"] = before
 
 
 @pytest.fixture(scope="session")

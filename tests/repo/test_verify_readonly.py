@@ -153,3 +153,23 @@ def test_rollback_run_checks_and_keeps_the_audit_head(fleet: Fleet) -> None:
     cut_last_record(fleet.root("h2"))
     r = rollback("--limit", "h2")
     assert r.returncode != 0 and "audit-anchor" in r.stdout, r.stdout
+
+
+def test_host_list_inventory_keeps_anchors_in_the_state_dir_env(tmp_path: Any) -> None:
+    """An inventory given as a host list has no directory: the anchors go to $AIRLOCK_STATE_DIR, else
+    to ~/.local/state/airlock (a test session sets its own, so no run reads another's anchor)."""
+    play = tmp_path / "where.yml"
+    play.write_text(yaml.safe_dump([{"hosts": "all", "gather_facts": False, "tasks": [
+        {"ansible.builtin.include_tasks": str(REPO / "playbooks/tasks/audit_head_read.yml")},
+        {"ansible.builtin.debug": {"msg": "STATE={{ airlock_audit_state_dir }}"}}]}]))
+    seen = {}
+    for name, extra in (("env", {"AIRLOCK_STATE_DIR": str(tmp_path / "state")}), ("home", {})):
+        env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "HOME": str(tmp_path / "home"),
+               "ANSIBLE_LOCAL_TEMP": str(tmp_path / "atmp"), **extra}
+        if name == "home":
+            env.pop("AIRLOCK_STATE_DIR", None)
+        r = subprocess.run([str(REPO / ".venv/bin/ansible-playbook"), "-i", "localhost,", "-c", "local",
+                            str(play)], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        seen[name] = r.stdout.split("STATE=", 1)[1].split()[0].strip('"')
+    assert seen == {"env": str(tmp_path / "state"), "home": str(tmp_path / "home/.local/state/airlock")}
