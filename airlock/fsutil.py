@@ -212,10 +212,10 @@ def safe_relpath(name: str) -> PurePosixPath:
     if "\x00" in name or "\\" in name:
         raise UnsafePathError(f"{name!r}: NUL or backslash in path", path=name, rule="path-chars")
     if name.startswith("/"):
-        raise UnsafePathError(f"{name}: absolute path", path=name, rule="path-absolute")
+        raise UnsafePathError(f"{name!r}: absolute path", path=name, rule="path-absolute")
     parts = name.split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise UnsafePathError(f"{name}: traversal or non-normalised path", path=name, rule="path-traversal")
+        raise UnsafePathError(f"{name!r}: traversal or non-normalised path", path=name, rule="path-traversal")
     return PurePosixPath(name)
 
 

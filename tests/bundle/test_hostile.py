@@ -215,3 +215,14 @@ def test_stage_refuses_a_path_past_path_max_before_copying(keys: Keys, trust: Tr
         stage_bundle(bundle, deep / "staging", trust)
     assert err.value.rule == "path-length"
     assert sorted(p.name for p in (deep / "staging").iterdir()) == [".airlock-staging"]
+
+
+@pytest.mark.parametrize("name", ["/01%&&'\x08\t\n\x0b\x0c\r\x0e: evil", "a/\n/../b", "x/../\x1b[2Jy"])
+def test_refused_path_names_are_one_escaped_line(name: str) -> None:
+    """Found by the manifest_struct fuzz target: an absolute or traversing name with control
+    characters reached the message as they were (a multi-line, terminal-controlling error)."""
+    from airlock.fsutil import safe_relpath
+
+    with pytest.raises(UnsafePathError) as exc:
+        safe_relpath(name)
+    assert "\n" not in str(exc.value) and "\x1b" not in str(exc.value) and str(exc.value).isprintable()
