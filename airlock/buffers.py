@@ -8,6 +8,7 @@ to ten times more). Reusing buffers keeps only the bytes; starting them on a pag
 from __future__ import annotations
 
 import threading
+from typing import Protocol
 
 import numpy as np
 
@@ -47,6 +48,21 @@ class Buffers:
             free = self._free.setdefault(owner.nbytes - DIRECT_ALIGN, [])
             if len(free) < self.keep and not any(b is owner for b in free):
                 free.append(owner)
+
+
+class Reader(Protocol):
+    def readinto(self, buf: memoryview, /) -> int | None: ...
+
+
+def fill(fh: Reader, view: memoryview) -> int:
+    """Read into all of ``view`` (``readinto`` until full); fewer bytes only at the end of ``fh``."""
+    got = 0
+    while got < len(view):
+        k = fh.readinto(view[got:])
+        if not k:
+            break
+        got += k
+    return got
 
 
 def extent(buf: np.ndarray) -> memoryview:

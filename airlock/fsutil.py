@@ -63,10 +63,10 @@ class BlockWriter:
     short in between only ever holds verified blocks plus zeros past the end. ``fd`` stays the
     caller's; ``close`` closes only the direct descriptor. Durability still comes from fsync(fd)."""
 
-    def __init__(self, fd: int, *, direct: bool = True) -> None:
+    def __init__(self, fd: int) -> None:
         self.fd = fd
         self._direct = -1
-        if direct and hasattr(os, "O_DIRECT"):
+        if hasattr(os, "O_DIRECT"):
             with contextlib.suppress(OSError):  # same open file, other flags: no path, no TOCTOU
                 self._direct = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
 

@@ -18,9 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from airlock.buffers import BUFFERS, extent
+from airlock.buffers import BUFFERS, extent, fill
 from airlock.bundle.manifest import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -278,7 +276,7 @@ def _copy_raw(root: Path, stage: Path, rel: str, entry: FileEntry, counters: Sta
             try:
                 at = start
                 while at < start + length:
-                    k = _read_some(raw, buf, min(CHUNK, start + length - at))
+                    k = fill(raw, buf.data[:min(CHUNK, start + length - at)])
                     if not k:
                         break  # the medium ends early: the block check below says so
                     # a short last piece may be padded into the buffer's spare room (cut below)
@@ -309,18 +307,6 @@ def _copy_raw(root: Path, stage: Path, rel: str, entry: FileEntry, counters: Sta
     BUFFERS.put(buf)
 
 
-def _read_some(fh: PartsReader, buf: np.ndarray, n: int) -> int:
-    """Fill up to ``n`` bytes of ``buf`` from ``fh``; fewer only at the end of the stream."""
-    view = buf.data
-    got = 0
-    while got < n:
-        k = fh.readinto(view[got:n])
-        if not k:
-            break
-        got += k
-    return got
-
-
 def stage_bundle(bundle_dir: Path, staging_dir: Path, trust: Trust, *, compatible: str | None = None,
                  installed_sequence: int | None = None, progress: Progress | None = None) -> StagedBundle:
     """Copy a bundle into ``staging_dir`` (fresh, or an earlier interrupted stage to resume)."""
@@ -335,9 +321,11 @@ def stage_bundle(bundle_dir: Path, staging_dir: Path, trust: Trust, *, compatibl
     check_sizes(root, manifest)  # same refusals as verify (extra or missing bytes) before any copy
     counters = StageCounters()
     tick = progress or no_progress
-    coded = [(rel, e) for rel, e in manifest.files.items() if codec.coded_here(root, e)]
+    coded: list[tuple[str, FileEntry]] = []
     for rel, entry in manifest.files.items():
-        if not codec.coded_here(root, entry):
+        if codec.coded_here(root, entry):
+            coded.append((rel, entry))
+        else:
             _copy_raw(root, stage, rel, entry, counters, tick)
     # compressed payloads: one pipeline across files (frames checked, decoded, blocks checked, all cores)
     codec.stage_coded(root, coded, lambda rel, _e: _open_target(stage, rel),

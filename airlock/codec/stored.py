@@ -23,7 +23,7 @@ from typing import IO, BinaryIO, Protocol
 
 import numpy as np
 
-from airlock.buffers import BUFFERS, extent
+from airlock.buffers import BUFFERS, Reader, extent, fill
 from airlock.bundle.manifest import Coding, FileEntry, PartEntry, part_name
 from airlock.bundle.safeio import PartsReader, staged_layout
 from airlock.codec.frame import CODEC, FrameError, Segment, decode_block, encode_block, split_block
@@ -57,10 +57,6 @@ def stored_files(rel: str, entry: FileEntry) -> list[tuple[str, int]]:
     return [(rel, entry.stored_size)]
 
 
-class _Reader(Protocol):
-    def readinto(self, buf: memoryview, /) -> int | None: ...
-
-
 _SEGMENTS: list[ThreadPoolExecutor] = []
 _SEGMENTS_LOCK = threading.Lock()
 
@@ -77,17 +73,14 @@ def _segment_pool() -> ThreadPoolExecutor | None:
         return _SEGMENTS[0]
 
 
-def _read_exact(fh: _Reader, n: int, name: str, into: np.ndarray | None = None) -> memoryview:
+def _read_exact(fh: Reader, n: int, name: str, into: np.ndarray | None = None) -> memoryview:
     """``n`` bytes of ``fh`` in private memory (``into``, else a new buffer): read straight into an
     uninitialised buffer (a zeroed ``bytearray`` plus a ``bytes`` copy each cost about a sha256 of the
     block). Private: what is hashed is what is decoded, whatever the medium does meanwhile."""
     view = (np.empty(n, dtype=np.uint8) if into is None else into[:n]).data
-    got = 0
-    while got < n:
-        k = fh.readinto(view[got:])
-        if not k:
-            raise IntegrityError(f"{name}: stored stream ends {n - got} bytes early", path=name, rule="size")
-        got += k
+    got = fill(fh, view)
+    if got < n:
+        raise IntegrityError(f"{name}: stored stream ends {n - got} bytes early", path=name, rule="size")
     return view
 
 
@@ -200,9 +193,8 @@ def check_stored(root: Path, rel: str, entry: FileEntry, progress: Progress) -> 
     """Verify a coded payload on the medium: every frame against its signed hash (fail at the first
     bad one), then the whole stored stream's sha256. Decoding is staging's job (``stage_coded``)."""
     assert entry.coding is not None
-    files = stored_files(rel, entry)
     whole = hashlib.sha256()
-    with PartsReader(root, [n for n, _ in files], [s for _, s in files], rel) as raw:
+    with _medium(root, rel, entry) as raw:
         for i, f in enumerate(entry.coding.frames):
             frame = _read_exact(raw, f.size, rel)
             if hashlib.sha256(frame).hexdigest() != f.sha256:
